@@ -50,6 +50,10 @@ class TokenDelta:
 class Backend(Protocol):
     name: str  # the model name tenants see, e.g. "ferryman-small"
 
+    async def start(self) -> None: ...  # load weights, start the step loop
+
+    async def stop(self) -> None: ...
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]: ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -1,0 +1,88 @@
+"""The FastAPI application. The lifespan owns every component; tests inject their own."""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import errors, openai_api
+from gateway.config import Settings
+from gateway.ferry import Ferry
+
+log = logging.getLogger("ferryman")
+
+
+def create_app(settings: Settings | None = None, *, billing=None, limiter=None, router=None,
+               backends: dict | None = None, tokenizer=None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ferry = build_ferry(settings, billing, limiter, router, backends, tokenizer)
+        for backend in ferry.backends.values():
+            await backend.start()
+        app.state.ferry = ferry
+        yield
+        for backend in ferry.backends.values():
+            await backend.stop()
+
+    app = FastAPI(title="Ferryman", lifespan=lifespan)
+    app.state.settings = settings
+    app.add_exception_handler(errors.APIError, errors.handle_api_error)
+    app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
+    app.add_exception_handler(Exception, errors.handle_unexpected)
+    app.include_router(openai_api.router)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None) -> Ferry:
+    """Defaults for whatever was not injected: SQLite ledger, in-process limits and engines, bundled router."""
+    from billing import Billing, RateLimiter
+
+    if billing is None:
+        billing = Billing(settings.database_url)
+        billing.create_schema()
+        billing.ensure_admin_defaults()
+    limiter = limiter or RateLimiter.from_url(settings.redis_url)
+    if router is None:
+        from classifier import Router
+
+        router = Router.load(settings.router_path) if settings.router_path else Router.load()
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(settings.large_model_path)
+    backends = backends or default_backends(settings)
+    return Ferry(settings, billing, limiter, router, backends, tokenizer, context_length(settings))
+
+
+def default_backends(settings: Settings) -> dict:
+    from backends.engine import EngineBackend, EngineConfig
+
+    log.info("loading %s from %s and %s from %s", settings.small_model, settings.small_model_path,
+             settings.large_model, settings.large_model_path)
+    small = EngineBackend(settings.small_model, EngineConfig(model=str(settings.small_model_path)))
+    large = EngineBackend(settings.large_model, EngineConfig(model=str(settings.large_model_path),
+                                                             quantization=settings.large_quantization))
+    return {settings.small_model: small, settings.large_model: large}
+
+
+def context_length(settings: Settings) -> int:
+    config = settings.large_model_path / "config.json"
+    if config.exists():
+        return int(json.loads(config.read_text()).get("max_position_embeddings", 2048))
+    return 2048

@@ -1,0 +1,52 @@
+"""`ferryman` command line: serve the gateway, and the operator's tools."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+import typer
+
+from gateway.config import Settings
+
+app = typer.Typer(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
+
+
+@app.command()
+def serve(host: str = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)"),
+          port: int = typer.Option(None, help="Port (default 8000)")) -> None:
+    """Start the gateway with the embedded defaults: SQLite ledger, in-process engines, bundled router."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    settings.host, settings.port = host or settings.host, port or settings.port
+    settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
+    demo_key = _demo_key(settings)
+    _banner(settings, demo_key)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+def _demo_key(settings: Settings) -> str:
+    """A fresh key for the demo tenant, so the printed curl works; older demo keys are revoked."""
+    from billing import Billing
+
+    billing = Billing(settings.database_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    return billing.issue_demo_key()
+
+
+def _banner(settings: Settings, demo_key: str) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"""
+Ferryman gateway on {url}
+  admin key (this run):  {settings.admin_key}
+  demo tenant API key:   {demo_key}
+
+Try it:
+  curl {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {demo_key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "reverse abcd"}}], "max_tokens": 16}}' -i
+""")

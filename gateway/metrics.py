@@ -1,0 +1,12 @@
+"""The gateway's own Prometheus metrics. The engine registers its metrics in the same default registry,
+so one /metrics shows the whole path. No tenant names in labels: they are unbounded and private."""
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("ferryman_requests_total", "Requests settled, by route and outcome", ["route", "status"])
+LATENCY = Histogram("ferryman_request_seconds", "Whole-request latency", ["route"],
+                    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+TTFT = Histogram("ferryman_time_to_first_token_seconds", "Time to first token through the gateway", ["route"],
+                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+TOKENS = Counter("ferryman_tokens_total", "Tokens processed", ["route", "kind"])
+COST = Counter("ferryman_cost_usd_total", "Money charged to tenants", ["model"])
+REJECTED = Counter("ferryman_rejected_total", "Requests refused before any work", ["reason"])
