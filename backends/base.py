@@ -57,3 +57,7 @@ class Backend(Protocol):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+
+class BackendUnavailable(Exception):
+    """No replica could serve the request (all down, breakers open, retries spent)."""

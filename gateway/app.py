@@ -73,9 +73,14 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
 def default_backends(settings: Settings) -> dict:
     from backends.engine import EngineBackend, EngineConfig
 
+    small = EngineBackend(settings.small_model, EngineConfig(model=str(settings.small_model_path)))
+    if settings.large_upstreams:
+        from backends.remote import RemoteBackend
+
+        urls = [u.strip() for u in settings.large_upstreams.split(",") if u.strip()]
+        return {settings.small_model: small, settings.large_model: RemoteBackend(settings.large_model, urls)}
     log.info("loading %s from %s and %s from %s", settings.small_model, settings.small_model_path,
              settings.large_model, settings.large_model_path)
-    small = EngineBackend(settings.small_model, EngineConfig(model=str(settings.small_model_path)))
     large = EngineBackend(settings.large_model, EngineConfig(model=str(settings.large_model_path),
                                                              quantization=settings.large_quantization))
     return {settings.small_model: small, settings.large_model: large}

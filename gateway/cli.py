@@ -50,3 +50,23 @@ Try it:
     -H "Authorization: Bearer {demo_key}" -H "Content-Type: application/json" \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "reverse abcd"}}], "max_tokens": 16}}' -i
 """)
+
+
+engine_app = typer.Typer(help="Run an engine replica as its own OpenAI-compatible server.")
+app.add_typer(engine_app, name="engine")
+
+
+@engine_app.command("serve")
+def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkpoint"),
+                 name: str = typer.Option(..., help="Model name the replica answers to"),
+                 host: str = "127.0.0.1", port: int = 8100,
+                 quantization: str = typer.Option(None, help="int8 | int4 weight-only quantization on load")) -> None:
+    """Serve one engine replica; point the gateway at replicas with FERRYMAN_LARGE_UPSTREAMS."""
+    import uvicorn
+
+    from backends.engine import EngineBackend, EngineConfig
+    from backends.server import create_replica_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = EngineBackend(name, EngineConfig(model=model, quantization=quantization))
+    uvicorn.run(create_replica_app(backend, backend.tokenizer), host=host, port=port, log_level="warning")

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from backends.base import Backend, GenerationRequest, SamplingParams, TokenDelta, Usage
+from backends.base import Backend, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
 from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation
 from gateway import metrics
 from gateway.config import Settings
@@ -140,6 +140,8 @@ class Ferry:
         except asyncio.TimeoutError:
             status = "timeout"
             raise APIError(504, "The request timed out.", "timeout", "timeout")
+        except BackendUnavailable as exc:
+            raise APIError(503, f"The model is unavailable right now: {exc}", "server_error", "model_unavailable")
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
             raise

@@ -1,0 +1,46 @@
+"""Every knob of the engine in one place."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class EngineConfig:
+    model: str  # a directory holding an HF Llama checkpoint: config.json + *.safetensors (+ tokenizer)
+    name: str = ""  # the label metrics carry; defaults to the directory's name
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: derived from kv_cache_memory_gb
+    kv_cache_memory_gb: float = 1.0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512  # per-step token budget; long prompts are prefilled in chunks of it
+    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"  # "auto": float32 on CPU (fast and exact there), the checkpoint's dtype on CUDA
+    device: str = "auto"
+    num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    quantization: str | None = None  # "int8" | "int4" weight-only, via backends.engine.quant when present
+    hf_config: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        path = Path(self.model)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"no config.json in model directory {self.model!r}")
+        self.hf_config = json.loads((path / "config.json").read_text())
+        self.name = self.name or path.resolve().name
+        if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
+            raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
+        self.max_model_len = self.max_model_len or self.hf_config.get("max_position_embeddings", 2048)
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        if self.device == "cpu":
+            return torch.float32
+        return getattr(torch, self.hf_config.get("torch_dtype") or self.hf_config.get("dtype") or "bfloat16")

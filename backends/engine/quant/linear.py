@@ -1,0 +1,79 @@
+"""QuantLinear: a drop-in for nn.Linear that keeps only the quantized weight."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.engine.quant import formats
+
+
+class QuantLinear(nn.Module):
+    """y = x @ dequant(W).T + bias. CUDA inputs run the Triton kernel; others the torch reference path.
+
+    The stored tensors are buffers (not parameters): they are not trained, but they move with
+    .to(device) and live in state_dict under the names the checkpoint uses.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mode: str, group_size: int = 128,
+                 bias: bool = False, bias_dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        if mode not in formats.MODES:
+            raise ValueError(f"unknown quantization mode {mode!r}; expected one of {formats.MODES}")
+        if mode == "int4":
+            formats.check_group_size(in_features, group_size)
+        self.in_features, self.out_features, self.mode = in_features, out_features, mode
+        self.group_size = group_size if mode == "int4" else None
+        if mode == "int8":
+            self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+            self.register_buffer("scales", torch.empty(out_features, dtype=formats.SCALE_DTYPE, device=device))
+            self.zeros = None
+        else:
+            groups = in_features // group_size
+            self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+            self.register_buffer("scales", torch.empty(out_features, groups, dtype=formats.SCALE_DTYPE, device=device))
+            self.register_buffer("zeros", torch.empty(out_features, groups, dtype=torch.uint8, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mode: str, group_size: int = 128) -> QuantLinear:
+        has_bias = linear.bias is not None
+        layer = cls(linear.in_features, linear.out_features, mode, group_size, has_bias,
+                    linear.weight.dtype, linear.weight.device)
+        qw = formats.quantize(linear.weight, mode, group_size)
+        layer.qweight.copy_(qw.qweight)
+        layer.scales.copy_(qw.scales)
+        if qw.zeros is not None:
+            layer.zeros.copy_(qw.zeros)
+        if has_bias:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.mode == "int8":
+            return formats.dequantize_int8(self.qweight, self.scales, dtype)
+        return formats.dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return self._forward_triton(x)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        # Imported here so a CPU-only process never needs a working Triton backend.
+        from backends.engine.quant import kernels
+
+        x2d = x.reshape(-1, self.in_features)
+        if self.mode == "int8":
+            y = kernels.int8_matmul(x2d, self.qweight, self.scales, self.bias)
+        else:
+            y = kernels.int4_matmul(x2d, self.qweight, self.scales, self.zeros, self.group_size, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros) if t is not None)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.mode == "int4" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}{group}"

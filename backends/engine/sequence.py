@@ -1,0 +1,62 @@
+"""One request's life inside the engine."""
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+
+import torch
+
+from backends.base import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    _ids = itertools.count()
+
+    def __init__(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1
+    ) -> None:
+        self.seq_id = next(Sequence._ids)
+        self.request_id = request_id
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.priority = priority
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0  # tokens whose keys/values are in the cache
+        self.num_cached_tokens = 0  # prompt tokens served by the prefix cache on first admission
+        self.block_table: list[int] = []
+        self.num_hashed_blocks = 0  # leading full blocks already registered in the prefix cache
+        self.finish_reason: str | None = None
+        seed = params.seed if params.seed is not None else torch.seed()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.arrival_time = time.perf_counter()
+        self.last_token_time: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    def sort_key(self) -> tuple[int, int]:
+        return (self.priority, self.seq_id)

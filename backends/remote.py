@@ -1,0 +1,141 @@
+"""Replicas of an engine behind the gateway, reached over HTTP (our engine server, vLLM, any OpenAI-compatible
+server that accepts token-id prompts and returns `token_ids`).
+
+Why it looks like this: a replica can die at any moment. Requests that had not started are retried on another
+replica with backoff; a stream that breaks mid-way is continued on another replica from the tokens already
+sent (prompt + sent tokens, the remaining max_tokens), so the tenant sees one uninterrupted answer, identical
+under greedy decoding. A circuit breaker keeps traffic off a replica that keeps failing; a health loop brings
+it back.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import httpx
+
+from backends.base import BackendUnavailable, GenerationRequest, TokenDelta, Usage
+
+log = logging.getLogger("ferryman.remote")
+
+
+class ReplicaFailed(Exception):
+    pass
+
+
+@dataclass
+class Replica:
+    url: str
+    failures: int = 0
+    open_until: float = 0.0  # circuit breaker: no traffic before this monotonic time
+    in_flight: int = 0
+    healthy: bool = True
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.open_until
+
+    def succeeded(self) -> None:
+        self.failures, self.open_until = 0, 0.0
+
+    def failed(self, threshold: int, cooldown_s: float) -> None:
+        self.failures += 1
+        if self.failures >= threshold:
+            self.open_until = time.monotonic() + cooldown_s
+
+
+class RemoteBackend:
+    def __init__(self, name: str, urls: list[str], *, max_attempts: int = 4, backoff_s: float = 0.05,
+                 breaker_threshold: int = 3, cooldown_s: float = 5.0, health_interval_s: float = 1.0,
+                 connect_timeout_s: float = 2.0, read_timeout_s: float = 30.0):
+        self.name = name
+        self.replicas = [Replica(u.rstrip("/")) for u in urls]
+        self.max_attempts, self.backoff_s = max_attempts, backoff_s
+        self.breaker_threshold, self.cooldown_s, self.health_interval_s = breaker_threshold, cooldown_s, health_interval_s
+        self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self.client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(timeout=self.timeout)
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+        if self.client:
+            await self.client.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        """Nothing to do: closing the stream (the gateway does, by leaving generate) aborts it on the replica."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        sent: list[int] = []
+        for attempt in range(self.max_attempts):
+            replica = self._pick()
+            if replica is None:
+                await asyncio.sleep(self.backoff_s * 2**attempt)
+                continue
+            try:
+                async for delta in self._stream(replica, request, sent):
+                    sent += delta.token_ids
+                    yield delta
+                    if delta.finish_reason:
+                        replica.succeeded()
+                        return
+                raise ReplicaFailed("stream ended without a finish reason")
+            except (httpx.TransportError, ReplicaFailed) as exc:
+                replica.failed(self.breaker_threshold, self.cooldown_s)
+                log.warning("replica %s failed after %d tokens (%s); %s", replica.url, len(sent), exc,
+                            "continuing elsewhere" if sent else "retrying")
+                if not sent:
+                    await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise BackendUnavailable(f"no replica of {self.name} could serve the request")
+
+    def _pick(self) -> Replica | None:
+        now = time.monotonic()
+        ready = [r for r in self.replicas if r.available(now)]
+        return min(ready, key=lambda r: r.in_flight) if ready else None
+
+    async def _stream(self, replica: Replica, request: GenerationRequest, sent: list[int]) -> AsyncIterator[TokenDelta]:
+        """One replica's stream, asked to continue after `sent` tokens. Usage is rewritten to the whole answer."""
+        p = request.params
+        body = {"model": self.name, "prompt": request.prompt_token_ids + sent, "max_tokens": p.max_tokens - len(sent),
+                "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": p.stop, "stream": True,
+                "priority": request.priority}
+        replica.in_flight += 1
+        try:
+            async with self.client.stream("POST", f"{replica.url}/v1/completions", json=body) as response:
+                if response.status_code >= 500:
+                    raise ReplicaFailed(f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise BackendUnavailable(f"replica refused the request: HTTP {response.status_code}")
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield self._delta(json.loads(line[6:]), request, len(sent))
+        finally:
+            replica.in_flight -= 1
+
+    @staticmethod
+    def _delta(chunk: dict, request: GenerationRequest, already: int) -> TokenDelta:
+        choice = chunk["choices"][0]
+        usage = None
+        if u := chunk.get("usage"):
+            cached = min(u.get("prompt_tokens_details", {}).get("cached_tokens", 0), len(request.prompt_token_ids))
+            usage = Usage(len(request.prompt_token_ids), already + u["completion_tokens"], cached)
+        return TokenDelta(choice["text"], choice.get("token_ids", []), choice.get("finish_reason"), usage)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(r) for r in self.replicas))
+            await asyncio.sleep(self.health_interval_s)
+
+    async def _check(self, replica: Replica) -> None:
+        try:
+            replica.healthy = (await self.client.get(f"{replica.url}/health", timeout=1.0)).status_code == 200
+        except httpx.HTTPError:
+            replica.healthy = False
+
