@@ -1,8 +1,8 @@
 """Weight-only formats: int8 per output channel, int4 per group of input columns.
 
 Both quantize a linear weight W of shape [out, in] (y = x @ W.T). Scales are stored in float16,
-the usual choice of GPTQ/AWQ-style formats; codes are computed against the float16-rounded scale
-so the rounding of the scale itself adds no error on top of the code's.
+the usual choice of GPTQ/AWQ-style formats; codes are computed against the stored float16 scale,
+so every weight is within half a step of its dequantized value.
 
 - int8: symmetric, one scale per row: W ~= q * s[:, None], q in [-127, 127].
 - int4: asymmetric, one (scale, zero-point) per row and group of `group_size` columns:
@@ -33,8 +33,15 @@ class QuantizedWeight:
 
 
 def _scale(span: torch.Tensor, levels: int) -> torch.Tensor:
-    """float16 scale of a span of values that must fit in `levels` steps, as float32 for the arithmetic."""
-    return (span / levels).clamp(min=MIN_SCALE).to(SCALE_DTYPE).float()
+    """float16 scale of a span of values that must fit in `levels` steps, as float32 for the arithmetic.
+
+    Rounded up, never down, to float16: a smaller scale would push the extreme values past the last
+    code and clamping would cost them more than half a step.
+    """
+    exact = (span / levels).clamp(min=MIN_SCALE)
+    rounded = exact.to(SCALE_DTYPE)
+    rounded = torch.where(rounded.float() < exact, torch.nextafter(rounded, torch.tensor(torch.inf, dtype=SCALE_DTYPE)), rounded)
+    return rounded.float()
 
 
 def quantize_int8(weight: torch.Tensor) -> QuantizedWeight:
