@@ -1,0 +1,122 @@
+"""The ledger's tables (SQLAlchemy Core: the hot path runs a few prepared statements, no ORM session).
+
+Money is integer micro-USD everywhere (1 USD = 1_000_000). Datetimes are naive UTC.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
+                        Table, UniqueConstraint)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+tenants = Table(
+    "tenants", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("priority", String(16), nullable=False, default="standard"),  # interactive | standard | batch
+    Column("quality_floor", Float),  # routing target: lowest acceptable answer quality, 0..1
+    Column("large_share", Float),  # routing target: share of traffic the large model may take, 0..1
+    Column("rpm", Integer),  # requests per minute; NULL = unlimited
+    Column("tpm", Integer),  # tokens (prompt + max_tokens) per minute
+    Column("max_concurrent", Integer),
+    Column("created_at", DateTime, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("name", String(128), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # sha256 hex; the key itself is never stored
+    Column("key_prefix", String(16), nullable=False),  # shown to humans to tell keys apart
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("max_concurrent", Integer),
+    Column("expires_at", DateTime),
+    Column("revoked_at", DateTime),
+    Column("created_at", DateTime, nullable=False),
+)
+
+prices = Table(
+    "prices", metadata,
+    Column("model", String(128), primary_key=True),
+    Column("input_micros_per_m", BigInteger, nullable=False),  # micro-USD per 1M uncached prompt tokens
+    Column("cached_input_micros_per_m", BigInteger, nullable=False),
+    Column("output_micros_per_m", BigInteger, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# One budget per tenant (key_id NULL) and at most one per key.
+budgets = Table(
+    "budgets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id")),
+    Column("period", String(8), nullable=False),  # daily | monthly
+    Column("limit_micros", BigInteger, nullable=False),
+    Column("alert_percent", Integer, nullable=False, default=80),  # soft alert when spend crosses this share
+    Column("created_at", DateTime, nullable=False),
+)
+
+# A budget's counters for one period ("2026-11-24" or "2026-11"): rollover is a new row, never a reset.
+budget_spend = Table(
+    "budget_spend", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), nullable=False),
+    Column("period_key", String(10), nullable=False),
+    Column("spent_micros", BigInteger, nullable=False, default=0),
+    Column("reserved_micros", BigInteger, nullable=False, default=0),
+    Column("alerted", Boolean, nullable=False, default=False),
+    UniqueConstraint("budget_id", "period_key", name="uq_budget_spend_period"),
+)
+
+# Open holds on budget: a row per admitted request until it is settled (or reaped after a replica died).
+reservations = Table(
+    "reservations", metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("tenant_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("tenant_spend_id", Integer),  # budget_spend rows held; locked tenant first, then key (no deadlocks)
+    Column("key_spend_id", Integer),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False, index=True),
+)
+
+usage_records = Table(
+    "usage_records", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("request_id", String(128), nullable=False, unique=True),
+    Column("tenant_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("route", String(16)),
+    Column("difficulty", Float),
+    Column("status", String(16), nullable=False),  # ok | error | timeout | cancelled | expired
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost_micros", BigInteger, nullable=False),
+    Column("baseline_cost_micros", BigInteger, nullable=False),  # the same tokens at the large model's price
+    Column("latency_ms", Float),
+    Column("day", String(10), nullable=False),  # UTC date, so reports group the same way on every database
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_usage_records_tenant_day", "tenant_id", "day"),
+)
+
+budget_alerts = Table(
+    "budget_alerts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), nullable=False),
+    Column("period_key", String(10), nullable=False),
+    Column("spent_micros", BigInteger, nullable=False),
+    Column("limit_micros", BigInteger, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("budget_id", "period_key", name="uq_budget_alerts_period"),
+)
