@@ -30,7 +30,7 @@ class Sequence:
         self.priority = priority
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose keys/values are in the cache
-        self.num_cached_tokens = 0  # prompt tokens served by the prefix cache on first admission
+        self.num_cached_tokens: int | None = None  # prompt tokens the prefix cache served on first admission
         self.block_table: list[int] = []
         self.num_hashed_blocks = 0  # leading full blocks already registered in the prefix cache
         self.finish_reason: str | None = None

@@ -1,0 +1,129 @@
+"""The paged KV cache's bookkeeping: fixed-size blocks, ref counts, and automatic prefix caching.
+
+A full block is identified by a hash chained over every token before it, so equal hashes mean equal
+prefixes. Freed blocks keep their contents and hash and sit in an LRU queue: a later request with the same
+prefix takes them back (a hit); allocation reuses the least recently freed block, evicting its hash.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from backends.engine.sequence import Sequence
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] = ()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
+        self.cached: dict[int, int] = {}  # hash -> block id
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of those, tokens found
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_blocks)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / len(self.blocks)
+
+    def match_prefix(self, seq: Sequence) -> int:
+        """On admission: take every cached block of the longest cached prefix, always leaving one token to compute.
+
+        Returns the number of tokens found."""
+        if not self.enable_prefix_caching:
+            return 0
+        h = None
+        for i in range((len(seq) - 1) // self.block_size):
+            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            h = hash((h, tokens))
+            block_id = self.cached.get(h)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            self._take(block_id)
+            seq.block_table.append(block_id)
+        seq.num_hashed_blocks = len(seq.block_table)
+        seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        return seq.num_computed_tokens
+
+    def record_prefix_query(self, num_tokens: int, num_hits: int) -> None:
+        self.prefix_queries += num_tokens
+        self.prefix_hits += num_hits
+
+    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        total = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
+        return max(0, total - len(seq.block_table))
+
+    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        return self.blocks_needed(seq, num_new_tokens) <= self.num_free_blocks
+
+    def append(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Give seq slots for its next num_new_tokens tokens."""
+        for _ in range(self.blocks_needed(seq, num_new_tokens)):
+            block_id = next(iter(self.free_blocks))
+            self._evict(block_id)
+            self._take(block_id)
+            seq.block_table.append(block_id)
+
+    def commit(self, seq: Sequence) -> None:
+        """Register seq's newly completed full blocks (all tokens computed) in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        h = self.blocks[seq.block_table[seq.num_hashed_blocks - 1]].hash if seq.num_hashed_blocks else None
+        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+            block = self.blocks[seq.block_table[i]]
+            block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            h = hash((h, block.token_ids))
+            block.hash = h
+            self.cached.setdefault(h, block.block_id)
+        seq.num_hashed_blocks = max(seq.num_hashed_blocks, seq.num_computed_tokens // bs)
+
+    def free(self, seq: Sequence) -> None:
+        # Tail blocks go to the LRU queue first, so they are evicted before the shared prefix they extend.
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_blocks[block_id] = None
+        seq.block_table = []
+        seq.num_hashed_blocks = 0
+
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Roll seq back to its first num_tokens tokens (e.g. rejected speculative tokens), freeing trailing blocks."""
+        keep = -(-num_tokens // self.block_size)
+        tail, seq.block_table = seq.block_table[keep:], seq.block_table[:keep]
+        for block_id in reversed(tail):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_blocks[block_id] = None
+        if len(seq.block_table) > num_tokens // self.block_size:  # the kept partial block will be written again
+            self._evict(seq.block_table[-1])
+        del seq.token_ids[num_tokens:]
+        seq.num_computed_tokens = min(seq.num_computed_tokens, num_tokens)
+        seq.num_hashed_blocks = min(seq.num_hashed_blocks, num_tokens // self.block_size)
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_blocks[block_id]
+        block.ref_count += 1
+
+    def _evict(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.hash is not None and self.cached.get(block.hash) == block_id:
+            del self.cached[block.hash]
+        block.hash, block.token_ids = None, ()

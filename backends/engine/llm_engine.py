@@ -1,0 +1,171 @@
+"""The engine loop: add requests, step, abort."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backends.base import SamplingParams
+from backends.engine.block_manager import BlockManager
+from backends.engine.config import EngineConfig
+from backends.engine.detokenizer import IncrementalDetokenizer
+from backends.engine.metrics import EngineMetrics
+from backends.engine.model_runner import ModelRunner, Sampled
+from backends.engine.scheduler import ScheduledBatch, Scheduler
+from backends.engine.sequence import Sequence
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request: new tokens (and text), and how it ended if it did."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    logprobs: list[float] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """A whole request's result, for offline generate()."""
+
+    request_id: str
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+    cached_tokens: int = 0
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_runner = ModelRunner(config)
+        self.block_manager = BlockManager(self.model_runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.tokenizer = _load_tokenizer(config.model)
+        self.metrics = EngineMetrics(config.name)
+        eos = config.hf_config.get("eos_token_id")
+        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.seqs: dict[str, Sequence] = {}
+        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError for a request the engine cannot serve; safe to call from any thread."""
+        if not prompt_token_ids:
+            raise ValueError("prompt must have at least one token")
+        vocab = self.config.hf_config["vocab_size"]
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        if params.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        limit = min(self.config.max_model_len, self.model_runner.num_blocks * self.config.block_size)
+        if len(prompt_token_ids) + params.max_tokens > limit:
+            raise ValueError(
+                f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds {limit} tokens"
+            )
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need the model's tokenizer, and this checkpoint has none")
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1
+    ) -> None:
+        if request_id in self.seqs:
+            raise ValueError(f"request id {request_id!r} is already running")
+        self.check_request(prompt_token_ids, params)
+        seq = Sequence(request_id, prompt_token_ids, params, priority)
+        self.seqs[request_id] = seq
+        if self.tokenizer is not None:
+            self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop)
+        self.scheduler.add(seq)
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        sampled = self.model_runner.run(batch)
+        outputs = self._postprocess(batch, sampled)
+        self.metrics.observe_step(self.scheduler, self.block_manager)
+        return outputs
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Drop a request at once; its final output, or None if it is not (or no longer) in the engine."""
+        seq = self.seqs.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort")
+        self.metrics.observe_finished(seq)
+        return self._output(seq, [], None, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        """Offline batch generation: every prompt through the engine at once, results in prompt order."""
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        results = {str(i): Completion(str(i)) for i in range(len(prompts))}
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            self.add_request(str(i), prompt, p)
+        while self.has_unfinished():
+            for out in self.step():
+                done = results[out.request_id]
+                done.token_ids += out.token_ids
+                done.text += out.text
+                done.logprobs += out.logprobs or []
+                done.finish_reason, done.cached_tokens = out.finish_reason, out.cached_tokens
+        return list(results.values())
+
+    def _postprocess(self, batch: ScheduledBatch, sampled: Sampled) -> list[RequestOutput]:
+        for seq, n in batch:
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+        now = time.perf_counter()
+        outputs = []
+        for seq, token, logprob in sampled:
+            seq.token_ids.append(token)
+            self.metrics.observe_token(seq, now)
+            reason = self._finish_reason(seq, token)
+            if reason:
+                self.scheduler.finish(seq, reason)
+                self.seqs.pop(seq.request_id)
+                self.metrics.observe_finished(seq)
+            outputs.append(self._output(seq, [token], logprob, reason))
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        detok = self.detokenizers.get(seq.request_id)
+        if detok is not None and detok.add(token):
+            return "stop"
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+            return "stop"
+        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _output(self, seq: Sequence, tokens: list[int], logprob: float | None, reason: str | None) -> RequestOutput:
+        detok = self.detokenizers.pop(seq.request_id, None) if reason else self.detokenizers.get(seq.request_id)
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=tokens,
+            text=detok.take_delta(finished=reason is not None) if detok else "",
+            finished=reason is not None,
+            finish_reason=reason,
+            logprobs=None if logprob is None else [logprob],
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_output_tokens,
+            cached_tokens=seq.num_cached_tokens or 0,
+        )
+
+
+def _load_tokenizer(path: str):
+    if not (Path(path) / "tokenizer.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
