@@ -1,0 +1,3 @@
+from classifier.router import Router
+
+__all__ = ["Router"]

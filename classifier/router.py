@@ -1,0 +1,128 @@
+"""The router the gateway holds: text in, difficulty out, and the threshold that meets a tenant's target.
+
+Scoring is a calibrated linear model evaluated by hand (a dict of n-gram weights and a few numeric
+weights) rather than through scikit-learn, whose per-call overhead alone is a tenth of a millisecond.
+This module needs only numpy, so the gateway never imports scikit-learn.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classifier.features import NUMERIC_NAMES, grams, numeric
+
+# Prompts of one shape (every "add 00000 00000") score alike, and a threshold could only take or leave
+# the whole lump, missing a tenant's large-share target by its size. A tiny jitter fixed by the text
+# orders such prompts arbitrarily but repeatably, so a threshold can split the lump: random
+# tie-breaking, which is what the evaluation curve assumes between its vertices.
+JITTER = 1e-6
+# standardised numbers beyond this many deviations (a 10k-line paste) say nothing more
+CLIP = 5.0
+DEFAULT_PATH = Path(__file__).resolve().parent / "artifacts" / "router.npz"
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """Measured on held-out data: sending score >= threshold[i] large costs share[i] large calls and
+    keeps quality[i] of the all-large quality. Thresholds descend from +inf (all small) to -inf (all large)."""
+
+    threshold: np.ndarray
+    share: np.ndarray
+    quality: np.ndarray
+
+    def threshold_for(self, quality_floor: float | None = None, large_share: float | None = None) -> float:
+        if (quality_floor is None) == (large_share is None):
+            raise ValueError("give exactly one target: quality_floor or large_share")
+        if large_share is not None:
+            if not 0.0 <= large_share <= 1.0:
+                raise ValueError(f"large_share must be within [0, 1], got {large_share}")
+            # the most large calls that stay within the share
+            return float(self.threshold[np.flatnonzero(self.share <= large_share + 1e-9)[-1]])
+        if not 0.0 <= quality_floor <= 1.0:
+            raise ValueError(f"quality_floor must be within [0, 1] (a fraction of the large model's quality), got {quality_floor}")
+        # the fewest large calls that reach the floor; an unreachable floor sends everything large
+        meets = np.flatnonzero(self.quality >= quality_floor - 1e-9)
+        return float(self.threshold[meets[0]]) if len(meets) else float("-inf")
+
+
+@dataclass
+class Router:
+    weights: dict[str, float]  # n-gram -> weight, applied to the L2-normalised indicator vector
+    numeric_mean: list[float]
+    numeric_scale: list[float]
+    numeric_weight: list[float]
+    intercept: float
+    platt: tuple[float, float]  # p = sigmoid(a * z + b), fitted on out-of-fold decision values
+    route: PolicyTable
+    cascade: PolicyTable | None = None
+    meta: dict = field(default_factory=dict)
+
+    def score(self, text: str) -> float:
+        """Difficulty in [0, 1]: the calibrated probability that the small model does not suffice."""
+        found = grams(text)
+        w = self.weights
+        z = self.intercept + sum(w.get(g, 0.0) for g in found) / math.sqrt(len(found) or 1)
+        for x, m, s, c in zip(numeric(text), self.numeric_mean, self.numeric_scale, self.numeric_weight):
+            z += c * min(max((x - m) / s, -CLIP), CLIP)
+        a, b = self.platt
+        p = 1.0 / (1.0 + math.exp(-min(max(a * z + b, -50.0), 50.0)))
+        return min(max(p + JITTER * (zlib.crc32(text.encode()) / 2**32 - 0.5), 0.0), 1.0)
+
+    def threshold_for(self, quality_floor: float | None = None, large_share: float | None = None) -> float:
+        """Route large iff score >= this. quality_floor is a fraction of the all-large quality; large_share
+        the most calls that may go large. With neither, the artifact's default policy applies."""
+        if quality_floor is None and large_share is None:
+            return self.route.threshold_for(**self.meta["default_policy"])
+        return self.route.threshold_for(quality_floor, large_share)
+
+    def cascade_escalate(self, small_logprobs: list[float], quality_floor: float | None = None,
+                         large_share: float | None = None) -> bool:
+        """Cascade mode: after the small model answered, ask the large one too when the small model's
+        own confidence (mean log-probability of its answer's tokens) is below the calibrated cut."""
+        if self.cascade is None:
+            raise ValueError("this router artifact has no cascade calibration")
+        if not small_logprobs:
+            return True
+        if quality_floor is None and large_share is None:
+            cut = self.cascade.threshold_for(**self.meta["default_policy"])
+        else:
+            cut = self.cascade.threshold_for(quality_floor, large_share)
+        return -sum(small_logprobs) / len(small_logprobs) >= cut
+
+    def save(self, path: Path = DEFAULT_PATH) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = sorted(self.weights)
+        arrays = {
+            "gram_names": np.array(names, dtype=str),
+            "gram_weights": np.array([self.weights[n] for n in names], dtype=np.float32),
+            "numeric": np.array([self.numeric_mean, self.numeric_scale, self.numeric_weight], dtype=np.float64),
+            "linear": np.array([self.intercept, *self.platt], dtype=np.float64),
+            "meta": np.array(json.dumps({**self.meta, "numeric_names": list(NUMERIC_NAMES)})),
+        }
+        for name, table in (("route", self.route), ("cascade", self.cascade)):
+            if table is not None:
+                arrays[name] = np.stack([table.threshold, table.share, table.quality])
+        with open(path, "wb") as f:  # np.savez would append ".npz" to a path lacking it
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> "Router":
+        path = Path(path) if path is not None else DEFAULT_PATH
+        if not path.exists():
+            raise FileNotFoundError(f"no router artifact at {path}; build one with `ferryman router train`")
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.pop("numeric_names") != list(NUMERIC_NAMES):
+                raise ValueError(f"{path} was trained on other numeric features; retrain it")
+            names, weights = z["gram_names"].tolist(), z["gram_weights"].astype(np.float64).tolist()
+            mean, scale, coef = z["numeric"].tolist()
+            intercept, a, b = z["linear"].tolist()
+            route = PolicyTable(*z["route"])
+            cascade = PolicyTable(*z["cascade"]) if "cascade" in z else None
+        return cls(dict(zip(names, weights)), mean, scale, coef, intercept, (a, b), route, cascade, meta)
