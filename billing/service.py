@@ -277,8 +277,8 @@ class Billing:
             # No hold: either this period has no row yet (create it and try once more) or the budget is full.
             created = conn.execute(self._upsert(budget_spend).values(
                 budget_id=budget_id, period_key=key, spent_micros=0, reserved_micros=0, alerted=False,
-            ).on_conflict_do_nothing()).rowcount
-            if not created:
+            ).on_conflict_do_nothing().returning(_spend.id)).scalar()
+            if created is None:
                 break
         raise self._exceeded(conn, budget_id, key, amount, model, prompt_tokens, max_tokens)
 
@@ -313,8 +313,9 @@ class Billing:
             latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now)
         with self.engine.begin() as conn:
             inserted = conn.execute(self._upsert(usage_records).values(**asdict(record))
-                                    .on_conflict_do_nothing(index_elements=["request_id"])).rowcount
-            if not inserted:
+                                    .on_conflict_do_nothing(index_elements=["request_id"])
+                                    .returning(usage_records.c.id)).scalar()
+            if inserted is None:
                 return self._record(conn, res.request_id)
             if conn.execute(delete(reservations).where(reservations.c.request_id == res.request_id)).rowcount != 1:
                 raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
