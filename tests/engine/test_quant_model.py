@@ -1,0 +1,133 @@
+"""QuantLinear, quantize_model and quantized checkpoints on a tiny trained Hugging Face Llama."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from backends.engine.quant import QuantLinear, load_quantized, quantize_model, save_quantized, weight_bytes
+from backends.engine.quant.formats import dequantize_int4, dequantize_int8
+
+VOCAB = 64
+
+
+def _chains(start: torch.Tensor, perm: torch.Tensor, length: int) -> torch.Tensor:
+    """Token sequences where each token is perm[previous]: a language the tiny model learns in seconds."""
+    seqs = [start]
+    for _ in range(length - 1):
+        seqs.append(perm[seqs[-1]])
+    return torch.stack(seqs, dim=1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny Llama trained until its greedy choices have wide margins, as a real model's mostly do."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=None, eos_token_id=None)  # no token ends a chain
+    model = LlamaForCausalLM(config)
+    perm = torch.randperm(VOCAB)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        x = _chains(torch.randint(0, VOCAB, (32,)), perm, 16)
+        loss = model(x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), perm
+
+
+def _greedy(model: nn.Module, prompts: torch.Tensor, new_tokens: int = 12) -> torch.Tensor:
+    # An explicit mask: token 0 is a real token here, not padding.
+    return model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quant_linear_matches_dequantized_reference(mode, dtype):
+    torch.manual_seed(1)
+    linear = nn.Linear(128, 48, bias=True)
+    layer = QuantLinear.from_linear(linear, mode, group_size=64)
+    if mode == "int8":
+        w = dequantize_int8(layer.qweight, layer.scales)
+    else:
+        w = dequantize_int4(layer.qweight, layer.scales, layer.zeros, 64)
+    x = torch.randn(2, 5, 128).to(dtype)
+    expected = (x.float() @ w.T + linear.bias.detach()).to(dtype)
+    out = layer(x)
+    assert out.dtype == dtype and out.shape == (2, 5, 48)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+    # And it approximates the float layer it replaced, to within the format's precision.
+    rel = (layer(x.float()) - linear(x.float())).norm() / linear(x.float()).norm()
+    assert rel < (0.02 if mode == "int8" else 0.15)
+
+
+def test_quantize_model_swaps_every_linear_but_lm_head(trained):
+    model = copy.deepcopy(trained[0])
+    quantize_model(model, "int4", group_size=32)
+    swapped = [name for name, m in model.named_modules() if isinstance(m, QuantLinear)]
+    assert len(swapped) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    assert type(model.lm_head) is nn.Linear
+    assert not any(type(m) is nn.Linear for name, m in model.named_modules() if name != "lm_head")
+
+
+@pytest.mark.parametrize("mode, max_rel_error", [("int8", 0.02), ("int4", 0.15)])
+def test_quantized_llama_keeps_greedy_output_and_logits(trained, mode, max_rel_error):
+    model, perm = trained
+    prompts = _chains(torch.arange(0, VOCAB, 8), perm, 3)
+    expected = _greedy(model, prompts)
+    assert torch.equal(expected, _chains(prompts[:, 0], perm, expected.shape[1]))  # the model learned the chains
+    quantized = quantize_model(copy.deepcopy(model), mode, group_size=32)
+    assert torch.equal(_greedy(quantized, prompts), expected)
+    text = _chains(torch.arange(VOCAB), perm, 12)
+    with torch.no_grad():
+        ref, out = model(text).logits, quantized(text).logits
+    assert (out - ref).norm() / ref.norm() < max_rel_error
+    assert (out.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_weight_memory_shrinks_by_the_format_ratio(trained):
+    model = trained[0]
+    fp32 = weight_bytes(model)
+    linear_params = sum(m.weight.numel() for name, m in model.named_modules()
+                        if isinstance(m, nn.Linear) and name != "lm_head")
+    int8 = weight_bytes(quantize_model(copy.deepcopy(model), "int8"))
+    int4 = weight_bytes(quantize_model(copy.deepcopy(model), "int4", group_size=32))
+    out_rows = sum(m.out_features for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head")
+    assert fp32 - int8 == linear_params * 3 - out_rows * 2  # 4 bytes -> 1 byte, plus a float16 scale per row
+    assert fp32 - int4 == linear_params * (4 - 0.5) - (linear_params // 32) * 3  # + float16 scale, uint8 zero per group
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_save_and_load_round_trip(trained, tmp_path, mode):
+    model = trained[0]
+    quantized = quantize_model(copy.deepcopy(model), mode, group_size=32)
+    save_quantized(quantized, tmp_path / "q")
+    save_quantized_fp = tmp_path / "fp"
+    model.save_pretrained(save_quantized_fp)
+    assert (tmp_path / "q" / "model.safetensors").stat().st_size < 0.8 * (save_quantized_fp / "model.safetensors").stat().st_size
+    text = _chains(torch.arange(VOCAB), trained[1], 8)
+    with torch.no_grad():
+        expected = quantized(text).logits
+        assert torch.equal(load_quantized(tmp_path / "q")(text).logits, expected)
+        # Into a caller's own float skeleton, as the engine does with its model.
+        skeleton = LlamaForCausalLM(model.config)
+        assert torch.equal(load_quantized(tmp_path / "q", model=skeleton)(text).logits, expected)
+
+
+def test_bad_requests_are_refused_and_change_nothing(trained, tmp_path):
+    model = copy.deepcopy(trained[0])
+    with pytest.raises(ValueError, match="group_size"):
+        quantize_model(model, "int4", group_size=48)
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        quantize_model(model, "fp8")
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    with pytest.raises(ValueError, match="no QuantLinear"):
+        save_quantized(model, tmp_path / "x")
+    model.save_pretrained(tmp_path / "fp")
+    with pytest.raises(ValueError, match="not a quantized checkpoint"):
+        load_quantized(tmp_path / "fp")
