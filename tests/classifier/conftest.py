@@ -21,6 +21,11 @@ def synthetic_examples(n: int, seed: int) -> list[Example]:
 
 
 @pytest.fixture(scope="session")
+def make_examples():
+    return synthetic_examples
+
+
+@pytest.fixture(scope="session")
 def examples() -> list[Example]:
     return synthetic_examples(4000, seed=0)
 

@@ -6,14 +6,13 @@ import scipy.sparse as sp
 
 from classifier.router import Router
 from classifier.train import design, splits
-from conftest import synthetic_examples
 
 
 @pytest.fixture(scope="module")
-def unseen(examples):
+def unseen(examples, make_examples):
     """Fresh prompts from the same distribution, none of them trained or calibrated on."""
     seen = {e.prompt for e in examples}
-    return [e for e in synthetic_examples(3000, seed=1) if e.prompt not in seen]
+    return [e for e in make_examples(3000, seed=1) if e.prompt not in seen]
 
 
 def outcome(router, examples, **target):
