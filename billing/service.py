@@ -145,6 +145,8 @@ SPEND = (update(budget_spend).where(_spend.id == bindparam("spend"))
          .values(reserved_micros=_spend.reserved_micros - _amount,
                  spent_micros=_spend.spent_micros + bindparam("cost", type_=BigInteger)))
 
+RELEASE = delete(reservations).where(reservations.c.request_id == bindparam("rid"))
+
 CROSSED_ALERT = (update(budget_spend)
                  .where(_spend.id.in_(bindparam("spends", expanding=True)), _spend.alerted.is_(False),
                         _spend.spent_micros * 100 >= select(budgets.c.limit_micros * budgets.c.alert_percent)
@@ -161,6 +163,11 @@ class Billing:
         self.baseline_model, self.cache_ttl_s, self.clock = baseline_model, cache_ttl_s, clock
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         self._upsert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
+        # Built once: the hot path only binds parameters to statements SQLAlchemy has already compiled.
+        self._new_period = self._upsert(budget_spend).on_conflict_do_nothing().returning(_spend.id)
+        self._new_record = (self._upsert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+                            .returning(usage_records.c.id))
+        self._new_reservation = reservations.insert()
         self._principals: dict[str, tuple[float, Principal | None]] = {}
         self._prices: dict[str, Price] = {}
         self._prices_until = 0.0
@@ -256,7 +263,7 @@ class Billing:
             spend = [None if ref is None else self._hold(conn, ref, now, amount, model, prompt_tokens, max_tokens)
                      for ref in (principal.tenant_budget, principal.key_budget)]
             try:
-                conn.execute(reservations.insert().values(
+                conn.execute(self._new_reservation, dict(
                     request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id, model=model,
                     amount_micros=amount, tenant_spend_id=spend[0], key_spend_id=spend[1], created_at=now,
                     expires_at=now + self.reservation_ttl))
@@ -275,9 +282,8 @@ class Billing:
             if spend_id is not None:
                 return spend_id
             # No hold: either this period has no row yet (create it and try once more) or the budget is full.
-            created = conn.execute(self._upsert(budget_spend).values(
-                budget_id=budget_id, period_key=key, spent_micros=0, reserved_micros=0, alerted=False,
-            ).on_conflict_do_nothing().returning(_spend.id)).scalar()
+            created = conn.execute(self._new_period, dict(
+                budget_id=budget_id, period_key=key, spent_micros=0, reserved_micros=0, alerted=False)).scalar()
             if created is None:
                 break
         raise self._exceeded(conn, budget_id, key, amount, model, prompt_tokens, max_tokens)
@@ -312,12 +318,9 @@ class Billing:
             baseline_cost_micros=res.baseline.cost_micros(prompt_tokens, cached_tokens, completion_tokens),
             latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now)
         with self.engine.begin() as conn:
-            inserted = conn.execute(self._upsert(usage_records).values(**asdict(record))
-                                    .on_conflict_do_nothing(index_elements=["request_id"])
-                                    .returning(usage_records.c.id)).scalar()
-            if inserted is None:
+            if conn.execute(self._new_record, vars(record)).scalar() is None:
                 return self._record(conn, res.request_id)
-            if conn.execute(delete(reservations).where(reservations.c.request_id == res.request_id)).rowcount != 1:
+            if conn.execute(RELEASE, {"rid": res.request_id}).rowcount != 1:
                 raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
             for spend_id in res.spend_ids:
                 conn.execute(SPEND, {"spend": spend_id, "amount": res.amount_micros, "cost": cost})
