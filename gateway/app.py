@@ -71,19 +71,31 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
 
 
 def default_backends(settings: Settings) -> dict:
-    from backends.engine import EngineBackend, EngineConfig
-
-    small = EngineBackend(settings.small_model, EngineConfig(model=str(settings.small_model_path)))
+    backends = {settings.small_model: _engine(settings, settings.small_model, settings.small_model_path, None)}
     if settings.large_upstreams:
         from backends.remote import RemoteBackend
 
         urls = [u.strip() for u in settings.large_upstreams.split(",") if u.strip()]
-        return {settings.small_model: small, settings.large_model: RemoteBackend(settings.large_model, urls)}
-    log.info("loading %s from %s and %s from %s", settings.small_model, settings.small_model_path,
-             settings.large_model, settings.large_model_path)
-    large = EngineBackend(settings.large_model, EngineConfig(model=str(settings.large_model_path),
-                                                             quantization=settings.large_quantization))
-    return {settings.small_model: small, settings.large_model: large}
+        backends[settings.large_model] = RemoteBackend(settings.large_model, urls)
+    else:
+        backends[settings.large_model] = _engine(settings, settings.large_model, settings.large_model_path,
+                                                 settings.large_quantization)
+    return backends
+
+
+def _engine(settings: Settings, name: str, path, quantization: str | None):
+    """An in-process engine; with idle_unload_s set it loads on first use and unloads when idle."""
+    from backends.engine import EngineBackend, EngineConfig
+
+    def load():
+        log.info("loading %s from %s", name, path)
+        return EngineBackend(name, EngineConfig(model=str(path), name=name, quantization=quantization))
+
+    if settings.idle_unload_s is None:
+        return load()
+    from backends.idle import ScaleToZero
+
+    return ScaleToZero(name, load, settings.idle_unload_s)
 
 
 def context_length(settings: Settings) -> int:

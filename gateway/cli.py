@@ -68,5 +68,5 @@ def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkp
     from backends.server import create_replica_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = EngineBackend(name, EngineConfig(model=model, quantization=quantization))
+    backend = EngineBackend(name, EngineConfig(model=model, name=name, quantization=quantization))
     uvicorn.run(create_replica_app(backend, backend.tokenizer), host=host, port=port, log_level="warning")
