@@ -21,8 +21,8 @@ from sqlalchemy import BigInteger, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from billing.db import make_engine
-from billing.models import (api_keys, budget_alerts, budget_spend, budgets, metadata, prices, reservations, tenants,
+from billing.db import make_engine, upgrade
+from billing.models import (api_keys, budget_alerts, budget_spend, budgets, prices, reservations, tenants,
                             usage_records)
 from billing.pricing import DEFAULT_PRICES, FREE, Price, usd
 from billing.reports import usage_report, where_usage
@@ -159,6 +159,7 @@ class Billing:
     def __init__(self, database_url: str = "sqlite:///ferryman.db", *, baseline_model: str = "ferryman-large",
                  cache_ttl_s: float = 2.0, reservation_ttl_s: float = 900.0,
                  clock: Callable[[], datetime] = utcnow):
+        self.database_url = database_url
         self.engine = make_engine(database_url)
         self.baseline_model, self.cache_ttl_s, self.clock = baseline_model, cache_ttl_s, clock
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
@@ -173,7 +174,9 @@ class Billing:
         self._prices_until = 0.0
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        """Bring the database to the newest schema. Migrations, not create_all, so that a database made
+        by `serve` and one made by `ferryman db upgrade` are the same thing and can be upgraded later."""
+        upgrade(self.database_url)
 
     def close(self) -> None:
         self.engine.dispose()
