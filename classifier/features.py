@@ -1,7 +1,8 @@
 """Cheap features of a query: n-grams of its text and a handful of numbers about its shape.
 
-One function per view, used by both training and scoring, so the two can never disagree.
-Everything here is pure Python on one short string: scoring must stay far below a millisecond.
+One function per kind, used by both training and scoring, so the two can never disagree.
+Everything here runs on one string per call and must stay far below a millisecond, so the work is
+left to C where Python allows it (regexes, set comprehensions, str methods).
 """
 from __future__ import annotations
 
@@ -9,31 +10,40 @@ import math
 import re
 
 WORD = re.compile(r"\w+|[^\w\s]")
-NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NUMBER = re.compile(r"\d+")
 DIGIT = re.compile(r"\d")
+UPPER = re.compile(r"[A-Z]")
+PUNCT = re.compile(r"[^\w\s]")
+OPERATOR = re.compile(r"[-+*/^%=<>()\[\]{}]")
 CHAR_NGRAMS = (2, 3, 4)
+# n-grams read at most this much of a long text, half from each end: latency stays bounded
+MAX_CHARS = 1024
 
+# the views of grams(), in order; a weight's name is "<view>:<gram>"
+VIEWS = ("w", "b", "s", "c")
 NUMERIC_NAMES = (
     "log_chars", "log_words", "digit_share", "log_numbers", "log_longest_number",
     "log_operators", "log_newlines", "upper_share", "punct_share", "mean_word_len",
 )
-OPERATORS = set("+-*/^%=<>()[]{}")
 
 
-def grams(text: str) -> set[str]:
-    """Word uni/bi-grams of the text, and char n-grams of its shape (every digit written as 0).
+def grams(text: str) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Per view: words, word bigrams, the first word crossed with a length bucket, and char n-grams
+    of the text's shape (lower case, every digit written as 0, runs of blanks as one space).
 
-    The shape view lets "41*73" and "12*58" share features: how many digits, which operator,
-    rather than which numbers; that is what tells a hard query from an easy one.
+    The shape view lets "41 73" and "12 58" share features: how many digits rather than which;
+    that is what tells a hard query from an easy one.
     """
+    if len(text) > MAX_CHARS:
+        text = text[: MAX_CHARS // 2] + " " + text[-MAX_CHARS // 2:]
     low = text.lower()
     words = WORD.findall(low)
-    out = {"w:" + w for w in words}
-    out.update("b:" + a + " " + b for a, b in zip(words, words[1:]))
+    bigrams = {a + " " + b for a, b in zip(words, words[1:])}
+    # what is asked, crossed with how much of it: "reverse" of 4 letters and of 10 are different tasks
+    asked = {f"{words[0]}|{int(4 * math.log2(1 + len(words)))}"} if words else set()
     shape = " " + " ".join(DIGIT.sub("0", low).split()) + " "
-    for n in CHAR_NGRAMS:
-        out.update("c:" + shape[i:i + n] for i in range(len(shape) - n + 1))
-    return out
+    chars = {shape[i:i + n] for n in CHAR_NGRAMS for i in range(len(shape) - n + 1)}
+    return set(words), bigrams, asked, chars
 
 
 def numeric(text: str) -> list[float]:
@@ -44,12 +54,17 @@ def numeric(text: str) -> list[float]:
     return [
         math.log1p(len(text)),
         math.log1p(len(words)),
-        sum(c.isdigit() for c in text) / chars,
+        len(DIGIT.findall(text)) / chars,
         math.log1p(len(numbers)),
-        math.log1p(max((len(n) for n in numbers), default=0)),
-        math.log1p(sum(c in OPERATORS for c in text)),
+        math.log1p(max(map(len, numbers), default=0)),
+        math.log1p(len(OPERATOR.findall(text))),
         math.log1p(text.count("\n")),
-        sum(c.isupper() for c in text) / chars,
-        sum(not c.isalnum() and not c.isspace() for c in text) / chars,
-        sum(len(w) for w in words) / (len(words) or 1),
+        len(UPPER.findall(text)) / chars,
+        len(PUNCT.findall(text)) / chars,
+        (chars - text.count(" ")) / (len(words) or 1),
     ]
+
+
+def named(text: str) -> set[str]:
+    """Every gram of the text under its weight's name, as training sees them."""
+    return {f"{view}:{g}" for view, found in zip(VIEWS, grams(text)) for g in found}

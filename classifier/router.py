@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from classifier.features import NUMERIC_NAMES, grams, numeric
+from classifier.features import NUMERIC_NAMES, VIEWS, grams, numeric
 
 # Prompts of one shape (every "add 00000 00000") score alike, and a threshold could only take or leave
 # the whole lump, missing a tenant's large-share target by its size. A tiny jitter fixed by the text
@@ -36,8 +37,12 @@ class PolicyTable:
     quality: np.ndarray
 
     def threshold_for(self, quality_floor: float | None = None, large_share: float | None = None) -> float:
-        if (quality_floor is None) == (large_share is None):
-            raise ValueError("give exactly one target: quality_floor or large_share")
+        """Route large iff score >= this. With both targets the share is a cap: the floor is met if it can be
+        within the share, otherwise the share wins (a budget is a promise; quality is a best effort)."""
+        if quality_floor is None and large_share is None:
+            raise ValueError("give a target: quality_floor, large_share, or both")
+        if quality_floor is not None and large_share is not None:
+            return max(self.threshold_for(quality_floor=quality_floor), self.threshold_for(large_share=large_share))
         if large_share is not None:
             if not 0.0 <= large_share <= 1.0:
                 raise ValueError(f"large_share must be within [0, 1], got {large_share}")
@@ -52,7 +57,7 @@ class PolicyTable:
 
 @dataclass
 class Router:
-    weights: dict[str, float]  # n-gram -> weight, applied to the L2-normalised indicator vector
+    weights: dict[str, float]  # "<view>:<gram>" -> weight, applied to the L2-normalised indicator vector
     numeric_mean: list[float]
     numeric_scale: list[float]
     numeric_weight: list[float]
@@ -62,11 +67,18 @@ class Router:
     cascade: PolicyTable | None = None
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # one dict per view, keyed by the bare gram, so scoring never builds "<view>:<gram>" strings
+        self._views: list[dict[str, float]] = [{} for _ in VIEWS]
+        for name, weight in self.weights.items():
+            view, gram = name.split(":", 1)
+            self._views[VIEWS.index(view)][gram] = weight
+
     def score(self, text: str) -> float:
         """Difficulty in [0, 1]: the calibrated probability that the small model does not suffice."""
         found = grams(text)
-        w = self.weights
-        z = self.intercept + sum(w.get(g, 0.0) for g in found) / math.sqrt(len(found) or 1)
+        hits = sum(sum(map(w.get, f, repeat(0.0))) for w, f in zip(self._views, found))
+        z = self.intercept + hits / math.sqrt(sum(map(len, found)) or 1)
         for x, m, s, c in zip(numeric(text), self.numeric_mean, self.numeric_scale, self.numeric_weight):
             z += c * min(max((x - m) / s, -CLIP), CLIP)
         a, b = self.platt
@@ -75,7 +87,7 @@ class Router:
 
     def threshold_for(self, quality_floor: float | None = None, large_share: float | None = None) -> float:
         """Route large iff score >= this. quality_floor is a fraction of the all-large quality; large_share
-        the most calls that may go large. With neither, the artifact's default policy applies."""
+        the most calls that may go large (a cap when both are given). With neither, the artifact's default."""
         if quality_floor is None and large_share is None:
             return self.route.threshold_for(**self.meta["default_policy"])
         return self.route.threshold_for(quality_floor, large_share)

@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from classifier.features import grams, numeric
+from classifier.features import named, numeric
 from classifier.metrics import routing_curve
 from classifier.router import CLIP, PolicyTable, Router
 
@@ -67,7 +67,7 @@ def design(texts: list[str], vocab: dict[str, int], mean: np.ndarray, scale: np.
     """The matrix Router.score evaluates by hand: normalised n-gram indicators, then standardised numbers."""
     rows, cols, vals = [], [], []
     for i, text in enumerate(texts):
-        found = grams(text)
+        found = named(text)
         norm = 1.0 / math.sqrt(len(found) or 1)
         hits = [vocab[g] for g in found if g in vocab]
         rows += [i] * len(hits)
@@ -80,7 +80,7 @@ def design(texts: list[str], vocab: dict[str, int], mean: np.ndarray, scale: np.
 
 def fit_scorer(texts: list[str], labels: np.ndarray, min_df: int = 2, seed: int = 0) -> tuple[Router, dict]:
     """Logistic regression with C chosen by 5-fold AUC, Platt-scaled on the same folds' predictions."""
-    counts = Counter(g for t in texts for g in grams(t))
+    counts = Counter(g for t in texts for g in named(t))
     vocab = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= min_df))}
     raw = np.array([numeric(t) for t in texts])
     mean, scale = raw.mean(0), raw.std(0)

@@ -42,6 +42,13 @@ def test_hard_prompts_score_higher_and_the_router_beats_random(router, unseen):
     assert low < high
 
 
+def test_with_both_targets_the_share_caps_the_floor(router):
+    floor, cap = router.threshold_for(quality_floor=0.95), router.threshold_for(large_share=0.1)
+    assert floor < cap  # the floor alone would need more than 10% large calls
+    assert router.threshold_for(quality_floor=0.95, large_share=0.1) == cap
+    assert router.threshold_for(quality_floor=0.95, large_share=1.0) == floor
+
+
 def test_thresholds_are_monotone_in_the_target(router):
     shares = [router.threshold_for(large_share=s) for s in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert shares == sorted(shares, reverse=True)
@@ -51,8 +58,8 @@ def test_thresholds_are_monotone_in_the_target(router):
 
 
 def test_targets_are_validated(router):
-    with pytest.raises(ValueError, match="exactly one"):
-        router.threshold_for(quality_floor=0.9, large_share=0.5)
+    with pytest.raises(ValueError, match="give a target"):
+        router.route.threshold_for()
     with pytest.raises(ValueError, match="large_share"):
         router.threshold_for(large_share=1.5)
     with pytest.raises(ValueError, match="quality_floor"):
