@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import errors, openai_api
+from gateway import admin, errors, openai_api
 from gateway.config import Settings
 from gateway.ferry import Ferry
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_exception_handler(RequestValidationError, errors.handle_validation_error)
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(openai_api.router)
+    app.include_router(admin.router)
 
     @app.get("/health")
     async def health():

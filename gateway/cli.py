@@ -6,9 +6,11 @@ import secrets
 
 import typer
 
+from gateway import cli_admin
 from gateway.config import Settings
 
 app = typer.Typer(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
+cli_admin.install(app)
 
 
 @app.command()

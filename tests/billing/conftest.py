@@ -76,3 +76,4 @@ def redis_url() -> str:
     except Exception:
         pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
     return REDIS
+

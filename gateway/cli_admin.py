@@ -1,0 +1,223 @@
+"""Operator commands: `ferryman db`, `ferryman tenants`, `ferryman keys`, `ferryman prices`, `ferryman report`.
+
+They talk to the ledger directly (FERRYMAN_DATABASE_URL), so they work with or without a running gateway.
+"""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+
+from billing import Billing
+from billing.pricing import micros, usd
+from billing.reports import GROUPS, to_csv, totals
+from gateway.config import Settings
+
+db_app = typer.Typer(help="The ledger database: migrations.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants and their budgets.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: issue, list, revoke.", no_args_is_help=True)
+prices_app = typer.Typer(help="Prices per model, in USD per 1M tokens.", no_args_is_help=True)
+
+URL = typer.Option(None, "--database-url", help="Ledger URL (default: FERRYMAN_DATABASE_URL or the SQLite file)")
+
+
+def ledger(url: str | None) -> Billing:
+    billing = Billing(url or Settings().database_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    return billing
+
+
+def fail(message: str) -> None:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def tenant_id(billing: Billing, tenant: str) -> int:
+    try:
+        return billing.tenant_by_name(tenant)["id"]
+    except LookupError:
+        if tenant.isdigit():
+            return billing.tenant(int(tenant))["id"]
+        fail(f"no tenant named '{tenant}' (see `ferryman tenants list`)")
+
+
+def show(rows: list[dict], columns: list[str]) -> None:
+    typer.echo(aligned(rows, columns))
+
+
+def aligned(rows: list[dict], columns: list[str]) -> str:
+    cells = [[("" if r.get(c) is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [columns] + cells)
+
+
+# --- db ------------------------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade(url: str = URL, revision: str = typer.Argument("head")) -> None:
+    """Apply the billing migrations (idempotent)."""
+    from billing.db import current, upgrade
+
+    url = url or Settings().database_url
+    upgrade(url, revision)
+    typer.echo(f"ledger at revision {current(url)}")
+
+
+@db_app.command("current")
+def db_current(url: str = URL) -> None:
+    from billing.db import current
+
+    typer.echo(current(url or Settings().database_url) or "empty (run `ferryman db upgrade`)")
+
+
+# --- tenants -------------------------------------------------------------------------------------
+
+@tenants_app.command("create")
+def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Option(None, help="Requests per minute"),
+                   tpm: int = typer.Option(None, help="Tokens (prompt + max_tokens) per minute"),
+                   max_concurrent: int = None, quality_floor: float = None, large_share: float = None,
+                   url: str = URL) -> None:
+    billing = ledger(url)
+    try:
+        t = billing.create_tenant(name, priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
+                                  quality_floor=quality_floor, large_share=large_share)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"tenant {t['name']} (id {t['id']}) created")
+
+
+@tenants_app.command("list")
+def tenants_list(url: str = URL) -> None:
+    show(ledger(url).list_tenants(), ["id", "name", "priority", "quality_floor", "large_share", "rpm", "tpm",
+                                      "max_concurrent"])
+
+
+@tenants_app.command("budget")
+def tenants_budget(tenant: str, limit_usd: str = typer.Option(..., help="e.g. 25 or 12.50"),
+                   period: str = "monthly", alert_percent: int = 80,
+                   key_id: int = typer.Option(None, help="Budget one key instead of the whole tenant"),
+                   url: str = URL) -> None:
+    """Set (or replace) the tenant's budget, or one key's."""
+    billing = ledger(url)
+    try:
+        b = billing.set_budget(tenant_id(billing, tenant), key_id=key_id, limit_micros=micros(limit_usd),
+                               period=period, alert_percent=alert_percent)
+    except (ValueError, LookupError) as exc:
+        fail(str(exc))
+    typer.echo(f"budget {b['id']}: {usd(b['limit_micros'])} {b['period']}, {usd(b['remaining_micros'])} left "
+               f"in {b['period_key']}, alert at {b['alert_percent']}%")
+
+
+@tenants_app.command("budgets")
+def tenants_budgets(tenant: str = typer.Argument(None), url: str = URL) -> None:
+    billing = ledger(url)
+    rows = billing.list_budgets(tenant_id(billing, tenant) if tenant else None)
+    for r in rows:
+        for f in ("limit_micros", "spent_micros", "reserved_micros", "remaining_micros"):
+            r[f.replace("_micros", "")] = usd(r[f])
+    show(rows, ["id", "tenant_id", "key_id", "period", "period_key", "limit", "spent", "reserved", "remaining",
+                "alert_percent"])
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+@keys_app.command("create")
+def keys_create(tenant: str, name: str = "default", expires_days: float = typer.Option(None, help="Expire after"),
+                rpm: int = None, tpm: int = None, max_concurrent: int = None, url: str = URL) -> None:
+    """Issue a key; the secret is printed this once."""
+    billing = ledger(url)
+    expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_days) if expires_days else None
+    try:
+        secret, key = billing.create_key(tenant_id(billing, tenant), name, expires_at=expires, rpm=rpm, tpm=tpm,
+                                         max_concurrent=max_concurrent)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"key {key['id']} for {tenant}: {secret}")
+
+
+@keys_app.command("list")
+def keys_list(tenant: str = typer.Argument(None), url: str = URL) -> None:
+    billing = ledger(url)
+    show(billing.list_keys(tenant_id(billing, tenant) if tenant else None),
+         ["id", "tenant_id", "name", "key_prefix", "rpm", "tpm", "max_concurrent", "expires_at", "revoked_at"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, url: str = URL) -> None:
+    try:
+        key = ledger(url).revoke_key(key_id)
+    except LookupError as exc:
+        fail(str(exc))
+    typer.echo(f"key {key['id']} ({key['key_prefix']}...) revoked; running gateways drop it within seconds")
+
+
+# --- prices --------------------------------------------------------------------------------------
+
+@prices_app.command("list")
+def prices_list(url: str = URL) -> None:
+    rows = ledger(url).list_prices()
+    for r in rows:
+        for f in ("input", "cached_input", "output"):
+            r[f] = usd(r[f"{f}_micros_per_m"])
+    show(rows, ["model", "input", "cached_input", "output", "updated_at"])
+
+
+@prices_app.command("set")
+def prices_set(model: str, input_usd: str = typer.Option(..., help="USD per 1M uncached prompt tokens"),
+               cached_usd: str = typer.Option(..., help="USD per 1M cached prompt tokens"),
+               output_usd: str = typer.Option(..., help="USD per 1M completion tokens"), url: str = URL) -> None:
+    try:
+        ledger(url).set_price(model, input_micros_per_m=micros(input_usd), cached_input_micros_per_m=micros(cached_usd),
+                              output_micros_per_m=micros(output_usd))
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"{model}: ${input_usd} in, ${cached_usd} cached, ${output_usd} out per 1M tokens")
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def report(group_by: str = typer.Option("tenant,model,day", help=f"Any of {', '.join(GROUPS)}"),
+           since: str = typer.Option(None, help="First UTC day, YYYY-MM-DD"),
+           until: str = typer.Option(None, help="Last UTC day, YYYY-MM-DD"),
+           tenant: str = typer.Option(None, help="Only this tenant"),
+           format: str = typer.Option("table", help="table | csv | json"),
+           output: Path = typer.Option(None, help="Write to this file instead of the terminal"),
+           url: str = URL) -> None:
+    """Cost, tokens, requests and savings versus sending everything to the large model."""
+    billing = ledger(url)
+    try:
+        rows = billing.report(tuple(group_by.split(",")), since=since, until=until,
+                              tenant_id=tenant_id(billing, tenant) if tenant else None)
+    except ValueError as exc:
+        fail(str(exc))
+    if format == "csv":
+        text = to_csv(rows)
+    elif format == "json":
+        text = json.dumps({"rows": rows, "totals": totals(rows)}, indent=2)
+    elif format == "table":
+        text = _table(rows, group_by.split(","))
+    else:
+        fail("format must be table, csv or json")
+    if output:
+        output.write_text(text)
+        typer.echo(f"wrote {len(rows)} rows to {output}")
+    else:
+        typer.echo(text.rstrip())
+
+
+def _table(rows: list[dict], groups: list[str]) -> str:
+    shown = [{**r, "tokens": r["prompt_tokens"] + r["completion_tokens"], "cost": usd(r["cost_micros"]),
+              "savings vs large": usd(r["savings_micros"])} for r in rows + [{groups[0]: "total", **totals(rows)}]]
+    return aligned(shown, groups + ["requests", "tokens", "cost", "savings vs large"])
+
+
+def install(app: typer.Typer) -> None:
+    """Add the operator commands to the `ferryman` command line."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(prices_app, name="prices")
+    app.command("report")(report)
