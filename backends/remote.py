@@ -74,8 +74,9 @@ class RemoteBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         sent: list[int] = []
+        failed: set[str] = set()
         for attempt in range(self.max_attempts):
-            replica = self._pick()
+            replica = self._pick(avoid=failed)
             if replica is None:
                 await asyncio.sleep(self.backoff_s * 2**attempt)
                 continue
@@ -89,20 +90,22 @@ class RemoteBackend:
                 raise ReplicaFailed("stream ended without a finish reason")
             except (httpx.TransportError, ReplicaFailed) as exc:
                 replica.failed(self.breaker_threshold, self.cooldown_s)
+                failed.add(replica.url)
                 log.warning("replica %s failed after %d tokens (%s); %s", replica.url, len(sent), exc,
                             "continuing elsewhere" if sent else "retrying")
                 if not sent:
                     await asyncio.sleep(self.backoff_s * 2**attempt)
         raise BackendUnavailable(f"no replica of {self.name} could serve the request")
 
-    def _pick(self) -> Replica | None:
+    def _pick(self, avoid: set[str]) -> Replica | None:
+        """The least busy available replica, preferring ones that have not failed this request."""
         now = time.monotonic()
         ready = [r for r in self.replicas if r.available(now)]
-        return min(ready, key=lambda r: r.in_flight) if ready else None
+        return min(ready, key=lambda r: (r.url in avoid, r.in_flight)) if ready else None
 
     async def _stream(self, replica: Replica, request: GenerationRequest, sent: list[int]) -> AsyncIterator[TokenDelta]:
         """One replica's stream, asked to continue after `sent` tokens. Usage is rewritten to the whole answer."""
-        p = request.params
+        p, already = request.params, len(sent)  # `sent` keeps growing while we stream
         body = {"model": self.name, "prompt": request.prompt_token_ids + sent, "max_tokens": p.max_tokens - len(sent),
                 "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": p.stop, "stream": True,
                 "priority": request.priority}
@@ -115,7 +118,7 @@ class RemoteBackend:
                     raise BackendUnavailable(f"replica refused the request: HTTP {response.status_code}")
                 async for line in response.aiter_lines():
                     if line.startswith("data: ") and line != "data: [DONE]":
-                        yield self._delta(json.loads(line[6:]), request, len(sent))
+                        yield self._delta(json.loads(line[6:]), request, already)
         finally:
             replica.in_flight -= 1
 

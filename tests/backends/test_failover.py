@@ -1,0 +1,128 @@
+"""Killing a real engine replica mid-stream: the tenant sees one uninterrupted, identical answer, billed once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.echo import EchoBackend
+from backends.remote import RemoteBackend
+from billing import Billing, RateLimiter
+from gateway.app import create_app
+from gateway.config import Settings
+from tests.util import LengthRouter, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "small"
+PROMPT = "It was the best of times, it was the worst of times, it was the age of"
+
+pytestmark = pytest.mark.skipif(not (MODEL / "model.safetensors").exists(), reason="bundled small model missing")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_replica(port: int) -> subprocess.Popen:
+    ferryman = Path(sys.executable).parent / "ferryman"
+    return subprocess.Popen([str(ferryman), "engine", "serve", "--model", str(MODEL), "--name", "ferryman-large",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, "replica exited during start-up"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def replicas():
+    ports = [_free_port(), _free_port()]
+    procs = {p: _start_replica(p) for p in ports}
+    try:
+        for port, proc in procs.items():
+            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def gateway(replicas, tmp_path):
+    urls = [f"http://127.0.0.1:{p}" for p in replicas]
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key="fm-admin-test")
+    billing = Billing(settings.database_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    tenant = billing.create_tenant("acme")
+    key, _ = billing.create_key(tenant["id"])
+    large = RemoteBackend("ferryman-large", urls, health_interval_s=0.2)
+    from transformers import AutoTokenizer
+
+    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
+                     backends={"ferryman-small": EchoBackend("ferryman-small"), "ferryman-large": large},
+                     tokenizer=AutoTokenizer.from_pretrained(MODEL))
+    with serve(app) as url:
+        yield url, key, billing, tenant["id"], large
+
+
+def _body(stream: bool) -> dict:
+    return {"model": "ferryman-large", "prompt": PROMPT, "max_tokens": 300, "temperature": 0, "stream": stream}
+
+
+def test_replica_killed_mid_stream_answer_continues_identically(gateway, replicas):
+    url, key, billing, tenant_id, large = gateway
+    headers = {"authorization": f"Bearer {key}"}
+    reference = httpx.post(url + "/v1/completions", json=_body(False), headers=headers, timeout=120).json()
+    expected = reference["choices"][0]["text"]
+    assert reference["usage"]["completion_tokens"] >= 40, "need a long answer to kill a replica inside it"
+
+    pieces, killed = [], None
+    with httpx.stream("POST", url + "/v1/completions", json=_body(True), headers=headers, timeout=120) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            pieces.append(json.loads(line[6:])["choices"][0]["text"])
+            if len(pieces) == 5:
+                [serving] = [rep for rep in large.replicas if rep.in_flight]
+                killed = int(serving.url.rsplit(":", 1)[1])
+                replicas[killed].send_signal(signal.SIGKILL)
+    assert killed is not None and replicas[killed].wait(5) == -signal.SIGKILL
+    assert "".join(pieces) == expected  # one uninterrupted stream, token for token the same answer
+    assert sum(rep.failures for rep in large.replicas) == 1
+    records = billing.usage(tenant_id)
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    assert records[0]["completion_tokens"] == reference["usage"]["completion_tokens"]  # billed once, in full
+
+
+def test_request_not_yet_started_is_retried_on_a_live_replica(gateway, replicas):
+    url, key, billing, tenant_id, large = gateway
+    first = next(iter(replicas))
+    replicas[first].kill()
+    replicas[first].wait()
+    headers = {"authorization": f"Bearer {key}"}
+    for _ in range(4):
+        r = httpx.post(url + "/v1/completions", json={**_body(False), "max_tokens": 5}, headers=headers, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    dead = next(rep for rep in large.replicas if rep.url.endswith(f":{first}"))
+    assert dead.failures >= 1 or not dead.healthy
+    assert len(billing.usage(tenant_id)) == 4

@@ -1,0 +1,42 @@
+"""Helpers shared by the test suites: a loopback server for ASGI apps and a transparent router."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import uvicorn
+
+
+class LengthRouter:
+    """Difficulty = prompt length / 100, so tests choose the route by how long the question is."""
+
+    def score(self, text: str) -> float:
+        return min(1.0, len(text) / 100)
+
+    def threshold_for(self, quality_floor=None, large_share=None) -> float:
+        return 0.5 if large_share is None else 1.0 - large_share
+
+
+@contextmanager
+def serve(app):
+    """Run an ASGI app with uvicorn on a free loopback port in a thread."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
