@@ -52,7 +52,7 @@ def quantize_int8(weight: torch.Tensor) -> QuantizedWeight:
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (q.float() * scales.float()[:, None]).to(dtype)
+    return q.float().mul_(scales.float()[:, None]).to(dtype)
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int = 128) -> QuantizedWeight:
@@ -73,11 +73,12 @@ def quantize_int4(weight: torch.Tensor, group_size: int = 128) -> QuantizedWeigh
 def dequantize_int4(
     packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    q = unpack_int4(packed).float()
-    out_features, in_features = q.shape
-    groups = q.reshape(out_features, in_features // group_size, group_size)
-    w = (groups - zeros.float()[..., None]) * scales.float()[..., None]
-    return w.reshape(out_features, in_features).to(dtype)
+    # In place on one float32 buffer: on CPU this runs every forward, and each pass over N*K floats counts.
+    w = unpack_int4(packed).float()
+    out_features, in_features = w.shape
+    groups = w.view(out_features, in_features // group_size, group_size)
+    groups.sub_(zeros.float()[..., None]).mul_(scales.float()[..., None])
+    return w.to(dtype)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:

@@ -57,8 +57,12 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             return self._forward_triton(x)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if self.mode == "int8":
+            # The per-row scale commutes with the matmul: scaling N outputs beats scaling N*K weights.
+            y = (F.linear(x, self.qweight.to(x.dtype)) * self.scales.float()).to(x.dtype)
+        else:
+            y = F.linear(x, self.dequantized_weight(x.dtype))
+        return y + self.bias.to(x.dtype) if self.bias is not None else y
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         # Imported here so a CPU-only process never needs a working Triton backend.
