@@ -6,11 +6,13 @@ import secrets
 
 import typer
 
+from classifier.cli import router_app
 from gateway import cli_admin
 from gateway.config import Settings
 
 app = typer.Typer(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
 cli_admin.install(app)
+app.add_typer(router_app, name="router")
 
 
 @app.command()

@@ -40,6 +40,12 @@ class Ticket:
     usage: Usage | None = None
     first_token_at: float | None = None
     cost_micros: int | None = None
+    cascade: bool = False  # a small-model first try whose answer may be escalated
+    logprobs: list[float] = field(default_factory=list)
+    earlier_cost_micros: int = 0  # what an escalated request's small-model try already cost
+
+    def total_cost_micros(self) -> int:
+        return (self.cost_micros or 0) + self.earlier_cost_micros
 
 
 class Ferry:
@@ -79,18 +85,22 @@ class Ferry:
         return ids, body.prompt
 
     def choose(self, principal: Principal, model: str, query: str) -> tuple[str, str, float | None]:
-        """(model, route, difficulty): `auto` asks the router; a named model pins the choice."""
+        """(model, route, difficulty): `auto` asks the router (or, in cascade mode, tries small first);
+        a named model pins the choice."""
         s = self.settings
         if model == s.small_model or model == s.large_model:
             return model, "small" if model == s.small_model else "large", None
         if model != "auto":
             raise APIError(404, f"The model '{model}' does not exist.", "invalid_request_error", "model_not_found", "model")
+        if s.cascade:
+            return s.small_model, "cascade-small", None
         score = self.router.score(query)
         threshold = self.router.threshold_for(principal.quality_floor, principal.large_share)
         return (s.large_model, "large", score) if score >= threshold else (s.small_model, "small", score)
 
-    async def admit(self, principal: Principal, body: SamplingFields, prompt_ids: list[int], query: str) -> Ticket:
-        model, route, difficulty = self.choose(principal, body.model, query)
+    async def admit(self, principal: Principal, body: SamplingFields, prompt_ids: list[int], query: str,
+                    pin: tuple[str, str] | None = None) -> Ticket:
+        model, route, difficulty = (*pin, None) if pin else self.choose(principal, body.model, query)
         room = self.context_len - len(prompt_ids)
         if room < 1:
             raise invalid(f"This model's maximum context length is {self.context_len} tokens; "
@@ -110,13 +120,27 @@ class Ferry:
             await self.limiter.release(principal)
             raise
         priority = body.priority or principal.priority
+        cascade = route == "cascade-small"
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=body.stops())
+                                seed=body.seed, stop=body.stops(), logprobs=cascade)
         request = GenerationRequest(request_id, prompt_ids, params, PRIORITY.get(priority, 1))
         headers = {**rate_headers, "x-request-id": request_id, "x-ferryman-route": route}
         if difficulty is not None:
             headers["x-ferryman-difficulty"] = f"{difficulty:.4f}"
-        return Ticket(request_id, principal, model, route, difficulty, request, reservation, headers)
+        return Ticket(request_id, principal, model, route, difficulty, request, reservation, headers, cascade=cascade)
+
+    async def cascade(self, ticket: Ticket, body: SamplingFields, query: str) -> tuple[Ticket, list[TokenDelta] | None]:
+        """Run the small model's try to the end; keep its answer, or escalate to the large model when the
+        small model's own confidence is low. The try is billed as its own record either way."""
+        deltas = [delta async for delta in self.run(ticket)]
+        p = ticket.principal
+        if not self.router.cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share):
+            return ticket, deltas
+        large = await self.admit(p, body, ticket.request.prompt_token_ids, query,
+                                 pin=(self.settings.large_model, "cascade-large"))
+        large.earlier_cost_micros = ticket.cost_micros or 0
+        large.headers["x-ferryman-escalated-from"] = ticket.request_id
+        return large, None
 
     async def _admit_rate(self, principal: Principal, tokens: int) -> dict[str, str]:
         try:
@@ -155,6 +179,7 @@ class Ferry:
             ticket.first_token_at = time.perf_counter()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
         ticket.completion_ids += delta.token_ids
+        ticket.logprobs += delta.logprobs or []
         if delta.usage is not None:
             ticket.usage = delta.usage
 

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from backends.base import TokenDelta
 from gateway.errors import APIError
 from gateway.ferry import Ferry, Ticket
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -42,23 +43,32 @@ async def _complete(request: Request, body, authorization: str | None, chat: boo
     principal = ferry.authenticate(authorization)
     prompt_ids, query = ferry.prompt_ids(body)
     ticket = await ferry.admit(principal, body, prompt_ids, query)
+    kept = None
+    if ticket.cascade:
+        ticket, kept = await ferry.cascade(ticket, body, query)
+    deltas = _replay(kept) if kept is not None else ferry.run(ticket)
     shape = ChatShape(ticket) if chat else CompletionShape(ticket)
     if body.stream:
-        return StreamingResponse(_sse(ferry, ticket, shape, body.include_usage()),
+        return StreamingResponse(_sse(deltas, ticket, shape, body.include_usage()),
                                  media_type="text/event-stream", headers=ticket.headers)
     text, finish = "", None
-    async for delta in ferry.run(ticket):
+    async for delta in deltas:
         text += delta.text
         finish = delta.finish_reason or finish
-    headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.cost_micros)}
+    headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.total_cost_micros())}
     return JSONResponse(shape.whole(text, finish, _usage(ticket)), headers=headers)
 
 
-async def _sse(ferry: Ferry, ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
+async def _replay(deltas: list[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    for delta in deltas:
+        yield delta
+
+
+async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
     try:
         if first := shape.opening():
             yield _event(first)
-        async for delta in ferry.run(ticket):
+        async for delta in deltas:
             if delta.text or delta.finish_reason:
                 yield _event(shape.chunk(delta.text, delta.finish_reason))
     except APIError as exc:
@@ -78,7 +88,7 @@ def _usage(ticket: Ticket) -> dict:
     prompt, completion = (u.prompt_tokens, u.completion_tokens) if u else (len(ticket.request.prompt_token_ids), len(ticket.completion_ids))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens if u else 0},
-            "cost_usd": float(_usd(ticket.cost_micros or 0))}
+            "cost_usd": float(_usd(ticket.total_cost_micros()))}
 
 
 def _usd(micros: int | None) -> str:

@@ -18,6 +18,9 @@ class LengthRouter:
     def threshold_for(self, quality_floor=None, large_share=None) -> float:
         return 0.5 if large_share is None else 1.0 - large_share
 
+    def cascade_escalate(self, small_logprobs, quality_floor=None, large_share=None) -> bool:
+        return not small_logprobs or sum(small_logprobs) / len(small_logprobs) < -1.0
+
 
 @contextmanager
 def serve(app):
