@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from backends.engine.quant import QuantLinear, load_quantized, quantize_model, save_quantized, weight_bytes
+from backends.engine.quant import (QuantLinear, load_quantized, quant_shells, quantize_model, save_quantized,
+                                  weight_bytes)
 from backends.engine.quant.formats import dequantize_int4, dequantize_int8
 
 VOCAB = 64
@@ -131,3 +132,5 @@ def test_bad_requests_are_refused_and_change_nothing(trained, tmp_path):
     model.save_pretrained(tmp_path / "fp")
     with pytest.raises(ValueError, match="not a quantized checkpoint"):
         load_quantized(tmp_path / "fp")
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        quant_shells(model, ["model.norm"], "int8")

@@ -4,7 +4,8 @@ config.json carrying a `quantization_config` that says which layers are quantize
     {"quant_method": "ferryman", "mode": "int4", "group_size": 128, "modules": ["model.layers.0.self_attn.q_proj", ...]}
 
 Each layer keeps its name, and every tensor of a layer is split along its output rows, so a loader
-that fuses q/k/v or gate/up into one layer concatenates qweight, scales and zeros along dim 0.
+that fuses q/k/v or gate/up into one layer (the engine's) makes its fused layers QuantLinear with
+quant_shells and copies qweight, scales and zeros into row slices, exactly as it does weights.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from backends.engine.quant.linear import QuantLinear
-from backends.engine.quant.model import _set_submodule
+from backends.engine.quant.model import quant_shells
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -46,9 +47,9 @@ def save_quantized(model: nn.Module, directory: str | Path, config: dict | None 
 def load_quantized(directory: str | Path, model: nn.Module | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a checkpoint written by save_quantized.
 
-    `model` is a float skeleton with the saved layer names (e.g. the engine's own Llama); its listed
-    nn.Linear layers become QuantLinear and every tensor is loaded strictly. Without one, a Hugging
-    Face causal LM is built from config.json in `dtype`.
+    `model` is a float skeleton with the saved layer names; its listed nn.Linear layers become
+    QuantLinear and every tensor is loaded strictly. Without one, a Hugging Face causal LM is built
+    from config.json in `dtype`.
     """
     directory = Path(directory)
     config = json.loads((directory / CONFIG).read_text())
@@ -57,13 +58,7 @@ def load_quantized(directory: str | Path, model: nn.Module | None = None, dtype:
         raise ValueError(f"{directory / CONFIG} has no Ferryman quantization_config; not a quantized checkpoint")
     if model is None:
         model = _hf_model(config, dtype)
-    for name in quant["modules"]:
-        linear = model.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"checkpoint quantizes {name}, but the model has {type(linear).__name__} there")
-        _set_submodule(model, name, QuantLinear(
-            linear.in_features, linear.out_features, quant["mode"], quant["group_size"] or 128,
-            linear.bias is not None, linear.weight.dtype, linear.weight.device))
+    quant_shells(model, quant["modules"], quant["mode"], quant["group_size"] or 128)
     load_model(model, str(directory / WEIGHTS), strict=True)
     return model.eval()
 

@@ -27,6 +27,19 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 128, skip: Ite
     return model
 
 
+def quant_shells(model: nn.Module, names: Iterable[str], mode: str, group_size: int = 128) -> nn.Module:
+    """Replace the named nn.Linear layers with uninitialized QuantLinear ones, for a quantized checkpoint to fill."""
+    targets = [(name, model.get_submodule(name)) for name in names]
+    for name, linear in targets:
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{name} is a {type(linear).__name__}, not an nn.Linear to quantize")
+    _check(targets, mode, group_size)
+    for name, linear in targets:
+        _set_submodule(model, name, QuantLinear(linear.in_features, linear.out_features, mode, group_size,
+                                                linear.bias is not None, linear.weight.dtype, linear.weight.device))
+    return model
+
+
 def quantizable_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[tuple[str, nn.Linear]]:
     skip = set(skip)
     return [(name, m) for name, m in model.named_modules()
