@@ -17,7 +17,7 @@ CASES = [  # mode, M, N, K, group_size, bias, dtype
     *[("int8", m, 80, 256, None, True, torch.float32) for m in (1, 3, 17)],
     ("int8", 5, 48, 200, None, False, torch.float32),  # K not a multiple of the K tile
     *[("int4", m, 80, 256, 64, m == 3, torch.float32) for m in (1, 3, 17)],
-    ("int4", 2, 64, 256, 128, False, torch.float32),  # group larger than the K tile
+    ("int4", 20, 64, 256, 128, False, torch.float32),  # prefill tiles: group (128) spans two K tiles (64)
     ("int4", 3, 64, 128, 32, True, torch.float16),
     ("int8", 3, 64, 128, None, True, torch.float16),
 ]

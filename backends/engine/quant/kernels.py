@@ -79,8 +79,13 @@ def _int4_matmul_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def _block_m(m: int) -> int:
-    return 16 if m <= 16 else 32 if m <= 32 else 64
+def _tiles(m: int, block_n: int | None, block_k: int | None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K). Decode (M <= 16) takes narrow N tiles so that even one row of
+    output spreads over enough programs to keep every SM reading weights; bench/quant_kernels.py
+    sweeps the alternatives on a GPU."""
+    if m <= 16:
+        return 16, block_n or 32, block_k or 128
+    return (32 if m <= 32 else 64), block_n or 64, block_k or 64
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -89,12 +94,12 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                block_n: int = 64, block_k: int = 64) -> torch.Tensor:
+                block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
     """x [M, K] float @ (qweight [N, K] int8 * scales [N]).T -> [M, N] in x's dtype."""
     m, k = x.shape
     n = qweight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m = _block_m(m)
+    block_m, block_n, block_k = _tiles(m, block_n, block_k)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _int8_matmul_kernel[grid](
         x, qweight, scales, bias if bias is not None else scales, y, m, n, k,
@@ -106,15 +111,17 @@ def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bi
 
 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                bias: torch.Tensor | None = None, block_n: int = 64, block_k: int = 64) -> torch.Tensor:
+                bias: torch.Tensor | None = None, block_n: int | None = None, block_k: int | None = None) -> torch.Tensor:
     """x [M, K] float @ dequant_int4(packed [N, K/2], scales, zeros [N, K/group]).T -> [M, N] in x's dtype."""
     m, k = x.shape
     n = packed.shape[0]
+    block_m, block_n, block_k = _tiles(m, block_n, block_k)
     block_k = min(block_k, group_size)
     if group_size % block_k or block_k < 16:
         raise ValueError(f"the int4 kernel needs a group size that is a multiple of 16, got {group_size}")
+    if zeros.stride() != scales.stride():
+        raise ValueError("int4 scales and zeros must share one layout (both contiguous [N, K / group_size])")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m = _block_m(m)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _int4_matmul_kernel[grid](
         x, packed, scales, zeros, bias if bias is not None else scales, y, m, n, k,
