@@ -141,14 +141,18 @@ HOLD = (update(budget_spend)
         .values(reserved_micros=_spend.reserved_micros + _amount)
         .returning(_spend.id))
 
+# Returns what the alert check needs, so the common case (no threshold crossed) costs no extra statement.
 SPEND = (update(budget_spend).where(_spend.id == bindparam("spend"))
          .values(reserved_micros=_spend.reserved_micros - _amount,
-                 spent_micros=_spend.spent_micros + bindparam("cost", type_=BigInteger)))
+                 spent_micros=_spend.spent_micros + bindparam("cost", type_=BigInteger))
+         .returning(_spend.spent_micros, _spend.alerted,
+                    select(budgets.c.limit_micros * budgets.c.alert_percent)
+                    .where(budgets.c.id == _spend.budget_id).scalar_subquery()))
 
 RELEASE = delete(reservations).where(reservations.c.request_id == bindparam("rid"))
 
 CROSSED_ALERT = (update(budget_spend)
-                 .where(_spend.id.in_(bindparam("spends", expanding=True)), _spend.alerted.is_(False),
+                 .where(_spend.id == bindparam("spend"), _spend.alerted.is_(False),
                         _spend.spent_micros * 100 >= select(budgets.c.limit_micros * budgets.c.alert_percent)
                         .where(budgets.c.id == _spend.budget_id).scalar_subquery())
                  .values(alerted=True)
@@ -326,10 +330,11 @@ class Billing:
             if conn.execute(RELEASE, {"rid": res.request_id}).rowcount != 1:
                 raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
             for spend_id in res.spend_ids:
-                conn.execute(SPEND, {"spend": spend_id, "amount": res.amount_micros, "cost": cost})
-            crossed = conn.execute(CROSSED_ALERT, {"spends": list(res.spend_ids)}).all() if cost and res.spend_ids else []
-            for alert in crossed:
-                self._record_alert(conn, alert, now)
+                spent, alerted, threshold = conn.execute(
+                    SPEND, {"spend": spend_id, "amount": res.amount_micros, "cost": cost}).one()
+                if not alerted and threshold is not None and spent * 100 >= threshold:
+                    for alert in conn.execute(CROSSED_ALERT, {"spend": spend_id}):  # at most once per period
+                        self._record_alert(conn, alert, now)
         return record
 
     def _record_alert(self, conn, alert, now: datetime) -> None:
