@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 
 from backends.engine.config import EngineConfig
-from backends.engine.layers.attention import AttentionMetadata, PrefillChunk
+from backends.engine.layers.attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from backends.engine.models.llama import LlamaForCausalLM, load_weights
 from backends.engine.sampling import sample
 from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
 
 Sampled = list[tuple[Sequence, int, float | None]]  # (sequence, next token, its logprob if asked)
+DECODE_GROUP = 16  # decodes per attention call on CPU: short contexts are not padded to the longest in the batch
 
 
 class ModelRunner:
@@ -62,7 +63,7 @@ class ModelRunner:
         return self.model.compute_logits(hidden[last_rows]), seqs
 
     def _prepare(self, batch: ScheduledBatch):
-        decodes = [(s, n) for s, n in batch if n == 1]
+        decodes = sorted(((s, n) for s, n in batch if n == 1), key=lambda item: item[0].num_computed_tokens)
         prefills = [(s, n) for s, n in batch if n > 1]
         bs = self.block_size
         input_ids: list[int] = []
@@ -82,18 +83,19 @@ class ModelRunner:
             if end == len(seq):
                 last_rows.append(len(input_ids) - 1)
                 seqs.append(seq)
-        meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots),
-            num_decode_tokens=len(decodes),
-            decode_block_tables=self._block_tables([s for s, _ in decodes]) if decodes else None,
-            decode_context_lens=self._tensor([s.num_computed_tokens + 1 for s, _ in decodes]) if decodes else None,
-            prefills=chunks,
-        )
+        meta = AttentionMetadata(self._tensor(slots), self._decode_groups([s for s, _ in decodes]), chunks)
         return self._tensor(input_ids), self._tensor(positions), meta, self._tensor(last_rows), seqs
 
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
-        width = max(len(s.block_table) for s in seqs)
-        return self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in seqs])
+    def _decode_groups(self, seqs: list[Sequence]) -> list[DecodeGroup]:
+        size = len(seqs) if self.device.type == "cuda" else DECODE_GROUP  # the kernel reads no padding
+        groups = []
+        for start in range(0, len(seqs), size):
+            group = seqs[start : start + size]
+            width = max(len(s.block_table) for s in group)
+            tables = self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in group])
+            lens = self._tensor([s.num_computed_tokens + 1 for s in group])
+            groups.append(DecodeGroup(start, len(group), tables, lens))
+        return groups
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

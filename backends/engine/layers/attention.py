@@ -23,11 +23,19 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """Decodes of similar context length: their block tables are padded to the group's longest only."""
+
+    start: int
+    num_tokens: int
+    block_tables: torch.Tensor  # [num_tokens, max_blocks], padded with block 0
+    context_lens: torch.Tensor  # [num_tokens]
+
+
+@dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] flat cache slot (block * block_size + offset) of each token
-    num_decode_tokens: int
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks], padded with block 0
-    decode_context_lens: torch.Tensor | None  # [num_decodes]
+    decodes: list[DecodeGroup]  # the batch's first tokens, one per decoding sequence
     prefills: list[PrefillChunk]
 
 
@@ -44,11 +52,9 @@ class PagedAttention(nn.Module):
         self.k_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, k)
         self.v_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(0, meta.slot_mapping, v)
         out = torch.empty_like(q)
-        d = meta.num_decode_tokens
-        if d:
-            out[:d] = paged_decode_attention(
-                q[:d], self.k_cache, self.v_cache, meta.decode_block_tables, meta.decode_context_lens, self.scale
-            )
+        for g in meta.decodes:
+            rows = slice(g.start, g.start + g.num_tokens)
+            out[rows] = paged_decode_attention(q[rows], self.k_cache, self.v_cache, g.block_tables, g.context_lens, self.scale)
         for p in meta.prefills:
             rows = slice(p.start, p.start + p.num_tokens)
             out[rows] = self._prefill(q[rows], k[rows], v[rows], p)
@@ -89,11 +95,12 @@ def paged_decode_attention_torch(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
 ) -> torch.Tensor:
-    b = q.shape[0]
-    keys = k_cache[block_tables].view(b, -1, *k_cache.shape[2:]).transpose(1, 2)  # [B, KVH, L, D]
-    values = v_cache[block_tables].view(b, -1, *v_cache.shape[2:]).transpose(1, 2)
+    b, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    keys = k_cache[block_tables].view(b, -1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
+    values = v_cache[block_tables].view(b, -1, num_kv_heads, head_dim).transpose(1, 2)
     mask = torch.arange(keys.shape[2], device=q.device)[None, :] < context_lens[:, None]
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
-    )
-    return out.squeeze(2)
+    # The query heads sharing a KV head act as that head's queries: no copy of K/V per query head.
+    grouped = q.view(b, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask[:, None, None, :], scale=scale)
+    return out.reshape(b, num_heads, head_dim)
