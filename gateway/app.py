@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, errors, openai_api
+from gateway import admin, admin_ui, errors, openai_api
 from gateway.config import Settings
 from gateway.ferry import Ferry
 
@@ -18,7 +18,7 @@ log = logging.getLogger("ferryman")
 
 
 def create_app(settings: Settings | None = None, *, billing=None, limiter=None, router=None,
-               backends: dict | None = None, tokenizer=None) -> FastAPI:
+               backends: dict | None = None, tokenizer=None, on_ready=None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         for backend in ferry.backends.values():
             await backend.start()
         app.state.ferry = ferry
+        if on_ready:
+            on_ready()
         yield
         for backend in ferry.backends.values():
             await backend.stop()
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_exception_handler(Exception, errors.handle_unexpected)
     app.include_router(openai_api.router)
     app.include_router(admin.router)
+    app.include_router(admin_ui.router)
 
     @app.get("/health")
     async def health():

@@ -23,13 +23,18 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
 
     from gateway.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging()
     settings = Settings()
     settings.host, settings.port = host or settings.host, port or settings.port
     settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
     demo_key = _demo_key(settings)
-    _banner(settings, demo_key)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    app = create_app(settings, on_ready=lambda: _banner(settings, demo_key))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _demo_key(settings: Settings) -> str:
@@ -71,6 +76,6 @@ def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkp
     from backends.engine import EngineBackend, EngineConfig
     from backends.server import create_replica_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging()
     backend = EngineBackend(name, EngineConfig(model=model, name=name, quantization=quantization))
     uvicorn.run(create_replica_app(backend, backend.tokenizer), host=host, port=port, log_level="warning")
