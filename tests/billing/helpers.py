@@ -1,0 +1,38 @@
+"""A served gateway for billing's HTTP-level tests."""
+from billing import Billing
+
+ADMIN_KEY = "fm-admin-billing-tests"
+
+
+class ByteTokenizer:
+    """One token per byte: enough for /v1/completions, and independent of the bundled checkpoints."""
+
+    bos_token_id = 1
+
+    def __len__(self) -> int:
+        return 256
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode(errors="replace")
+
+
+def gateway_app(db_url: str, delay_s: float = 0.0):
+    """A full gateway app (auth, limits, reservation, routing, settle, record) over instant echo backends,
+    with its own Billing: two of these on one database are two replicas."""
+    from backends.echo import EchoBackend
+    from billing import RateLimiter
+    from gateway.app import create_app
+    from gateway.config import Settings
+    from tests.util import LengthRouter
+
+    settings = Settings(database_url=db_url, admin_key=ADMIN_KEY)
+    billing = Billing(db_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    backends = {name: EchoBackend(name, delay_s=delay_s) for name in (settings.small_model, settings.large_model)}
+    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
+                     tokenizer=ByteTokenizer())
+    return app, billing

@@ -1,0 +1,71 @@
+"""200 concurrent requests through two gateway replicas sharing one ledger, against a budget that fits about 50.
+
+Every layer is real (HTTP, auth, limits, reservation, routing, streaming, settle, record); only the model is
+an instant echo. Some clients hang up mid-stream, so settlement on disconnect is part of the count.
+"""
+import asyncio
+import time
+
+import httpx
+
+from billing.reports import totals
+from tests.billing.helpers import gateway_app
+from tests.util import serve
+
+PROMPT = list(range(10, 210))  # 200 token ids
+MAX_TOKENS = 50
+WORST = 200 * 200_000 // 1_000_000 + MAX_TOKENS * 800_000 // 1_000_000  # 80 micro-USD on the small model
+LIMIT = 50 * WORST + 7
+
+
+async def one(client: httpx.AsyncClient, key: str, i: int) -> tuple[int, str | None]:
+    body = {"model": "ferryman-small", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "stream": i % 4 == 0}
+    headers = {"Authorization": f"Bearer {key}"}
+    if not body["stream"]:
+        answer = await client.post("/v1/completions", json=body, headers=headers)
+        return answer.status_code, answer.headers.get("x-request-id")
+    async with client.stream("POST", "/v1/completions", json=body, headers=headers) as answer:
+        if i % 8 == 0:  # hang up after the first event: the gateway must still settle exactly once
+            async for _ in answer.aiter_lines():
+                break
+        else:
+            await answer.aread()
+        return answer.status_code, answer.headers.get("x-request-id")
+
+
+async def storm(urls: list[str], key: str, n: int) -> list[tuple[int, str | None]]:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    clients = [httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for url in urls]
+    try:
+        return await asyncio.gather(*[one(clients[i % 2], key, i) for i in range(n)])
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+def test_two_gateways_never_spend_past_the_budget(db_url):
+    app_a, billing_a = gateway_app(db_url, delay_s=0.002)
+    app_b, billing_b = gateway_app(db_url, delay_s=0.002)
+    tenant = billing_a.create_tenant("acme")
+    key, _ = billing_a.create_key(tenant["id"])
+    billing_a.set_budget(tenant["id"], limit_micros=LIMIT, period="monthly")
+
+    with serve(app_a) as url_a, serve(app_b) as url_b:
+        results = asyncio.run(storm([url_a, url_b], key, 200))
+        deadline = time.time() + 20  # hung-up streams settle when the server notices the disconnect
+        while billing_a.ledger_totals(tenant["id"])["open_reservations"] and time.time() < deadline:
+            time.sleep(0.05)
+
+    statuses = sorted({s for s, _ in results})
+    accepted = {rid for s, rid in results if s == 200}
+    assert statuses == [200, 402] and len(accepted) >= 50
+    ledger = billing_a.ledger_totals(tenant["id"])
+    assert ledger["spent_micros"] <= LIMIT
+    assert (ledger["reserved_micros"], ledger["open_reservations"]) == (0, 0)
+    records = billing_b.usage(tenant["id"], limit=1000)
+    assert sorted(r["request_id"] for r in records) == sorted(accepted)
+    assert {r["status"] for r in records} <= {"ok", "cancelled"}
+    report = totals(billing_b.report(tenant_id=tenant["id"]))
+    assert report["requests"] == len(accepted)
+    assert report["cost_micros"] == ledger["spent_micros"] == sum(r["cost_micros"] for r in records)
+    billing_a.close(), billing_b.close()
