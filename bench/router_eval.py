@@ -8,6 +8,7 @@ Writes docs/img/router_curve.png and the `router` section of docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -79,9 +80,10 @@ def latency(router: Router, texts: list[str], repeats: int = 20) -> list[list]:
         return platt.predict_proba(z.reshape(-1, 1))[0, 1]
 
     rows = []
-    for name, fn in (("Router.score (ours)", router.score), ("scikit-learn predict_proba, same model", sklearn_score)):
+    for name, fn, rounds in (("Router.score (ours)", router.score, repeats),
+                             ("scikit-learn predict_proba, same model", sklearn_score, 2)):
         times = []
-        for _ in range(repeats if fn is router.score else 2):
+        for _ in range(rounds):
             for t in texts:
                 start = time.perf_counter()
                 fn(t)
@@ -92,14 +94,18 @@ def latency(router: Router, texts: list[str], repeats: int = 20) -> list[list]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", type=Path, default=LABELS_PATH)
+    parser.add_argument("--router", type=Path, default=DEFAULT_PATH)
+    parser.add_argument("--dry-run", action="store_true", help="print only; leave the docs and the plot alone")
+    args = parser.parse_args()
     start = time.perf_counter()
-    router = Router.load()
+    router = Router.load(args.router)
     load_ms = 1e3 * (time.perf_counter() - start)
-    examples = read_labels(LABELS_PATH)
+    examples = read_labels(args.labels)
     parts = splits(examples)
     test = parts["test"]
     results = evaluate(router, test)
-    plot(results, PLOT)
 
     main_table = table(HEADERS, [r.row() for r in results])
     at = [0.2, 0.5]
@@ -143,7 +149,7 @@ Policy: does a threshold calibrated on the calib split meet the tenant's target 
 {policy}
 
 Scoring one query (the text of the last user turn), single-threaded, {len(test)} test prompts:
-router load {load_ms:.1f} ms; artifact {DEFAULT_PATH.stat().st_size / 1024:.0f} KiB, {len(router.weights)} n-gram weights.
+router load {load_ms:.1f} ms; artifact {args.router.stat().st_size / 1024:.0f} KiB, {len(router.weights)} n-gram weights.
 
 {table(["scorer", "calls", "p50 (µs)", "p99 (µs)", "speed-up vs scikit-learn"], speed)}
 
@@ -152,8 +158,10 @@ What the model pair does on the labelled prompts (all splits):
 {pair}
 """
     print(body)
-    write_section("router", "Difficulty router (classifier)", "python bench/router_eval.py", body)
-    print(f"wrote {PLOT}")
+    if not args.dry_run:
+        plot(results, PLOT)
+        write_section("router", "Difficulty router (classifier)", "python bench/router_eval.py", body)
+        print(f"wrote {PLOT} and docs/BENCHMARKS.md")
 
 
 if __name__ == "__main__":
