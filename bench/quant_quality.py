@@ -106,10 +106,7 @@ def heldout_windows(tok, n_tokens: int) -> torch.Tensor:
     return torch.tensor(rows)
 
 
-def quality(args: argparse.Namespace) -> list[dict]:
-    tok = AutoTokenizer.from_pretrained(MODEL)
-    tok.padding_side = "left"
-    base = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+def quality(args: argparse.Namespace, tok, base: nn.Module) -> list[dict]:
     windows = heldout_windows(tok, args.ppl_tokens)
     tasks = make_tasks(args.per_cell * len(LEVELS) * 4, TASK_SEED)
     results, reference, fp32_answers = [], None, None
@@ -202,7 +199,10 @@ def main() -> None:
         parser.error("the first variant must be fp32: the others are compared with it")
     torch.manual_seed(0)
 
-    results = quality(args)
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    tok.padding_side = "left"
+    base = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    results = quality(args, tok, base)
     fp32 = results[0]
     quality_table = table(
         ["variant", "held-out ppl", "argmax = fp32", "answers = fp32", "exact match", *[f"L{lv}" for lv in LEVELS],
@@ -214,8 +214,7 @@ def main() -> None:
           r["total_bytes"] / 2**20, r["total_bytes"] / fp32["total_bytes"]] for r in results])
     print(quality_table)
 
-    shapes = sorted({(m.in_features, m.out_features) for _, m in quantizable_linears(
-        AutoModelForCausalLM.from_pretrained(MODEL))} | {(4096, 4096)})
+    shapes = sorted({(m.in_features, m.out_features) for _, m in quantizable_linears(base)} | {(4096, 4096)})
     micro_rows = micro(shapes, args.reps)
     micro_table = table(["K x N", "M", "path", "nn.Linear fp32 (us)", "quantized (us)", "time vs nn.Linear"], micro_rows)
     print(micro_table)
@@ -223,8 +222,9 @@ def main() -> None:
     write_csv(results)
     plot(results)
     n_tasks = args.per_cell * len(LEVELS) * 4
+    n_params = sum(p.numel() for p in base.parameters()) / 1e6
     body = f"""
-Weight-only quantization of `models/large` ({sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(MODEL).parameters()) / 1e6:.1f}M parameters):
+Weight-only quantization of `models/large` ({n_params:.1f}M parameters):
 every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant`); embeddings, norms and
 `lm_head` stay in the variant's float type (fp32 for the int rows). int8: symmetric, one float16 scale per
 output row. int4: asymmetric, a float16 scale and a 4-bit zero-point per output row and group of `g` input

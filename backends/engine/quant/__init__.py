@@ -8,4 +8,5 @@ from backends.engine.quant.formats import dequantize, quantize
 from backends.engine.quant.linear import QuantLinear
 from backends.engine.quant.model import quant_shells, quantize_model, weight_bytes
 
-__all__ = ["QuantLinear", "dequantize", "load_quantized", "quant_shells", "quantize", "quantize_model", "save_quantized", "weight_bytes"]
+__all__ = ["QuantLinear", "dequantize", "load_quantized", "quant_shells", "quantize", "quantize_model", "save_quantized",
+           "weight_bytes"]

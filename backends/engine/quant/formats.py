@@ -40,8 +40,8 @@ def _scale(span: torch.Tensor, levels: int) -> torch.Tensor:
     """
     exact = (span / levels).clamp(min=MIN_SCALE)
     rounded = exact.to(SCALE_DTYPE)
-    rounded = torch.where(rounded.float() < exact, torch.nextafter(rounded, torch.tensor(torch.inf, dtype=SCALE_DTYPE)), rounded)
-    return rounded.float()
+    up = torch.nextafter(rounded, torch.full_like(rounded, torch.inf))
+    return torch.where(rounded.float() < exact, up, rounded).float()
 
 
 def quantize_int8(weight: torch.Tensor) -> QuantizedWeight:
