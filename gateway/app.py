@@ -1,6 +1,7 @@
 """The FastAPI application. The lifespan owns every component; tests inject their own."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -29,7 +30,9 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         app.state.ferry = ferry
         if on_ready:
             on_ready()
+        reaper = asyncio.create_task(reap_forever(ferry.billing))
         yield
+        reaper.cancel()
         for backend in ferry.backends.values():
             await backend.stop()
 
@@ -51,6 +54,16 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def reap_forever(billing, every_s: float = 60.0) -> None:
+    """Release budget holds left by a replica that died mid-request; safe to run on every replica at once."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(billing.reap_expired)
+        except Exception:  # a database hiccup must not end the loop: the next round retries
+            log.exception("reaping expired reservations failed")
 
 
 def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None) -> Ferry:
