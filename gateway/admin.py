@@ -5,12 +5,16 @@ Routes are plain `def`s: FastAPI runs them in its thread pool, so ledger queries
 """
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse
+from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, Field
 
 from billing import Billing
@@ -230,3 +234,103 @@ def own_usage(request: Request, authorization: str | None = Header(None), since:
 
 def _day(value: date | None) -> str | None:
     return value.isoformat() if value else None
+
+
+# --- the admin page's summaries --------------------------------------------------------------------
+
+@router.get("/admin/spend")
+def spend(billing: Admin) -> list[dict]:
+    """Each tenant's spend in its budget's current period (this month when it has none), beside that budget."""
+    budgets = {b["tenant_id"]: b for b in billing.list_budgets() if b["key_id"] is None}
+    today = billing.clock().date()
+    starts = {"daily": today.isoformat(), "monthly": today.replace(day=1).isoformat()}
+    spent = {period: {r["tenant_id"]: r for r in billing.report(("tenant",), since=since)}
+             for period, since in starts.items()}
+    rows = []
+    for tenant in billing.list_tenants():
+        budget = budgets.get(tenant["id"])
+        period = budget["period"] if budget else "monthly"
+        usage = spent[period].get(tenant["id"], {})
+        rows.append({"tenant_id": tenant["id"], "tenant": tenant["name"], "period": period, "since": starts[period],
+                     "requests": usage.get("requests", 0), "cost_micros": usage.get("cost_micros", 0),
+                     "savings_micros": usage.get("savings_micros", 0), "budget": budget})
+    return rows
+
+
+class LiveWindow:
+    """Request rate, p95 latency and token rates over the last `window_s` seconds, from snapshots of the
+    Prometheus registry taken whenever the admin page polls: the gateway keeps no history of its own."""
+
+    def __init__(self, window_s: float = 15.0):
+        self.window_s = window_s
+        self.snapshots: deque[tuple[float, dict]] = deque(maxlen=1000)
+
+    def add(self, now: float, snapshot: dict) -> tuple[float, dict]:
+        """Keep the newest snapshot at least `window_s` old as the baseline, and return it."""
+        self.snapshots.append((now, snapshot))
+        while len(self.snapshots) > 1 and now - self.snapshots[1][0] >= self.window_s:
+            self.snapshots.popleft()
+        return self.snapshots[0]
+
+
+def registry_snapshot(registry: CollectorRegistry = REGISTRY) -> dict:
+    """The cumulative figures the live view needs, summed over routes: latency buckets, outcomes, engine state."""
+    snap = {"buckets": {}, "requests": 0.0, "errors": 0.0, "engines": {}}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name == "ferryman_request_seconds_bucket":
+                le = float(s.labels["le"])
+                snap["buckets"][le] = snap["buckets"].get(le, 0.0) + s.value
+            elif s.name == "ferryman_requests_total":
+                snap["requests"] += s.value
+                snap["errors"] += s.value if s.labels["status"] != "ok" else 0.0
+            elif s.name in ENGINE_SAMPLES:
+                engine = snap["engines"].setdefault(s.labels["model"], {})
+                engine[ENGINE_SAMPLES[s.name]] = s.value
+    return snap
+
+
+ENGINE_SAMPLES = {"ferryman_engine_kv_cache_usage_ratio": "kv_cache_usage",
+                  "ferryman_engine_running_requests": "running", "ferryman_engine_waiting_requests": "waiting",
+                  "ferryman_engine_generation_tokens_total": "generated_tokens"}
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile: linear inside the bucket holding the q-th observation."""
+    total = buckets.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le in sorted(buckets):
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower  # past the last finite bucket all we know is "more than this"
+            return lower + (le - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = le, count
+    return lower
+
+
+@router.get("/admin/live")
+async def live(request: Request, _: Admin) -> dict:
+    """Requests/s, p95 latency and error share over the last seconds, and each in-process engine's KV cache
+    usage and queue, read from the gateway's own metrics."""
+    state = request.app.state
+    if not hasattr(state, "live_window"):
+        state.live_window = LiveWindow()
+    now, snap = time.monotonic(), registry_snapshot()
+    since, base = state.live_window.add(now, snap)
+    window = now - since
+    done = snap["requests"] - base["requests"]
+    buckets = {le: count - base["buckets"].get(le, 0.0) for le, count in snap["buckets"].items()}
+    engines = []
+    for model, now_engine in sorted(snap["engines"].items()):
+        generated = now_engine.get("generated_tokens", 0.0) - base["engines"].get(model, {}).get("generated_tokens", 0.0)
+        engines.append({"model": model, "kv_cache_usage": now_engine.get("kv_cache_usage"),
+                        "running": int(now_engine.get("running", 0)), "waiting": int(now_engine.get("waiting", 0)),
+                        "tokens_per_s": generated / window if window > 0 else None})
+    return {"window_s": window, "requests_total": int(snap["requests"]),
+            "requests_per_s": done / window if window > 0 else None,
+            "p95_latency_s": quantile(0.95, buckets) if window > 0 else None,
+            "error_share": (snap["errors"] - base["errors"]) / done if done > 0 else None,
+            "engines": engines}

@@ -1,0 +1,750 @@
+// Ferryman admin page: plain JS over the admin JSON API. The admin key lives in sessionStorage only and
+// travels in the Authorization header, never in a URL.
+"use strict";
+
+const KEY_SLOT = "ferryman.adminKey";
+const COLORS = ["#6366f1", "#0f9f8f", "#f59e0b", "#ec4899", "#0ea5e9", "#84cc16", "#a855f7", "#64748b"];
+const MODEL_COLORS = { "ferryman-large": "#6366f1", "ferryman-small": "#0f9f8f" };
+const LIVE_POLL_MS = 2000;
+const SPARK_POINTS = 90;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+// --- DOM building -----------------------------------------------------------------------------
+
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  setProps(el, props);
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+function svg(tag, props = {}, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  setProps(el, props);
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+function setProps(el, props) {
+  for (const [name, value] of Object.entries(props)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "class") el.setAttribute("class", value);
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else if (name === "value" && el instanceof HTMLElement) el.value = value;
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+}
+
+function bar(parts, cls = "bar") {
+  const el = h("div", { class: cls });
+  let left = 0;
+  for (const [kind, percent] of parts) {
+    const width = Math.max(0, Math.min(100 - left, percent));
+    const span = h("span", { class: kind });
+    span.style.left = `${left}%`;  // CSSOM, not a style attribute: allowed by the page's CSP
+    span.style.width = `${width}%`;
+    el.append(span);
+    left += width;
+  }
+  return el;
+}
+
+function toast(message) {
+  const el = $("#toast");
+  el.textContent = message;
+  el.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => el.classList.remove("show"), 2200);
+}
+
+// --- money, numbers, dates --------------------------------------------------------------------
+
+function usd(micros) {
+  const sign = micros < 0 ? "-" : "";
+  const abs = Math.abs(micros);
+  if (abs >= 1_000_000) {
+    return sign + "$" + (abs / 1e6).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  }
+  return sign + "$" + exactDollars(abs);
+}
+
+function exactDollars(micros) {
+  const whole = Math.floor(micros / 1e6);
+  let frac = String(micros % 1e6).padStart(6, "0").replace(/0+$/, "");
+  return `${whole}.${frac.padEnd(2, "0")}`;
+}
+
+function dollarsToMicros(text, label) {
+  const value = String(text).trim().replace(/^\$/, "").replace(/,/g, "");
+  if (!/^\d{1,9}(\.\d{0,6})?$/.test(value)) {
+    throw new Error(`${label} must be an amount in US dollars such as 25 or 0.0005 (at most 6 decimals).`);
+  }
+  const [whole, frac = ""] = value.split(".");
+  return Number(whole) * 1_000_000 + Number((frac + "000000").slice(0, 6));
+}
+
+function optionalCount(form, name, label) {
+  const value = form.elements[name].value.trim();
+  if (value === "") return null;
+  if (!/^\d+$/.test(value) || Number(value) < 1) {
+    throw fieldError(form, name, `${label} must be a whole number of at least 1, or empty for no limit.`);
+  }
+  return Number(value);
+}
+
+function optionalShare(form, name, label) {
+  const value = form.elements[name].value.trim();
+  if (value === "") return null;
+  const share = Number(value);
+  if (!/^\d*\.?\d+$/.test(value) || share < 0 || share > 1) {
+    throw fieldError(form, name, `${label} must be a number from 0 to 1, or empty for the default.`);
+  }
+  return share;
+}
+
+function fieldError(form, name, message) {
+  form.elements[name].classList.add("invalid");
+  return new Error(message);
+}
+
+const count = (n) => Number(n).toLocaleString("en-US");
+const percent = (x, digits = 0) => `${(100 * x).toFixed(digits)}%`;
+const limitText = (v) => (v === null || v === undefined ? "∞" : count(v));
+const dayOf = (date) => date.toISOString().slice(0, 10);
+const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 16) : "");
+
+function daysBack(n) {
+  const today = new Date();
+  const since = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - (n - 1)));
+  return dayOf(since);
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(2)} s`;
+}
+
+// --- the API ----------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body, key = sessionStorage.getItem(KEY_SLOT)) {
+  const headers = { Authorization: `Bearer ${key}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, cache: "no-store",
+                                   body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "Cannot reach the gateway. Is it running?");
+  }
+  if (response.ok) return response;
+  let message = `The gateway answered ${response.status} ${response.statusText}.`;
+  try {
+    message = (await response.json()).error.message || message;
+  } catch { /* not an OpenAI-shaped error: keep the status line */ }
+  if (response.status === 401 && key === sessionStorage.getItem(KEY_SLOT)) {
+    signOut("The gateway no longer accepts this admin key. Sign in again.");
+  }
+  throw new ApiError(response.status, message);
+}
+
+const getJSON = async (path) => (await api("GET", path)).json();
+const sendJSON = async (method, path, body) => (await api(method, path, body)).json();
+
+// A form whose submit runs `action`; a thrown error is shown next to it, nothing else changes.
+function handleSubmit(form, errorEl, action) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    errorEl.textContent = "";
+    form.querySelectorAll(".invalid").forEach((el) => el.classList.remove("invalid"));
+    const button = event.submitter || form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await action(event.submitter);
+    } catch (error) {
+      errorEl.textContent = error.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+// A destructive button asks once more in place instead of a modal dialog.
+function armedButton(label, confirmLabel, action) {
+  const button = h("button", { type: "button", class: "danger small" }, label);
+  button.addEventListener("click", async () => {
+    if (!button.classList.contains("armed")) {
+      button.classList.add("armed");
+      button.textContent = confirmLabel;
+      setTimeout(() => { button.classList.remove("armed"); button.textContent = label; }, 4000);
+      return;
+    }
+    button.disabled = true;
+    await action();
+  });
+  return button;
+}
+
+// --- sign in and tabs -------------------------------------------------------------------------
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY_SLOT);
+  stopLive();
+  $("#app-view").hidden = true;
+  $("#login-view").hidden = false;
+  $("#login-error").textContent = message;
+  $("#login-key").value = "";
+  $("#login-key").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const key = $("#login-key").value.trim();
+  const error = $("#login-error");
+  error.textContent = "";
+  if (!key) {
+    error.textContent = "Type the admin key.";
+    return;
+  }
+  try {
+    await api("GET", "/admin/tenants", undefined, key);
+  } catch (e) {
+    error.textContent = e.status === 401 ? "That admin key was not accepted. Check FERRYMAN_ADMIN_KEY and try again."
+                                         : e.message;
+    return;
+  }
+  sessionStorage.setItem(KEY_SLOT, key);
+  $("#login-key").value = "";
+  showApp();
+}
+
+function showApp() {
+  $("#login-view").hidden = true;
+  $("#app-view").hidden = false;
+  showTab();
+}
+
+const TABS = { spend: loadSpend, tenants: loadTenants, prices: loadPrices, live: startLive };
+
+function showTab() {
+  const name = location.hash.slice(1) in TABS ? location.hash.slice(1) : "spend";
+  for (const link of document.querySelectorAll("#tabs a")) link.classList.toggle("active", link.dataset.tab === name);
+  for (const tab of document.querySelectorAll(".tab")) tab.hidden = tab.id !== `tab-${name}`;
+  if (name !== "live") stopLive();
+  TABS[name]();
+}
+
+// --- spend ------------------------------------------------------------------------------------
+
+function reportPath(groupBy, since, format = "json") {
+  const query = new URLSearchParams({ group_by: groupBy, since, format });
+  return `/admin/reports/usage?${query}`;
+}
+
+async function loadSpend() {
+  const days = Number($("#spend-range").value);
+  const since = daysBack(days);
+  $("#spend-error").textContent = "";
+  try {
+    const [byDayModel, byTenant, byRoute, budgets] = await Promise.all([
+      getJSON(reportPath("day,model", since)), getJSON(reportPath("tenant", since)),
+      getJSON(reportPath("route", since)), getJSON("/admin/spend")]);
+    renderKpis(byDayModel.totals, byRoute.rows, days);
+    renderDailyChart(byDayModel.rows, since, days);
+    renderBudgetBars(budgets);
+    renderRouting(byRoute.rows);
+    renderTopTenants(byTenant.rows, byTenant.totals);
+  } catch (error) {
+    $("#spend-error").textContent = error.message;
+  }
+}
+
+function renderKpis(totals, routes, days) {
+  const small = routes.filter((r) => r.route === "small").reduce((n, r) => n + r.requests, 0);
+  $("#kpi-cost").textContent = usd(totals.cost_micros);
+  $("#kpi-cost-note").textContent = `last ${days} days, all tenants`;
+  $("#kpi-saved").textContent = usd(totals.savings_micros);
+  $("#kpi-saved-note").textContent = totals.baseline_cost_micros
+    ? `${percent(totals.savings_micros / totals.baseline_cost_micros)} less than all on the large model` : "no traffic yet";
+  $("#kpi-small").textContent = totals.requests ? percent(small / totals.requests) : "–";
+  $("#kpi-small-note").textContent = `${count(small)} of ${count(totals.requests)} requests`;
+  $("#kpi-requests").textContent = count(totals.requests);
+  $("#kpi-requests-note").textContent =
+    `${count(totals.prompt_tokens)} prompt · ${count(totals.completion_tokens)} completion tokens`;
+}
+
+function modelColor(model, index) {
+  return MODEL_COLORS[model] || COLORS[index % COLORS.length];
+}
+
+function renderDailyChart(rows, since, days) {
+  const models = [...new Set(rows.map((r) => r.model))].sort();
+  const dayList = Array.from({ length: days }, (_, i) => {
+    const d = new Date(`${since}T00:00:00Z`);
+    d.setUTCDate(d.getUTCDate() + i);
+    return dayOf(d);
+  });
+  const cost = new Map(rows.map((r) => [`${r.day}|${r.model}`, r.cost_micros]));
+  const dayTotals = dayList.map((day) => models.reduce((n, m) => n + (cost.get(`${day}|${m}`) || 0), 0));
+  $("#daily-legend").replaceChildren(...models.map((m, i) => h("span", {}, h("i", { class: `swatch-${i}` }), m)));
+  $("#daily-legend").querySelectorAll("i").forEach((el, i) => { el.style.background = modelColor(models[i], i); });
+
+  const W = 1000, H = 260, left = 64, right = 12, top = 12, bottom = 28;
+  const top_value = niceCeiling(Math.max(...dayTotals, 1));
+  const y = (micros) => top + (H - top - bottom) * (1 - micros / top_value);
+  const step = (W - left - right) / days;
+  const chart = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
+                             "aria-label": "Daily cost per model" });
+  for (let i = 0; i <= 4; i++) {
+    const value = (top_value * i) / 4;
+    chart.append(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(value), y2: y(value) }),
+                 svg("text", { x: left - 8, y: y(value) + 4, "text-anchor": "end" }, usd(Math.round(value))));
+  }
+  const labelEvery = Math.ceil(days / 10);
+  dayList.forEach((day, i) => {
+    let base = 0;
+    const x = left + i * step + step * 0.18;
+    models.forEach((model, m) => {
+      const value = cost.get(`${day}|${model}`) || 0;
+      if (!value) return;
+      chart.append(svg("rect", { x, width: step * 0.64, y: y(base + value), height: y(base) - y(base + value),
+                                 fill: modelColor(model, m), rx: 2, dataset: { day, model, cost: value } },
+                       svg("title", {}, `${day} · ${model}: ${usd(value)}`)));
+      base += value;
+    });
+    if (i % labelEvery === 0 || i === days - 1) {
+      chart.append(svg("text", { x: left + i * step + step / 2, y: H - 8, "text-anchor": "middle" }, day.slice(5)));
+    }
+  });
+  chart.append(svg("line", { class: "axis", x1: left, x2: W - right, y1: y(0), y2: y(0) }));
+  $("#daily-chart").replaceChildren(rows.length ? chart : h("div", { class: "empty" }, "No usage in this range yet."));
+}
+
+function niceCeiling(value) {
+  const magnitude = 10 ** Math.floor(Math.log10(value));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * magnitude >= value) return m * magnitude;
+  return 10 * magnitude;
+}
+
+function budgetState(budget) {
+  const used = (budget.spent_micros + budget.reserved_micros) / Math.max(budget.limit_micros, 1);
+  if (used >= 1 || budget.remaining_micros <= 0) return "bad";
+  return used * 100 >= budget.alert_percent ? "warn" : "ok";
+}
+
+function renderBudgetBars(rows) {
+  const biggest = Math.max(1, ...rows.map((r) => r.cost_micros));
+  const list = rows.slice().sort((a, b) => (b.budget ? 1 : 0) - (a.budget ? 1 : 0) || b.cost_micros - a.cost_micros);
+  $("#budget-bars").replaceChildren(...list.map((row) => {
+    const b = row.budget;
+    if (!b) {
+      return h("div", { class: "budget-row", dataset: { tenant: row.tenant } },
+        h("div", { class: "who" }, row.tenant, h("small", {}, "no budget")),
+        bar([["plain", (100 * row.cost_micros) / biggest]]),
+        h("div", { class: "figures" }, `${usd(row.cost_micros)} this month`, h("small", {}, "unlimited")));
+    }
+    const limit = Math.max(b.limit_micros, 1);
+    const share = b.spent_micros / limit;
+    return h("div", { class: "budget-row", dataset: { tenant: row.tenant, percent: (100 * share).toFixed(2) } },
+      h("div", { class: "who" }, row.tenant, h("small", {}, `${b.period} · ${b.period_key}`)),
+      bar([[`spent ${budgetState(b)}`, 100 * share], ["held", (100 * b.reserved_micros) / limit]]),
+      h("div", { class: "figures" }, `${usd(b.spent_micros)} of ${usd(b.limit_micros)}`,
+        h("small", {}, `${percent(share, share < 0.1 ? 1 : 0)} used · ${usd(Math.max(0, b.remaining_micros))} left`)));
+  }));
+  if (!rows.length) $("#budget-bars").replaceChildren(h("div", { class: "empty" }, "No tenants yet."));
+}
+
+function renderRouting(routes) {
+  const by = (name, field) => routes.filter((r) => r.route === name).reduce((n, r) => n + r[field], 0);
+  const small = by("small", "requests"), large = by("large", "requests");
+  const total = small + large;
+  const saved = routes.reduce((n, r) => n + r.savings_micros, 0);
+  if (!total) {
+    $("#routing").replaceChildren(h("div", { class: "empty" }, "No routed requests in this range yet."));
+    return;
+  }
+  const split = h("div", { class: "split" },
+    h("div", { class: "s" }, `small ${percent(small / total)}`), h("div", { class: "l" }, `large ${percent(large / total)}`));
+  split.children[0].style.flex = `${Math.max(small, total * 0.08)}`;
+  split.children[1].style.flex = `${Math.max(large, total * 0.08)}`;
+  $("#routing").replaceChildren(split, h("div", { class: "facts" },
+    h("div", {}, "Small model", h("b", {}, `${count(small)} req · ${usd(by("small", "cost_micros"))}`)),
+    h("div", {}, "Large model", h("b", {}, `${count(large)} req · ${usd(by("large", "cost_micros"))}`)),
+    h("div", {}, "Had everything gone to the large model", h("b", {}, usd(routes.reduce((n, r) => n + r.baseline_cost_micros, 0)))),
+    h("div", {}, "Money saved by routing", h("b", { id: "routing-saved" }, usd(saved)))));
+}
+
+function renderTopTenants(rows, totals) {
+  const top = rows.slice().sort((a, b) => b.cost_micros - a.cost_micros).slice(0, 8);
+  $("#top-tenants tbody").replaceChildren(...top.map((r) => {
+    const share = totals.cost_micros ? r.cost_micros / totals.cost_micros : 0;
+    return h("tr", { dataset: { tenant: r.tenant } }, h("td", {}, r.tenant), h("td", { class: "num" }, count(r.requests)),
+      h("td", { class: "num" }, usd(r.cost_micros)), h("td", { class: "num" }, usd(r.savings_micros)),
+      h("td", {}, bar([["spent ok", 100 * share]], "bar mini"), percent(share)));
+  }));
+  if (!top.length) $("#top-tenants tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No usage yet.")));
+}
+
+async function downloadCsv() {
+  const since = daysBack(Number($("#spend-range").value));
+  try {
+    const response = await api("GET", reportPath("tenant,model,day", since, "csv"));
+    const disposition = response.headers.get("content-disposition") || "";
+    const name = (disposition.match(/filename="([^"]+)"/) || [])[1] || `ferryman-usage-${since}.csv`;
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: name });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (error) {
+    $("#spend-error").textContent = error.message;
+  }
+}
+
+// --- tenants, keys, budgets -------------------------------------------------------------------
+
+let selectedTenant = null;
+
+async function loadTenants() {
+  const error = $("#tenant-create + .error");
+  try {
+    const [tenants, spend] = await Promise.all([getJSON("/admin/tenants"), getJSON("/admin/spend")]);
+    const budgets = new Map(spend.map((s) => [s.tenant_id, s.budget]));
+    $("#tenant-table tbody").replaceChildren(...tenants.map((t) => tenantRow(t, budgets.get(t.id))));
+    if (!tenants.length) {
+      $("#tenant-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No tenants yet.")));
+    }
+    if (selectedTenant !== null) await showTenant(selectedTenant);
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+function tenantRow(t, budget) {
+  const limits = `${limitText(t.rpm)} rpm · ${limitText(t.tpm)} tpm · ${limitText(t.max_concurrent)} conc.`;
+  const budgetCell = budget
+    ? [bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / Math.max(budget.limit_micros, 1)]], "bar mini"),
+       `${usd(budget.limit_micros)} / ${budget.period === "daily" ? "day" : "month"}`]
+    : [h("span", { class: "muted" }, "none")];
+  return h("tr", { dataset: { tenantId: t.id, tenant: t.name }, class: t.id === selectedTenant ? "selected" : null,
+                   onclick: () => showTenant(t.id) },
+    h("td", {}, h("b", {}, t.name)), h("td", {}, h("span", { class: `badge ${t.priority}` }, t.priority)),
+    h("td", { class: "muted" }, limits), h("td", {}, ...budgetCell));
+}
+
+async function showTenant(tenantId) {
+  selectedTenant = tenantId;
+  document.querySelectorAll("#tenant-table tbody tr").forEach(
+    (tr) => tr.classList.toggle("selected", Number(tr.dataset.tenantId) === tenantId));
+  const [tenant, keys, budgets] = await Promise.all([
+    getJSON(`/admin/tenants/${tenantId}`), getJSON(`/admin/tenants/${tenantId}/keys`),
+    getJSON(`/admin/budgets?tenant_id=${tenantId}`)]);
+  const tenantBudget = budgets.find((b) => b.key_id === null) || null;
+  const keyBudgets = new Map(budgets.filter((b) => b.key_id !== null).map((b) => [b.key_id, b]));
+  $("#tenant-detail").replaceChildren(
+    h("div", { class: "card-head" }, h("h2", {}, tenant.name),
+      h("span", { class: "sub" }, `tenant ${tenant.id} · since ${when(tenant.created_at)}`)),
+    tenantSettingsForm(tenant),
+    budgetForm("Tenant budget", "shared by all of this tenant's keys", tenant.id, null, tenantBudget),
+    h("div", { class: "section" }, h("h3", {}, "API keys"), keyTable(tenant, keys, keyBudgets), newKeyForm(tenant)),
+    h("div", { id: "key-editor" }));
+}
+
+function tenantSettingsForm(t) {
+  const form = h("form", { id: "tenant-settings", novalidate: true },
+    h("div", { class: "fields" },
+      h("label", {}, "Priority", h("select", { name: "priority" },
+        ...["interactive", "standard", "batch"].map((p) => h("option", { value: p, selected: p === t.priority }, p)))),
+      h("label", {}, "Quality floor (0–1)", h("input", { name: "quality_floor", value: t.quality_floor ?? "", placeholder: "default" })),
+      h("label", {}, "Large-model share (0–1)", h("input", { name: "large_share", value: t.large_share ?? "", placeholder: "default" })),
+      h("label", {}, "Requests / min", h("input", { name: "rpm", value: t.rpm ?? "", placeholder: "no limit" })),
+      h("label", {}, "Tokens / min", h("input", { name: "tpm", value: t.tpm ?? "", placeholder: "no limit" })),
+      h("label", {}, "Concurrent requests", h("input", { name: "max_concurrent", value: t.max_concurrent ?? "", placeholder: "no limit" }))),
+    h("div", { class: "form-foot" }, h("button", { type: "submit", class: "primary" }, "Save routing & limits")));
+  const error = h("p", { class: "error", role: "alert" });
+  handleSubmit(form, error, async () => {
+    const body = {
+      priority: form.elements.priority.value,
+      quality_floor: optionalShare(form, "quality_floor", "Quality floor"),
+      large_share: optionalShare(form, "large_share", "Large-model share"),
+      rpm: optionalCount(form, "rpm", "Requests / min"),
+      tpm: optionalCount(form, "tpm", "Tokens / min"),
+      max_concurrent: optionalCount(form, "max_concurrent", "Concurrent requests"),
+    };
+    await sendJSON("PATCH", `/admin/tenants/${t.id}`, body);
+    toast(`Saved ${t.name}'s routing and limits`);
+    await loadTenants();
+  });
+  return h("div", {}, h("h3", {}, "Routing & rate limits"), form, error);
+}
+
+function budgetForm(title, subtitle, tenantId, keyId, budget) {
+  const scope = keyId === null ? "tenant" : "key";
+  const form = h("form", { class: "budget-form", dataset: { scope }, novalidate: true },
+    h("div", { class: "fields" },
+      h("label", {}, "Limit (US$)", h("input", { name: "limit", value: budget ? exactDollars(budget.limit_micros) : "",
+                                                  placeholder: "e.g. 250", inputmode: "decimal" })),
+      h("label", {}, "Period", h("select", { name: "period" },
+        ...["monthly", "daily"].map((p) => h("option", { value: p, selected: budget ? budget.period === p : p === "monthly" }, p)))),
+      h("label", {}, "Alert at (% spent)", h("input", { name: "alert", value: budget ? budget.alert_percent : 80 }))),
+    budget ? h("div", { class: "budget-now" }, bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / Math.max(budget.limit_micros, 1)],
+                                                     ["held", (100 * budget.reserved_micros) / Math.max(budget.limit_micros, 1)]]),
+               h("div", { class: "muted" }, `${budget.period_key}: ${usd(budget.spent_micros)} spent, ${usd(budget.reserved_micros)} held, `
+                 + `${usd(Math.max(0, budget.remaining_micros))} left`)) : null,
+    h("div", { class: "form-foot" }, h("button", { type: "submit", class: "primary" }, budget ? "Save budget" : "Set budget"),
+      budget ? armedButton("Remove budget", "Really remove?", async () => {
+        await api("DELETE", `/admin/budgets/${budget.id}`);
+        toast("Budget removed");
+        await refreshAfterBudget(tenantId, keyId);
+      }) : h("span", { class: "muted" }, "No budget: spending is not limited.")));
+  const error = h("p", { class: "error", role: "alert" });
+  handleSubmit(form, error, async () => {
+    let limit;
+    try {
+      limit = dollarsToMicros(form.elements.limit.value, "The limit");
+    } catch (e) {
+      throw fieldError(form, "limit", e.message);
+    }
+    const alert = form.elements.alert.value.trim();
+    if (!/^\d+$/.test(alert) || Number(alert) < 1 || Number(alert) > 100) {
+      throw fieldError(form, "alert", "Alert at must be a whole percentage from 1 to 100.");
+    }
+    await sendJSON("PUT", "/admin/budgets", { tenant_id: tenantId, key_id: keyId, period: form.elements.period.value,
+                                             limit_micros: limit, alert_percent: Number(alert) });
+    toast(`Budget saved: ${usd(limit)} ${form.elements.period.value}`);
+    await refreshAfterBudget(tenantId, keyId);
+  });
+  return h("div", { class: "section" }, h("h3", {}, title, " ", h("span", { class: "muted" }, `· ${subtitle}`)), form, error);
+}
+
+async function refreshAfterBudget(tenantId, keyId) {
+  await loadTenants();
+  if (keyId !== null) await editKey(tenantId, keyId);
+}
+
+function keyStatus(key) {
+  if (key.revoked_at) return h("span", { class: "badge bad" }, "revoked");
+  if (key.expires_at && new Date(`${key.expires_at}Z`) <= new Date()) return h("span", { class: "badge warn" }, "expired");
+  return h("span", { class: "badge ok" }, "active");
+}
+
+function keyTable(tenant, keys, keyBudgets) {
+  if (!keys.length) return h("div", { class: "empty" }, "No keys yet.");
+  return h("table", { id: "key-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Key"), h("th", {}, "Limits"), h("th", {}, "Budget"), h("th", {}, "Status"), h("th", {}))),
+    h("tbody", {}, ...keys.map((k) => {
+      const budget = keyBudgets.get(k.id);
+      return h("tr", { dataset: { keyId: k.id, key: k.name } },
+        h("td", {}, h("b", {}, k.name), h("div", { class: "mono muted" }, `${k.key_prefix}…`)),
+        h("td", { class: "muted" }, `${limitText(k.rpm)} rpm · ${limitText(k.tpm)} tpm · ${limitText(k.max_concurrent)} conc.`,
+          k.expires_at ? h("div", {}, `expires ${when(k.expires_at)}`) : null),
+        h("td", {}, budget ? `${usd(budget.spent_micros)} / ${usd(budget.limit_micros)}` : h("span", { class: "muted" }, "tenant's")),
+        h("td", {}, keyStatus(k)),
+        h("td", { class: "num" }, k.revoked_at ? null : [
+          h("button", { type: "button", class: "small", onclick: () => editKey(tenant.id, k.id) }, "Edit"), " ",
+          armedButton("Revoke", "Confirm revoke", async () => {
+            await sendJSON("DELETE", `/admin/keys/${k.id}`);
+            toast(`Key ${k.name} revoked`);
+            await showTenant(tenant.id);
+          })]));
+    })));
+}
+
+function newKeyForm(tenant) {
+  const form = h("form", { id: "key-create", novalidate: true },
+    h("div", { class: "fields" },
+      h("label", {}, "Key name", h("input", { name: "name", value: "default", maxlength: 128 })),
+      h("label", {}, "Expires (UTC date, optional)", h("input", { name: "expires", type: "date" })),
+      h("label", {}, "Requests / min", h("input", { name: "rpm", placeholder: "no limit" }))),
+    h("div", { class: "form-foot" }, h("button", { type: "submit" }, "Create key")));
+  const error = h("p", { class: "error", role: "alert" });
+  const secret = h("div", { id: "key-secret-slot" });
+  handleSubmit(form, error, async () => {
+    const name = form.elements.name.value.trim();
+    if (!name) throw fieldError(form, "name", "A key needs a name.");
+    const expires = form.elements.expires.value;
+    const created = await sendJSON("POST", `/admin/tenants/${tenant.id}/keys`, {
+      name, rpm: optionalCount(form, "rpm", "Requests / min"), expires_at: expires ? `${expires}T00:00:00Z` : null });
+    await showTenant(tenant.id);
+    // Shown this once: the gateway keeps only the key's hash.
+    const code = h("code", { id: "key-secret" }, created.key);
+    $("#key-secret-slot").replaceChildren(h("div", { class: "secret" },
+      h("div", { class: "warn" }, `New key “${created.name}”: copy it now, it will not be shown again.`), code,
+      h("button", { type: "button", class: "small", onclick: () => navigator.clipboard?.writeText(created.key).then(() => toast("Copied")) }, "Copy")));
+  });
+  return h("div", {}, h("h3", {}, "New key"), form, error, secret);
+}
+
+async function editKey(tenantId, keyId) {
+  const [key, budgets] = await Promise.all([
+    getJSON(`/admin/tenants/${tenantId}/keys`).then((keys) => keys.find((k) => k.id === keyId)),
+    getJSON(`/admin/budgets?tenant_id=${tenantId}`)]);
+  const form = h("form", { id: "key-limits", novalidate: true },
+    h("div", { class: "fields" },
+      h("label", {}, "Requests / min", h("input", { name: "rpm", value: key.rpm ?? "", placeholder: "no limit" })),
+      h("label", {}, "Tokens / min", h("input", { name: "tpm", value: key.tpm ?? "", placeholder: "no limit" })),
+      h("label", {}, "Concurrent requests", h("input", { name: "max_concurrent", value: key.max_concurrent ?? "", placeholder: "no limit" })),
+      h("label", {}, "Expires (UTC date)", h("input", { name: "expires", type: "date", value: key.expires_at ? key.expires_at.slice(0, 10) : "" }))),
+    h("div", { class: "form-foot" }, h("button", { type: "submit", class: "primary" }, "Save key limits"),
+      h("button", { type: "button", onclick: () => $("#key-editor").replaceChildren() }, "Close")));
+  const error = h("p", { class: "error", role: "alert" });
+  handleSubmit(form, error, async () => {
+    const expires = form.elements.expires.value;
+    await sendJSON("PATCH", `/admin/keys/${keyId}`, {
+      rpm: optionalCount(form, "rpm", "Requests / min"), tpm: optionalCount(form, "tpm", "Tokens / min"),
+      max_concurrent: optionalCount(form, "max_concurrent", "Concurrent requests"),
+      expires_at: expires ? `${expires}T00:00:00Z` : null });
+    toast(`Saved key ${key.name}`);
+    await showTenant(tenantId);
+    await editKey(tenantId, keyId);
+  });
+  $("#key-editor").replaceChildren(h("div", { class: "section" },
+    h("h3", {}, `Key “${key.name}”`, " ", h("span", { class: "muted mono" }, `${key.key_prefix}…`)), form, error,
+    budgetForm("Key budget", "on top of the tenant's", tenantId, keyId, budgets.find((b) => b.key_id === keyId) || null)));
+}
+
+function createTenantForm() {
+  const form = $("#tenant-create");
+  handleSubmit(form, $("#tenant-create + .error"), async () => {
+    const name = form.elements.name.value.trim();
+    if (!name) throw fieldError(form, "name", "A tenant needs a name.");
+    const tenant = await sendJSON("POST", "/admin/tenants", { name, priority: form.elements.priority.value });
+    form.elements.name.value = "";
+    toast(`Tenant ${tenant.name} created`);
+    selectedTenant = tenant.id;
+    await loadTenants();
+  });
+}
+
+// --- prices -----------------------------------------------------------------------------------
+
+const PRICE_FIELDS = [["input_micros_per_m", "Input"], ["cached_input_micros_per_m", "Cached input"],
+                      ["output_micros_per_m", "Output"]];
+
+async function loadPrices() {
+  try {
+    const prices = await getJSON("/admin/prices");
+    $("#price-table tbody").replaceChildren(...prices.map(priceRow), priceRow(null));
+  } catch (e) {
+    $("#price-error").textContent = e.message;
+  }
+}
+
+function priceRow(price) {
+  const inputs = PRICE_FIELDS.map(([field, label]) => h("input", {
+    name: field, "aria-label": label, inputmode: "decimal", value: price ? exactDollars(price[field]) : "", placeholder: "0.00" }));
+  const model = price ? h("b", {}, price.model) : h("input", { name: "model", placeholder: "new model name", "aria-label": "Model" });
+  const save = h("button", { type: "button", class: price ? "" : "primary" }, price ? "Save" : "Add price");
+  save.addEventListener("click", async () => {
+    $("#price-error").textContent = "";
+    inputs.forEach((i) => i.classList.remove("invalid"));
+    try {
+      const name = price ? price.model : model.value.trim();
+      if (!name) throw new Error("A price needs a model name.");
+      const body = {};
+      for (const [i, [field, label]] of PRICE_FIELDS.entries()) {
+        try {
+          body[field] = dollarsToMicros(inputs[i].value, `The ${label.toLowerCase()} price of ${name}`);
+        } catch (e) {
+          inputs[i].classList.add("invalid");
+          throw e;
+        }
+      }
+      save.disabled = true;
+      await sendJSON("PUT", `/admin/prices/${encodeURIComponent(name)}`, body);
+      toast(`Price of ${name} saved`);
+      await loadPrices();
+    } catch (e) {
+      $("#price-error").textContent = e.message;
+    } finally {
+      save.disabled = false;
+    }
+  });
+  return h("tr", { dataset: { model: price ? price.model : "" } }, h("td", {}, model),
+    ...inputs.map((i) => h("td", { class: "num" }, i)),
+    h("td", { class: "muted" }, price ? when(price.updated_at) : ""), h("td", { class: "num" }, save));
+}
+
+// --- live -------------------------------------------------------------------------------------
+
+const liveHistory = { rps: [], p95: [] };
+let liveTimer = null;
+
+function startLive() {
+  stopLive();
+  pollLive();
+  liveTimer = setInterval(pollLive, LIVE_POLL_MS);
+}
+
+function stopLive() {
+  clearInterval(liveTimer);
+  liveTimer = null;
+}
+
+async function pollLive() {
+  try {
+    const live = await getJSON("/admin/live");
+    $("#live-error").textContent = "";
+    renderLive(live);
+  } catch (e) {
+    $("#live-error").textContent = e.message;
+  }
+}
+
+function renderLive(live) {
+  for (const [name, value] of [["rps", live.requests_per_s], ["p95", live.p95_latency_s]]) {
+    if (value !== null) liveHistory[name] = [...liveHistory[name], value].slice(-SPARK_POINTS);
+  }
+  $("#live-rps").textContent = live.requests_per_s === null ? "–" : live.requests_per_s.toFixed(live.requests_per_s < 10 ? 2 : 1);
+  $("#live-p95").textContent = duration(live.p95_latency_s);
+  $("#live-errors").textContent = live.error_share === null ? "–" : percent(live.error_share, 1);
+  $("#live-total").textContent = count(live.requests_total);
+  $("#live-updated").textContent = `over the last ${Math.round(live.window_s)} s · updated ${new Date().toLocaleTimeString()}`;
+  sparkline($("#spark-rps"), liveHistory.rps, "#2563eb");
+  sparkline($("#spark-p95"), liveHistory.p95, "#6366f1");
+  $("#engine-table tbody").replaceChildren(...live.engines.map((e) => h("tr", { dataset: { model: e.model } },
+    h("td", {}, h("b", {}, e.model)),
+    h("td", {}, e.kv_cache_usage === null ? "–" : [bar([["spent ok", 100 * e.kv_cache_usage]], "bar mini"), percent(e.kv_cache_usage, 1)]),
+    h("td", { class: "num" }, count(e.running)), h("td", { class: "num" }, count(e.waiting)),
+    h("td", { class: "num" }, e.tokens_per_s === null ? "–" : e.tokens_per_s.toFixed(1)))));
+  if (!live.engines.length) {
+    $("#engine-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" },
+      "No in-process engine: remote replicas report on their own /metrics.")));
+  }
+}
+
+function sparkline(el, values, color) {
+  const W = 200, H = 36;
+  el.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  el.setAttribute("preserveAspectRatio", "none");
+  if (values.length < 2) {
+    el.replaceChildren();
+    return;
+  }
+  const top = Math.max(...values) || 1;
+  const points = values.map((v, i) => `${(W * i) / (SPARK_POINTS - 1)},${H - 2 - ((H - 4) * v) / top}`);
+  el.replaceChildren(svg("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 1.8,
+                                       "vector-effect": "non-scaling-stroke" }));
+}
+
+// --- start ------------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", signIn);
+  $("#logout").addEventListener("click", () => signOut());
+  $("#spend-range").addEventListener("change", loadSpend);
+  $("#download-csv").addEventListener("click", downloadCsv);
+  createTenantForm();
+  window.addEventListener("hashchange", () => { if (sessionStorage.getItem(KEY_SLOT)) showTab(); });
+  if (sessionStorage.getItem(KEY_SLOT)) showApp();
+  else signOut();
+});

@@ -1,0 +1,69 @@
+"""The UI suites' gateway: real billing on SQLite, the bundled tokenizer, echo backends, a transparent router;
+optionally two weeks of traffic seeded through the real money path so the charts have something to draw."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+from backends.echo import EchoBackend
+from billing import Billing, RateLimiter
+from billing.service import utcnow
+from gateway.app import create_app
+from gateway.config import Settings
+from tests.util import LengthRouter, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts" / "ui"
+ADMIN_KEY = "fm-admin-ui-test-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+# (tenant, priority, monthly budget in micro-USD or None, requests a day, share sent to the large model)
+SEEDED = (("acme-support", "interactive", 1_500_000, 14, 0.25), ("globex-analytics", "standard", 600_000, 8, 0.6),
+          ("initech-batch", "batch", None, 20, 0.1), ("umbrella-labs", "standard", 250_000, 4, 0.4))
+
+
+@contextmanager
+def running_gateway(db_dir: Path, tokenizer, seed: bool):
+    settings = Settings(database_url=f"sqlite:///{db_dir / 'ledger.db'}", admin_key=ADMIN_KEY)
+    billing = Billing(settings.database_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    if seed:
+        seed_history(billing)
+    backends = {name: EchoBackend(name, tokenizer.decode) for name in (settings.small_model, settings.large_model)}
+    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
+                     tokenizer=tokenizer)
+    try:
+        with serve(app) as url:
+            yield url, billing
+    finally:
+        billing.close()
+
+
+def seed_history(billing: Billing, days: int = 14) -> None:
+    """Usage through reserve and settle with the ledger's clock set back, one day at a time."""
+    moment = [utcnow()]
+    seeded = Billing(billing.database_url, clock=lambda: moment[0])
+    today = moment[0].replace(hour=9, minute=0, second=0, microsecond=0)
+    for t, (name, priority, budget, per_day, large) in enumerate(SEEDED):
+        tenant = seeded.create_tenant(name, priority=priority)
+        if budget is not None:
+            seeded.set_budget(tenant["id"], limit_micros=budget)
+        principal = seeded.authenticate(seeded.create_key(tenant["id"], "prod")[0])
+        for day in range(days - 1, -1, -1):
+            moment[0] = today - timedelta(days=day)
+            for i in range(round(per_day * (1 + ((day * 7 + t * 3) % 5) / 8))):  # deterministic day-to-day variety
+                model = "ferryman-large" if (i * 0.618) % 1 < large else "ferryman-small"
+                prompt = 300 + 29 * (i % 13)
+                res = seeded.reserve(principal, f"seed-{name}-{day}-{i}", model, prompt, 400)
+                seeded.settle(res, prompt_tokens=prompt, cached_tokens=64, completion_tokens=90 + 17 * (i % 11),
+                              route=model.removeprefix("ferryman-"), latency_ms=120.0)
+    seeded.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"admin_{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
