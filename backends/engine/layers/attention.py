@@ -63,8 +63,8 @@ class PagedAttention(nn.Module):
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillChunk) -> torch.Tensor:
         if p.context_len == p.num_tokens:  # nothing earlier in the cache: the chunk's own keys are the context
             return _sdpa(q, k, v, None, self.scale, causal=True)
-        keys = self.k_cache[p.block_table].flatten(0, 1)[: p.context_len]
-        values = self.v_cache[p.block_table].flatten(0, 1)[: p.context_len]
+        keys = self.k_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
+        values = self.v_cache.index_select(0, p.block_table).flatten(0, 1)[: p.context_len]
         # Query i sits at absolute position context_len - num_tokens + i and sees keys up to there.
         q_pos = torch.arange(p.context_len - p.num_tokens, p.context_len, device=q.device)
         mask = torch.arange(p.context_len, device=q.device)[None, :] <= q_pos[:, None]
@@ -97,8 +97,9 @@ def paged_decode_attention_torch(
 ) -> torch.Tensor:
     b, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
-    keys = k_cache[block_tables].view(b, -1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
-    values = v_cache[block_tables].view(b, -1, num_kv_heads, head_dim).transpose(1, 2)
+    # index_select copies whole blocks at a time; on CPU it is several times faster than advanced indexing.
+    keys = k_cache.index_select(0, block_tables.flatten()).view(b, -1, num_kv_heads, head_dim).transpose(1, 2)
+    values = v_cache.index_select(0, block_tables.flatten()).view(b, -1, num_kv_heads, head_dim).transpose(1, 2)
     mask = torch.arange(keys.shape[2], device=q.device)[None, :] < context_lens[:, None]
     # The query heads sharing a KV head act as that head's queries: no copy of K/V per query head.
     grouped = q.view(b, num_kv_heads, num_heads // num_kv_heads, head_dim)
