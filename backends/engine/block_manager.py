@@ -3,6 +3,9 @@
 A full block is identified by a hash chained over every token before it, so equal hashes mean equal
 prefixes. Freed blocks keep their contents and hash and sit in an LRU queue: a later request with the same
 prefix takes them back (a hit); allocation reuses the least recently freed block, evicting its hash.
+
+Host-memory blocks hold the caches of sequences preempted by swap. Swapping out frees the device blocks
+(their contents and hashes stay, so the prefix cache may still hit them); swapping in takes fresh ones.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class Block:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, num_cpu_blocks: int = 0) -> None:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -30,6 +33,8 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # hash -> block id
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of those, tokens found
+        self.free_cpu_blocks = list(range(num_cpu_blocks))
+        self.swapped_in_cpu_blocks: list[int] = []  # read by this step's swap-in copies: free from the next step
 
     @property
     def num_free_blocks(self) -> int:
@@ -72,10 +77,29 @@ class BlockManager:
     def append(self, seq: Sequence, num_new_tokens: int) -> None:
         """Give seq slots for its next num_new_tokens tokens."""
         for _ in range(self.blocks_needed(seq, num_new_tokens)):
-            block_id = next(iter(self.free_blocks))
-            self._evict(block_id)
-            self._take(block_id)
-            seq.block_table.append(block_id)
+            seq.block_table.append(self._allocate())
+
+    def can_swap_out(self, seq: Sequence) -> bool:
+        return len(seq.block_table) <= len(self.free_cpu_blocks)
+
+    def swap_out(self, seq: Sequence) -> list[tuple[int, int]]:
+        """Move seq's cache to host blocks; returns the (device, host) block copies to make."""
+        host = [self.free_cpu_blocks.pop() for _ in seq.block_table]
+        copies = list(zip(seq.block_table, host))
+        self.free(seq)
+        seq.cpu_block_table = host
+        return copies
+
+    def swap_in(self, seq: Sequence) -> list[tuple[int, int]]:
+        """Give swapped-out seq device blocks again; returns the (host, device) block copies to make."""
+        host, seq.cpu_block_table = seq.cpu_block_table, []
+        seq.block_table = [self._allocate() for _ in host]
+        self.swapped_in_cpu_blocks += host
+        return list(zip(host, seq.block_table))
+
+    def release_swapped_in(self) -> None:
+        self.free_cpu_blocks += self.swapped_in_cpu_blocks
+        self.swapped_in_cpu_blocks = []
 
     def commit(self, seq: Sequence) -> None:
         """Register seq's newly completed full blocks (all tokens computed) in the prefix cache."""
@@ -100,6 +124,8 @@ class BlockManager:
                 self.free_blocks[block_id] = None
         seq.block_table = []
         seq.num_hashed_blocks = 0
+        self.free_cpu_blocks += seq.cpu_block_table
+        seq.cpu_block_table = []
 
     def truncate(self, seq: Sequence, num_tokens: int) -> None:
         """Roll seq back to its first num_tokens tokens (e.g. rejected speculative tokens), freeing trailing blocks."""
@@ -115,6 +141,12 @@ class BlockManager:
         del seq.token_ids[num_tokens:]
         seq.num_computed_tokens = min(seq.num_computed_tokens, num_tokens)
         seq.num_hashed_blocks = min(seq.num_hashed_blocks, num_tokens // self.block_size)
+
+    def _allocate(self) -> int:
+        block_id = next(iter(self.free_blocks))
+        self._evict(block_id)
+        self._take(block_id)
+        return block_id
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]

@@ -23,6 +23,13 @@ class EngineConfig:
     device: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     quantization: str | None = None  # "int8" | "int4" weight-only, via backends.engine.quant when present
+    preemption_mode: str = "recompute"  # "recompute" | "swap" (recompute still when host blocks run out)
+    swap_space_gb: float = 0.0  # host memory for the KV blocks of sequences preempted by swap
+    num_cpu_blocks: int | None = None  # None: derived from swap_space_gb
+    tensor_parallel_size: int = 1  # ranks sharing every layer (heads, FFN and vocabulary split)
+    pipeline_parallel_size: int = 1  # stages holding consecutive layers
+    num_microbatches: int | None = None  # per step across pipeline stages; None: pipeline_parallel_size
+    cpu_offload_layers: int = 0  # decoder layers whose weights stay in host memory, prefetched one layer ahead
     hf_config: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -33,9 +40,19 @@ class EngineConfig:
         self.name = self.name or path.resolve().name
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', not {self.preemption_mode!r}")
+        if self.preemption_mode == "swap" and not (self.num_cpu_blocks or self.swap_space_gb > 0):
+            raise ValueError("preemption_mode 'swap' needs host blocks: set swap_space_gb or num_cpu_blocks")
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1 or (self.num_microbatches or 1) < 1:
+            raise ValueError("tensor_parallel_size, pipeline_parallel_size and num_microbatches must be at least 1")
+        if not 0 <= self.cpu_offload_layers <= self.hf_config["num_hidden_layers"]:
+            raise ValueError("cpu_offload_layers must lie between 0 and the model's number of layers")
         self.max_model_len = self.max_model_len or self.hf_config.get("max_position_embeddings", 2048)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -46,7 +46,9 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_runner = ModelRunner(config)
-        self.block_manager = BlockManager(self.model_runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(
+            self.model_runner.num_blocks, config.block_size, config.enable_prefix_caching, self.model_runner.num_cpu_blocks
+        )
         self.scheduler = Scheduler(config, self.block_manager)
         self.tokenizer = _load_tokenizer(config.model)
         self.metrics = EngineMetrics(config.name)
@@ -88,6 +90,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
+        self.model_runner.swap(self.scheduler.blocks_to_swap_out, self.scheduler.blocks_to_swap_in)
         sampled = self.model_runner.run(batch)
         outputs = self._postprocess(batch, sampled)
         self.metrics.observe_step(self.scheduler, self.block_manager)

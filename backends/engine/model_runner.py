@@ -6,6 +6,7 @@ import torch
 from backends.engine.config import EngineConfig
 from backends.engine.layers.attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from backends.engine.models.llama import LlamaForCausalLM, load_weights
+from backends.engine.offload import HostKVCache
 from backends.engine.sampling import sample
 from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
@@ -20,6 +21,13 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.block_size = config.block_size
+        self.model = self._load_model(config)
+        self.num_blocks = config.num_kv_blocks or self._blocks_for_budget(config.kv_cache_memory_gb, config.torch_dtype)
+        self._allocate_kv_cache(config.torch_dtype)
+        self.host_kv = HostKVCache(self.model.attention_layers(), config)
+        self.num_cpu_blocks = self.host_kv.num_blocks
+
+    def _load_model(self, config: EngineConfig) -> LlamaForCausalLM:
         with torch.device(self.device):
             model = LlamaForCausalLM(config.hf_config, config.max_model_len)
         model.to(config.torch_dtype)
@@ -28,9 +36,7 @@ class ModelRunner:
             from backends.engine.quant import quantize_model  # owned by the quantization work; optional
 
             quantize_model(model, config.quantization)
-        self.model = model.eval()
-        self.num_blocks = config.num_kv_blocks or self._blocks_for_budget(config.kv_cache_memory_gb, config.torch_dtype)
-        self._allocate_kv_cache(config.torch_dtype)
+        return model.eval()
 
     def _blocks_for_budget(self, memory_gb: float, dtype: torch.dtype) -> int:
         layers = self.model.attention_layers()
@@ -43,6 +49,9 @@ class ModelRunner:
             shape = (self.num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
             attn.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
             attn.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def swap(self, blocks_out: list[tuple[int, int]], blocks_in: list[tuple[int, int]]) -> None:
+        self.host_kv.swap(blocks_out, blocks_in)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> Sampled:

@@ -1,9 +1,16 @@
 """Continuous batching: every step, decodes first, then prefill chunks, under one token budget.
 
 Running decodes never wait behind a long prompt: the prompt is prefilled a budget-sized chunk per step
-alongside them. When the cache runs out of blocks, the lowest-priority, latest-arrived running sequence
-is preempted: its blocks are freed and it is recomputed later (its full blocks often still in the prefix
-cache by then).
+alongside them. Priority classes (0 interactive, 1 standard, 2 batch) are served in order: a class's
+decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
+seat and blocks of a lower-class running one. When the cache runs out of blocks, the lowest-priority,
+latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
+later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
+memory and copied back when it resumes).
+
+Swap copies are executed by the model runner before the step's forward pass: all swap-outs, then all
+swap-ins. Host blocks freed by a swap-in are reused only from the next step, so no copy in a step reads
+a block another copy of the same step writes.
 """
 from __future__ import annotations
 
@@ -21,7 +28,11 @@ class Scheduler:
         self.block_manager = block_manager
         self.waiting: list[Sequence] = []  # kept sorted by (priority, arrival)
         self.running: list[Sequence] = []  # likewise
+        self.preemption_mode = config.preemption_mode
         self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.blocks_to_swap_out: list[tuple[int, int]] = []  # (device block, host block), this step
+        self.blocks_to_swap_in: list[tuple[int, int]] = []  # (host block, device block), this step
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -33,23 +44,28 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch: ScheduledBatch = []
         budget = self.max_num_batched_tokens
+        self.blocks_to_swap_out, self.blocks_to_swap_in = [], []
+        self.block_manager.release_swapped_in()
+        self._make_room_for_higher_class()
         preemptions_before = self.num_preemptions
-        # Decodes (one token) before chunked prefills; the sort is stable, so priority order holds within each.
-        for seq in sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1):
-            n = min(seq.num_uncomputed_tokens, budget)
-            if seq.status != SequenceStatus.RUNNING or n == 0:
-                continue
-            if self._reserve(seq, n, batch):
-                batch.append((seq, n))
-                budget -= n
-        # After a preemption the cache is full: admitting now would only preempt again.
-        while self.waiting and budget and len(self.running) < self.max_num_seqs and preemptions_before == self.num_preemptions:
-            seq = self.waiting[0]
-            n = self._admit(seq, budget)
-            if not n:
+        admitting = True
+        # Class by class: decodes, then running prefill chunks, then admissions (FIFO within the class).
+        for seq in sorted(self.running + self.waiting, key=_schedule_order):
+            if not budget:
                 break
-            batch.append((seq, n))
-            budget -= n
+            if seq.status == SequenceStatus.RUNNING:
+                n = min(seq.num_uncomputed_tokens, budget)
+                if n and self._reserve(seq, n, batch):
+                    batch.append((seq, n))
+                    budget -= n
+            elif admitting:
+                n = self._admit(seq, budget) if len(self.running) < self.max_num_seqs else 0
+                if n:
+                    batch.append((seq, n))
+                    budget -= n
+                admitting = bool(n)  # nothing jumps a waiting request that does not fit
+            # After a preemption the cache is full: admitting now would only preempt again.
+            admitting = admitting and preemptions_before == self.num_preemptions
         return batch
 
     def finish(self, seq: Sequence, reason: str) -> None:
@@ -58,17 +74,22 @@ class Scheduler:
         self.block_manager.free(seq)
 
     def _admit(self, seq: Sequence, budget: int) -> int:
-        hits = self.block_manager.match_prefix(seq)
+        swapped = bool(seq.cpu_block_table)
+        hits = 0 if swapped else self.block_manager.match_prefix(seq)
         n = min(seq.num_uncomputed_tokens, budget)
         if not self.block_manager.can_append(seq, n):
-            self.block_manager.free(seq)
-            seq.num_computed_tokens = 0
+            if not swapped:
+                self.block_manager.free(seq)
+                seq.num_computed_tokens = 0
             return 0
+        if swapped:
+            self.blocks_to_swap_in += self.block_manager.swap_in(seq)
+        else:
+            self.block_manager.record_prefix_query(len(seq), hits)
         self.block_manager.append(seq, n)
-        self.block_manager.record_prefix_query(len(seq), hits)
         if seq.num_cached_tokens is None:  # billing counts the first admission's hits, not a recompute's
             seq.num_cached_tokens = hits
-        self.waiting.pop(0)
+        self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
         self.running.sort(key=Sequence.sort_key)
@@ -84,9 +105,27 @@ class Scheduler:
         self.block_manager.append(seq, n)
         return True
 
+    def _make_room_for_higher_class(self) -> None:
+        """Preempt the lowest-class running sequences while the first waiting one, of a higher class, lacks a seat or blocks."""
+        while self.waiting and self.running and self.running[-1].priority > self.waiting[0].priority:
+            seq = self.waiting[0]
+            n = min(seq.num_uncomputed_tokens, self.max_num_batched_tokens)
+            if len(self.running) < self.max_num_seqs and self.block_manager.can_append(seq, n):
+                return
+            self._preempt(self.running[-1])
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.block_manager.free(seq)
-        seq.status, seq.num_computed_tokens = SequenceStatus.WAITING, 0
+        if self.preemption_mode == "swap" and self.block_manager.can_swap_out(seq):
+            self.blocks_to_swap_out += self.block_manager.swap_out(seq)
+            self.num_swap_outs += 1
+        else:
+            self.block_manager.free(seq)
+            seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
         self.add(seq)
         self.num_preemptions += 1
+
+
+def _schedule_order(seq: Sequence) -> tuple[int, bool, bool]:
+    return seq.priority, seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1

@@ -32,10 +32,14 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose keys/values are in the cache
         self.num_cached_tokens: int | None = None  # prompt tokens the prefix cache served on first admission
         self.block_table: list[int] = []
+        self.cpu_block_table: list[int] = []  # host-memory blocks holding its cache while swapped out
         self.num_hashed_blocks = 0  # leading full blocks already registered in the prefix cache
         self.finish_reason: str | None = None
-        seed = params.seed if params.seed is not None else torch.seed()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator()
+        if params.seed is None:
+            self.generator.seed()  # fresh entropy, leaving torch's global generator alone
+        else:
+            self.generator.manual_seed(params.seed)
         self.arrival_time = time.perf_counter()
         self.last_token_time: float | None = None
 
