@@ -52,3 +52,27 @@ def current(url: str) -> str | None:
 
     with make_engine(url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+class Prepared:
+    """A Core statement compiled once for one dialect and run on the driver's own cursor.
+
+    The money path runs a handful of fixed statements per request; this skips SQLAlchemy's per-call work
+    (cache key, parameter and result processing), which was two thirds of its cost. Bind processors still
+    apply, so values reach the database exactly as SQLAlchemy would send them."""
+
+    def __init__(self, statement, dialect, columns: list[str] | None = None):
+        compiled = statement.compile(dialect=dialect, column_keys=columns)
+        self.sql = compiled.string
+        self.names = list(compiled.positiontup) if dialect.positional else None
+        self.processors = {name: process for name, bind in compiled.binds.items()
+                           if (process := bind.type.dialect_impl(dialect).bind_processor(dialect))}
+        self.literals = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
+
+    def __call__(self, cursor, **values):
+        values = {**self.literals, **values}
+        for name, process in self.processors.items():
+            if name in values:
+                values[name] = process(values[name])
+        cursor.execute(self.sql, values if self.names is None else [values[n] for n in self.names])
+        return cursor

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Callable
@@ -21,7 +22,7 @@ from sqlalchemy import BigInteger, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from billing.db import make_engine, upgrade
+from billing.db import Prepared, make_engine, upgrade
 from billing.models import (api_keys, budget_alerts, budget_spend, budgets, prices, reservations, tenants,
                             usage_records)
 from billing.pricing import DEFAULT_PRICES, FREE, Price, usd
@@ -156,7 +157,15 @@ CROSSED_ALERT = (update(budget_spend)
                         _spend.spent_micros * 100 >= select(budgets.c.limit_micros * budgets.c.alert_percent)
                         .where(budgets.c.id == _spend.budget_id).scalar_subquery())
                  .values(alerted=True)
-                 .returning(_spend.budget_id, _spend.period_key, _spend.spent_micros))
+                 .returning(_spend.budget_id, _spend.period_key, _spend.spent_micros,
+                            select(budgets.c.limit_micros).where(budgets.c.id == _spend.budget_id).scalar_subquery()))
+
+
+class _Full(Exception):
+    """A budget cannot take the hold; turned into BudgetExceeded once the transaction is rolled back."""
+
+    def __init__(self, budget_id: int, period_key: str):
+        self.budget_id, self.period_key = budget_id, period_key
 
 
 class Billing:
@@ -167,15 +176,39 @@ class Billing:
         self.engine = make_engine(database_url)
         self.baseline_model, self.cache_ttl_s, self.clock = baseline_model, cache_ttl_s, clock
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
-        self._upsert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
-        # Built once: the hot path only binds parameters to statements SQLAlchemy has already compiled.
-        self._new_period = self._upsert(budget_spend).on_conflict_do_nothing().returning(_spend.id)
-        self._new_record = (self._upsert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
-                            .returning(usage_records.c.id))
-        self._new_reservation = reservations.insert()
+        dialect = self.engine.dialect
+        self._upsert = (postgresql if dialect.name == "postgresql" else sqlite).insert
+        self._integrity_error = dialect.loaded_dbapi.IntegrityError
+        self._hold_sql = Prepared(HOLD, dialect)
+        self._spend_sql = Prepared(SPEND, dialect)
+        self._release_sql = Prepared(RELEASE, dialect)
+        self._crossed_sql = Prepared(CROSSED_ALERT, dialect)
+        self._new_period = Prepared(self._upsert(budget_spend).on_conflict_do_nothing().returning(_spend.id),
+                                    dialect, ["budget_id", "period_key", "spent_micros", "reserved_micros", "alerted"])
+        self._new_record = Prepared(self._upsert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+                                    .returning(usage_records.c.id), dialect, list(UsageRecord.__dataclass_fields__))
+        self._new_reservation = Prepared(reservations.insert(), dialect, [c.name for c in reservations.c])
+        self._new_alert = Prepared(budget_alerts.insert(), dialect,
+                                   ["budget_id", "period_key", "spent_micros", "limit_micros", "created_at"])
         self._principals: dict[str, tuple[float, Principal | None]] = {}
         self._prices: dict[str, Price] = {}
         self._prices_until = 0.0
+
+    @contextmanager
+    def _transaction(self):
+        """A transaction on the driver's connection, for the Prepared statements of the money path."""
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            if self.engine.dialect.name == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")  # see billing.db: take the write lock up front
+            yield cursor
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.close()
 
     def create_schema(self) -> None:
         """Bring the database to the newest schema. Migrations, not create_all, so that a database made
@@ -266,41 +299,43 @@ class Billing:
         baseline = self._prices.get(self.baseline_model, price)
         amount = price.cost_micros(prompt_tokens, 0, max_tokens)
         now = self.clock()
-        with self.engine.begin() as conn:
-            spend = [None if ref is None else self._hold(conn, ref, now, amount, model, prompt_tokens, max_tokens)
-                     for ref in (principal.tenant_budget, principal.key_budget)]
-            try:
-                conn.execute(self._new_reservation, dict(
-                    request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id, model=model,
-                    amount_micros=amount, tenant_spend_id=spend[0], key_spend_id=spend[1], created_at=now,
-                    expires_at=now + self.reservation_ttl))
-            except IntegrityError:
-                raise DuplicateRequest(f"request id '{request_id}' already has an open reservation") from None
+        try:
+            with self._transaction() as cursor:
+                spend = [None if ref is None else self._hold(cursor, ref, now, amount)
+                         for ref in (principal.tenant_budget, principal.key_budget)]
+                try:
+                    self._new_reservation(
+                        cursor, request_id=request_id, tenant_id=principal.tenant_id, key_id=principal.key_id,
+                        model=model, amount_micros=amount, tenant_spend_id=spend[0], key_spend_id=spend[1],
+                        created_at=now, expires_at=now + self.reservation_ttl)
+                except self._integrity_error:
+                    raise DuplicateRequest(f"request id '{request_id}' already has an open reservation") from None
+        except _Full as full:
+            raise self._exceeded(full.budget_id, full.period_key, amount, model, prompt_tokens, max_tokens) from None
         return Reservation(request_id, principal.tenant_id, principal.key_id, model, amount, price, baseline,
                            spend[0], spend[1])
 
-    def _hold(self, conn, ref: tuple[int, str], now: datetime, amount: int, model: str, prompt_tokens: int,
-              max_tokens: int) -> int:
+    def _hold(self, cursor, ref: tuple[int, str], now: datetime, amount: int) -> int:
         budget_id, period = ref
         key = period_key(period, now)
-        params = {"budget": budget_id, "period": key, "amount": amount}
         for _ in range(2):
-            spend_id = conn.execute(HOLD, params).scalar()
-            if spend_id is not None:
-                return spend_id
+            row = self._hold_sql(cursor, budget=budget_id, period=key, amount=amount).fetchone()
+            if row is not None:
+                return row[0]
             # No hold: either this period has no row yet (create it and try once more) or the budget is full.
-            created = conn.execute(self._new_period, dict(
-                budget_id=budget_id, period_key=key, spent_micros=0, reserved_micros=0, alerted=False)).scalar()
+            created = self._new_period(cursor, budget_id=budget_id, period_key=key, spent_micros=0,
+                                       reserved_micros=0, alerted=False).fetchone()
             if created is None:
                 break
-        raise self._exceeded(conn, budget_id, key, amount, model, prompt_tokens, max_tokens)
+        raise _Full(budget_id, key)
 
-    def _exceeded(self, conn, budget_id: int, key: str, amount: int, model: str, prompt_tokens: int,
+    def _exceeded(self, budget_id: int, key: str, amount: int, model: str, prompt_tokens: int,
                   max_tokens: int) -> BudgetExceeded:
-        b = conn.execute(select(budgets.c.key_id, budgets.c.period, budgets.c.limit_micros)
-                         .where(budgets.c.id == budget_id)).one()
-        spent, reserved = conn.execute(select(_spend.spent_micros, _spend.reserved_micros).where(
-            _spend.budget_id == budget_id, _spend.period_key == key)).one()
+        with self.engine.connect() as conn:
+            b = conn.execute(select(budgets.c.key_id, budgets.c.period, budgets.c.limit_micros)
+                             .where(budgets.c.id == budget_id)).one()
+            spent, reserved = conn.execute(select(_spend.spent_micros, _spend.reserved_micros).where(
+                _spend.budget_id == budget_id, _spend.period_key == key)).first() or (0, 0)
         scope = "tenant" if b.key_id is None else "API key"
         left = max(0, b.limit_micros - spent - reserved)
         return BudgetExceeded(
@@ -324,30 +359,30 @@ class Billing:
             completion_tokens=completion_tokens, cost_micros=cost,
             baseline_cost_micros=res.baseline.cost_micros(prompt_tokens, cached_tokens, completion_tokens),
             latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now)
-        with self.engine.begin() as conn:
-            if conn.execute(self._new_record, vars(record)).scalar() is None:
-                return self._record(conn, res.request_id)
-            if conn.execute(RELEASE, {"rid": res.request_id}).rowcount != 1:
-                raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
-            for spend_id in res.spend_ids:
-                spent, alerted, threshold = conn.execute(
-                    SPEND, {"spend": spend_id, "amount": res.amount_micros, "cost": cost}).one()
-                if not alerted and threshold is not None and spent * 100 >= threshold:
-                    for alert in conn.execute(CROSSED_ALERT, {"spend": spend_id}):  # at most once per period
-                        self._record_alert(conn, alert, now)
-        return record
+        with self._transaction() as cursor:
+            settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
+            if not settled_before:
+                if self._release_sql(cursor, rid=res.request_id).rowcount != 1:
+                    raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
+                for spend_id in res.spend_ids:
+                    spent, alerted, threshold = self._spend_sql(
+                        cursor, spend=spend_id, amount=res.amount_micros, cost=cost).fetchone()
+                    if not alerted and threshold is not None and spent * 100 >= threshold:
+                        self._record_alerts(cursor, spend_id, now)
+        return self._record(res.request_id) if settled_before else record
 
-    def _record_alert(self, conn, alert, now: datetime) -> None:
-        limit = conn.execute(select(budgets.c.limit_micros).where(budgets.c.id == alert.budget_id)).scalar_one()
-        conn.execute(budget_alerts.insert().values(budget_id=alert.budget_id, period_key=alert.period_key,
-                                                   spent_micros=alert.spent_micros, limit_micros=limit,
-                                                   created_at=now))
-        log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", alert.budget_id,
-                    alert.period_key, usd(alert.spent_micros), usd(limit))
+    def _record_alerts(self, cursor, spend_id: int, now: datetime) -> None:
+        # The conditional update lets exactly one settlement per period record the alert.
+        for budget_id, key, spent, limit in self._crossed_sql(cursor, spend=spend_id).fetchall():
+            self._new_alert(cursor, budget_id=budget_id, period_key=key, spent_micros=spent, limit_micros=limit,
+                            created_at=now)
+            log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key, usd(spent),
+                        usd(limit))
 
-    def _record(self, conn, request_id: str) -> UsageRecord:
+    def _record(self, request_id: str) -> UsageRecord:
         fields = [usage_records.c[f] for f in UsageRecord.__dataclass_fields__]
-        row = conn.execute(select(*fields).where(usage_records.c.request_id == request_id)).one()
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*fields).where(usage_records.c.request_id == request_id)).one()
         return UsageRecord(*row)
 
     def release(self, res: Reservation, status: str = "error") -> UsageRecord:
