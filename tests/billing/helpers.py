@@ -19,7 +19,7 @@ class ByteTokenizer:
         return bytes(ids).decode(errors="replace")
 
 
-def gateway_app(db_url: str, delay_s: float = 0.0):
+def gateway_app(db_url: str, delay_s: float = 0.0, limiter=None):
     """A full gateway app (auth, limits, reservation, routing, settle, record) over instant echo backends,
     with its own Billing: two of these on one database are two replicas."""
     from backends.echo import EchoBackend
@@ -33,6 +33,6 @@ def gateway_app(db_url: str, delay_s: float = 0.0):
     billing.create_schema()
     billing.ensure_admin_defaults()
     backends = {name: EchoBackend(name, delay_s=delay_s) for name in (settings.small_model, settings.large_model)}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
-                     tokenizer=ByteTokenizer())
+    app = create_app(settings, billing=billing, limiter=limiter or RateLimiter(), router=LengthRouter(),
+                     backends=backends, tokenizer=ByteTokenizer())
     return app, billing

@@ -69,3 +69,31 @@ def test_two_gateways_never_spend_past_the_budget(db_url):
     assert report["requests"] == len(accepted)
     assert report["cost_micros"] == ledger["spent_micros"] == sum(r["cost_micros"] for r in records)
     billing_a.close(), billing_b.close()
+
+
+def test_two_gateways_share_one_rate_limit_through_redis(sqlite_url, redis_url):
+    import uuid
+
+    import redis
+
+    from billing.redis_limits import RedisRateLimiter
+
+    prefix = f"fm-test-{uuid.uuid4().hex}"
+    app_a, billing_a = gateway_app(sqlite_url, limiter=RedisRateLimiter(redis_url, prefix))
+    app_b, billing_b = gateway_app(sqlite_url, limiter=RedisRateLimiter(redis_url, prefix))
+    tenant = billing_a.create_tenant("acme", rpm=6)
+    key, _ = billing_a.create_key(tenant["id"])
+    body = {"model": "ferryman-small", "prompt": [5, 6, 7], "max_tokens": 2}
+    try:
+        with serve(app_a) as url_a, serve(app_b) as url_b:
+            answers = [httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+                       for url in [url_a, url_b] * 5]
+    finally:
+        r = redis.Redis.from_url(redis_url)
+        for k in r.scan_iter(f"{prefix}:*"):
+            r.delete(k)
+    assert [a.status_code for a in answers] == [200] * 6 + [429] * 4
+    assert answers[5].headers["x-ratelimit-remaining-requests"] == "0"
+    assert answers[6].headers["x-ratelimit-limit-requests"] == "6" and int(answers[6].headers["retry-after"]) >= 1
+    assert len(billing_b.usage(tenant["id"])) == 6
+    billing_a.close(), billing_b.close()
