@@ -113,3 +113,12 @@ def test_bad_requests_are_rejected_and_change_nothing(tiny_model, prompt, max_to
     with pytest.raises(ValueError, match=error):
         engine.add_request("x", prompt, SamplingParams(max_tokens=max_tokens))
     assert not engine.has_unfinished() and not engine.seqs
+
+
+def test_lower_priority_number_is_admitted_first(tiny_model):
+    engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=64, max_num_seqs=1))
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    engine.add_request("batch", [5, 6, 7], params, priority=2)
+    engine.add_request("interactive", [8, 9, 10], params, priority=0)
+    finished = [o.request_id for _ in range(6) for o in engine.step() if o.finished]
+    assert finished == ["interactive", "batch"]

@@ -1,7 +1,6 @@
 """Our Llama over the paged cache against HF transformers, token for token."""
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -59,3 +58,19 @@ def test_missing_weights_are_a_clear_error(tiny_model, tmp_path):
     shutil.copy(first, tmp_path / first.name)
     with pytest.raises(ValueError, match="lacks parameters"):
         LLMEngine(EngineConfig(str(tmp_path), num_kv_blocks=8))
+
+
+def test_int8_weight_quantization_stays_close(tiny_model):
+    pytest.importorskip("backends.engine.quant")
+    from backends.engine.quant import QuantLinear
+    from backends.engine.sequence import Sequence
+
+    prompt = list(range(10, 30))
+    logits = {}
+    for mode in (None, "int8"):
+        engine = LLMEngine(EngineConfig(str(tiny_model), num_kv_blocks=16, block_size=4, quantization=mode))
+        seq = Sequence("q", prompt, SamplingParams())
+        engine.block_manager.append(seq, len(prompt))
+        logits[mode] = engine.model_runner.execute([(seq, len(prompt))])[0][0]
+    assert isinstance(engine.model_runner.model.model.layers[0].self_attn.qkv_proj, QuantLinear)
+    torch.testing.assert_close(logits["int8"], logits[None], rtol=0, atol=0.05 * logits[None].abs().max().item())
