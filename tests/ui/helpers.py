@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
+from billing import Billing, BudgetExceeded, RateLimiter
 from billing.service import utcnow
 from gateway.app import create_app
 from gateway.config import Settings
@@ -19,8 +19,8 @@ ADMIN_KEY = "fm-admin-ui-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 # (tenant, priority, monthly budget in micro-USD or None, requests a day, share sent to the large model)
-SEEDED = (("acme-support", "interactive", 1_500_000, 14, 0.25), ("globex-analytics", "standard", 600_000, 8, 0.6),
-          ("initech-batch", "batch", None, 20, 0.1), ("umbrella-labs", "standard", 250_000, 4, 0.4))
+SEEDED = (("acme-support", "interactive", 6_000_000, 42, 0.25), ("globex-analytics", "standard", 4_500_000, 24, 0.6),
+          ("initech-batch", "batch", None, 60, 0.1), ("umbrella-labs", "standard", 750_000, 12, 0.4))
 
 
 @contextmanager
@@ -41,7 +41,7 @@ def running_gateway(db_dir: Path, tokenizer, seed: bool):
         billing.close()
 
 
-def seed_history(billing: Billing, days: int = 14) -> None:
+def seed_history(billing: Billing, days: int = 30) -> None:
     """Usage through reserve and settle with the ledger's clock set back, one day at a time."""
     moment = [utcnow()]
     seeded = Billing(billing.database_url, clock=lambda: moment[0])
@@ -55,11 +55,23 @@ def seed_history(billing: Billing, days: int = 14) -> None:
             moment[0] = today - timedelta(days=day)
             for i in range(round(per_day * (1 + ((day * 7 + t * 3) % 5) / 8))):  # deterministic day-to-day variety
                 model = "ferryman-large" if (i * 0.618) % 1 < large else "ferryman-small"
-                prompt = 300 + 29 * (i % 13)
-                res = seeded.reserve(principal, f"seed-{name}-{day}-{i}", model, prompt, 400)
-                seeded.settle(res, prompt_tokens=prompt, cached_tokens=64, completion_tokens=90 + 17 * (i % 11),
+                prompt = 1200 + 173 * (i % 13)
+                try:
+                    res = seeded.reserve(principal, f"seed-{name}-{day}-{i}", model, prompt, 1000)
+                except BudgetExceeded:
+                    continue  # refused, as the gateway would refuse it
+                seeded.settle(res, prompt_tokens=prompt, cached_tokens=256, completion_tokens=250 + 61 * (i % 11),
                               route=model.removeprefix("ferryman-"), latency_ms=120.0)
     seeded.close()
+
+
+def usd_text(micros: int) -> str:
+    """The page's money format: cents from a cent up, exact micro-dollars below."""
+    if abs(micros) >= 10_000:
+        return f"{'-' if micros < 0 else ''}${abs(micros) / 1e6:,.2f}"
+    text = f"{abs(micros) // 1_000_000}.{abs(micros) % 1_000_000:06d}".rstrip("0")
+    whole, frac = text.split(".")
+    return f"{'-' if micros < 0 else ''}${whole}.{frac.ljust(2, '0')}"
 
 
 def shot(page, name: str) -> Path:

@@ -64,7 +64,7 @@ function toast(message) {
 function usd(micros) {
   const sign = micros < 0 ? "-" : "";
   const abs = Math.abs(micros);
-  if (abs >= 1_000_000) {
+  if (abs >= 10_000) {  // from a cent up, cents; below, the exact micro-dollars (tiny test budgets stay readable)
     return sign + "$" + (abs / 1e6).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   }
   return sign + "$" + exactDollars(abs);
@@ -111,7 +111,10 @@ function fieldError(form, name, message) {
 
 const count = (n) => Number(n).toLocaleString("en-US");
 const percent = (x, digits = 0) => `${(100 * x).toFixed(digits)}%`;
-const limitText = (v) => (v === null || v === undefined ? "∞" : count(v));
+function limitsText(o) {
+  const set = [["rpm", "rpm"], ["tpm", "tpm"], ["max_concurrent", "concurrent"]].filter(([f]) => o[f] !== null && o[f] !== undefined);
+  return set.length ? set.map(([f, unit]) => `${count(o[f])} ${unit}`).join(" · ") : "no limits";
+}
 const dayOf = (date) => date.toISOString().slice(0, 10);
 const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 16) : "");
 
@@ -298,13 +301,13 @@ function renderDailyChart(rows, since, days) {
   $("#daily-legend").querySelectorAll("i").forEach((el, i) => { el.style.background = modelColor(models[i], i); });
 
   const W = 1000, H = 260, left = 64, right = 12, top = 12, bottom = 28;
-  const top_value = niceCeiling(Math.max(...dayTotals, 1));
-  const y = (micros) => top + (H - top - bottom) * (1 - micros / top_value);
+  const tick = niceStep(Math.max(...dayTotals, 1) / 4);
+  const topValue = tick * Math.max(1, Math.ceil(Math.max(...dayTotals, 1) / tick));
+  const y = (micros) => top + (H - top - bottom) * (1 - micros / topValue);
   const step = (W - left - right) / days;
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
                              "aria-label": "Daily cost per model" });
-  for (let i = 0; i <= 4; i++) {
-    const value = (top_value * i) / 4;
+  for (let value = 0; value <= topValue + tick / 2; value += tick) {
     chart.append(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(value), y2: y(value) }),
                  svg("text", { x: left - 8, y: y(value) + 4, "text-anchor": "end" }, usd(Math.round(value))));
   }
@@ -328,10 +331,10 @@ function renderDailyChart(rows, since, days) {
   $("#daily-chart").replaceChildren(rows.length ? chart : h("div", { class: "empty" }, "No usage in this range yet."));
 }
 
-function niceCeiling(value) {
+// The smallest of 1, 2, 5 times a power of ten that is at least `value`: axis labels people can read.
+function niceStep(value) {
   const magnitude = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * magnitude >= value) return m * magnitude;
-  return 10 * magnitude;
+  return [1, 2, 5, 10].find((m) => m * magnitude >= value) * magnitude;
 }
 
 function budgetState(budget) {
@@ -388,7 +391,7 @@ function renderTopTenants(rows, totals) {
     const share = totals.cost_micros ? r.cost_micros / totals.cost_micros : 0;
     return h("tr", { dataset: { tenant: r.tenant } }, h("td", {}, r.tenant), h("td", { class: "num" }, count(r.requests)),
       h("td", { class: "num" }, usd(r.cost_micros)), h("td", { class: "num" }, usd(r.savings_micros)),
-      h("td", {}, bar([["spent ok", 100 * share]], "bar mini"), percent(share)));
+      h("td", {}, bar([["accent", 100 * share]], "bar mini"), percent(share)));
   }));
   if (!top.length) $("#top-tenants tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No usage yet.")));
 }
@@ -430,7 +433,7 @@ async function loadTenants() {
 }
 
 function tenantRow(t, budget) {
-  const limits = `${limitText(t.rpm)} rpm · ${limitText(t.tpm)} tpm · ${limitText(t.max_concurrent)} conc.`;
+  const limits = limitsText(t);
   const budgetCell = budget
     ? [bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / Math.max(budget.limit_micros, 1)]], "bar mini"),
        `${usd(budget.limit_micros)} / ${budget.period === "daily" ? "day" : "month"}`]
@@ -545,7 +548,7 @@ function keyTable(tenant, keys, keyBudgets) {
       const budget = keyBudgets.get(k.id);
       return h("tr", { dataset: { keyId: k.id, key: k.name } },
         h("td", {}, h("b", {}, k.name), h("div", { class: "mono muted" }, `${k.key_prefix}…`)),
-        h("td", { class: "muted" }, `${limitText(k.rpm)} rpm · ${limitText(k.tpm)} tpm · ${limitText(k.max_concurrent)} conc.`,
+        h("td", { class: "muted" }, limitsText(k),
           k.expires_at ? h("div", {}, `expires ${when(k.expires_at)}`) : null),
         h("td", {}, budget ? `${usd(budget.spent_micros)} / ${usd(budget.limit_micros)}` : h("span", { class: "muted" }, "tenant's")),
         h("td", {}, keyStatus(k)),
@@ -731,9 +734,11 @@ function sparkline(el, values, color) {
     return;
   }
   const top = Math.max(...values) || 1;
-  const points = values.map((v, i) => `${(W * i) / (SPARK_POINTS - 1)},${H - 2 - ((H - 4) * v) / top}`);
-  el.replaceChildren(svg("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 1.8,
-                                       "vector-effect": "non-scaling-stroke" }));
+  const points = values.map((v, i) => `${(W * i) / (values.length - 1)},${H - 2 - ((H - 4) * v) / top}`);
+  el.replaceChildren(
+    svg("polygon", { points: `0,${H} ${points.join(" ")} ${W},${H}`, fill: color, "fill-opacity": 0.12 }),
+    svg("polyline", { points: points.join(" "), fill: "none", stroke: color, "stroke-width": 1.8,
+                      "vector-effect": "non-scaling-stroke" }));
 }
 
 // --- start ------------------------------------------------------------------------------------
