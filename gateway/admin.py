@@ -132,9 +132,9 @@ def update_tenant(tenant_id: int, body: TenantPatch, billing: Admin) -> dict:
 def create_key(tenant_id: int, body: KeyIn, billing: Admin) -> dict:
     """The secret is in the answer this once; only its hash is kept."""
     fields = body.model_dump()
-    fields["expires_at"] = _utc(fields["expires_at"])
+    name, fields["expires_at"] = fields.pop("name"), _utc(fields["expires_at"])
     with answers():
-        secret, key = billing.create_key(tenant_id, fields.pop("name"), **fields)
+        secret, key = billing.create_key(tenant_id, name, **fields)
     return {**key, "key": secret}
 
 
