@@ -11,7 +11,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_size=5, max_overflow=15, pool_pre_ping=True)
-    # Every use ends its own transaction, so the pool's rollback-on-return would only cost time.
+    # timeout: wait up to 30 s for another writer (other replicas may share the file). Every use ends its own
+    # transaction, so the pool's rollback-on-return would only cost time.
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=32,
                            pool_reset_on_return=None)
     event.listen(engine, "connect", _sqlite_connect)
@@ -22,7 +23,9 @@ def make_engine(url: str) -> Engine:
 def _sqlite_connect(dbapi_connection, _record) -> None:
     # Let SQLAlchemy, not the driver, open transactions, so that `begin` below decides how.
     dbapi_connection.isolation_level = None
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+    # WAL with synchronous=NORMAL: a process crash loses nothing; a power cut may lose the last commits, whole
+    # (a usage record and its budget update stay together). PostgreSQL is the ledger for stricter needs.
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
 
 
