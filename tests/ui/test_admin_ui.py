@@ -125,6 +125,11 @@ def test_tenant_key_budget_and_limits_are_enforced_on_the_api(signed_in):
     page.click("#tenant-settings button[type=submit]")
     page.wait_for_selector("#tenant-detail .error:has-text('at least 1')")
     assert billing.tenant(tenant["id"])["rpm"] is None
+    page.fill("#tenant-settings input[name=rpm]", "600")
+    page.fill("#tenant-settings input[name=large_share]", "0.3")
+    page.click("#tenant-settings button[type=submit]")
+    page.wait_for_selector("#tenant-table tr[data-tenant=hooli] td:has-text('600 rpm')")
+    assert (billing.tenant(tenant["id"])["rpm"], billing.tenant(tenant["id"])["large_share"]) == (600, 0.3)
 
     key_row = "#key-table tr[data-key=checkout]"
     page.click(f"{key_row} button:has-text('Edit')")
@@ -133,6 +138,17 @@ def test_tenant_key_budget_and_limits_are_enforced_on_the_api(signed_in):
     page.wait_for_selector(f"{key_row} td:has-text('2 rpm')")
     key = next(k for k in billing.list_keys(tenant["id"]) if k["name"] == "checkout")
     assert key["rpm"] == 2
+    key_budget = "#key-editor .budget-form[data-scope=key]"
+    page.fill(f"{key_budget} input[name=limit]", "1.5")
+    page.select_option(f"{key_budget} select[name=period]", "daily")
+    page.fill(f"{key_budget} input[name=alert]", "101")
+    page.click(f"{key_budget} button[type=submit]")
+    page.wait_for_selector("#key-editor .error:has-text('from 1 to 100')")
+    page.fill(f"{key_budget} input[name=alert]", "90")
+    page.click(f"{key_budget} button[type=submit]")
+    page.wait_for_selector(f"{key_row} td:has-text('$0.00 / $1.50')")
+    [key_cap] = [b for b in billing.list_budgets(tenant["id"]) if b["key_id"] == key["id"]]
+    assert (key_cap["limit_micros"], key_cap["period"], key_cap["alert_percent"]) == (1_500_000, "daily", 90)
     statuses = []
     for _ in range(3):
         try:
