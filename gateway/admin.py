@@ -273,6 +273,11 @@ class LiveWindow:
         return self.snapshots[0]
 
 
+ENGINE_SAMPLES = {"ferryman_engine_kv_cache_usage_ratio": "kv_cache_usage",
+                  "ferryman_engine_running_requests": "running", "ferryman_engine_waiting_requests": "waiting",
+                  "ferryman_engine_generation_tokens_total": "generated_tokens"}
+
+
 def registry_snapshot(registry: CollectorRegistry = REGISTRY) -> dict:
     """The cumulative figures the live view needs, summed over routes: latency buckets, outcomes, engine state."""
     snap = {"buckets": {}, "requests": 0.0, "errors": 0.0, "engines": {}}
@@ -288,11 +293,6 @@ def registry_snapshot(registry: CollectorRegistry = REGISTRY) -> dict:
                 engine = snap["engines"].setdefault(s.labels["model"], {})
                 engine[ENGINE_SAMPLES[s.name]] = s.value
     return snap
-
-
-ENGINE_SAMPLES = {"ferryman_engine_kv_cache_usage_ratio": "kv_cache_usage",
-                  "ferryman_engine_running_requests": "running", "ferryman_engine_waiting_requests": "waiting",
-                  "ferryman_engine_generation_tokens_total": "generated_tokens"}
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -325,7 +325,9 @@ async def live(request: Request, _: Admin) -> dict:
     buckets = {le: count - base["buckets"].get(le, 0.0) for le, count in snap["buckets"].items()}
     engines = []
     for model, now_engine in sorted(snap["engines"].items()):
-        generated = now_engine.get("generated_tokens", 0.0) - base["engines"].get(model, {}).get("generated_tokens", 0.0)
+        # max(0, ...): an engine unloaded and loaded again starts its counter afresh
+        generated = max(0.0, now_engine.get("generated_tokens", 0.0)
+                        - base["engines"].get(model, {}).get("generated_tokens", 0.0))
         engines.append({"model": model, "kv_cache_usage": now_engine.get("kv_cache_usage"),
                         "running": int(now_engine.get("running", 0)), "waiting": int(now_engine.get("waiting", 0)),
                         "tokens_per_s": generated / window if window > 0 else None})
