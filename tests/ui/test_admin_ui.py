@@ -171,7 +171,8 @@ def test_tenant_key_budget_and_limits_are_enforced_on_the_api(signed_in):
     page.wait_for_selector("#key-editor .budget-form[data-scope=key]")
     page.click("#tenant-table tr[data-tenant=acme-support]")
     page.wait_for_selector("#tenant-detail h2:has-text('acme-support')")
-    page.evaluate("document.querySelector('#toast').classList.remove('show')")
+    page.wait_for_selector("#toast.show", state="detached")  # a clean picture for docs/
+    page.wait_for_timeout(300)
     docs_copy(shot(page, "tenants"), "tenants")
 
 
@@ -185,6 +186,7 @@ def test_spend_page_agrees_with_the_report_and_downloads_the_same_csv(signed_in)
         by_tenant = api.get("/admin/reports/usage", params={"group_by": "tenant", "since": since}).json()
         expected_csv = api.get("/admin/reports/usage",
                                params={"group_by": "tenant,model,day", "since": since, "format": "csv"}).text
+        finance = api.get("/admin/reports/usage", params={"group_by": "tenant,model,day", "since": since}).json()
     assert page.inner_text("#kpi-requests") == f"{report['totals']['requests']:,}"
     assert page.inner_text("#kpi-cost") == usd_text(report["totals"]["cost_micros"])
     assert page.inner_text("#routing-saved") == usd_text(report["totals"]["savings_micros"])
@@ -208,6 +210,9 @@ def test_spend_page_agrees_with_the_report_and_downloads_the_same_csv(signed_in)
     assert text == expected_csv
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) > 20 and sum(int(r["cost_micros"]) for r in rows) == report["totals"]["cost_micros"]
+    assert [(r["tenant"], r["model"], r["day"], int(r["requests"]), int(r["cost_micros"]), int(r["savings_micros"]))
+            for r in rows] == [(r["tenant"], r["model"], r["day"], r["requests"], r["cost_micros"], r["savings_micros"])
+                               for r in finance["rows"]]
 
 
 def test_price_edits_validate_and_apply_to_the_next_request(signed_in):
@@ -285,3 +290,16 @@ def test_live_view_shows_rate_latency_and_engine_state(signed_in):
             worker.join()
         for gauge in (engine.KV_USAGE, engine.RUNNING, engine.WAITING, engine.GENERATED):
             gauge.remove("ferryman-large")
+
+
+def test_names_are_shown_as_text_never_markup(signed_in):
+    page, url, billing = signed_in
+    name = "<img src=x onerror=alert(1)>"
+    tab(page, "tenants")
+    page.fill("#tenant-create input[name=name]", name)
+    page.click("#tenant-create button[type=submit]")
+    page.wait_for_selector("#tenant-detail h2:has-text('<img src=x')")
+    assert page.inner_text("#tenant-detail h2") == name and billing.tenant_by_name(name)
+    tab(page, "spend")
+    page.wait_for_selector("#budget-bars .budget-row")
+    assert page.query_selector("main img") is None
