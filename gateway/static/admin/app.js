@@ -181,7 +181,7 @@ function handleSubmit(form, errorEl, action) {
 }
 
 // A destructive button asks once more in place instead of a modal dialog.
-function armedButton(label, confirmLabel, action) {
+function armedButton(label, confirmLabel, action, onError) {
   const button = h("button", { type: "button", class: "danger small" }, label);
   button.addEventListener("click", async () => {
     if (!button.classList.contains("armed")) {
@@ -191,7 +191,12 @@ function armedButton(label, confirmLabel, action) {
       return;
     }
     button.disabled = true;
-    await action();
+    try {
+      await action();
+    } catch (e) {
+      button.disabled = false;
+      onError(e);
+    }
   });
   return button;
 }
@@ -417,6 +422,10 @@ async function downloadCsv() {
 
 let selectedTenant = null;
 
+function tenantError(error) {
+  $("#tenant-create + .error").textContent = error.message;
+}
+
 async function loadTenants() {
   const error = $("#tenant-create + .error");
   try {
@@ -439,7 +448,7 @@ function tenantRow(t, budget) {
        `${usd(budget.limit_micros)} / ${budget.period === "daily" ? "day" : "month"}`]
     : [h("span", { class: "muted" }, "none")];
   return h("tr", { dataset: { tenantId: t.id, tenant: t.name }, class: t.id === selectedTenant ? "selected" : null,
-                   onclick: () => showTenant(t.id) },
+                   onclick: () => showTenant(t.id).catch(tenantError) },
     h("td", {}, h("b", {}, t.name)), h("td", {}, h("span", { class: `badge ${t.priority}` }, t.priority)),
     h("td", { class: "muted" }, limits), h("td", {}, ...budgetCell));
 }
@@ -508,7 +517,7 @@ function budgetForm(title, subtitle, tenantId, keyId, budget) {
         await api("DELETE", `/admin/budgets/${budget.id}`);
         toast("Budget removed");
         await refreshAfterBudget(tenantId, keyId);
-      }) : h("span", { class: "muted" }, "No budget: spending is not limited.")));
+      }, (e) => { error.textContent = e.message; }) : h("span", { class: "muted" }, "No budget: spending is not limited.")));
   const error = h("p", { class: "error", role: "alert" });
   handleSubmit(form, error, async () => {
     let limit;
@@ -553,12 +562,12 @@ function keyTable(tenant, keys, keyBudgets) {
         h("td", {}, budget ? `${usd(budget.spent_micros)} / ${usd(budget.limit_micros)}` : h("span", { class: "muted" }, "tenant's")),
         h("td", {}, keyStatus(k)),
         h("td", { class: "num" }, k.revoked_at ? null : [
-          h("button", { type: "button", class: "small", onclick: () => editKey(tenant.id, k.id) }, "Edit"), " ",
+          h("button", { type: "button", class: "small", onclick: () => editKey(tenant.id, k.id).catch(tenantError) }, "Edit"), " ",
           armedButton("Revoke", "Confirm revoke", async () => {
             await sendJSON("DELETE", `/admin/keys/${k.id}`);
             toast(`Key ${k.name} revoked`);
             await showTenant(tenant.id);
-          })]));
+          }, tenantError)]));
     })));
 }
 
