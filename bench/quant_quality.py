@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import statistics
 import sys
 import time
@@ -190,6 +191,7 @@ def write_csv(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=MODEL, help="an HF checkpoint directory")
     parser.add_argument("--per-cell", type=int, default=20, help="tasks per family and level")
     parser.add_argument("--ppl-tokens", type=int, default=16384, help="held-out tokens for perplexity")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -199,15 +201,15 @@ def main() -> None:
         parser.error("the first variant must be fp32: the others are compared with it")
     torch.manual_seed(0)
 
-    tok = AutoTokenizer.from_pretrained(MODEL)
+    tok = AutoTokenizer.from_pretrained(args.model)
     tok.padding_side = "left"
-    base = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     results = quality(args, tok, base)
     fp32 = results[0]
     quality_table = table(
         ["variant", "held-out ppl", "argmax = fp32", "answers = fp32", "exact match", *[f"L{lv}" for lv in LEVELS],
          "linear weights (MiB)", "vs fp32", "whole model (MiB)", "vs fp32"],
-        [[r["variant"], r["ppl"], r["token_agreement"] if r is not fp32 else "-",
+        [[r["variant"], f"{r['ppl']:.3f}", r["token_agreement"] if r is not fp32 else "-",
           r["answers_same_as_fp32"] if r is not fp32 else "-", r["accuracy"],
           *[r[f"acc_L{lv}"] for lv in LEVELS],
           r["linear_bytes"] / 2**20, r["linear_bytes"] / fp32["linear_bytes"],
@@ -223,10 +225,13 @@ def main() -> None:
     plot(results)
     n_tasks = args.per_cell * len(LEVELS) * 4
     n_params = sum(p.numel() for p in base.parameters()) / 1e6
+    shown = args.model.resolve().relative_to(ROOT) if args.model.resolve().is_relative_to(ROOT) else args.model
+    saved = json.loads((args.model / "config.json").read_text())
+    stored = saved.get("dtype") or saved.get("torch_dtype") or "float32"
     body = f"""
-Weight-only quantization of `models/large` ({n_params:.1f}M parameters):
+Weight-only quantization of `{shown}` ({n_params:.1f}M parameters, stored in {stored}):
 every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant`); embeddings, norms and
-`lm_head` stay in the variant's float type (fp32 for the int rows). int8: symmetric, one float16 scale per
+`lm_head` stay in the variant's float type (fp32 for the int rows; the fp32 row is the stored weights in fp32). int8: symmetric, one float16 scale per
 output row. int4: asymmetric, a float16 scale and a 4-bit zero-point per output row and group of `g` input
 columns, two codes per byte. Activations stay fp32 (bf16 for the bf16 row).
 
@@ -247,8 +252,8 @@ faster: the memory saving is the point here, and the speed comes from the fused 
 
 {micro_table}
 """
-    write_section("quant_quality", "Weight-only quantization: quality and memory",
-                  "bench/quant_quality.py", body)
+    command = "bench/quant_quality.py" + (f" --model {shown}" if args.model.resolve() != MODEL else "")
+    write_section("quant_quality", "Weight-only quantization: quality and memory", command, body)
 
 
 if __name__ == "__main__":
