@@ -25,7 +25,8 @@ def _chains(start: torch.Tensor, perm: torch.Tensor, length: int) -> torch.Tenso
 def trained():
     """A tiny Llama trained until its greedy choices have wide margins, as a real model's mostly do."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    # Widths divisible by 128, the engine's int4 group size.
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=None, eos_token_id=None)  # no token ends a chain
     model = LlamaForCausalLM(config)
@@ -101,6 +102,22 @@ def test_weight_memory_shrinks_by_the_format_ratio(trained):
     out_rows = sum(m.out_features for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head")
     assert fp32 - int8 == linear_params * 3 - out_rows * 2  # 4 bytes -> 1 byte, plus a float16 scale per row
     assert fp32 - int4 == linear_params * (4 - 0.5) - (linear_params // 32) * 3  # + float16 scale, uint8 zero per group
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_engine_quantized_on_load_matches_hf_quantized(trained, tmp_path, mode):
+    """The engine fuses q/k/v and gate/up before quantizing; per-row formats make that the same weights."""
+    from backends.base import SamplingParams
+    from backends.engine import EngineConfig, LLMEngine
+
+    model, perm = trained
+    model.save_pretrained(tmp_path)
+    prompts = _chains(torch.arange(3, VOCAB, 9), perm, 3)
+    expected = _greedy(quantize_model(copy.deepcopy(model), mode), prompts)[:, prompts.shape[1]:]
+    engine = LLMEngine(EngineConfig(str(tmp_path), num_kv_blocks=32, block_size=4, quantization=mode))
+    assert isinstance(engine.model_runner.model.model.layers[0].self_attn.qkv_proj, QuantLinear)
+    out = engine.generate(prompts.tolist(), SamplingParams(max_tokens=expected.shape[1], temperature=0.0, ignore_eos=True))
+    assert [o.token_ids for o in out] == expected.tolist()
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
