@@ -12,7 +12,7 @@ from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
 
 Sampled = list[tuple[Sequence, int, float | None]]  # (sequence, next token, its logprob if asked)
-DECODE_GROUP = 16  # decodes per attention call on CPU: short contexts are not padded to the longest in the batch
+DECODE_GROUP = 8  # decodes per attention call on CPU: short contexts are not padded to the longest in the batch
 
 
 class ModelRunner:
