@@ -66,7 +66,7 @@ class EngineBackend:
         while True:
             try:
                 if not self._drain_inbox():
-                    return
+                    break
                 if self.engine.has_unfinished():
                     for out in self.engine.step():
                         self._deliver(out.request_id, _delta(out))
@@ -74,6 +74,8 @@ class EngineBackend:
                 for request_id in list(self.engine.seqs):
                     self.engine.abort(request_id)
                     self._deliver(request_id, exc)
+        for request_id in list(self.engine.seqs):  # stopped: end every open stream
+            self._deliver(request_id, _delta(self.engine.abort(request_id)))
 
     def _drain_inbox(self) -> bool:
         """Apply queued adds and aborts; block while idle. False once stop() was called."""

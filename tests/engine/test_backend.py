@@ -122,3 +122,20 @@ def _wait_until(condition, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_stop_ends_open_streams_and_start_resumes(tiny_model):
+    backend = EngineBackend("tiny-stop", EngineConfig(str(tiny_model), name="tiny-stop", block_size=4, num_kv_blocks=200))
+
+    async def main():
+        stream = backend.generate(GenerationRequest("s", [1, 2, 3], SamplingParams(max_tokens=500, **GREEDY)))
+        await anext(stream)
+        await backend.stop()
+        rest = [d async for d in stream]
+        again = await collect(backend, "s2", [1, 2, 3], max_tokens=3, **GREEDY)
+        await backend.stop()
+        return rest, again
+
+    rest, again = asyncio.run(main())
+    assert rest[-1].finish_reason == "abort"
+    assert again[-1].finish_reason == "length" and again[-1].usage.completion_tokens == 3
