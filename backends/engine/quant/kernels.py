@@ -1,8 +1,10 @@
 """Triton dequantizing matmuls: y = x @ dequant(W).T (+ bias), W never materialized in float.
 
 Each program owns a [BLOCK_M, BLOCK_N] tile of y and walks K: it loads the activation tile and the
-quantized weight tile, unpacks and scales the weight in registers and feeds both to tl.dot. Decode
-has M = 1..8, so M is masked; BLOCK_M stays 16 because tl.dot needs at least 16 rows.
+quantized weight tile, unpacks the integer codes in registers and feeds both to tl.dot; the scales
+multiply the dot's partial sums (per row for int8, per row and group for int4), which costs
+BLOCK_M * BLOCK_N multiplies per tile instead of BLOCK_K * BLOCK_N. Decode has M = 1..8, so M is
+masked; BLOCK_M stays 16 because tl.dot needs at least 16 rows.
 
 The int4 tile reads each packed byte for both of its columns (offset k // 2, shift (k % 2) * 4):
 the second read hits cache, so DRAM traffic stays at half a byte per weight.
@@ -65,12 +67,14 @@ def _int4_matmul_kernel(
     for k0 in range(0, K, BLOCK_K):
         x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
         packed = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
-        q = ((packed >> shift) & 0xF).to(tl.float32)
+        q = ((packed >> shift) & 0xF).to(tl.int32)
         group = k0 // GROUP_SIZE
         s = tl.load(s_ptr + offs_n * stride_sn + group * stride_sg, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n * stride_sn + group * stride_sg, mask=mask_n, other=0).to(tl.float32)
-        w = (q - z[None, :]) * s[None, :]
-        acc += tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
+        z = tl.load(z_ptr + offs_n * stride_sn + group * stride_sg, mask=mask_n, other=0).to(tl.int32)
+        # q - z lies in [-15, 15], exact in fp16/bf16: the dot runs on it and the group's scale is
+        # applied to the [BLOCK_M, BLOCK_N] partial sum, not to every one of BLOCK_K * BLOCK_N weights.
+        w = (q - z[None, :]).to(x.dtype)
+        acc += tl.dot(x, w, input_precision=DOT_PRECISION) * s[None, :]
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += (BLOCK_K // 2) * stride_wk
     if HAS_BIAS:
