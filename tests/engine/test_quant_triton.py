@@ -2,7 +2,9 @@
 
 Under TRITON_INTERPRET=1 on CPU, in a child process: the variable must be set before triton is
 imported, and setting it here would change how every other test in this process sees triton.
-On a CUDA machine the same checks also run compiled, in this process.
+The interpreter does not type-check what a GPU build would, so the kernels are also compiled ahead
+of time to cubins for Hopper and Ampere with the ptxas that ships with triton, no GPU needed.
+On a CUDA machine the numeric checks also run compiled, in this process.
 """
 import os
 import subprocess
@@ -49,6 +51,36 @@ def test_triton_kernels_match_reference_under_interpreter():
             "from test_quant_triton import check_kernels; check_kernels('cpu')")
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _ptxas_ships_with_triton() -> bool:
+    import triton
+
+    return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").is_file()
+
+
+@pytest.mark.skipif(not _ptxas_ships_with_triton(), reason="this triton build has no CUDA backend")
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("arch, dtype, tiles", [(90, "bf16", (16, 32, 128)), (80, "fp16", (64, 64, 64))])
+def test_kernels_compile_for_gpus(mode, arch, dtype, tiles, tmp_path, monkeypatch):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from backends.engine.quant import kernels
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # really compile, not a cache hit
+    kernel = kernels._int8_matmul_kernel if mode == "int8" else kernels._int4_matmul_kernel
+    pointers = {"x_ptr": f"*{dtype}", "w_ptr": "*i8" if mode == "int8" else "*u8", "s_ptr": "*fp16",
+                "z_ptr": "*u8", "b_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"}
+    constants = {"HAS_BIAS": True, "DOT_PRECISION": "tf32", **dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), tiles))}
+    if mode == "int4":
+        constants["GROUP_SIZE"] = 128
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in constants else pointers.get(n, "i32") for n in names}
+    source = ASTSource(kernel, signature, constexprs={(names.index(n),): v for n, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    assert compiled.asm["cubin"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
