@@ -51,6 +51,7 @@ def _banner(settings: Settings, demo_key: str) -> None:
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"""
 Ferryman gateway on {url}
+  admin page:            {url}/admin   (sign in with the admin key)
   admin key (this run):  {settings.admin_key}
   demo tenant API key:   {demo_key}
 
