@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install
+.PHONY: serve test install browser
 
 install: $(STAMP)
 
@@ -13,11 +13,14 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "chromium could not be installed: the admin page's browser tests will skip"
 	touch $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ferryman serve
 
-test: $(STAMP)
+# The admin page's tests drive Debian's chromium (playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "chromium could not be installed: the admin page's browser tests will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
