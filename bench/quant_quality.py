@@ -134,20 +134,26 @@ def quality(args: argparse.Namespace, tok, base: nn.Module) -> list[dict]:
     return results
 
 
-def time_us(fn, reps: int) -> float:
-    """Median of 5 runs of `reps` calls, in microseconds: the CPU is shared, so medians, not means."""
-    fn()
-    runs = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        runs.append((time.perf_counter() - start) / reps * 1e6)
-    return statistics.median(runs)
+def time_us(paths: dict, reps: int, rounds: int = 7) -> dict[str, float]:
+    """Median microseconds per call of each path. Rounds interleave the paths so that load from other
+    processes on this shared CPU falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for fn in paths.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times[name].append((time.perf_counter() - start) / reps * 1e6)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
 def micro(shapes: list[tuple[int, int]], reps: int) -> list[list]:
+    # One thread: with two on a shared two-core machine, a descheduled OpenMP worker stalls whole calls.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     rows = []
     for (k, n) in shapes:
         linear = nn.Linear(k, n, bias=False)
@@ -156,13 +162,14 @@ def micro(shapes: list[tuple[int, int]], reps: int) -> list[list]:
         scales32 = int8.scales.float()
         for m in (1, 8):
             x = torch.randn(m, k)
-            base = time_us(lambda: linear(x), reps)
-            paths = {"int8": lambda: int8(x), "int4 g128": lambda: int4(x),
-                     # torch's own CPU int8 weight-only kernel: the candidate fast path for int8 on CPU
-                     "int8 _weight_int8pack_mm": lambda: torch._weight_int8pack_mm(x, int8.qweight, scales32)}
-            for name, fn in paths.items():
-                us = time_us(fn, reps)
-                rows.append([f"{k}x{n}", m, name, base, us, us / base])
+            us = time_us({
+                "nn.Linear": lambda: linear(x), "int8": lambda: int8(x), "int4 g128": lambda: int4(x),
+                # torch's own CPU int8 weight-only kernel: the candidate fast path for int8 on CPU
+                "int8 _weight_int8pack_mm": lambda: torch._weight_int8pack_mm(x, int8.qweight, scales32),
+            }, reps)
+            base = us.pop("nn.Linear")
+            rows += [[f"{k}x{n}", m, name, base, t, t / base] for name, t in us.items()]
+    torch.set_num_threads(threads)
     return rows
 
 
@@ -246,7 +253,8 @@ parameter and buffer (whole model), and of the quantized layers alone (linear we
 ![accuracy per level](img/quant_quality.png)
 
 QuantLinear on this CPU at decode shapes (the large model's layers and a 4096x4096 layer of a 7B model),
-time per call as a ratio to nn.Linear in fp32 measured in the same run (median of 5 runs of {args.reps} calls).
+time per call as a ratio to nn.Linear in fp32 measured in the same run (one thread, median of 7 interleaved
+rounds of {args.reps} calls).
 On CPU the torch reference path dequantizes the whole weight every call, so it is slower than fp32, not
 faster: the memory saving is the point here, and the speed comes from the fused Triton kernel on a GPU.
 
