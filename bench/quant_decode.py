@@ -7,7 +7,7 @@ same run. Also: whether each mode's greedy tokens equal fp32's (token agreement)
 
 Writes the `quant_decode` section of docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--threads 2]
+    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--threads 1]
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on CPU; 1 keeps timings steady on a shared machine")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the best is kept (shared CPU)")
     args = parser.parse_args()
     rng = random.Random(0)
@@ -80,7 +81,7 @@ def main() -> None:
     body = f"""
 `LLMEngine` on `models/large` ({device}), weights quantized on load (`EngineConfig.quantization`). {PROMPT_TOKENS}-token
 prompts, {args.new_tokens} new tokens per request, greedy, EOS ignored; decode tokens/s excludes prefill (from every
-request's first token to the last); best of {args.repeats} runs. Activations are {'fp32' if device == 'cpu' else 'the checkpoint dtype'}.
+request's first token to the last); best of {args.repeats} runs; {args.threads} torch thread(s) on CPU. Activations are {'fp32' if device == 'cpu' else 'the checkpoint dtype'}.
 On CPU the quantized layers dequantize their weights on every forward (torch reference path), so they trade
 speed for memory there; on a GPU the fused Triton kernels read the quantized weights directly.
 
