@@ -88,7 +88,7 @@ def ledger(database_url: str) -> str:
     billing = Billing(database_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
-    tenant = billing.create_tenant("bench", rpm=10_000_000, tpm=10_000_000_000, max_concurrent=10_000)
+    tenant = billing.create_tenant(f"bench-{time.time_ns()}", rpm=10_000_000, tpm=1_000_000_000, max_concurrent=10_000)
     key, _ = billing.create_key(tenant["id"], "bench", rpm=10_000_000)
     billing.set_budget(tenant["id"], limit_micros=1_000_000_000_000, period="monthly")
     billing.close()
@@ -113,6 +113,7 @@ def start(args: list[str]) -> tuple[subprocess.Popen, int]:
             if proc.poll() is not None:
                 raise RuntimeError(f"server {args} exited with {proc.returncode}")
             time.sleep(0.1)
+    proc.kill()
     raise RuntimeError(f"server {args} did not start")
 
 
@@ -158,29 +159,31 @@ def pct(values: list[float], q: float) -> float:
 
 # --- the measurement ---------------------------------------------------------------------------
 
-def main(n1: int, n32: int) -> None:
+def main(n1: int, n32: int, postgres: str | None) -> None:
     from tqdm import tqdm
 
     work = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     database_url = f"sqlite:///{work / 'ledger.db'}"
     key = ledger(database_url)
     model = "ferryman-small" if isinstance(router(), Unrouted) else "auto"
-    replica, replica_port = start(["--serve-replica"])
-    inproc, inproc_port = start(["--serve-gateway", "--database-url", database_url])
-    remote, remote_port = start(["--serve-gateway", "--database-url", database_url,
-                                 "--upstream", f"http://127.0.0.1:{replica_port}"])
-    targets = {"direct": (replica_port, replica), "gateway": (inproc_port, inproc), "gateway→": (remote_port, remote)}
-    results, cpu = {}, {}
+    targets, results, cpu = {}, {}, {}
     try:
+        targets["direct"] = (*start(["--serve-replica"]), key)
+        targets["gateway"] = (*start(["--serve-gateway", "--database-url", database_url]), key)
+        targets["gateway→"] = (*start(["--serve-gateway", "--database-url", database_url,
+                                       "--upstream", f"http://127.0.0.1:{targets['direct'][1]}"]), key)
+        if postgres:  # the multi-replica ledger: every reserve and settle is a network round trip and a commit
+            pg_key = ledger(postgres)
+            targets["gateway, PostgreSQL"] = (*start(["--serve-gateway", "--database-url", postgres]), pg_key)
         with tqdm(total=2 * len(targets), desc="gateway overhead") as progress:
             for concurrency, n in ((1, n1), (32, n32)):
-                for name, (port, proc) in targets.items():
+                for name, (proc, port, api_key) in targets.items():
                     before = cpu_seconds(proc.pid)
-                    results[name, concurrency] = asyncio.run(load(port, key, model, concurrency, n))
+                    results[name, concurrency] = asyncio.run(load(port, api_key, model, concurrency, n))
                     cpu[name, concurrency] = cpu_seconds(proc.pid) - before
                     progress.update()
     finally:
-        for proc in (replica, inproc, remote):
+        for proc, _, _ in targets.values():
             proc.terminate()
             proc.wait(10)
     records = _records(database_url)
@@ -205,8 +208,8 @@ def main(n1: int, n32: int) -> None:
              f"SQLite ledger (WAL); non-streaming /v1/completions, {len(PROMPT)} prompt token ids, "
              f"max_tokens {MAX_TOKENS}, model `{model}`"
              f"{' (router scored each request)' if model == 'auto' else ' (router artifact not built: model pinned)'}. "
-             f"Every gateway request wrote its usage record: {records} records for "
-             f"{sum(len(results[n, c][0]) for n in targets if n != 'direct' for c in (1, 32))} measured "
+             f"Every gateway request on the SQLite ledger wrote its usage record: {records} records for "
+             f"{sum(len(results[n, c][0]) for n in ('gateway', 'gateway→') for c in (1, 32))} measured "
              f"requests (plus warm-up). Each server is its own process; the load generator is a "
              f"keep-alive HTTP/1.1 client in a third. `requests/s` is wall-clock and suffers from whatever else runs on "
              f"the machine (load average {os.getloadavg()[0]:.1f} at the end of this run); `requests/s per core` "
@@ -216,8 +219,12 @@ def main(n1: int, n32: int) -> None:
              f"(about 32 / requests/s) and the added figures there measure lost throughput, not per-request work. "
              f"For scale (figure quoted in the issue, not measured here): the most used open-source gateway adds "
              f"about 18 ms and serves about 50 requests/s per worker on this machine.\n")
+    if postgres:
+        notes += ("\n`gateway, PostgreSQL`: the same gateway on a local PostgreSQL ledger. The gateway calls billing "
+                  "on its event loop, so each commit's wait for the disk holds up every request in the process.\n")
+    command = "python bench/gateway_overhead.py" + (f" --postgres '{postgres}'" if postgres else "")
     write_section("gateway_overhead", "Gateway overhead: auth, limits, reservation, routing, settle, record",
-                  "python bench/gateway_overhead.py", body + "\n" + notes)
+                  command, body + "\n" + notes)
 
 
 def _records(database_url: str) -> int:
@@ -233,6 +240,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests-c1", type=int, default=2000)
     parser.add_argument("--requests-c32", type=int, default=6400)
+    parser.add_argument("--postgres", help="also measure the gateway on this PostgreSQL ledger URL")
     parser.add_argument("--serve-replica", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -244,4 +252,4 @@ if __name__ == "__main__":
     elif args.serve_gateway:
         serve_gateway(args.port, args.database_url, args.upstream)
     else:
-        main(args.requests_c1, args.requests_c32)
+        main(args.requests_c1, args.requests_c32, args.postgres)

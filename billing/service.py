@@ -32,6 +32,7 @@ log = logging.getLogger("ferryman.billing")
 
 PRIORITIES = ("interactive", "standard", "batch")
 PERIODS = ("daily", "monthly")
+MAX_LIMIT = 2**31 - 1  # rate limits are 32-bit columns
 
 
 def utcnow() -> datetime:
@@ -587,8 +588,8 @@ def _limit_fields(fields: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     for name, value in fields.items():
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a whole number of at least 1, or null for no limit")
+        if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_LIMIT):
+            raise ValueError(f"{name} must be a whole number from 1 to {MAX_LIMIT}, or null for no limit")
     return dict(fields)
 
 

@@ -264,6 +264,7 @@ def test_bad_admin_input_is_refused_with_a_clear_error(billing):
         lambda: billing.create_tenant("x", priority="urgent"),
         lambda: billing.create_tenant("y", large_share=1.5),
         lambda: billing.create_key(tenant["id"], rpm=0),
+        lambda: billing.create_key(tenant["id"], tpm=10**10),
         lambda: billing.set_budget(tenant["id"], limit_micros=-1),
         lambda: billing.set_budget(tenant["id"], limit_micros=10, period="weekly"),
         lambda: billing.set_budget(tenant["id"], limit_micros=10, alert_percent=0),
