@@ -33,6 +33,7 @@ log = logging.getLogger("ferryman.billing")
 PRIORITIES = ("interactive", "standard", "batch")
 PERIODS = ("daily", "monthly")
 MAX_LIMIT = 2**31 - 1  # rate limits are 32-bit columns
+MAX_MICROS = 2**63 - 1  # money is a 64-bit column
 
 
 def utcnow() -> datetime:
@@ -479,8 +480,8 @@ class Billing:
         """Create or replace the budget of a tenant (key_id None) or of one of its keys. Spend so far is kept."""
         if period not in PERIODS:
             raise ValueError(f"period must be one of {', '.join(PERIODS)}, not '{period}'")
-        if not isinstance(limit_micros, int) or limit_micros < 0:
-            raise ValueError("limit_micros must be a whole number of micro-USD, 0 or more")
+        if not isinstance(limit_micros, int) or not 0 <= limit_micros <= MAX_MICROS:
+            raise ValueError(f"limit_micros must be a whole number of micro-USD from 0 to {MAX_MICROS}")
         if not isinstance(alert_percent, int) or not 1 <= alert_percent <= 100:
             raise ValueError("alert_percent must be a whole number from 1 to 100")
         self.tenant(tenant_id)
@@ -529,7 +530,7 @@ class Billing:
                   output_micros_per_m: int) -> dict:
         price = Price(model, input_micros_per_m, cached_input_micros_per_m, output_micros_per_m)
         amounts = (input_micros_per_m, cached_input_micros_per_m, output_micros_per_m)
-        if not model or any(not isinstance(v, int) or v < 0 for v in amounts):
+        if not model or any(not isinstance(v, int) or not 0 <= v <= MAX_MICROS for v in amounts):
             raise ValueError("a price needs a model name and whole, non-negative micro-USD per 1M tokens")
         values = {**asdict(price), "updated_at": self.clock()}
         with self.engine.begin() as conn:

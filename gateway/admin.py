@@ -25,7 +25,7 @@ router = APIRouter()
 
 Count = Annotated[int | None, Field(ge=1, le=2**31 - 1)]
 Share = Annotated[float | None, Field(ge=0.0, le=1.0)]
-Micros = Annotated[int, Field(ge=0)]
+Micros = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class TenantIn(BaseModel):
