@@ -45,7 +45,12 @@ class Completion:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.model_runner = ModelRunner(config)
+        if config.tensor_parallel_size * config.pipeline_parallel_size > 1:
+            from backends.engine.distributed import DistributedRunner
+
+            self.model_runner = DistributedRunner(config)
+        else:
+            self.model_runner = ModelRunner(config)
         self.block_manager = BlockManager(
             self.model_runner.num_blocks, config.block_size, config.enable_prefix_caching, self.model_runner.num_cpu_blocks
         )

@@ -65,9 +65,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: dict, max_positions: int) -> None:
         super().__init__()
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-        self.rotary = RotaryEmbedding(_head_dim(cfg), max_positions, theta, rope)
+        self.rotary = rotary_embedding(cfg, max_positions)
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, self.rotary) for _ in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
@@ -97,6 +95,12 @@ class LlamaForCausalLM(nn.Module):
 
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]
+
+
+def rotary_embedding(cfg: dict, max_positions: int) -> RotaryEmbedding:
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    return RotaryEmbedding(_head_dim(cfg), max_positions, theta, rope)
 
 
 def _head_dim(cfg: dict) -> int:
