@@ -116,6 +116,10 @@ class LLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
         """Offline batch generation: every prompt through the engine at once, results in prompt order."""
         params = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError("give one SamplingParams, or one per prompt")
+        for prompt, p in zip(prompts, params):  # all or nothing: a bad prompt adds no request
+            self.check_request(prompt, p)
         results = {str(i): Completion(str(i)) for i in range(len(prompts))}
         for i, (prompt, p) in enumerate(zip(prompts, params)):
             self.add_request(str(i), prompt, p)

@@ -122,3 +122,10 @@ def test_lower_priority_number_is_admitted_first(tiny_model):
     engine.add_request("interactive", [8, 9, 10], params, priority=0)
     finished = [o.request_id for _ in range(6) for o in engine.step() if o.finished]
     assert finished == ["interactive", "batch"]
+
+
+def test_offline_generate_rejects_a_bad_prompt_before_adding_any(tiny_model):
+    engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=16))
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([[1, 2, 3], []], SamplingParams(max_tokens=2))
+    assert not engine.has_unfinished() and not engine.seqs
