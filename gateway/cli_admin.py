@@ -36,12 +36,14 @@ def fail(message: str) -> None:
 
 
 def tenant_id(billing: Billing, tenant: str) -> int:
+    """A tenant given by name, or by id."""
     try:
         return billing.tenant_by_name(tenant)["id"]
     except LookupError:
-        if tenant.isdigit():
+        try:
             return billing.tenant(int(tenant))["id"]
-        fail(f"no tenant named '{tenant}' (see `ferryman tenants list`)")
+        except (ValueError, LookupError):
+            fail(f"no tenant named '{tenant}' (see `ferryman tenants list`)")
 
 
 def show(rows: list[dict], columns: list[str]) -> None:
