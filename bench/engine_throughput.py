@@ -11,7 +11,8 @@ Reported: generated tokens/s (useful tokens only), time to first token and inter
 Multi-turn workload: conversations sharing a system prompt, each turn's prompt the whole history so far;
 all conversations send turn t together. The engine runs it with prefix caching on and off.
 
-Writes the `engine_throughput` section of docs/BENCHMARKS.md and docs/data/engine_throughput.csv.
+Writes the `engine_throughput` section of docs/BENCHMARKS.md, docs/data/engine_throughput.csv and
+docs/img/engine_throughput.png (when each request got its first and its last token, per system).
 
     .venv/bin/python bench/engine_throughput.py [--model models/large] [--num-requests 64] [--threads 1]
 """
@@ -26,8 +27,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,6 +41,7 @@ from backends.engine import EngineConfig, LLMEngine  # noqa: E402
 from bench.report import table, write_section  # noqa: E402
 
 CSV = ROOT / "docs" / "data" / "engine_throughput.csv"
+PLOT = ROOT / "docs" / "img" / "engine_throughput.png"
 
 
 @dataclass
@@ -166,6 +172,24 @@ def _per_request(system: str, reqs: list[Request]) -> list[dict]:
             for i, r in enumerate(reqs)]
 
 
+def plot(rows: list[dict]) -> None:
+    """Requests sorted by time: when the first token came (solid) and when the last did (dashed)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    systems = sorted({r["system"] for r in rows if r["workload"] == "throughput"}, key=lambda s: (s != "engine", s))
+    for i, system in enumerate(systems):
+        mine = [r for r in rows if r["workload"] == "throughput" and r["system"] == system]
+        color = f"C{i}"
+        ax.plot(sorted(r["ttft_s"] for r in mine), range(len(mine)), color=color, label=f"{system}: first token")
+        ax.plot(sorted(r["finish_s"] for r in mine), range(len(mine)), color=color, linestyle="--", label=f"{system}: done")
+    ax.set_xlabel("seconds since all requests arrived")
+    ax.set_ylabel("requests")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    PLOT.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
 def _cells(s: dict) -> list:
     return [s["tok/s"], s["tok/cpu-s"], s["seconds"], s["ttft_p50"], s["ttft_p95"], s["itl_p50_ms"], s["itl_p95_ms"]]
 
@@ -238,6 +262,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
+    plot(rows)
     intro = (
         f"Model `{Path(args.model).name}`, float32, {args.threads} torch thread(s) for each system. "
         f"Throughput workload: {args.num_requests} requests, prompt lengths uniform in {list(args.prompt_range)}, "
@@ -252,7 +277,8 @@ def main() -> None:
         "every conversation sends turn t together, each prompt the whole history."
     )
     write_section("engine_throughput", "Engine: continuous batching and prefix caching vs HF generate",
-                  "bench/engine_throughput.py", f"{intro}\n\n{body_tp}\n\n{mt}\n\n{body_mt}")
+                  "bench/engine_throughput.py",
+                  f"{intro}\n\n{body_tp}\n\n![first and last token per request](img/engine_throughput.png)\n\n{mt}\n\n{body_mt}")
 
 
 if __name__ == "__main__":
