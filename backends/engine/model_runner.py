@@ -6,7 +6,7 @@ import torch
 from backends.engine.config import EngineConfig
 from backends.engine.layers.attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from backends.engine.models.llama import LlamaForCausalLM, load_weights
-from backends.engine.offload import HostKVCache
+from backends.engine.offload import HostKVCache, WeightOffloader
 from backends.engine.sampling import sample
 from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
@@ -22,6 +22,8 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.block_size = config.block_size
         self.model = self._load_model(config)
+        layers = list(self.model.model.layers)[: config.cpu_offload_layers]
+        self.weight_offloader = WeightOffloader(layers, self.device) if layers else None
         self.num_blocks = config.num_kv_blocks or self._blocks_for_budget(config.kv_cache_memory_gb, config.torch_dtype)
         self._allocate_kv_cache(config.torch_dtype)
         self.host_kv = HostKVCache(self.model.attention_layers(), config)

@@ -87,3 +87,31 @@ def test_swap_mode_needs_host_blocks(tiny_model):
         EngineConfig(str(tiny_model), preemption_mode="swap")
     with pytest.raises(ValueError, match="preemption_mode"):
         EngineConfig(str(tiny_model), preemption_mode="drop")
+
+
+@pytest.mark.parametrize("offloaded", [1, 2])
+def test_offloaded_weights_give_identical_output_and_leave_the_device_between_uses(tiny_model, hf_model, offloaded):
+    import torch
+
+    prompts = [[5, 17, 42, 99, 3], list(range(10, 60)), [7] * 12]
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=64, cpu_offload_layers=offloaded))
+    layers = engine.model_runner.model.model.layers
+    forwards = [0]
+    for layer in layers[:offloaded]:
+        layer.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    assert [o.token_ids for o in engine.generate(prompts, params)] == [hf_greedy(hf_model, p, 10) for p in prompts]
+
+    plain = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=64))
+    seq = Sequence("x", list(range(20, 50)), SamplingParams())
+    engine.block_manager.append(seq, len(seq))  # the same block ids serve both engines' (separate) caches
+    logits = engine.model_runner.execute([(seq, len(seq))])[0]
+    assert torch.equal(logits, plain.model_runner.execute([(seq, len(seq))])[0]), "offloading must not change a bit"
+
+    for i, layer in enumerate(layers):
+        on_device = sum(p.numel() for p in layer.parameters())
+        assert (on_device == 0) == (i < offloaded), "an offloaded layer holds no device weights between its uses"
+    offloader = engine.model_runner.weight_offloader
+    # One copy per use; with two or more offloaded layers, the next step's first one is already prefetched.
+    assert offloader.num_copies == forwards[0] + len(offloader.pending)
+    assert len(offloader.pending) == (offloaded > 1)
