@@ -139,16 +139,22 @@ def throughput(args, vocab: int) -> tuple[str, list[dict]]:
     def workload() -> list[Request]:
         return make_workload(args.num_requests, vocab, args.prompt_range, args.output_range, args.seed)
 
-    ours = workload()
     engine = LLMEngine(engine_config(args, enable_prefix_caching=False))
     engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2, temperature=0))  # warm-up
-    s_ours = summarize(ours, run_engine(engine, ours, "throughput"))
     hf = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # fixed lengths, like the engine's ignore_eos
-    runs = {}
-    for size in args.hf_batch_sizes:
-        runs[size] = workload()
-        runs[size] = (runs[size], summarize(runs[size], run_hf(hf, runs[size], size)))
+    systems = {"engine": lambda reqs: run_engine(engine, reqs, "throughput")}
+    systems |= {size: (lambda reqs, size=size: run_hf(hf, reqs, size)) for size in args.hf_batch_sizes}
+    # Rounds interleave the systems and each keeps its fastest: other load on a shared machine comes and goes.
+    best: dict = {}
+    for _ in range(args.rounds):
+        for name, run in systems.items():
+            reqs = workload()
+            summary = summarize(reqs, run(reqs))
+            if name not in best or summary["tok/s"] > best[name][1]["tok/s"]:
+                best[name] = (reqs, summary)
+    ours, s_ours = best.pop("engine")
+    runs = best
     headers = ["system", "generated tok/s", "tok per CPU-s", "wall s", "TTFT p50 s", "TTFT p95 s", "ITL p50 ms", "ITL p95 ms",
                "greedy = engine", "engine speed-up", "speed-up per CPU-s"]
     rows = [[f"engine (max {args.max_num_seqs} seqs, {args.max_num_batched_tokens} tok/step)", *_cells(s_ours), "-", "-", "-"]]
@@ -158,9 +164,9 @@ def throughput(args, vocab: int) -> tuple[str, list[dict]]:
         rows.append([f"HF generate, static batches of {size}", *_cells(s), f"{same}/{len(ours)}",
                      s_ours["tok/s"] / s["tok/s"], s_ours["tok/cpu-s"] / s["tok/cpu-s"]])
         per_request += _per_request(f"hf batch {size}", reqs)
-    best = max(runs, key=lambda size: runs[size][1]["tok/s"])
-    s_best = runs[best][1]
-    note = (f"\n\nEngine vs HF at its best batch size ({best}): **{s_ours['tok/s'] / s_best['tok/s']:.2f}x** generated "
+    top = max(runs, key=lambda size: runs[size][1]["tok/s"])
+    s_best = runs[top][1]
+    note = (f"\n\nEngine vs HF at its best batch size ({top}): **{s_ours['tok/s'] / s_best['tok/s']:.2f}x** generated "
             f"tokens/s ({s_ours['tok/cpu-s'] / s_best['tok/cpu-s']:.2f}x per CPU-second), TTFT p50 "
             f"{s_best['ttft_p50'] / s_ours['ttft_p50']:.1f}x and p95 {s_best['ttft_p95'] / s_ours['ttft_p95']:.1f}x lower.")
     return table(headers, rows) + note, per_request
@@ -248,6 +254,7 @@ def main() -> None:
     p.add_argument("--system-tokens", type=int, default=96)
     p.add_argument("--answer-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=1, help="torch threads for both systems")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved runs of every system; each keeps its fastest")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -267,8 +274,8 @@ def main() -> None:
         f"Model `{Path(args.model).name}`, float32, {args.threads} torch thread(s) for each system. "
         f"Throughput workload: {args.num_requests} requests, prompt lengths uniform in {list(args.prompt_range)}, "
         f"output lengths uniform in {list(args.output_range)} (EOS ignored), all arriving at t=0; TTFT counts from "
-        "then, so it includes queueing. HF serves them in arrival order as static left-padded batches; "
-        "\"greedy = HF\": requests whose engine output is token-identical to HF's. Per-request data: "
+        f"then, so it includes queueing. Best of {args.rounds} interleaved rounds per system. HF serves them in arrival order as static left-padded batches; "
+        "\"greedy = engine\": requests whose HF output is token-identical to the engine's. Per-request data: "
         "`docs/data/engine_throughput.csv`."
     )
     mt = (
