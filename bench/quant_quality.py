@@ -10,7 +10,7 @@ Then a micro-benchmark of QuantLinear against nn.Linear at decode shapes (M = 1 
 Writes the `quant_quality` section of docs/BENCHMARKS.md, docs/img/quant_quality.png and
 docs/data/quant_quality.csv.
 
-    .venv/bin/python bench/quant_quality.py [--per-cell 20] [--ppl-tokens 16384]
+    .venv/bin/python bench/quant_quality.py [--per-cell 10] [--ppl-tokens 8192] [--variants fp32 int8 int4-g64 ...]
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ TASK_SEED = 6_000  # apart from training (0, 1) and labelling (5_000, 5_001)
 TASK_TOKENS = 32
 WINDOW = 256  # tokens per perplexity window, well inside max_position_embeddings
 VARIANTS = ("fp32", "bf16", "int8", "int4-g128", "int4-g64", "int4-g32")
+DEFAULT_VARIANTS = ("fp32", "bf16", "int8", "int4-g128", "int4-g32")
 
 
 def build(name: str, base: nn.Module) -> nn.Module:
@@ -199,9 +200,9 @@ def write_csv(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=MODEL, help="an HF checkpoint directory")
-    parser.add_argument("--per-cell", type=int, default=20, help="tasks per family and level")
-    parser.add_argument("--ppl-tokens", type=int, default=16384, help="held-out tokens for perplexity")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--per-cell", type=int, default=10, help="tasks per family and level")
+    parser.add_argument("--ppl-tokens", type=int, default=8192, help="held-out tokens for perplexity")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--reps", type=int, default=20, help="calls per timing run in the micro-benchmark")
     args = parser.parse_args()
     if args.variants[0] != "fp32":
