@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=8192, help="held-out tokens for perplexity")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     parser.add_argument("--reps", type=int, default=20, help="calls per timing run in the micro-benchmark")
+    parser.add_argument("--print-only", action="store_true", help="print the tables; write no docs")
     args = parser.parse_args()
     if args.variants[0] != "fp32":
         parser.error("the first variant must be fp32: the others are compared with it")
@@ -229,6 +230,8 @@ def main() -> None:
     micro_table = table(["K x N", "M", "path", "nn.Linear fp32 (us)", "quantized (us)", "time vs nn.Linear"], micro_rows)
     print(micro_table)
 
+    if args.print_only:
+        return
     write_csv(results)
     plot(results)
     n_tasks = args.per_cell * len(LEVELS) * 4
