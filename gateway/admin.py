@@ -224,7 +224,7 @@ def usage_report(billing: Admin, group_by: str = "tenant,model,day", since: date
 def own_usage(request: Request, authorization: str | None = Header(None), since: date | None = None,
               until: date | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict:
     """A tenant's own view: its budgets, its per model / day report and its newest records. Nobody else's."""
-    principal = request.app.state.ferry.authenticate(authorization)
+    principal = request.app.state.ferry.principal_for(authorization)
     billing: Billing = request.app.state.ferry.billing
     rows = billing.report(("model", "day"), since=_day(since), until=_day(until), tenant_id=principal.tenant_id)
     return {"tenant": principal.tenant_name, "budgets": billing.list_budgets(principal.tenant_id),

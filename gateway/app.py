@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         reaper.cancel()
         for backend in ferry.backends.values():
             await backend.stop()
+        if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
+            await ferry.limiter.close()
 
     app = FastAPI(title="Ferryman", lifespan=lifespan)
     app.state.settings = settings

@@ -13,8 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+import anyio
+
 from backends.base import Backend, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
-from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation
+from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation, UnknownPrice
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import APIError, invalid
@@ -53,10 +55,23 @@ class Ferry:
                  backends: dict[str, Backend], tokenizer, context_len: int):
         self.settings, self.billing, self.limiter, self.router = settings, billing, limiter, router
         self.backends, self.tokenizer, self.context_len = backends, tokenizer, context_len
+        self.vocab_size = len(tokenizer)
+        # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked ledger's
+        # commit waits milliseconds, which must not stall every other request on the event loop.
+        self.ledger_in_thread = billing.engine.dialect.name != "sqlite"
+
+    async def ledger(self, fn, *args, **kwargs):
+        if self.ledger_in_thread:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
 
     # --- who is asking -------------------------------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None) -> Principal:
+        return await self.ledger(self.principal_for, authorization)
+
+    def principal_for(self, authorization: str | None) -> Principal:
+        """The caller's tenant and key (blocking: it may read the ledger)."""
         key = _bearer(authorization)
         principal = self.billing.authenticate(key) if key else None
         if principal is None:
@@ -78,7 +93,7 @@ class Ferry:
             query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
             return self.tokenizer.encode(text, add_special_tokens=False), query
         if isinstance(body.prompt, list):
-            if any(not 0 <= t < len(self.tokenizer) for t in body.prompt):
+            if any(not 0 <= t < self.vocab_size for t in body.prompt):
                 raise invalid("prompt contains token ids outside the vocabulary", "prompt")
             return list(body.prompt), self.tokenizer.decode(body.prompt)
         ids = [self.tokenizer.bos_token_id] + self.tokenizer.encode(body.prompt, add_special_tokens=False)
@@ -112,10 +127,15 @@ class Ferry:
         request_id = f"req-{uuid.uuid4().hex}"
         rate_headers = await self._admit_rate(principal, len(prompt_ids) + max_tokens)
         try:
-            reservation = self.billing.reserve(principal, request_id, model, len(prompt_ids), max_tokens)
+            reservation = await self.ledger(self.billing.reserve, principal, request_id, model, len(prompt_ids),
+                                            max_tokens)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
             raise APIError(402, str(exc), "insufficient_quota", "budget_exceeded", headers={"x-should-retry": "false"})
+        except UnknownPrice:
+            await self.limiter.release(principal)
+            raise APIError(503, f"The model '{model}' has no price set; an operator must set one.", "server_error",
+                           "model_unpriced")
         except BaseException:
             await self.limiter.release(principal)
             raise
@@ -170,9 +190,12 @@ class Ferry:
             status = "cancelled"
             raise
         finally:
-            if status != "ok":
-                await _quietly(backend.abort(ticket.request_id))
-            await self.settle(ticket, status)
+            # A disconnect cancels this task, and the cancellation would strike again at every await here:
+            # shield the settlement, or the hold and the record would be lost with the client.
+            with anyio.CancelScope(shield=True):
+                if status != "ok":
+                    await _quietly(backend.abort(ticket.request_id))
+                await self.settle(ticket, status)
 
     def _observe(self, ticket: Ticket, delta: TokenDelta) -> None:
         if ticket.first_token_at is None and delta.token_ids:
@@ -187,8 +210,8 @@ class Ferry:
         usage = ticket.usage or Usage(len(ticket.request.prompt_token_ids), len(ticket.completion_ids))
         latency = time.perf_counter() - ticket.started
         try:
-            record = self.billing.settle(
-                ticket.reservation, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+            record = await self.ledger(
+                self.billing.settle, ticket.reservation, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
                 completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
                 difficulty=ticket.difficulty, status=status)
             ticket.cost_micros = record.cost_micros

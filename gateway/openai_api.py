@@ -23,7 +23,7 @@ def ferry_of(request: Request) -> Ferry:
 @router.get("/models")
 async def list_models(request: Request, authorization: str | None = Header(None)):
     ferry = ferry_of(request)
-    ferry.authenticate(authorization)
+    await ferry.authenticate(authorization)
     names = ["auto", *ferry.backends]
     return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "ferryman"} for n in names]}
 
@@ -40,7 +40,7 @@ async def completions(body: CompletionRequest, request: Request, authorization: 
 
 async def _complete(request: Request, body, authorization: str | None, chat: bool):
     ferry = ferry_of(request)
-    principal = ferry.authenticate(authorization)
+    principal = await ferry.authenticate(authorization)
     prompt_ids, query = ferry.prompt_ids(body)
     ticket = await ferry.admit(principal, body, prompt_ids, query)
     kept = None
