@@ -23,6 +23,7 @@ class EngineConfig:
     device: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     quantization: str | None = None  # "int8" | "int4" weight-only, via backends.engine.quant when present
+    priority_aging_s: float | None = None  # a waiting request climbs one class per this many seconds; None: never
     preemption_mode: str = "recompute"  # "recompute" | "swap" (recompute still when host blocks run out)
     swap_space_gb: float = 0.0  # host memory for the KV blocks of sequences preempted by swap
     num_cpu_blocks: int | None = None  # None: derived from swap_space_gb

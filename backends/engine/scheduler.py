@@ -3,7 +3,8 @@
 Running decodes never wait behind a long prompt: the prompt is prefilled a budget-sized chunk per step
 alongside them. Priority classes (0 interactive, 1 standard, 2 batch) are served in order: a class's
 decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
-seat and blocks of a lower-class running one. When the cache runs out of blocks, the lowest-priority,
+seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
+time, so no class starves forever. When the cache runs out of blocks, the lowest-priority,
 latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
 later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
 memory and copied back when it resumes).
@@ -13,6 +14,8 @@ swap-ins. Host blocks freed by a swap-in are reused only from the next step, so 
 a block another copy of the same step writes.
 """
 from __future__ import annotations
+
+import time
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
@@ -29,6 +32,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []  # kept sorted by (priority, arrival)
         self.running: list[Sequence] = []  # likewise
         self.preemption_mode = config.preemption_mode
+        self.priority_aging_s = config.priority_aging_s
         self.num_preemptions = 0
         self.num_swap_outs = 0
         self.blocks_to_swap_out: list[tuple[int, int]] = []  # (device block, host block), this step
@@ -46,6 +50,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         self.blocks_to_swap_out, self.blocks_to_swap_in = [], []
         self.block_manager.release_swapped_in()
+        self._age_waiting()
         self._make_room_for_higher_class()
         preemptions_before = self.num_preemptions
         admitting = True
@@ -104,6 +109,15 @@ class Scheduler:
                 return False
         self.block_manager.append(seq, n)
         return True
+
+    def _age_waiting(self) -> None:
+        if not self.priority_aging_s:
+            return
+        now = time.perf_counter()
+        for seq in self.waiting:
+            if seq.priority > 0 and now - seq.class_since >= self.priority_aging_s:
+                seq.priority, seq.class_since = seq.priority - 1, now
+        self.waiting.sort(key=Sequence.sort_key)
 
     def _make_room_for_higher_class(self) -> None:
         """Preempt the lowest-class running sequences while the first waiting one, of a higher class, lacks a seat or blocks."""

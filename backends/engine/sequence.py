@@ -41,6 +41,7 @@ class Sequence:
         else:
             self.generator.manual_seed(params.seed)
         self.arrival_time = time.perf_counter()
+        self.class_since = self.arrival_time  # when it entered its current priority class (for aging)
         self.last_token_time: float | None = None
 
     def __len__(self) -> int:

@@ -103,3 +103,18 @@ def test_lower_class_is_never_preempted_for_an_equal_or_lower_one(tiny_model):
     for _ in range(3):
         assert {o.request_id for o in engine.step()} == {"a", "b"}
     assert engine.scheduler.num_preemptions == 0
+
+
+@pytest.mark.parametrize("aging", [None, 1e-9])
+def test_aging_lifts_a_waiting_batch_request_past_later_interactive_ones(tiny_model, aging):
+    engine = engine_for(tiny_model, max_num_seqs=1, priority_aging_s=aging)
+    engine.add_request("a", [5, 6, 7], greedy(6), priority=INTERACTIVE)
+    engine.step()
+    engine.add_request("b", [8, 9], greedy(2), priority=BATCH)
+    engine.step()
+    engine.step()  # with aging, each step's schedule lifted b one class: it is interactive now
+    engine.add_request("c", [10, 11], greedy(2), priority=INTERACTIVE)
+    order = []
+    while engine.has_unfinished():
+        order += [o.request_id for o in engine.step() if o.request_id not in order]
+    assert order == (["a", "b", "c"] if aging else ["a", "c", "b"])
