@@ -24,7 +24,7 @@ from classifier.tasks import is_correct, make_tasks, make_text_prompts
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TASK_MARGIN = 0.0  # exact match: the large model right and the small one wrong
 TEXT_MARGIN = 0.05  # in geometric-mean token probability under the large model
-TASK_TOKENS, TEXT_TOKENS = 32, 24
+TASK_TOKENS, TEXT_TOKENS = 24, 24  # the longest task answer is 23 tokens and its end of turn
 # seeds apart from the ones the models were trained and measured with
 TASK_SEED, TEXT_SEED = 5_000, 5_001
 
@@ -52,7 +52,9 @@ class Answer:
 
 
 class Pair:
-    def __init__(self, root: Path = MODELS, batch_size: int = 64) -> None:
+    def __init__(self, root: Path = MODELS, batch_size: int = 64, threads: int = 1) -> None:
+        # tiny models on a shared CPU: more threads than one thrash (measured 10-100x slower under load)
+        torch.set_num_threads(threads)
         self.tok = AutoTokenizer.from_pretrained(root / "large")
         self.tok.padding_side = "left"
         self.small = AutoModelForCausalLM.from_pretrained(root / "small", dtype=torch.float32).eval()
@@ -63,23 +65,29 @@ class Pair:
         return [self.tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                              tokenize=False) for p in prompts]
 
-    @torch.inference_mode()
     def generate(self, model, prompts: list[str], max_new_tokens: int) -> list[Answer]:
-        out: list[Answer] = []
+        """Greedy answers, batched by prompt length: a batch runs as long as its longest answer."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        answers: list[Answer] = [None] * len(prompts)  # type: ignore[list-item]
+        for start in tqdm(range(0, len(order), self.batch_size), desc=f"generate {Path(model.name_or_path).name}", unit="batch"):
+            idx = order[start:start + self.batch_size]
+            for i, answer in zip(idx, self._generate_batch(model, [prompts[i] for i in idx], max_new_tokens)):
+                answers[i] = answer
+        return answers
+
+    @torch.inference_mode()
+    def _generate_batch(self, model, prompts: list[str], max_new_tokens: int) -> list[Answer]:
         eos = self.tok.eos_token_id
-        for i in tqdm(range(0, len(prompts), self.batch_size), desc=f"generate {model.name_or_path}", unit="batch"):
-            batch = self.tok(self.render(prompts[i:i + self.batch_size]), return_tensors="pt", padding=True,
-                             add_special_tokens=False)
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=self.tok.pad_token_id, output_scores=True,
-                                 return_dict_in_generate=True)
-            new = gen.sequences[:, batch["input_ids"].shape[1]:]
-            logprobs = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
-            for ids, lp in zip(new.tolist(), logprobs.tolist()):
-                n = ids.index(eos) if eos in ids else len(ids)
-                content = lp[:n]
-                out.append(Answer(self.tok.decode(ids[:n], skip_special_tokens=True), ids[:n + 1],
-                                  sum(content) / n if n else -math.inf))
+        batch = self.tok(self.render(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                             pad_token_id=self.tok.pad_token_id, output_scores=True, return_dict_in_generate=True)
+        new = gen.sequences[:, batch["input_ids"].shape[1]:]
+        logprobs = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+        out = []
+        for ids, lp in zip(new.tolist(), logprobs.tolist()):
+            n = ids.index(eos) if eos in ids else len(ids)
+            out.append(Answer(self.tok.decode(ids[:n], skip_special_tokens=True), ids[:n + 1],
+                              sum(lp[:n]) / n if n else -math.inf))
         return out
 
     @torch.inference_mode()
@@ -96,9 +104,6 @@ class Pair:
                 ids[row, :len(s)], mask[row, :len(s)] = torch.tensor(s), 1
             logp = self.large(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
             for row, (p, s) in enumerate(zip(rendered, seqs)):
-                if len(s) == len(p):
-                    out.append(0.0)
-                    continue
                 targets = torch.tensor(s[len(p):])
                 picked = logp[row, len(p) - 1:len(s) - 1].gather(1, targets[:, None])
                 out.append(math.exp(picked.mean().item()))
