@@ -32,6 +32,8 @@ CHAT_TEMPLATE = (
 )
 VOCAB_SIZE = 4096
 HELDOUT_PLAY = "tempest_gut.txt"
+# Short tasks are drawn more often: the attention patterns they need form sooner there, then carry over.
+LEVEL_WEIGHTS = (4, 3, 2, 1, 1)
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer briefly.", "You are Ferryman's model.")
 
 
@@ -86,12 +88,14 @@ def train_tokenizer(text: str, seed: int = 0) -> PreTrainedTokenizerFast:
     )
 
 
-def chat_turns(rng: random.Random, words: list[str] | None = None) -> list[str]:
+def chat_turns(rng: random.Random, words: list[str] | None = None, level_weights: tuple[int, ...] | None = None
+               ) -> list[str]:
     """Role/content pairs flattened: a task (or, given words, a `continue:` prompt) and its answer."""
     if words is not None:
         prompt, answer = continue_sample(words, rng)
     else:
-        task = make_task(rng.choice(FAMILIES), rng.choice(LEVELS), rng)
+        level = rng.choices(LEVELS, level_weights)[0] if level_weights else rng.choice(LEVELS)
+        task = make_task(rng.choice(FAMILIES), level, rng)
         prompt, answer = task.prompt, task.answer
     turns = ["user", prompt, "assistant", answer]
     if rng.random() < 0.1:
@@ -131,7 +135,7 @@ class Batches:
     def sample(self) -> Sample:
         r = self.rng.random()
         if r < self.p_task:
-            return encode_chat(self.tok, chat_turns(self.rng))
+            return encode_chat(self.tok, chat_turns(self.rng, level_weights=LEVEL_WEIGHTS))
         if r < self.p_task + self.p_continue:
             return encode_chat(self.tok, chat_turns(self.rng, self.words))
         n = self.rng.randint(32, 96)

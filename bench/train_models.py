@@ -74,7 +74,7 @@ def train(name: str, model: LlamaForCausalLM, loss_fn, args: argparse.Namespace)
     """Shared loop. The schedule runs on max(step, time) progress, so a busy CPU still finishes on time."""
     tok = AutoTokenizer.from_pretrained(MODELS / "large")
     text, _ = load_corpus()
-    batches = Batches(tok, text, args.batch, SEQ, seed=args.seed)
+    batches = Batches(tok, text, args.batch, SEQ, seed=args.seed, p_task=args.p_task, p_continue=args.p_continue)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     ckpt = ARTIFACTS / f"{name}.pt"
     state = {"step": 0, "elapsed": 0.0, "losses": []}
@@ -106,8 +106,10 @@ def train(name: str, model: LlamaForCausalLM, loss_fn, args: argparse.Namespace)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
         if state["step"] % args.ckpt_every == 0:
             ARTIFACTS.mkdir(exist_ok=True)
+            # Write then rename, so a run killed mid-save keeps its previous checkpoint.
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
-                        "rng": batches.rng.getstate()}, ckpt)
+                        "rng": batches.rng.getstate()}, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
     bar.close()
     save_model(model, name, args, state)
 
@@ -201,15 +203,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(required=True)
     sub.add_parser("tokenizer", help="train the BPE tokenizer, write held-out text").set_defaults(
         func=lambda a: build_tokenizer())
-    for name, func, steps, minutes, lr in (("large", train_large, 4000, 35, 2e-3),
-                                           ("distill", train_small, 3000, 12, 3e-3)):
+    for name, func, steps, minutes, lr in (("large", train_large, 6000, 22, 2.5e-3),
+                                           ("distill", train_small, 4000, 10, 3e-3)):
         p = sub.add_parser(name)
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--minutes", type=float, default=minutes, help="wall-clock cap; the schedule follows it")
-        p.add_argument("--batch", type=int, default=8, help=f"rows of {SEQ} tokens per step")
+        p.add_argument("--batch", type=int, default=6, help=f"rows of {SEQ} tokens per step")
         p.add_argument("--lr", type=float, default=lr)
         p.add_argument("--seed", type=int, default=0 if name == "large" else 1)
-        p.add_argument("--ckpt-every", type=int, default=100)
+        p.add_argument("--ckpt-every", type=int, default=200)
+        p.add_argument("--p-task", type=float, default=0.9, help="share of samples that are checkable tasks")
+        p.add_argument("--p-continue", type=float, default=0.05, help="share of `continue:` chats; the rest is text")
         p.add_argument("--resume", action="store_true")
         if name == "distill":
             p.add_argument("--temperature", type=float, default=1.0)
