@@ -102,18 +102,22 @@ class BlockManager:
         self.swapped_in_cpu_blocks = []
 
     def commit(self, seq: Sequence) -> None:
-        """Register seq's newly completed full blocks (all tokens computed) in the prefix cache."""
+        """Register seq's newly completed full blocks (all tokens computed) in the prefix cache.
+
+        Only blocks of tokens already in seq count: accepted speculative tokens, computed but appended one by
+        one afterwards, are registered at the next commit."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
+        num_full = min(seq.num_computed_tokens, len(seq)) // bs
         h = self.blocks[seq.block_table[seq.num_hashed_blocks - 1]].hash if seq.num_hashed_blocks else None
-        for i in range(seq.num_hashed_blocks, seq.num_computed_tokens // bs):
+        for i in range(seq.num_hashed_blocks, num_full):
             block = self.blocks[seq.block_table[i]]
             block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             h = hash((h, block.token_ids))
             block.hash = h
             self.cached.setdefault(h, block.block_id)
-        seq.num_hashed_blocks = max(seq.num_hashed_blocks, seq.num_computed_tokens // bs)
+        seq.num_hashed_blocks = max(seq.num_hashed_blocks, num_full)
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks go to the LRU queue first, so they are evicted before the shared prefix they extend.

@@ -31,6 +31,11 @@ class EngineConfig:
     pipeline_parallel_size: int = 1  # stages holding consecutive layers
     num_microbatches: int | None = None  # per step across pipeline stages; None: pipeline_parallel_size
     cpu_offload_layers: int = 0  # decoder layers whose weights stay in host memory, prefetched one layer ahead
+    speculative_method: str | None = None  # "draft" (speculative_model proposes) | "ngram" (prompt lookup) | None
+    speculative_model: str | None = None  # the draft checkpoint: same tokenizer as model, smaller
+    num_speculative_tokens: int = 4  # the most draft tokens proposed per sequence and step (k)
+    speculative_max_batch_size: int = 16  # above this many decoding sequences, speculation stops paying: off
+    speculative_min_acceptance: float = 0.2  # below this moving acceptance rate, speculate only to probe
     hf_config: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -49,11 +54,24 @@ class EngineConfig:
             raise ValueError("tensor_parallel_size, pipeline_parallel_size and num_microbatches must be at least 1")
         if not 0 <= self.cpu_offload_layers <= self.hf_config["num_hidden_layers"]:
             raise ValueError("cpu_offload_layers must lie between 0 and the model's number of layers")
+        self._check_speculative()
         self.max_model_len = self.max_model_len or self.hf_config.get("max_position_embeddings", 2048)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+
+    def _check_speculative(self) -> None:
+        if self.speculative_method not in (None, "draft", "ngram"):
+            raise ValueError(f"speculative_method must be 'draft', 'ngram' or None, not {self.speculative_method!r}")
+        if self.speculative_method is None:
+            return
+        if self.num_speculative_tokens < 1 or self.speculative_max_batch_size < 1:
+            raise ValueError("num_speculative_tokens and speculative_max_batch_size must be at least 1")
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 1:
+            raise ValueError("speculative decoding runs in a single-process engine (no tensor or pipeline parallelism)")
+        if self.speculative_method == "draft":
+            _check_same_vocabulary(Path(self.model), Path(self.speculative_model or ""))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -62,3 +80,18 @@ class EngineConfig:
         if self.device == "cpu":
             return torch.float32
         return getattr(torch, self.hf_config.get("torch_dtype") or self.hf_config.get("dtype") or "bfloat16")
+
+
+def _check_same_vocabulary(target: Path, draft: Path) -> None:
+    """A draft proposes token ids the target verifies: both must mean the same thing by every id."""
+    if not (draft / "config.json").is_file():
+        raise ValueError(f"speculative_method 'draft' needs speculative_model, a checkpoint directory; got {str(draft)!r}")
+    sizes = [json.loads((path / "config.json").read_text())["vocab_size"] for path in (target, draft)]
+    vocabs = [_tokenizer_vocab(path) for path in (target, draft)]
+    if sizes[0] != sizes[1] or vocabs[0] != vocabs[1]:
+        raise ValueError(f"draft model {str(draft)!r} does not share the target's vocabulary (tokenizer)")
+
+
+def _tokenizer_vocab(path: Path) -> dict | None:
+    file = path / "tokenizer.json"
+    return json.loads(file.read_text())["model"].get("vocab") if file.is_file() else None

@@ -55,6 +55,11 @@ class LLMEngine:
             self.model_runner.num_blocks, config.block_size, config.enable_prefix_caching, self.model_runner.num_cpu_blocks
         )
         self.scheduler = Scheduler(config, self.block_manager)
+        self.speculator = None
+        if config.speculative_method:
+            from backends.engine.spec_decode import SpeculativeDecoder
+
+            self.speculator = SpeculativeDecoder(config, self.model_runner, self.block_manager)
         self.tokenizer = _load_tokenizer(config.model)
         self.metrics = EngineMetrics(config.name)
         eos = config.hf_config.get("eos_token_id")
@@ -96,7 +101,10 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         self.model_runner.swap(self.scheduler.blocks_to_swap_out, self.scheduler.blocks_to_swap_in)
-        sampled = self.model_runner.run(batch)
+        if self.speculator is not None:
+            batch, sampled = self.speculator.run(batch)
+        else:
+            sampled = self.model_runner.run(batch)
         outputs = self._postprocess(batch, sampled)
         self.metrics.observe_step(self.scheduler, self.block_manager)
         return outputs
@@ -139,6 +147,8 @@ class LLMEngine:
         now = time.perf_counter()
         outputs = []
         for seq, token, logprob in sampled:
+            if seq.is_finished:  # a stop among one step's accepted speculative tokens drops the rest
+                continue
             seq.token_ids.append(token)
             self.metrics.observe_token(seq, now)
             reason = self._finish_reason(seq, token)

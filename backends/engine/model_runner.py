@@ -73,6 +73,18 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, meta)
         return self.model.compute_logits(hidden[last_rows]), seqs
 
+    @torch.inference_mode()
+    def execute_verify(self, batch: ScheduledBatch, verified: set[int]) -> tuple[torch.Tensor, list[Sequence], dict[int, torch.Tensor]]:
+        """execute(), and the logits at every computed position of the sequences in verified (their drafts' check)."""
+        input_ids, positions, meta, last_rows, seqs = self._prepare(batch)
+        hidden = self.model(input_ids, positions, meta)
+        chunked = [s for s, n in batch if n > 1]  # _prepare lays the chunks out in batch order
+        spans = {s.seq_id: (c.start, c.num_tokens) for s, c in zip(chunked, meta.prefills) if s.seq_id in verified}
+        rows = torch.cat([last_rows] + [torch.arange(a, a + n, device=self.device) for a, n in spans.values()])
+        logits = self.model.compute_logits(hidden[rows])
+        per_seq = logits[len(last_rows) :].split([n for _, n in spans.values()])
+        return logits[: len(last_rows)], seqs, dict(zip(spans, per_seq))
+
     def _prepare(self, batch: ScheduledBatch):
         decodes = sorted(((s, n) for s, n in batch if n == 1), key=lambda item: item[0].num_computed_tokens)
         prefills = [(s, n) for s, n in batch if n > 1]
