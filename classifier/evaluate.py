@@ -17,8 +17,10 @@ class Result:
     auc: float | None
 
     def row(self) -> list:
-        return [self.name, apgr(self.curve), cpt(self.curve, 0.5), cpt(self.curve, 0.8),
-                "" if self.auc is None else self.auc]
+        auc_cell = "" if self.auc is None else self.auc
+        if self.curve.quality_large <= self.curve.quality_small:
+            return [self.name, "no gap", "no gap", "no gap", auc_cell]  # nothing to recover: see quality table
+        return [self.name, apgr(self.curve), cpt(self.curve, 0.5), cpt(self.curve, 0.8), auc_cell]
 
 
 HEADERS = ["router", "APGR", "CPT(50%)", "CPT(80%)", "AUC"]
