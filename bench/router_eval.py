@@ -135,6 +135,8 @@ APGR is the area under the performance-gap-recovered curve over the large-call s
 CPT(x) is the share of large calls needed to recover x of the gap between always-small and always-large
 (lower is better); AUC is for the label "large needed". The cascade row ranks by the small model's own mean
 token log-probability: it pays for a small answer on every query, so at equal share it costs more.
+"no gap" means the large model is not better than the small one on average over those prompts, so there
+is no gap to recover (APGR and CPT are undefined); the quality table at the end shows where each model wins.
 
 {main_table}
 
