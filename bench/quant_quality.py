@@ -239,6 +239,9 @@ def main() -> None:
     shown = args.model.resolve().relative_to(ROOT) if args.model.resolve().is_relative_to(ROOT) else args.model
     saved = json.loads((args.model / "config.json").read_text())
     stored = saved.get("dtype") or saved.get("torch_dtype") or "float32"
+    training = args.model / "training.json"
+    if training.is_file():
+        stored += f"; {json.loads(training.read_text()).get('steps')} training steps per its training.json"
     body = f"""
 Weight-only quantization of `{shown}` ({n_params:.1f}M parameters, stored in {stored}):
 every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant`); embeddings, norms and
