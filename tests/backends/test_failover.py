@@ -22,7 +22,8 @@ from tests.util import LengthRouter, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "small"
-PROMPT = "It was the best of times, it was the worst of times, it was the age of"
+# Greedy, the bundled small model runs this line of The Tempest on to max_tokens: long enough to kill inside.
+PROMPT = "Enter PROSPERO and MIRANDA\n\nMIRANDA. If by your art, my dearest father, you have"
 
 pytestmark = pytest.mark.skipif(not (MODEL / "model.safetensors").exists(), reason="bundled small model missing")
 
