@@ -11,7 +11,11 @@ a token (new token ids, text delta, finished, finish_reason, usage counts). `abo
 
 Serving: `EngineBackend(name, config)` speaks backends.base.Backend: `async for delta in
 backend.generate(GenerationRequest(...))`, `await backend.abort(request_id)`, `await backend.stop()`.
-One worker thread steps the engine for every stream at once. Metrics (`ferryman_engine_*`, labelled by
+One worker thread steps the engine for every stream at once.
+
+Speculative decoding: `EngineConfig("models/large", speculative_method="draft", speculative_model="models/small",
+num_speculative_tokens=4)`, or `speculative_method="ngram"` (prompt lookup, no draft model); the output is
+the target's (greedy: token for token), a step may return several tokens per request. Metrics (`ferryman_engine_*`, labelled by
 model) live in prometheus_client's default registry.
 """
 from backends.engine.async_engine import EngineBackend

@@ -26,7 +26,7 @@ from backends.engine.config import EngineConfig
 from backends.engine.model_runner import ModelRunner, Sampled
 from backends.engine.sampling import _filtered_probs, sample
 from backends.engine.scheduler import ScheduledBatch
-from backends.engine.sequence import Sequence, SequenceStatus
+from backends.engine.sequence import Sequence
 
 PROBE_EVERY = 16  # steps between probes while the acceptance rate says speculation does not pay
 EMA = 0.9  # weight of the past in the moving acceptance figures
@@ -110,8 +110,7 @@ class DraftModelProposer:
         shadow = self.shadows.get(seq.seq_id)
         if shadow is None:
             shadow = self.shadows[seq.seq_id] = Sequence(seq.request_id, seq.token_ids, seq.params)
-            shadow.generator = seq.generator
-            shadow.status = SequenceStatus.RUNNING
+            shadow.seq_id, shadow.generator = seq.seq_id, seq.generator
         common = 0
         for a, b in zip(shadow.token_ids, seq.token_ids):
             if a != b:
@@ -126,7 +125,7 @@ class DraftModelProposer:
             self.block_manager.append(shadow, n)
             return True
         proposals.pop(shadow.seq_id)  # out of draft blocks: this sequence decodes plainly this step
-        self.release(set(self.shadows) - {shadow.seq_id})
+        self.block_manager.free(self.shadows.pop(shadow.seq_id))
         return False
 
 

@@ -73,6 +73,18 @@ def test_greedy_speculation_matches_plain_decoding(tiny_model, draft_model, expe
     assert_cache_released(engine, num_kv_blocks)
 
 
+def test_draft_out_of_blocks_falls_back_to_plain_decoding(tiny_model, draft_model, expected):
+    from backends.engine.block_manager import BlockManager
+
+    engine = make_engine(tiny_model, speculative_method="draft", speculative_model=str(draft_model))
+    proposer = engine.speculator.proposer
+    proposer.block_manager = BlockManager(20, 4, enable_prefix_caching=False)  # room for a sequence or two only
+    outputs = run_staggered(engine, ARRIVALS)
+    assert [outputs[str(i)] for i in range(len(PROMPTS))] == expected
+    assert engine.speculator.num_verified > 0
+    assert_cache_released(engine, 256)
+
+
 def test_rollback_keeps_prefix_cache_correct(tiny_model, draft_model, hf_model):
     prompt = PROMPTS[6]  # 64 tokens: 16 full blocks
     engine = make_engine(tiny_model, speculative_method="draft", speculative_model=str(draft_model))
