@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from backends.base import SamplingParams  # noqa: E402
 from backends.engine import EngineConfig, LLMEngine  # noqa: E402
+from bench.quant_decode import decode  # noqa: E402
 from bench.report import table, write_section  # noqa: E402
 
 TARGET, DRAFT = ROOT / "models" / "large", ROOT / "models" / "small"
@@ -38,21 +37,6 @@ def prompts(engine: LLMEngine, count: int) -> list[list[int]]:
     text = (ROOT / "models" / "heldout.txt").read_text()
     step = len(text) // (count + 1)
     return [engine.tokenizer.encode(text[i * step : i * step + 400])[:PROMPT_TOKENS] for i in range(1, count + 1)]
-
-
-def decode(engine: LLMEngine, batch: list[list[int]], new_tokens: int) -> tuple[float, list[list[int]]]:
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(batch))}
-    for i, prompt in enumerate(batch):
-        engine.add_request(str(i), prompt, params)
-    first: float | None = None
-    while engine.has_unfinished():
-        for out in engine.step():
-            tokens[out.request_id] += out.token_ids
-        if first is None and all(tokens.values()):
-            first = time.perf_counter()
-    decoded = sum(len(t) - 1 for t in tokens.values())
-    return decoded / (time.perf_counter() - first), list(tokens.values())
 
 
 def measure(engine: LLMEngine, batch: list[list[int]], new_tokens: int, repeats: int) -> dict:
