@@ -90,25 +90,27 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
 
 
 def default_backends(settings: Settings) -> dict:
-    backends = {settings.small_model: _engine(settings, settings.small_model, settings.small_model_path, None)}
+    backends = {settings.small_model: _engine(settings, settings.small_model, settings.small_model_path)}
     if settings.large_upstreams:
         from backends.remote import RemoteBackend
 
         urls = [u.strip() for u in settings.large_upstreams.split(",") if u.strip()]
         backends[settings.large_model] = RemoteBackend(settings.large_model, urls)
     else:
+        speculation = {"speculative_method": settings.large_speculation,
+                       "speculative_model": str(settings.small_model_path) if settings.large_speculation == "draft" else None}
         backends[settings.large_model] = _engine(settings, settings.large_model, settings.large_model_path,
-                                                 settings.large_quantization)
+                                                 quantization=settings.large_quantization, **speculation)
     return backends
 
 
-def _engine(settings: Settings, name: str, path, quantization: str | None):
+def _engine(settings: Settings, name: str, path, **options):
     """An in-process engine; with idle_unload_s set it loads on first use and unloads when idle."""
     from backends.engine import EngineBackend, EngineConfig
 
     def load():
         log.info("loading %s from %s", name, path)
-        return EngineBackend(name, EngineConfig(model=str(path), name=name, quantization=quantization))
+        return EngineBackend(name, EngineConfig(model=str(path), name=name, **options))
 
     if settings.idle_unload_s is None:
         return load()

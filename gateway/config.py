@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     # Remote OpenAI-compatible replicas of the large model (comma-separated base URLs); empty = in-process engine.
     large_upstreams: str = ""
     large_quantization: str | None = None  # "int8" | "int4": quantize the in-process large engine's weights on load
+    large_speculation: str | None = None  # "draft" (the small model drafts) | "ngram" | None: speculative decoding
     idle_unload_s: float | None = None  # scale-to-zero: unload an in-process model idle this long; None = keep loaded
 
     default_max_tokens: int = 256
