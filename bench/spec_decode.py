@@ -1,6 +1,6 @@
 """Speculative decoding on models/large (target) with models/small (draft) or n-gram prompt lookup.
 
-Per weight quantization mode (none, int8, int4; the draft is quantized alike) and batch size (1, 8):
+Per weight quantization mode of the target (none, int8, int4; the draft stays unquantized) and batch size (1, 8):
 decode tokens/s without speculation (the baseline, same run), with the draft model proposing k tokens,
 and with n-gram lookup; the acceptance rate (accepted / proposed drafts), the mean accepted length (tokens
 emitted per sequence per target forward: accepted drafts + 1) and the speedup over the baseline.

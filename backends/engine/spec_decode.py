@@ -68,10 +68,11 @@ class DraftModelProposer:
     """The small model proposes: each target sequence has a shadow sequence with its own blocks in the draft's cache."""
 
     def __init__(self, config: EngineConfig, num_blocks: int) -> None:
+        # Unquantized: the draft is small already, and int4 groups need not divide its narrow layers.
         draft = EngineConfig(
             model=config.speculative_model, block_size=config.block_size, num_kv_blocks=num_blocks,
             max_model_len=config.max_model_len, enable_prefix_caching=False, dtype=config.dtype, device=config.device,
-            num_threads=config.num_threads, quantization=config.quantization,
+            num_threads=config.num_threads,
         )
         self.runner = ModelRunner(draft)
         self.block_manager = BlockManager(num_blocks, config.block_size, enable_prefix_caching=False)
