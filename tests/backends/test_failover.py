@@ -25,7 +25,6 @@ MODEL = ROOT / "models" / "small"
 # Greedy, the bundled small model runs this line of The Tempest on to max_tokens: long enough to kill inside.
 PROMPT = "Enter PROSPERO and MIRANDA\n\nMIRANDA. If by your art, my dearest father, you have"
 
-pytestmark = pytest.mark.skipif(not (MODEL / "model.safetensors").exists(), reason="bundled small model missing")
 
 
 def _free_port() -> int:

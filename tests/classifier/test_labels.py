@@ -6,7 +6,6 @@ import torch
 
 from classifier.labels import MODELS, Pair
 
-pytestmark = pytest.mark.skipif(not (MODELS / "small" / "model.safetensors").exists(), reason="model pair not bundled")
 
 PROMPTS = ["add 3 5", "reverse: a b c d e f", "sort: 9 1 4", "continue: Full fathom five thy father lies; of his bones"]
 

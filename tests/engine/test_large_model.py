@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from backends.base import SamplingParams
 from backends.engine import EngineConfig, LLMEngine
 
 LARGE = Path(__file__).resolve().parents[2] / "models" / "large"
-pytestmark = pytest.mark.skipif(not list(LARGE.glob("*.safetensors")), reason="models/large not present")
 
 
 def test_large_model_greedy_batch_matches_hf():

@@ -61,7 +61,6 @@ def test_missing_weights_are_a_clear_error(tiny_model, tmp_path):
 
 
 def test_int8_weight_quantization_stays_close(tiny_model):
-    pytest.importorskip("backends.engine.quant")
     from backends.engine.quant import QuantLinear
     from backends.engine.sequence import Sequence
 

@@ -48,7 +48,6 @@ def test_sharded_greedy_output_equals_hf(tiny_model, expected, tp, pp):
         assert len(runner.model.model.layers) == 2 // pp
 
 
-@pytest.mark.skipif(not (LARGE / "config.json").is_file(), reason="models/large is not bundled")
 def test_bundled_large_model_tp2_equals_tp1():
     prompts = [[1, 3] + [rng.randrange(6, 4096) for _ in range(n)] + [4] for n in (5, 40, 12)]
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
