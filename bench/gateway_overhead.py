@@ -63,22 +63,10 @@ def serve_gateway(port: int, database_url: str, upstream: str | None) -> None:
 
 
 def router():
-    """The bundled router when it has been trained; otherwise requests name their model and skip it."""
+    """The bundled difficulty router: requests say `model: auto`, so every one is scored."""
     from classifier import Router
 
-    try:
-        return Router.load()
-    except FileNotFoundError:
-        return Unrouted()
-
-
-class Unrouted:
-    """Stands in for a router artifact not built yet: requests then pin their model, so it is never asked."""
-
-    def score(self, text: str) -> float:
-        raise RuntimeError("no router artifact: pin the model")
-
-    threshold_for = score
+    return Router.load()
 
 
 def ledger(database_url: str) -> str:
@@ -165,7 +153,7 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     database_url = f"sqlite:///{work / 'ledger.db'}"
     key = ledger(database_url)
-    model = "ferryman-small" if isinstance(router(), Unrouted) else "auto"
+    model = "auto"
     targets, results, cpu = {}, {}, {}
     try:
         targets["direct"] = (*start(["--serve-replica"]), key)
@@ -206,8 +194,7 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     print(body)
     notes = (f"\nOne tenant with a budget, a key, and rate limits on both (so every admission check runs); "
              f"SQLite ledger (WAL); non-streaming /v1/completions, {len(PROMPT)} prompt token ids, "
-             f"max_tokens {MAX_TOKENS}, model `{model}`"
-             f"{' (router scored each request)' if model == 'auto' else ' (router artifact not built: model pinned)'}. "
+             f"max_tokens {MAX_TOKENS}, model `{model}` (the bundled router scored each request). "
              f"Every gateway request on the SQLite ledger wrote its usage record: {records} records for "
              f"{sum(len(results[n, c][0]) for n in ('gateway', 'gateway→') for c in (1, 32))} measured "
              f"requests (plus warm-up). Each server is its own process; the load generator is a "
@@ -220,8 +207,10 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
              f"For scale (figure quoted in the issue, not measured here): the most used open-source gateway adds "
              f"about 18 ms and serves about 50 requests/s per worker on this machine.\n")
     if postgres:
-        notes += ("\n`gateway, PostgreSQL`: the same gateway on a local PostgreSQL ledger. The gateway calls billing "
-                  "on its event loop, so each commit's wait for the disk holds up every request in the process.\n")
+        notes += ("\n`gateway, PostgreSQL`: the same gateway on a local PostgreSQL ledger (the scaled-out "
+                  "configuration). Each request reserves and settles in its own transactions, two commits that wait "
+                  "for the disk; the gateway runs them in worker threads so the event loop serves other requests "
+                  "meanwhile.\n")
     command = "python bench/gateway_overhead.py" + (f" --postgres '{postgres}'" if postgres else "")
     write_section("gateway_overhead", "Gateway overhead: auth, limits, reservation, routing, settle, record",
                   command, body + "\n" + notes)

@@ -84,6 +84,13 @@ def train(name: str, model: LlamaForCausalLM, loss_fn, args: argparse.Namespace)
         opt.load_state_dict(saved["opt"])
         state = saved["state"]
         batches.rng.setstate(saved["rng"])
+    elif args.init:
+        # Continue from the shipped weights with a fresh optimizer and schedule; the record keeps the history.
+        saved = AutoModelForCausalLM.from_pretrained(MODELS / name, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict())
+        before = json.loads((MODELS / name / "training.json").read_text())
+        state["before"] = {k: before.get(k) for k in ("steps", "wall_seconds", "run", "continued_from")}
+        state["losses"] = before["losses"]
     start = time.time() - state["elapsed"]
     bar = tqdm(total=args.steps, initial=state["step"], desc=f"train {name}")
     while True:
@@ -94,8 +101,8 @@ def train(name: str, model: LlamaForCausalLM, loss_fn, args: argparse.Namespace)
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, args.lr)
         ids, labels = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = loss_fn(model, ids, labels)
+        # float32: CPUs without native bfloat16 (no AVX512-BF16) run bf16 autocast about 20x slower.
+        loss = loss_fn(model, ids, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -126,7 +133,7 @@ def save_model(model: LlamaForCausalLM, name: str, args: argparse.Namespace, sta
     run = {k: v for k, v in vars(args).items() if k != "func"}
     record = {"run": run, "steps": state["step"], "wall_seconds": round(state["elapsed"], 1),
               "tokens_seen": state["step"] * args.batch * SEQ, "parameters": model.num_parameters(),
-              "losses": state["losses"]}
+              "continued_from": state.get("before"), "losses": state["losses"]}
     (path / "training.json").write_text(json.dumps(record) + "\n")
     plot_losses()
 
@@ -169,7 +176,10 @@ def plot_losses() -> None:
     for name, label in labels.items():
         record = MODELS / name / "training.json"
         if record.exists():
-            losses = json.loads(record.read_text())["losses"]
+            saved = json.loads(record.read_text())
+            losses = saved["losses"]
+            if saved.get("continued_from"):  # a later run continued from this step with a fresh schedule
+                ax.axvline(len(losses) - saved["steps"], color="grey", linestyle=":", linewidth=1)
             window = 20
             smooth = [sum(losses[max(0, i - window):i + 1]) / len(losses[max(0, i - window):i + 1])
                       for i in range(len(losses))]
@@ -214,7 +224,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--ckpt-every", type=int, default=200)
         p.add_argument("--p-task", type=float, default=0.9, help="share of samples that are checkable tasks")
         p.add_argument("--p-continue", type=float, default=0.05, help="share of `continue:` chats; the rest is text")
-        p.add_argument("--resume", action="store_true")
+        p.add_argument("--resume", action="store_true", help="continue this run from artifacts/")
+        p.add_argument("--init", action="store_true", help="start from the shipped weights in models/")
         if name == "distill":
             p.add_argument("--temperature", type=float, default=1.0)
             p.add_argument("--ce-weight", type=float, default=0.1)
