@@ -13,6 +13,10 @@ from classifier.tasks import FAMILIES, LEVELS, Task, is_correct, make_task, make
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 NAMES = ("large", "small")
+# Bounds below what the shipped pair does (docs/MODELS.md has the full table). Seeds are fixed and decoding is
+# greedy, so counts move only when the weights do: measured 19/20 easy for the large model; on 80 tasks of
+# levels 2-3 the large model solves 57 and the small one 24.
+LARGE_EASY, HARD_LEVELS, HARD_MARGIN = 16, (2, 3), 20
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +71,27 @@ def test_chat_template_and_special_tokens(tok) -> None:
 
 
 @torch.no_grad()
-def test_large_model_solves_easy_tasks(models: dict, tok) -> None:
-    tasks = make_tasks(20, seed=7, levels=(1,), families=("add", "sort"))
+def solved(model, tok, tasks: list[Task]) -> int:
+    """How many tasks the model answers exactly, greedy, batched with left padding."""
     tok.padding_side = "left"
     enc = tok.apply_chat_template([[{"role": "user", "content": t.prompt}] for t in tasks], add_generation_prompt=True,
                                   padding=True, return_tensors="pt", return_dict=True)
-    out = models["large"].generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=2, pad_token_id=0)
+    out = model.generate(**enc, max_new_tokens=24, do_sample=False, eos_token_id=2, pad_token_id=0)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    # Chance is near zero (a 3-digit sort, a 1-digit sum); the bundled large model is far above it.
-    assert sum(is_correct(t, o) for t, o in zip(tasks, texts)) >= 6, list(zip(tasks, texts))
+    return sum(is_correct(t, o) for t, o in zip(tasks, texts))
+
+
+def test_large_model_solves_easy_tasks(models: dict, tok) -> None:
+    tasks = make_tasks(20, seed=7, levels=(1,), families=("add", "sort"))
+    assert solved(models["large"], tok, tasks) >= LARGE_EASY
+
+
+def test_small_model_fails_more_often_on_harder_tasks(models: dict, tok) -> None:
+    """What the router is for: on easy tasks the small model nearly keeps up; on harder ones it falls behind."""
+    easy, hard = make_tasks(40, seed=8, levels=(1,)), make_tasks(80, seed=9, levels=HARD_LEVELS)
+    large, small = (solved(models[n], tok, hard) for n in NAMES)
+    assert large >= small + HARD_MARGIN, (large, small)
+    assert solved(models["small"], tok, easy) / len(easy) > small / len(hard)
 
 
 @torch.no_grad()
