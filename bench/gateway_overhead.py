@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -81,6 +82,22 @@ def ledger(database_url: str) -> str:
     billing.set_budget(tenant["id"], limit_micros=1_000_000_000_000, period="monthly")
     billing.close()
     return key
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str):
+    """A schema of its own in that PostgreSQL database, dropped afterwards: yields a URL that uses only it."""
+    from sqlalchemy import create_engine, text
+
+    schema, admin = f"ferryman_bench_{time.time_ns()}", create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"create schema {schema}"))
+    try:
+        yield f"{url}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"drop schema {schema} cascade"))
+        admin.dispose()
 
 
 def free_port() -> int:
@@ -155,25 +172,26 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     key = ledger(database_url)
     model = "auto"
     targets, results, cpu = {}, {}, {}
-    try:
-        targets["direct"] = (*start(["--serve-replica"]), key)
-        targets["gateway"] = (*start(["--serve-gateway", "--database-url", database_url]), key)
-        targets["gateway→"] = (*start(["--serve-gateway", "--database-url", database_url,
-                                       "--upstream", f"http://127.0.0.1:{targets['direct'][1]}"]), key)
-        if postgres:  # the multi-replica ledger: every reserve and settle is a network round trip and a commit
-            pg_key = ledger(postgres)
-            targets["gateway, PostgreSQL"] = (*start(["--serve-gateway", "--database-url", postgres]), pg_key)
-        with tqdm(total=2 * len(targets), desc="gateway overhead") as progress:
-            for concurrency, n in ((1, n1), (32, n32)):
-                for name, (proc, port, api_key) in targets.items():
-                    before = cpu_seconds(proc.pid)
-                    results[name, concurrency] = asyncio.run(load(port, api_key, model, concurrency, n))
-                    cpu[name, concurrency] = cpu_seconds(proc.pid) - before
-                    progress.update()
-    finally:
-        for proc, _, _ in targets.values():
-            proc.terminate()
-            proc.wait(10)
+    with contextlib.ExitStack() as stack:  # the schema is dropped after the servers stop
+        try:
+            targets["direct"] = (*start(["--serve-replica"]), key)
+            targets["gateway"] = (*start(["--serve-gateway", "--database-url", database_url]), key)
+            targets["gateway→"] = (*start(["--serve-gateway", "--database-url", database_url,
+                                           "--upstream", f"http://127.0.0.1:{targets['direct'][1]}"]), key)
+            if postgres:  # the multi-replica ledger: every reserve and settle is a network round trip and a commit
+                pg_url = stack.enter_context(fresh_schema(postgres))
+                targets["gateway, PostgreSQL"] = (*start(["--serve-gateway", "--database-url", pg_url]), ledger(pg_url))
+            with tqdm(total=2 * len(targets), desc="gateway overhead") as progress:
+                for concurrency, n in ((1, n1), (32, n32)):
+                    for name, (proc, port, api_key) in targets.items():
+                        before = cpu_seconds(proc.pid)
+                        results[name, concurrency] = asyncio.run(load(port, api_key, model, concurrency, n))
+                        cpu[name, concurrency] = cpu_seconds(proc.pid) - before
+                        progress.update()
+        finally:
+            for proc, _, _ in targets.values():
+                proc.terminate()
+                proc.wait(10)
     records = _records(database_url)
 
     rows = []
@@ -211,7 +229,7 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
                   "configuration). Each request reserves and settles in its own transactions, two commits that wait "
                   "for the disk; the gateway runs them in worker threads so the event loop serves other requests "
                   "meanwhile.\n")
-    command = "python bench/gateway_overhead.py" + (f" --postgres '{postgres}'" if postgres else "")
+    command = "python bench/gateway_overhead.py" + (f" --postgres {postgres}" if postgres else "")
     write_section("gateway_overhead", "Gateway overhead: auth, limits, reservation, routing, settle, record",
                   command, body + "\n" + notes)
 
@@ -229,7 +247,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests-c1", type=int, default=2000)
     parser.add_argument("--requests-c32", type=int, default=6400)
-    parser.add_argument("--postgres", help="also measure the gateway on this PostgreSQL ledger URL")
+    parser.add_argument("--postgres", help="also measure the gateway on a PostgreSQL ledger: a database URL; the bench "
+                        "makes (and drops) a schema of its own there")
     parser.add_argument("--serve-replica", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

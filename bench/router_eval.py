@@ -44,6 +44,17 @@ def label_rows(examples: list[Example]) -> list[list]:
             for (kind, family, level), c in sorted(cells.items())]
 
 
+def confidence_rows(test: list[Example]) -> list[list]:
+    """The cascade's signal per task family: the small model's mean token log-prob when right and when wrong."""
+    rows = []
+    for family in sorted({e.family for e in test if e.kind == "task"}):
+        cell = [e for e in test if e.family == family]
+        right, wrong = ([e.small_confidence for e in cell if e.quality_small == q] for q in (1.0, 0.0))
+        rows.append([family, len(cell), np.mean(right) if right else "-", np.mean(wrong) if wrong else "-",
+                     np.mean([e.quality_large for e in cell if e.quality_small == 0.0]) if wrong else "-"])
+    return rows
+
+
 def plot(results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -143,6 +154,13 @@ is no gap to recover (APGR and CPT are undefined); the quality table at the end 
 {curve_table}
 
 {table(HEADERS, by_kind) if by_kind else ""}
+
+Why the cascade ranks as it does: within a family the small model is less sure of its wrong answers, but its
+confidence is on a different scale per family, and where it is unsure across the board the large model may fail
+too (escalating those buys nothing). The classifier learns both from the labels. Test split, task prompts:
+
+{table(["family", "n", "small's confidence when right", "when wrong", "large's quality where small is wrong"],
+       confidence_rows(parts["test"]))}
 
 ![router quality vs cost](img/router_curve.png)
 

@@ -172,7 +172,7 @@ def plot_losses() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = {"large": "large: cross-entropy", "small": "small: distillation loss (KL + CE)"}
+    labels = {"large": "large: cross-entropy", "small": "small: distillation loss (KL to the large model, + CE if --ce-weight)"}
     for name, label in labels.items():
         record = MODELS / name / "training.json"
         if record.exists():
