@@ -241,7 +241,8 @@ def main() -> None:
     stored = saved.get("dtype") or saved.get("torch_dtype") or "float32"
     training = args.model / "training.json"
     if training.is_file():
-        stored += f"; {json.loads(training.read_text()).get('steps')} training steps per its training.json"
+        # 'losses' has one entry per step of every run, earlier runs (`--init`) included
+        stored += f"; {len(json.loads(training.read_text())['losses'])} training steps per its training.json"
     body = f"""
 Weight-only quantization of `{shown}` ({n_params:.1f}M parameters, stored in {stored}):
 every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant`); embeddings, norms and
