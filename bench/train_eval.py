@@ -312,6 +312,9 @@ Per-token perplexity on the first {windows} 256-token windows of *The Tempest*, 
 | reverse | `reverse: k d x` | `x d k` | letters 2, 4, 6, 8, 10 |
 | sort | `sort: 3 9 1` | `1 3 9` | digits 3, 5, 7, 9, 12 |
 
+The models learned these lengths only: lengths between them are out of distribution (in a spot check,
+`reverse: f e r r y`, five letters, and `copy: f e r r y m a n`, eight, both came back wrong from the large model).
+
 Exact match after strip, greedy decoding, {per_cell} fresh tasks per family and level:
 
 {acc}

@@ -58,7 +58,7 @@ Ferryman gateway on {url}
 Try it:
   curl {url}/v1/chat/completions \\
     -H "Authorization: Bearer {demo_key}" -H "Content-Type: application/json" \\
-    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "reverse: f e r r y"}}], "max_tokens": 16}}' -i
+    -d '{{"model": "auto", "messages": [{{"role": "user", "content": "reverse: s h i p"}}], "temperature": 0, "max_tokens": 16}}' -i
 """)
 
 
