@@ -33,10 +33,13 @@ METHODS = {"off": {}, "draft": {"speculative_method": "draft", "speculative_mode
 
 
 def prompts(engine: LLMEngine, count: int) -> list[list[int]]:
-    """Passages from evenly spaced places of the held-out text, PROMPT_TOKENS tokens each."""
+    """Passages from evenly spaced places of the held-out text, PROMPT_TOKENS tokens each with the leading
+    <|bos|> that plain-text completion gets (the tokenizer adds no special tokens itself)."""
+    tok = engine.tokenizer
     text = (ROOT / "models" / "heldout.txt").read_text()
     step = len(text) // (count + 1)
-    return [engine.tokenizer.encode(text[i * step : i * step + 400])[:PROMPT_TOKENS] for i in range(1, count + 1)]
+    return [[tok.bos_token_id] + tok.encode(text[i * step : i * step + 400], add_special_tokens=False)[:PROMPT_TOKENS - 1]
+            for i in range(1, count + 1)]
 
 
 def measure(engine: LLMEngine, batch: list[list[int]], new_tokens: int, repeats: int) -> dict:
