@@ -27,6 +27,10 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 1  # 0 interactive, 1 standard, 2 batch: lower is served first
+    # Prefix-cache partition (the gateway sets the tenant): cached blocks are shared only within one salt, so
+    # no tenant can observe another's prompts through cached tokens, cost or latency.
+    cache_salt: str | None = None
+    public_prefix_len: int = 0  # leading prompt tokens an operator marked public: shared across salts
 
 
 @dataclass

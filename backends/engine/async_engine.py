@@ -94,7 +94,8 @@ class EngineBackend:
 
     def _add(self, request: GenerationRequest) -> None:
         try:
-            self.engine.add_request(request.request_id, request.prompt_token_ids, request.params, request.priority)
+            self.engine.add_request(request.request_id, request.prompt_token_ids, request.params, request.priority,
+                                    request.cache_salt, request.public_prefix_len)
         except ValueError as exc:
             self._deliver(request.request_id, exc)
 

@@ -1,7 +1,7 @@
 """The paged KV cache's bookkeeping: fixed-size blocks, ref counts, and automatic prefix caching.
 
-A full block is identified by a hash chained over every token before it, so equal hashes mean equal
-prefixes. Freed blocks keep their contents and hash and sit in an LRU queue: a later request with the same
+A full block is identified by a hash chained over every token before it (and the request's cache salt, so
+tenants never share blocks beyond an operator-marked public prefix), so equal hashes mean equal prefixes. Freed blocks keep their contents and hash and sit in an LRU queue: a later request with the same
 prefix takes them back (a hit); allocation reuses the least recently freed block, evicting its hash.
 
 Host-memory blocks hold the caches of sequences preempted by swap. Swapping out frees the device blocks
@@ -53,7 +53,7 @@ class BlockManager:
         h = None
         for i in range((len(seq) - 1) // self.block_size):
             tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
-            h = hash((h, tokens))
+            h = self.block_hash(seq, i, h, tokens)
             block_id = self.cached.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
@@ -62,6 +62,13 @@ class BlockManager:
         seq.num_hashed_blocks = len(seq.block_table)
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
         return seq.num_computed_tokens
+
+    def block_hash(self, seq: Sequence, i: int, prev: int | None, tokens: tuple[int, ...]) -> int:
+        """Block i's key, chained over every block before it. Blocks wholly inside the operator's public prefix
+        hash unsalted, so all tenants share them; every later block carries the request's salt, so a tenant can
+        never hit, and so never detect, another tenant's prompt."""
+        salt = seq.cache_salt if (i + 1) * self.block_size > seq.public_prefix_len else None
+        return hash((prev, salt, tokens))
 
     def record_prefix_query(self, num_tokens: int, num_hits: int) -> None:
         self.prefix_queries += num_tokens
@@ -114,8 +121,7 @@ class BlockManager:
         for i in range(seq.num_hashed_blocks, num_full):
             block = self.blocks[seq.block_table[i]]
             block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            h = hash((h, block.token_ids))
-            block.hash = h
+            h = block.hash = self.block_hash(seq, i, h, block.token_ids)
             self.cached.setdefault(h, block.block_id)
         seq.num_hashed_blocks = max(seq.num_hashed_blocks, num_full)
 

@@ -87,12 +87,13 @@ class LLMEngine:
             raise ValueError("stop strings need the model's tokenizer, and this checkpoint has none")
 
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1,
+        cache_salt: str | None = None, public_prefix_len: int = 0,
     ) -> None:
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already running")
         self.check_request(prompt_token_ids, params)
-        seq = Sequence(request_id, prompt_token_ids, params, priority)
+        seq = Sequence(request_id, prompt_token_ids, params, priority, cache_salt, public_prefix_len)
         self.seqs[request_id] = seq
         if self.tokenizer is not None:
             self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop)

@@ -20,7 +20,8 @@ class Sequence:
     _ids = itertools.count()
 
     def __init__(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1,
+        cache_salt: str | None = None, public_prefix_len: int = 0,
     ) -> None:
         self.seq_id = next(Sequence._ids)
         self.request_id = request_id
@@ -28,6 +29,8 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params
         self.priority = priority
+        self.cache_salt = cache_salt  # its prefix-cache partition; see BlockManager.block_hash
+        self.public_prefix_len = public_prefix_len
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose keys/values are in the cache
         self.num_cached_tokens: int | None = None  # prompt tokens the prefix cache served on first admission
