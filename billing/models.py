@@ -4,8 +4,8 @@ Money is integer micro-USD everywhere (1 USD = 1_000_000). Datetimes are naive U
 """
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text, UniqueConstraint, false)
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(column_0_label)s",
@@ -25,6 +25,8 @@ tenants = Table(
     Column("tpm", Integer),  # tokens (prompt + max_tokens) per minute
     Column("max_concurrent", Integer),
     Column("created_at", DateTime, nullable=False),
+    Column("allowed_models", JSON),  # model and route group names this tenant may call; NULL = all of them
+    Column("store_prompts", Boolean, nullable=False, default=False, server_default=false()),  # opted in to training
 )
 
 api_keys = Table(
@@ -103,10 +105,17 @@ usage_records = Table(
     Column("cached_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
     Column("cost_micros", BigInteger, nullable=False),
-    Column("baseline_cost_micros", BigInteger, nullable=False),  # the same tokens at the large model's price
+    # The same tokens at the price of the route group's strongest tier; NULL: no baseline (savings count as 0).
+    Column("baseline_cost_micros", BigInteger),
     Column("latency_ms", Float),
     Column("day", String(10), nullable=False),  # UTC date, so reports group the same way on every database
     Column("created_at", DateTime, nullable=False),
+    Column("estimated", Boolean, nullable=False, default=False, server_default=false()),  # tokens estimated, not counted
+    Column("route_group", String(128)),
+    Column("gpu_seconds", Float),
+    Column("prompt_text", Text),  # only for tenants that opted in (store_prompts)
+    Column("feedback_score", Float),  # 0..1, from the tenant's POST /v1/feedback
+    Column("feedback_comment", Text),
     Index("ix_usage_records_tenant_day", "tenant_id", "day"),
 )
 

@@ -1,4 +1,5 @@
-"""Reports for finance: cost, tokens, requests and savings against sending everything to the large model."""
+"""Reports for finance: cost, tokens, requests and savings against each record's baseline (its route group's
+strongest tier)."""
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,10 @@ def usage_report(engine: Engine, group_by: tuple[str, ...] = ("tenant", "model",
     cols = [keys[g] for g in group_by]
     if "tenant" in group_by:
         cols.insert(0, u.tenant_id)
-    sums = [func.count().label("requests")] + [func.sum(u[c]).label(c) for c in COLUMNS[1:-1]]
+    # A record without a baseline (no route group to compare with) counts as its own baseline: no savings.
+    measures = {c: func.coalesce(u.baseline_cost_micros, u.cost_micros) if c == "baseline_cost_micros" else u[c]
+                for c in COLUMNS[1:-1]}
+    sums = [func.count().label("requests")] + [func.sum(m).label(c) for c, m in measures.items()]
     query = select(*cols, *sums).join(tenants, tenants.c.id == u.tenant_id).group_by(*cols).order_by(*cols)
     query = where_usage(query, since, until, tenant_id)
     with engine.connect() as conn:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from billing.db import Prepared, make_engine, upgrade
 from billing.models import (api_keys, budget_alerts, budget_spend, budgets, prices, reservations, tenants,
                             usage_records)
-from billing.pricing import DEFAULT_PRICES, FREE, Price, usd
+from billing.pricing import DEFAULT_PRICES, FREE, Price, micros, usd
 from billing.reports import usage_report, where_usage
 
 log = logging.getLogger("ferryman.billing")
@@ -91,6 +91,8 @@ class Principal:
     tenant_budget: tuple[int, str] | None  # (budget id, period)
     key_budget: tuple[int, str] | None
     expires_at: datetime | None
+    allowed_models: tuple[str, ...] | None = None  # model and route group names; None = every one
+    store_prompts: bool = False  # the tenant opted in to keeping its prompts for router training
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,9 @@ class Reservation:
     model: str
     amount_micros: int
     price: Price  # prices as admitted: a price edit mid-request cannot push the cost past the hold
-    baseline: Price
     tenant_spend_id: int | None
     key_spend_id: int | None
+    store_prompts: bool = False  # as the principal said at admission: settle keeps prompt_text only then
 
     @property
     def spend_ids(self) -> tuple[int, ...]:
@@ -124,14 +126,18 @@ class UsageRecord:
     cached_tokens: int
     completion_tokens: int
     cost_micros: int
-    baseline_cost_micros: int
+    baseline_cost_micros: int | None
     latency_ms: float | None
     day: str
     created_at: datetime
+    estimated: bool = False
+    route_group: str | None = None
+    gpu_seconds: float | None = None
+    prompt_text: str | None = None
 
     @property
     def savings_micros(self) -> int:
-        return self.baseline_cost_micros - self.cost_micros
+        return 0 if self.baseline_cost_micros is None else self.baseline_cost_micros - self.cost_micros
 
 
 _amount = bindparam("amount", type_=BigInteger)
@@ -171,12 +177,11 @@ class _Full(Exception):
 
 
 class Billing:
-    def __init__(self, database_url: str = "sqlite:///ferryman.db", *, baseline_model: str = "ferryman-large",
-                 cache_ttl_s: float = 2.0, reservation_ttl_s: float = 900.0,
+    def __init__(self, database_url: str = "sqlite:///ferryman.db", *, cache_ttl_s: float = 2.0, reservation_ttl_s: float = 900.0,
                  clock: Callable[[], datetime] = utcnow):
         self.database_url = database_url
         self.engine = make_engine(database_url)
-        self.baseline_model, self.cache_ttl_s, self.clock = baseline_model, cache_ttl_s, clock
+        self.cache_ttl_s, self.clock = cache_ttl_s, clock
         self.reservation_ttl = timedelta(seconds=reservation_ttl_s)
         dialect = self.engine.dialect
         self._upsert = (postgresql if dialect.name == "postgresql" else sqlite).insert
@@ -250,7 +255,7 @@ class Billing:
         k, t = api_keys.c, tenants.c
         query = (select(k.id, k.tenant_id, k.rpm, k.tpm, k.max_concurrent, k.expires_at, t.name, t.priority,
                         t.quality_floor, t.large_share, t.rpm.label("t_rpm"), t.tpm.label("t_tpm"),
-                        t.max_concurrent.label("t_max_concurrent"))
+                        t.max_concurrent.label("t_max_concurrent"), t.allowed_models, t.store_prompts)
                  .join(tenants, t.id == k.tenant_id).where(k.key_hash == digest, k.revoked_at.is_(None)))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
@@ -267,7 +272,8 @@ class Billing:
             limits=tuple(lim for lim in limits if (lim.rpm, lim.tpm, lim.max_concurrent) != (None, None, None)),
             tenant_budget=next(((b.id, b.period) for b in refs if b.key_id is None), None),
             key_budget=next(((b.id, b.period) for b in refs if b.key_id is not None), None),
-            expires_at=row.expires_at)
+            expires_at=row.expires_at, store_prompts=row.store_prompts,
+            allowed_models=None if row.allowed_models is None else tuple(row.allowed_models))
 
     def _invalidate(self) -> None:
         self._principals.clear()
@@ -298,7 +304,6 @@ class Billing:
 
         Raises BudgetExceeded, changing nothing, when either budget cannot cover it."""
         price = self.price(model)
-        baseline = self._prices.get(self.baseline_model, price)
         amount = price.cost_micros(prompt_tokens, 0, max_tokens)
         now = self.clock()
         try:
@@ -314,8 +319,8 @@ class Billing:
                     raise DuplicateRequest(f"request id '{request_id}' already has an open reservation") from None
         except _Full as full:
             raise self._exceeded(full.budget_id, full.period_key, amount, model, prompt_tokens, max_tokens) from None
-        return Reservation(request_id, principal.tenant_id, principal.key_id, model, amount, price, baseline,
-                           spend[0], spend[1])
+        return Reservation(request_id, principal.tenant_id, principal.key_id, model, amount, price, spend[0], spend[1],
+                           principal.store_prompts)
 
     def _hold(self, cursor, ref: tuple[int, str], now: datetime, amount: int) -> int:
         budget_id, period = ref
@@ -350,8 +355,13 @@ class Billing:
 
     def settle(self, res: Reservation, *, prompt_tokens: int, cached_tokens: int = 0, completion_tokens: int,
                latency_ms: float | None = None, route: str | None = None, difficulty: float | None = None,
-               status: str = "ok") -> UsageRecord:
-        """Charge the actual cost, release the rest of the hold, write the one usage record. Idempotent."""
+               status: str = "ok", estimated: bool = False, route_group: str | None = None,
+               baseline_model: str | None = None, gpu_seconds: float | None = None,
+               prompt_text: str | None = None) -> UsageRecord:
+        """Charge the actual cost, release the rest of the hold, write the one usage record. Idempotent.
+
+        `baseline_model`: what the route group's strongest tier would have charged for the same tokens is kept
+        beside the cost, so savings are per record. `prompt_text` is kept only for tenants that opted in."""
         # Never charge past the quote the request was admitted on: that is what keeps spend within budget.
         cost = min(res.price.cost_micros(prompt_tokens, cached_tokens, completion_tokens), res.amount_micros)
         now = self.clock()
@@ -359,8 +369,9 @@ class Billing:
             request_id=res.request_id, tenant_id=res.tenant_id, key_id=res.key_id, model=res.model, route=route,
             difficulty=difficulty, status=status, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
             completion_tokens=completion_tokens, cost_micros=cost,
-            baseline_cost_micros=res.baseline.cost_micros(prompt_tokens, cached_tokens, completion_tokens),
-            latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now)
+            baseline_cost_micros=self._baseline_cost(baseline_model, prompt_tokens, cached_tokens, completion_tokens),
+            latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now, estimated=estimated,
+            route_group=route_group, gpu_seconds=gpu_seconds, prompt_text=prompt_text if res.store_prompts else None)
         with self._transaction() as cursor:
             settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
             if not settled_before:
@@ -372,6 +383,14 @@ class Billing:
                     if not alerted and threshold is not None and spent * 100 >= threshold:
                         self._record_alerts(cursor, spend_id, now)
         return self._record(res.request_id) if settled_before else record
+
+    def _baseline_cost(self, model: str | None, prompt_tokens: int, cached_tokens: int,
+                       completion_tokens: int) -> int | None:
+        # An unpriced baseline must not fail a settlement: the record just has no savings figure.
+        try:
+            return None if model is None else self.cost_micros(model, prompt_tokens, cached_tokens, completion_tokens)
+        except UnknownPrice:
+            return None
 
     def _record_alerts(self, cursor, spend_id: int, now: datetime) -> None:
         # The conditional update lets exactly one settlement per period record the alert.
@@ -397,7 +416,7 @@ class Billing:
         with self.engine.connect() as conn:
             rows = conn.execute(select(reservations).where(reservations.c.expires_at <= now).limit(1000)).all()
         for r in rows:
-            self.release(Reservation(r.request_id, r.tenant_id, r.key_id, r.model, r.amount_micros, FREE, FREE,
+            self.release(Reservation(r.request_id, r.tenant_id, r.key_id, r.model, r.amount_micros, FREE,
                                      r.tenant_spend_id, r.key_spend_id), status="expired")
         return len(rows)
 
@@ -539,6 +558,13 @@ class Billing:
         self._invalidate()
         return values
 
+    def set_prices_from_catalog(self, catalog: dict[str, dict]) -> list[dict]:
+        """Write the catalog's prices ({model: {"input", "cached_input", "output"}}, USD per 1M tokens) at start:
+        the file is the source of truth then; an admin edit at run time holds until the next start."""
+        return [self.set_price(model, input_micros_per_m=micros(p["input"]),
+                               cached_input_micros_per_m=micros(p.get("cached_input", p["input"])),
+                               output_micros_per_m=micros(p["output"])) for model, p in catalog.items()]
+
     def list_prices(self) -> list[dict]:
         return self._all(select(prices).order_by(prices.c.model))
 
@@ -547,6 +573,15 @@ class Billing:
         """The newest usage records, optionally one tenant's and between two UTC days (inclusive)."""
         query = select(usage_records).order_by(usage_records.c.id.desc()).limit(min(max(limit, 1), 10_000))
         return self._all(where_usage(query, since, until, tenant_id))
+
+    def record_feedback(self, principal: Principal, request_id: str, score: float, comment: str | None = None) -> bool:
+        """Store a tenant's score (0..1) on one of its own requests; False when it has no such request."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError("score must be between 0 and 1")
+        with self.engine.begin() as conn:
+            return conn.execute(update(usage_records).where(
+                usage_records.c.request_id == request_id, usage_records.c.tenant_id == principal.tenant_id
+            ).values(feedback_score=score, feedback_comment=comment)).rowcount == 1
 
     def report(self, group_by: tuple[str, ...] = ("tenant", "model", "day"), *, since: str | None = None,
                until: str | None = None, tenant_id: int | None = None) -> list[dict]:
@@ -595,7 +630,15 @@ def _limit_fields(fields: dict) -> dict:
 
 
 def _tenant_fields(fields: dict) -> dict:
-    routing = {k: fields.pop(k) for k in ("priority", "quality_floor", "large_share") if k in fields}
+    routing = {k: fields.pop(k) for k in ("priority", "quality_floor", "large_share", "allowed_models",
+                                          "store_prompts") if k in fields}
+    models = routing.get("allowed_models")
+    if models is not None:
+        if isinstance(models, str) or not all(isinstance(m, str) and m.strip() for m in models):
+            raise ValueError("allowed_models must be a list of model or route group names, or null for all")
+        routing["allowed_models"] = sorted({m.strip() for m in models})
+    if not isinstance(routing.get("store_prompts", False), bool):
+        raise ValueError("store_prompts must be true or false")
     if "priority" in routing and routing["priority"] not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}")
     for name in ("quality_floor", "large_share"):

@@ -26,6 +26,7 @@ router = APIRouter()
 Count = Annotated[int | None, Field(ge=1, le=2**31 - 1)]
 Share = Annotated[float | None, Field(ge=0.0, le=1.0)]
 Micros = Annotated[int, Field(ge=0, le=2**63 - 1)]
+ModelNames = list[Annotated[str, Field(min_length=1, max_length=128)]] | None  # None: every model and group
 
 
 class TenantIn(BaseModel):
@@ -36,6 +37,8 @@ class TenantIn(BaseModel):
     rpm: Count = None
     tpm: Count = None
     max_concurrent: Count = None
+    allowed_models: ModelNames = None
+    store_prompts: bool = False
 
 
 class TenantPatch(BaseModel):
@@ -45,6 +48,8 @@ class TenantPatch(BaseModel):
     rpm: Count = None
     tpm: Count = None
     max_concurrent: Count = None
+    allowed_models: ModelNames = None
+    store_prompts: bool | None = None
 
 
 class KeyIn(BaseModel):

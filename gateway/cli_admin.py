@@ -77,24 +77,51 @@ def db_current(url: str = URL) -> None:
 
 # --- tenants -------------------------------------------------------------------------------------
 
+ALLOWED = typer.Option(None, "--allowed-models", help="Comma-separated model / route group names, or 'all'")
+STORE = typer.Option(None, "--store-prompts/--no-store-prompts", help="Keep this tenant's prompts for router training")
+
+
+def allowed_models(value: str | None) -> list[str] | None:
+    return None if value is None or value.strip() == "all" else [m.strip() for m in value.split(",") if m.strip()]
+
+
 @tenants_app.command("create")
 def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Option(None, help="Requests per minute"),
                    tpm: int = typer.Option(None, help="Tokens (prompt + max_tokens) per minute"),
                    max_concurrent: int = None, quality_floor: float = None, large_share: float = None,
-                   url: str = URL) -> None:
+                   allowed: str = ALLOWED, store_prompts: bool = STORE, url: str = URL) -> None:
     billing = ledger(url)
     try:
         t = billing.create_tenant(name, priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                                  quality_floor=quality_floor, large_share=large_share)
+                                  quality_floor=quality_floor, large_share=large_share,
+                                  allowed_models=allowed_models(allowed), store_prompts=bool(store_prompts))
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"tenant {t['name']} (id {t['id']}) created")
 
 
+@tenants_app.command("update")
+def tenants_update(tenant: str, priority: str = None, rpm: int = None, tpm: int = None, max_concurrent: int = None,
+                   quality_floor: float = None, large_share: float = None, allowed: str = ALLOWED,
+                   store_prompts: bool = STORE, url: str = URL) -> None:
+    """Change only the options given; `--allowed-models all` lifts the allow-list."""
+    billing = ledger(url)
+    given = {k: v for k, v in dict(priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
+                                   quality_floor=quality_floor, large_share=large_share,
+                                   store_prompts=store_prompts).items() if v is not None}
+    if allowed is not None:
+        given["allowed_models"] = allowed_models(allowed)
+    try:
+        t = billing.update_tenant(tenant_id(billing, tenant), **given)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"tenant {t['name']} (id {t['id']}) updated: {', '.join(sorted(given)) or 'nothing to change'}")
+
+
 @tenants_app.command("list")
 def tenants_list(url: str = URL) -> None:
     show(ledger(url).list_tenants(), ["id", "name", "priority", "quality_floor", "large_share", "rpm", "tpm",
-                                      "max_concurrent"])
+                                      "max_concurrent", "allowed_models", "store_prompts"])
 
 
 @tenants_app.command("budget")
@@ -127,9 +154,14 @@ def tenants_budgets(tenant: str = typer.Argument(None), url: str = URL) -> None:
 # --- keys ----------------------------------------------------------------------------------------
 
 @keys_app.command("create")
-def keys_create(tenant: str, name: str = "default", expires_days: float = typer.Option(None, help="Expire after"),
+def keys_create(tenant_arg: str = typer.Argument(None, metavar="TENANT", help="Tenant name or id"),
+                tenant: str = typer.Option(None, "--tenant", help="The same, as an option"),
+                name: str = "default", expires_days: float = typer.Option(None, help="Expire after"),
                 rpm: int = None, tpm: int = None, max_concurrent: int = None, url: str = URL) -> None:
-    """Issue a key; the secret is printed this once."""
+    """Issue a key; the secret is printed this once. `ferryman keys create acme` = `--tenant acme`."""
+    if (tenant_arg is None) == (tenant is None):
+        fail("name the tenant once: `ferryman keys create acme` or `ferryman keys create --tenant acme`")
+    tenant = tenant or tenant_arg
     billing = ledger(url)
     expires = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_days) if expires_days else None
     try:

@@ -213,7 +213,7 @@ class Ferry:
             record = await self.ledger(
                 self.billing.settle, ticket.reservation, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
                 completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
-                difficulty=ticket.difficulty, status=status)
+                difficulty=ticket.difficulty, status=status, baseline_model=self.settings.large_model)
             ticket.cost_micros = record.cost_micros
         finally:
             await self.limiter.release(ticket.principal)

@@ -61,11 +61,25 @@ def test_reserve_holds_the_worst_case_and_settle_charges_the_actual_cost(billing
     assert count(billing, reservations) == 0
 
 
-def test_small_model_records_its_savings_against_the_large_model(billing):
+def test_small_model_records_its_savings_against_the_route_groups_baseline(billing):
     _, _, p = tenant_with_key(billing, 1_000_000)
-    record = billing.settle(billing.reserve(p, "s1", SMALL, 1000, 100), prompt_tokens=1000, completion_tokens=100)
+    record = billing.settle(billing.reserve(p, "s1", SMALL, 1000, 100), prompt_tokens=1000, completion_tokens=100,
+                            route_group="auto", baseline_model=LARGE)
     assert record.cost_micros == 280 and record.baseline_cost_micros == 2800
-    assert record.savings_micros == 2520
+    assert record.savings_micros == 2520 and record.route_group == "auto"
+    # Another group's strongest tier is another baseline: savings follow each record's own.
+    billing.set_price("ext-big", input_micros_per_m=1_000_000, cached_input_micros_per_m=0, output_micros_per_m=0)
+    other = billing.settle(billing.reserve(p, "s2", SMALL, 1000, 100), prompt_tokens=1000, completion_tokens=100,
+                           route_group="cheap", baseline_model="ext-big")
+    assert other.baseline_cost_micros == 1000 and other.savings_micros == 720
+    # No group (a pinned model) or an unpriced baseline: no baseline, and no savings claimed.
+    pinned = billing.settle(billing.reserve(p, "s3", SMALL, 1000, 100), prompt_tokens=1000, completion_tokens=100)
+    unpriced = billing.settle(billing.reserve(p, "s4", SMALL, 1000, 100), prompt_tokens=1000, completion_tokens=100,
+                              baseline_model="gone")
+    assert pinned.baseline_cost_micros is None is unpriced.baseline_cost_micros and pinned.savings_micros == 0
+    row = billing.report(("tenant",))[0]
+    assert (row["cost_micros"], row["baseline_cost_micros"], row["savings_micros"]) == (4 * 280, 2800 + 1000 + 560,
+                                                                                       2520 + 720)
 
 
 def test_a_request_over_budget_is_refused_before_any_work_and_changes_nothing(billing):
@@ -285,7 +299,7 @@ def test_reports_group_by_tenant_model_and_day_and_match_the_records(billing):
     _, _, q = tenant_with_key(billing, 10_000_000)
     for i, (who, model, out) in enumerate([(p, LARGE, 100), (p, SMALL, 100), (p, SMALL, 50), (q, LARGE, 10)]):
         billing.settle(billing.reserve(who, f"r{i}", model, 1000, 100), prompt_tokens=1000, cached_tokens=200,
-                       completion_tokens=out)
+                       completion_tokens=out, baseline_model=LARGE)
     rows = billing.report()
     assert [(r["tenant"], r["model"], r["requests"]) for r in rows] == [
         (p.tenant_name, LARGE, 1), (p.tenant_name, SMALL, 2), (q.tenant_name, LARGE, 1)]

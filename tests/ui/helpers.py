@@ -61,7 +61,8 @@ def seed_history(billing: Billing, days: int = 30) -> None:
                 except BudgetExceeded:
                     continue  # refused, as the gateway would refuse it
                 seeded.settle(res, prompt_tokens=prompt, cached_tokens=256, completion_tokens=250 + 61 * (i % 11),
-                              route=model.removeprefix("ferryman-"), latency_ms=120.0)
+                              route=model.removeprefix("ferryman-"), latency_ms=120.0, route_group="auto",
+                              baseline_model="ferryman-large")
     seeded.close()
 
 
