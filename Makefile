@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install browser
+.PHONY: serve test test-no-browser install browser
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ serve: $(STAMP)
 	$(BIN)/ferryman serve
 
 # The admin page's tests drive Debian's chromium (playwright's own browser download cannot work offline).
+# Say so before apt-get pulls chromium and its ~125 dependencies into the system.
 browser:
-	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "chromium could not be installed: the admin page's browser tests will skip"
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ( \
+	  echo "make test: installing Debian's chromium (and the packages it needs) with apt-get, for the admin page's browser tests; skip with 'make test-no-browser'"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed: the admin page's browser tests will skip"
 
 test: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+test-no-browser: $(STAMP)
 	$(BIN)/python -m pytest
