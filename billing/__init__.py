@@ -2,10 +2,11 @@
 
 Knows nothing of HTTP or models. Money is integer micro-USD (1 USD = 1_000_000) everywhere.
 """
+from billing.auth import Limit, Principal
+from billing.ledger import BillingError, BudgetExceeded, DuplicateRequest, Reservation, UnknownPrice, UsageRecord
 from billing.limits import RateLimited, RateLimiter
 from billing.pricing import Price
-from billing.service import (Billing, BillingError, BudgetExceeded, DuplicateRequest, Limit, Principal, Reservation,
-                             UnknownPrice, UsageRecord)
+from billing.service import Billing
 
 __all__ = ["Billing", "BillingError", "BudgetExceeded", "DuplicateRequest", "Limit", "Price", "Principal",
            "RateLimited", "RateLimiter", "Reservation", "UnknownPrice", "UsageRecord"]

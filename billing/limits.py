@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from billing.service import Principal
+from billing.auth import Principal
 
 SLOT_TTL_S = 900.0  # a replica that dies mid-request leaks its slots in Redis at most this long after the last admit
 

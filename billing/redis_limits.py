@@ -7,7 +7,7 @@ from typing import Callable
 import redis.asyncio as redis
 
 from billing.limits import SLOT_TTL_S, RateLimiter, checks, headers, refusal
-from billing.service import Principal
+from billing.auth import Principal
 
 # KEYS: n bucket keys, then the concurrency keys.  ARGV: now_ms, n, then capacity and cost per bucket,
 # then max and ttl_ms per concurrency key.  Returns {admitted, full flags..., levels...} as strings

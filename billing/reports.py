@@ -7,7 +7,7 @@ import io
 
 from sqlalchemy import Engine, func, select
 
-from billing.models import tenants, usage_records
+from billing.models import budget_spend, budgets, reservations, tenants, usage_records
 from billing.pricing import usd
 
 GROUPS = ("tenant", "model", "day", "route")
@@ -39,6 +39,28 @@ def usage_report(engine: Engine, group_by: tuple[str, ...] = ("tenant", "model",
             row[c] = int(row[c] or 0)
         row["savings_micros"] = row["baseline_cost_micros"] - row["cost_micros"]
     return rows
+
+
+def recent_usage(engine: Engine, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
+                 limit: int = 100) -> list[dict]:
+    """The newest usage records, optionally one tenant's and between two UTC days (inclusive)."""
+    query = select(usage_records).order_by(usage_records.c.id.desc()).limit(min(max(limit, 1), 10_000))
+    with engine.connect() as conn:
+        return [row._asdict() for row in conn.execute(where_usage(query, since, until, tenant_id))]
+
+
+def ledger_totals(engine: Engine, tenant_id: int | None = None) -> dict:
+    """Spend and holds on tenant budgets, summed over every period: what reports must agree with."""
+    spend = budget_spend.c
+    query = (select(func.coalesce(func.sum(spend.spent_micros), 0), func.coalesce(func.sum(spend.reserved_micros), 0))
+             .join(budgets, budgets.c.id == spend.budget_id).where(budgets.c.key_id.is_(None)))
+    holds = select(func.count()).select_from(reservations)
+    if tenant_id is not None:
+        query, holds = query.where(budgets.c.tenant_id == tenant_id), holds.where(reservations.c.tenant_id == tenant_id)
+    with engine.connect() as conn:
+        spent, reserved = conn.execute(query).one()
+        open_holds = conn.execute(holds).scalar_one()
+    return {"spent_micros": int(spent), "reserved_micros": int(reserved), "open_reservations": open_holds}
 
 
 def where_usage(query, since: str | None, until: str | None, tenant_id: int | None):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backends.echo import EchoBackend
 from billing import Billing, BudgetExceeded, RateLimiter
-from billing.service import utcnow
+from billing.ledger import utcnow
 from gateway.app import create_app
 from gateway.config import Settings
 from tests.util import LengthRouter, serve
@@ -31,7 +31,7 @@ def running_gateway(db_dir: Path, tokenizer, seed: bool):
     billing.ensure_admin_defaults()
     if seed:
         seed_history(billing)
-    backends = {name: EchoBackend(name, tokenizer.decode) for name in (settings.small_model, settings.large_model)}
+    backends = {name: EchoBackend(name, tokenizer.decode) for name in ("ferryman-small", "ferryman-large")}
     app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
                      tokenizer=tokenizer)
     try:
