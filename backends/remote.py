@@ -4,8 +4,10 @@ server that accepts token-id prompts and returns `token_ids`).
 Why it looks like this: a replica can die at any moment. Requests that had not started are retried on another
 replica with backoff; a stream that breaks mid-way is continued on another replica from the tokens already
 sent (prompt + sent tokens, the remaining max_tokens), so the tenant sees one uninterrupted answer, identical
-under greedy decoding. A circuit breaker keeps traffic off a replica that keeps failing; a health loop brings
-it back.
+under greedy decoding. A replica that goes silent (hung, stopped, partitioned) counts as dead once no byte
+arrived for `inter_token_timeout_s` after the response began (our replicas send a heartbeat at once and while
+a request waits; other servers' first token may take up to `read_timeout_s`). A circuit breaker keeps traffic off a replica that keeps failing; a health loop
+brings it back.
 """
 from __future__ import annotations
 
@@ -50,12 +52,13 @@ class Replica:
 class RemoteBackend:
     def __init__(self, name: str, urls: list[str], *, max_attempts: int = 4, backoff_s: float = 0.05,
                  breaker_threshold: int = 3, cooldown_s: float = 5.0, health_interval_s: float = 1.0,
-                 connect_timeout_s: float = 2.0, read_timeout_s: float = 30.0):
+                 connect_timeout_s: float = 2.0, read_timeout_s: float = 30.0, inter_token_timeout_s: float = 5.0):
         self.name = name
         self.replicas = [Replica(u.rstrip("/")) for u in urls]
         self.max_attempts, self.backoff_s = max_attempts, backoff_s
         self.breaker_threshold, self.cooldown_s, self.health_interval_s = breaker_threshold, cooldown_s, health_interval_s
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self.read_timeout_s, self.inter_token_timeout_s = read_timeout_s, inter_token_timeout_s
         self.client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
 
@@ -108,19 +111,47 @@ class RemoteBackend:
         p, already = request.params, len(sent)  # `sent` keeps growing while we stream
         body = {"model": self.name, "prompt": request.prompt_token_ids + sent, "max_tokens": p.max_tokens - len(sent),
                 "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": p.stop, "stream": True,
-                "priority": request.priority}
+                "priority": request.priority, "cache_salt": request.cache_salt}
+        if request.public_prefix_len:
+            body["public_prefix_len"] = request.public_prefix_len
         replica.in_flight += 1
         try:
-            async with self.client.stream("POST", f"{replica.url}/v1/completions", json=body) as response:
+            response = await self._open(replica, body)
+            try:
                 if response.status_code >= 500:
                     raise ReplicaFailed(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
                     raise BackendUnavailable(f"replica refused the request: HTTP {response.status_code}")
-                async for line in response.aiter_lines():
+                async for line in self._lines(response):
                     if line.startswith("data: ") and line != "data: [DONE]":
                         yield self._delta(json.loads(line[6:]), request, already)
+            finally:
+                await response.aclose()
         finally:
             replica.in_flight -= 1
+
+    async def _open(self, replica: Replica, body: dict) -> httpx.Response:
+        """Send the request; a streaming server answers with headers at once, so a silent one is hung."""
+        request = self.client.build_request("POST", f"{replica.url}/v1/completions", json=body)
+        try:
+            async with asyncio.timeout(self.inter_token_timeout_s):
+                return await self.client.send(request, stream=True)
+        except TimeoutError:
+            raise ReplicaFailed(f"no response in {self.inter_token_timeout_s:g} s") from None
+
+    async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        """The response's lines; a replica silent for too long has failed (its stream is continued elsewhere)."""
+        lines, wait_s = response.aiter_lines(), self.read_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(wait_s):
+                    line = await anext(lines)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ReplicaFailed(f"no data for {wait_s:g} s") from None
+            wait_s = self.inter_token_timeout_s  # once it has spoken, silence means hung
+            yield line
 
     @staticmethod
     def _delta(chunk: dict, request: GenerationRequest, already: int) -> TokenDelta:

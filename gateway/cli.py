@@ -3,14 +3,46 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 
+import pydantic
+import sqlalchemy.exc
 import typer
+from pydantic_settings import SettingsError
 
 from classifier.cli import router_app
 from gateway import cli_admin
 from gateway.config import Settings
 
-app = typer.Typer(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
+class _Ferryman(typer.Typer):
+    """An operator's mistake (a bad setting, a database that does not answer) is one line and exit 1,
+    not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except (pydantic.ValidationError, SettingsError) as exc:
+            sys.exit(f"ferryman: bad setting: {_bad_setting(exc)}")
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            sys.exit(f"ferryman: cannot use the database at {_masked(Settings().database_url)}: {reason}")
+
+
+def _bad_setting(exc: Exception) -> str:
+    if not isinstance(exc, pydantic.ValidationError):
+        return str(exc)
+    return "; ".join(f"FERRYMAN_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                     for e in exc.errors())
+
+
+def _masked(url: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "(an unparsable URL)"
+
+
+app = _Ferryman(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
 cli_admin.install(app)
 app.add_typer(router_app, name="router")
 
@@ -18,10 +50,10 @@ app.add_typer(router_app, name="router")
 @app.command()
 def serve(host: str = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)"),
           port: int = typer.Option(None, help="Port (default 8000)")) -> None:
-    """Start the gateway with the embedded defaults: SQLite ledger, in-process engines, bundled router."""
-    import uvicorn
-
+    """Start the gateway with the embedded defaults: SQLite ledger, in-process engines, bundled router.
+    SIGTERM drains (FERRYMAN_SHUTDOWN_GRACE_S) and exits 0."""
     from gateway.app import create_app
+    from gateway.health import serve as serve_draining
 
     _logging()
     settings = Settings()
@@ -29,7 +61,7 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
     settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
     demo_key = _demo_key(settings)
     app = create_app(settings, on_ready=lambda: _banner(settings, demo_key))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    serve_draining(app, settings.host, settings.port)
 
 
 def _logging() -> None:
@@ -70,13 +102,12 @@ app.add_typer(engine_app, name="engine")
 def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkpoint"),
                  name: str = typer.Option(..., help="Model name the replica answers to"),
                  host: str = "127.0.0.1", port: int = 8100,
-                 quantization: str = typer.Option(None, help="int8 | int4 weight-only quantization on load")) -> None:
+                 quantization: str = typer.Option(None, help="int8 | int4 weight-only quantization on load"),
+                 grace_s: float = typer.Option(30.0, help="On SIGTERM: seconds streams in flight may take to finish")) -> None:
     """Serve one engine replica; point the gateway at replicas with FERRYMAN_LARGE_UPSTREAMS."""
-    import uvicorn
-
     from backends.engine import EngineBackend, EngineConfig
-    from backends.server import create_replica_app
+    from backends.server import create_replica_app, serve_replica
 
     _logging()
     backend = EngineBackend(name, EngineConfig(model=model, name=name, quantization=quantization))
-    uvicorn.run(create_replica_app(backend, backend.tokenizer), host=host, port=port, log_level="warning")
+    serve_replica(create_replica_app(backend, backend.tokenizer), host, port, grace_s)
