@@ -107,6 +107,6 @@ class EngineBackend:
 
 
 def _delta(out: RequestOutput) -> TokenDelta:
-    usage = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens) if out.finished else None
+    usage = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens, gpu_seconds=out.gpu_seconds) if out.finished else None
     return TokenDelta(out.text, out.token_ids, out.finish_reason, usage, out.logprobs)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from backends.base import SamplingParams
 from backends.engine.block_manager import BlockManager
+from backends.engine.capacity.step_time import engine_step_model
 from backends.engine.config import EngineConfig
 from backends.engine.detokenizer import IncrementalDetokenizer
 from backends.engine.metrics import EngineMetrics
@@ -28,6 +29,7 @@ class RequestOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    gpu_seconds: float = 0.0  # device time attributed to the request so far (all ranks)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class LLMEngine:
             self.speculator = SpeculativeDecoder(config, self.model_runner, self.block_manager)
         self.tokenizer = _load_tokenizer(config.model)
         self.metrics = EngineMetrics(config.name)
+        self.step_cost = engine_step_model(config)  # weighs each sequence's share of a step's measured time
+        self.busy_seconds = 0.0  # device-seconds of every step (all ranks): what the requests' gpu_seconds add up to
         eos = config.hf_config.get("eos_token_id")
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.seqs: dict[str, Sequence] = {}
@@ -100,12 +104,14 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def step(self) -> list[RequestOutput]:
+        start = time.perf_counter()
         batch = self.scheduler.schedule()
         self.model_runner.swap(self.scheduler.blocks_to_swap_out, self.scheduler.blocks_to_swap_in)
         if self.speculator is not None:
             batch, sampled = self.speculator.run(batch)
         else:
             sampled = self.model_runner.run(batch)
+        self._charge(batch, time.perf_counter() - start)
         outputs = self._postprocess(batch, sampled)
         self.metrics.observe_step(self.scheduler, self.block_manager)
         return outputs
@@ -140,6 +146,16 @@ class LLMEngine:
                 done.logprobs += out.logprobs or []
                 done.finish_reason, done.cached_tokens = out.finish_reason, out.cached_tokens
         return list(results.values())
+
+    def _charge(self, batch: ScheduledBatch, seconds: float) -> None:
+        """Split the step's device time among its sequences by the step-time model's shares (tokens, KV read)."""
+        if not batch:
+            return
+        device_seconds = seconds * self.config.tensor_parallel_size * self.config.pipeline_parallel_size
+        step, shares = self.step_cost.cost([(n, seq.num_computed_tokens) for seq, n in batch])
+        for (seq, _), share in zip(batch, shares):
+            seq.gpu_seconds += device_seconds * share / step
+        self.busy_seconds += device_seconds
 
     def _postprocess(self, batch: ScheduledBatch, sampled: Sampled) -> list[RequestOutput]:
         for seq, n in batch:
@@ -183,6 +199,7 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_output_tokens,
             cached_tokens=seq.num_cached_tokens or 0,
+            gpu_seconds=seq.gpu_seconds,
         )
 
 

@@ -46,6 +46,7 @@ class Sequence:
         self.arrival_time = time.perf_counter()
         self.class_since = self.arrival_time  # when it entered its current priority class (for aging)
         self.last_token_time: float | None = None
+        self.gpu_seconds = 0.0  # device time attributed to it, step by step (LLMEngine._charge)
 
     def __len__(self) -> int:
         return len(self.token_ids)
