@@ -1,7 +1,9 @@
 """Admin REST API (admin key only): tenants, keys, budgets, prices, usage, reports. Plus `GET /v1/usage`,
 where a tenant's own key reads its own usage and nothing else.
 
-Routes are plain `def`s: FastAPI runs them in its thread pool, so ledger queries never block streaming.
+Bodies in and out are pydantic models (Base -> Create / Update / Public, as in FastAPI's full-stack template);
+each route's OpenAPI entry lists the error statuses it really answers. Routes are plain `def`s: FastAPI runs
+them in its thread pool, so ledger queries never block streaming.
 """
 from __future__ import annotations
 
@@ -12,73 +14,190 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel, Field
 
 from billing import Billing
+from billing.operators import MAX_ID, MAX_LIMIT, MAX_MICROS
 from billing.reports import to_csv, totals
-from gateway.errors import APIError, invalid
+from gateway.errors import APIError, invalid, responses
 
 router = APIRouter()
 
-Count = Annotated[int | None, Field(ge=1, le=2**31 - 1)]
+Count = Annotated[int | None, Field(ge=1, le=MAX_LIMIT)]
 Share = Annotated[float | None, Field(ge=0.0, le=1.0)]
-Micros = Annotated[int, Field(ge=0, le=2**63 - 1)]
-ModelNames = list[Annotated[str, Field(min_length=1, max_length=128)]] | None  # None: every model and group
+Micros = Annotated[int, Field(ge=0, le=MAX_MICROS)]
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="Ids are 32-bit; a larger one is a 400")]
+TenantFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Priority = Literal["interactive", "standard", "batch"]
+
+READ = responses(401, 503)  # every admin route: the admin key, and the ledger being reachable
+WRITE = responses(400, 401, 404, 503)
+ONE = responses(400, 401, 404, 503)  # a path id: out of range (400) or unknown (404)
 
 
-class TenantIn(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    priority: Literal["interactive", "standard", "batch"] = "standard"
+# --- tenants ---------------------------------------------------------------------------------------
+
+class TenantBase(BaseModel):
+    priority: Priority = "standard"
     quality_floor: Share = None
     large_share: Share = None
     rpm: Count = None
     tpm: Count = None
     max_concurrent: Count = None
-    allowed_models: ModelNames = None
-    store_prompts: bool = False
+    allowed_models: list[Name] | None = None  # model and route group names; None: every one
+    store_prompts: bool = False  # keep this tenant's prompts for router training (off unless it opts in)
 
 
-class TenantPatch(BaseModel):
-    priority: Literal["interactive", "standard", "batch"] | None = None
-    quality_floor: Share = None
-    large_share: Share = None
-    rpm: Count = None
-    tpm: Count = None
-    max_concurrent: Count = None
-    allowed_models: ModelNames = None
+class TenantCreate(TenantBase):
+    name: Name
+
+
+class TenantUpdate(TenantBase):
+    priority: Priority | None = None
     store_prompts: bool | None = None
 
 
-class KeyIn(BaseModel):
-    name: str = Field("default", min_length=1, max_length=128)
+class TenantPublic(TenantBase):
+    id: int
+    name: str
+    created_at: datetime
+
+
+# --- keys ------------------------------------------------------------------------------------------
+
+class KeyBase(BaseModel):
     expires_at: datetime | None = None
     rpm: Count = None
     tpm: Count = None
     max_concurrent: Count = None
 
 
-class KeyPatch(BaseModel):
-    expires_at: datetime | None = None
-    rpm: Count = None
-    tpm: Count = None
-    max_concurrent: Count = None
+class KeyCreate(KeyBase):
+    name: Name = "default"
 
 
-class BudgetIn(BaseModel):
+class KeyUpdate(KeyBase):
+    pass
+
+
+class KeyPublic(KeyBase):
+    id: int
     tenant_id: int
-    key_id: int | None = None  # None: the tenant's budget, shared by all its keys
+    name: str
+    key_prefix: str  # shown to tell keys apart; the secret itself is never kept
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class KeyCreated(KeyPublic):
+    key: str  # the secret: in this answer only
+
+
+# --- budgets, alerts, prices -------------------------------------------------------------------------
+
+class BudgetBase(BaseModel):
     period: Literal["daily", "monthly"] = "monthly"
     limit_micros: Micros
     alert_percent: int = Field(80, ge=1, le=100)
 
 
-class PriceIn(BaseModel):
+class BudgetSet(BudgetBase):
+    tenant_id: int = Field(ge=1, le=MAX_ID)
+    key_id: int | None = Field(None, ge=1, le=MAX_ID)  # None: the tenant's budget, shared by all its keys
+
+
+class BudgetPublic(BudgetBase):
+    id: int
+    tenant_id: int
+    key_id: int | None
+    created_at: datetime
+    period_key: str  # the current period: "2026-11-30" or "2026-11"
+    spent_micros: int
+    reserved_micros: int  # held by requests in flight
+    remaining_micros: int
+
+
+class AlertPublic(BaseModel):
+    id: int
+    budget_id: int
+    tenant_id: int
+    key_id: int | None
+    period_key: str
+    spent_micros: int
+    limit_micros: int
+    created_at: datetime
+
+
+class PriceBase(BaseModel):
     input_micros_per_m: Micros
     cached_input_micros_per_m: Micros
     output_micros_per_m: Micros
+
+
+class PriceSet(PriceBase):
+    pass
+
+
+class PricePublic(PriceBase):
+    model: str
+    updated_at: datetime
+
+
+# --- usage and reports -------------------------------------------------------------------------------
+
+class UsageRecordPublic(BaseModel):
+    id: int
+    request_id: str
+    tenant_id: int
+    key_id: int
+    model: str
+    route: str | None
+    route_group: str | None
+    difficulty: float | None
+    status: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    baseline_cost_micros: int | None  # at the route group's strongest tier; None: no group to compare with
+    estimated: bool  # token counts estimated (the upstream reported none)
+    gpu_seconds: float | None
+    latency_ms: float | None
+    feedback_score: float | None
+    feedback_comment: str | None
+    prompt_text: str | None  # only for tenants that opted in
+    day: str
+    created_at: datetime
+
+
+class ReportTotals(BaseModel):
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    baseline_cost_micros: int
+    savings_micros: int
+
+
+class UsageReport(BaseModel):
+    group_by: list[str]
+    since: str | None
+    until: str | None
+    rows: list[dict]  # the group columns asked for, then ReportTotals' columns
+    totals: ReportTotals
+
+
+class OwnUsage(BaseModel):
+    tenant: str
+    budgets: list[BudgetPublic]
+    report: list[dict]
+    totals: ReportTotals
+    records: list[UsageRecordPublic]
 
 
 def admin_billing(request: Request, authorization: str | None = Header(None)) -> Billing:
@@ -110,48 +229,48 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 # --- tenants and keys ----------------------------------------------------------------------------
 
-@router.post("/admin/tenants", status_code=201)
-def create_tenant(body: TenantIn, billing: Admin) -> dict:
+@router.post("/admin/tenants", status_code=201, responses=responses(400, 401, 503))
+def create_tenant(body: TenantCreate, billing: Admin) -> TenantPublic:
     with answers():
         return billing.create_tenant(**body.model_dump())
 
 
-@router.get("/admin/tenants")
-def list_tenants(billing: Admin) -> list[dict]:
+@router.get("/admin/tenants", responses=READ)
+def list_tenants(billing: Admin) -> list[TenantPublic]:
     return billing.list_tenants()
 
 
-@router.get("/admin/tenants/{tenant_id}")
-def get_tenant(tenant_id: int, billing: Admin) -> dict:
+@router.get("/admin/tenants/{tenant_id}", responses=ONE)
+def get_tenant(tenant_id: RowId, billing: Admin) -> TenantPublic:
     with answers():
         return billing.tenant(tenant_id)
 
 
-@router.patch("/admin/tenants/{tenant_id}")
-def update_tenant(tenant_id: int, body: TenantPatch, billing: Admin) -> dict:
+@router.patch("/admin/tenants/{tenant_id}", responses=WRITE)
+def update_tenant(tenant_id: RowId, body: TenantUpdate, billing: Admin) -> TenantPublic:
     with answers():
         return billing.update_tenant(tenant_id, **body.model_dump(exclude_unset=True))
 
 
-@router.post("/admin/tenants/{tenant_id}/keys", status_code=201)
-def create_key(tenant_id: int, body: KeyIn, billing: Admin) -> dict:
+@router.post("/admin/tenants/{tenant_id}/keys", status_code=201, responses=WRITE)
+def create_key(tenant_id: RowId, body: KeyCreate, billing: Admin) -> KeyCreated:
     """The secret is in the answer this once; only its hash is kept."""
     fields = body.model_dump()
     name, fields["expires_at"] = fields.pop("name"), _utc(fields["expires_at"])
     with answers():
         secret, key = billing.create_key(tenant_id, name, **fields)
-    return {**key, "key": secret}
+    return KeyCreated(**key, key=secret)
 
 
-@router.get("/admin/tenants/{tenant_id}/keys")
-def list_keys(tenant_id: int, billing: Admin) -> list[dict]:
+@router.get("/admin/tenants/{tenant_id}/keys", responses=ONE)
+def list_keys(tenant_id: RowId, billing: Admin) -> list[KeyPublic]:
     with answers():
         billing.tenant(tenant_id)
     return billing.list_keys(tenant_id)
 
 
-@router.patch("/admin/keys/{key_id}")
-def update_key(key_id: int, body: KeyPatch, billing: Admin) -> dict:
+@router.patch("/admin/keys/{key_id}", responses=WRITE)
+def update_key(key_id: RowId, body: KeyUpdate, billing: Admin) -> KeyPublic:
     fields = body.model_dump(exclude_unset=True)
     if "expires_at" in fields:
         fields["expires_at"] = _utc(fields["expires_at"])
@@ -159,8 +278,8 @@ def update_key(key_id: int, body: KeyPatch, billing: Admin) -> dict:
         return billing.update_key(key_id, **fields)
 
 
-@router.delete("/admin/keys/{key_id}")
-def revoke_key(key_id: int, billing: Admin) -> dict:
+@router.delete("/admin/keys/{key_id}", responses=ONE)
+def revoke_key(key_id: RowId, billing: Admin) -> KeyPublic:
     """Revoked at once on this replica, within the key cache's few seconds on the others."""
     with answers():
         return billing.revoke_key(key_id)
@@ -168,52 +287,54 @@ def revoke_key(key_id: int, billing: Admin) -> dict:
 
 # --- budgets, prices -----------------------------------------------------------------------------
 
-@router.put("/admin/budgets")
-def set_budget(body: BudgetIn, billing: Admin) -> dict:
+@router.put("/admin/budgets", responses=WRITE)
+def set_budget(body: BudgetSet, billing: Admin) -> BudgetPublic:
     with answers():
         return billing.set_budget(**body.model_dump())
 
 
-@router.get("/admin/budgets")
-def list_budgets(billing: Admin, tenant_id: int | None = None) -> list[dict]:
+@router.get("/admin/budgets", responses=responses(400, 401, 503))
+def list_budgets(billing: Admin, tenant_id: TenantFilter = None) -> list[BudgetPublic]:
     return billing.list_budgets(tenant_id)
 
 
-@router.delete("/admin/budgets/{budget_id}", status_code=204)
-def delete_budget(budget_id: int, billing: Admin) -> None:
+@router.delete("/admin/budgets/{budget_id}", status_code=204, responses=ONE)
+def delete_budget(budget_id: RowId, billing: Admin) -> None:
     with answers():
         billing.delete_budget(budget_id)
 
 
-@router.get("/admin/alerts")
-def list_alerts(billing: Admin, tenant_id: int | None = None) -> list[dict]:
+@router.get("/admin/alerts", responses=responses(400, 401, 503))
+def list_alerts(billing: Admin, tenant_id: TenantFilter = None) -> list[AlertPublic]:
     return billing.list_alerts(tenant_id)
 
 
-@router.get("/admin/prices")
-def list_prices(billing: Admin) -> list[dict]:
+@router.get("/admin/prices", responses=READ)
+def list_prices(billing: Admin) -> list[PricePublic]:
     return billing.list_prices()
 
 
-@router.put("/admin/prices/{model}")
-def set_price(model: str, body: PriceIn, billing: Admin) -> dict:
+@router.put("/admin/prices/{model}", responses=responses(400, 401, 503))
+def set_price(model: str, body: PriceSet, billing: Admin) -> PricePublic:
     with answers():
         return billing.set_price(model, **body.model_dump())
 
 
 # --- usage and reports ---------------------------------------------------------------------------
 
-@router.get("/admin/usage")
-def usage(billing: Admin, tenant_id: int | None = None, since: date | None = None, until: date | None = None,
-          limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
+@router.get("/admin/usage", responses=responses(400, 401, 503))
+def usage(billing: Admin, tenant_id: TenantFilter = None, since: date | None = None, until: date | None = None,
+          limit: int = Query(100, ge=1, le=10_000)) -> list[UsageRecordPublic]:
     return billing.usage(tenant_id, _day(since), _day(until), limit)
 
 
-@router.get("/admin/reports/usage", response_model=None)
+@router.get("/admin/reports/usage", response_model=None, responses={
+    **responses(400, 401, 503), 200: {"model": UsageReport, "content": {"text/csv": {}},
+                                      "description": "JSON, or CSV with format=csv"}})
 def usage_report(billing: Admin, group_by: str = "tenant,model,day", since: date | None = None,
-                 until: date | None = None, tenant_id: int | None = None,
-                 format: Literal["json", "csv"] = "json") -> dict | PlainTextResponse:
-    """Cost, tokens, requests and savings against the large model, per tenant / model / day (or any subset)."""
+                 until: date | None = None, tenant_id: TenantFilter = None,
+                 format: Literal["json", "csv"] = "json") -> UsageReport | PlainTextResponse:
+    """Cost, tokens, requests and savings against each record's baseline, per tenant / model / day (or any subset)."""
     with answers():
         rows = billing.report(tuple(g.strip() for g in group_by.split(",") if g.strip()), since=_day(since),
                               until=_day(until), tenant_id=tenant_id)
@@ -221,20 +342,19 @@ def usage_report(billing: Admin, group_by: str = "tenant,model,day", since: date
         name = f"ferryman-usage-{_day(since) or 'start'}-{_day(until) or 'now'}.csv"
         return PlainTextResponse(to_csv(rows), media_type="text/csv",
                                  headers={"content-disposition": f'attachment; filename="{name}"'})
-    return {"group_by": group_by.split(","), "since": _day(since), "until": _day(until), "rows": rows,
-            "totals": totals(rows)}
+    return UsageReport(group_by=group_by.split(","), since=_day(since), until=_day(until), rows=rows,
+                       totals=totals(rows))
 
 
-@router.get("/v1/usage")
+@router.get("/v1/usage", responses=responses(400, 401, 503))
 def own_usage(request: Request, authorization: str | None = Header(None), since: date | None = None,
-              until: date | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict:
+              until: date | None = None, limit: int = Query(100, ge=1, le=1000)) -> OwnUsage:
     """A tenant's own view: its budgets, its per model / day report and its newest records. Nobody else's."""
     principal = request.app.state.ferry.principal_for(authorization)
     billing: Billing = request.app.state.ferry.billing
     rows = billing.report(("model", "day"), since=_day(since), until=_day(until), tenant_id=principal.tenant_id)
-    return {"tenant": principal.tenant_name, "budgets": billing.list_budgets(principal.tenant_id),
-            "report": rows, "totals": totals(rows),
-            "records": billing.usage(principal.tenant_id, _day(since), _day(until), limit)}
+    return OwnUsage(tenant=principal.tenant_name, budgets=billing.list_budgets(principal.tenant_id), report=rows,
+                    totals=totals(rows), records=billing.usage(principal.tenant_id, _day(since), _day(until), limit))
 
 
 def _day(value: date | None) -> str | None:
@@ -243,8 +363,19 @@ def _day(value: date | None) -> str | None:
 
 # --- the admin page's summaries --------------------------------------------------------------------
 
-@router.get("/admin/spend")
-def spend(billing: Admin) -> list[dict]:
+class SpendRow(BaseModel):
+    tenant_id: int
+    tenant: str
+    period: Literal["daily", "monthly"]
+    since: str  # first day of the period
+    requests: int
+    cost_micros: int
+    savings_micros: int  # against each record's own baseline
+    budget: BudgetPublic | None
+
+
+@router.get("/admin/spend", responses=READ)
+def spend(billing: Admin) -> list[SpendRow]:
     """Each tenant's spend in its budget's current period (this month when it has none), beside that budget."""
     budgets = {b["tenant_id"]: b for b in billing.list_budgets() if b["key_id"] is None}
     today = billing.clock().date()
@@ -316,8 +447,25 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
-@router.get("/admin/live")
-async def live(request: Request, _: Admin) -> dict:
+class EngineLive(BaseModel):
+    model: str
+    kv_cache_usage: float | None
+    running: int
+    waiting: int
+    tokens_per_s: float | None
+
+
+class LiveView(BaseModel):
+    window_s: float
+    requests_total: int
+    requests_per_s: float | None
+    p95_latency_s: float | None
+    error_share: float | None
+    engines: list[EngineLive]
+
+
+@router.get("/admin/live", responses=READ)
+async def live(request: Request, _: Admin) -> LiveView:
     """Requests/s, p95 latency and error share over the last seconds, and each in-process engine's KV cache
     usage and queue, read from the gateway's own metrics."""
     state = request.app.state
