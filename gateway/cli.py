@@ -11,7 +11,7 @@ import typer
 from pydantic_settings import SettingsError
 
 from classifier.cli import router_app
-from gateway import cli_admin
+from gateway import cli_admin, cli_plan
 from gateway.config import Settings
 
 class _Ferryman(typer.Typer):
@@ -45,6 +45,7 @@ def _masked(url: str) -> str:
 app = _Ferryman(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
 cli_admin.install(app)
 app.add_typer(router_app, name="router")
+app.add_typer(cli_plan.plan_app, name="plan")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -88,3 +89,30 @@ def max_rate(mix: Mix, model: StepModel, slo: SLO, knobs: EngineKnobs = EngineKn
 def gpu_second_price(gpu_hour_usd: float) -> float:
     """What one GPU-second costs: the price a self-hosted model is charged per attributed GPU-second."""
     return gpu_hour_usd / 3600
+
+
+def plot_curves(curves: list[tuple[str, Capacity]], slo: SLO, path: Path, title: str) -> None:
+    """p95 TTFT and ITL against requests/s per GPU, one line per layout (the rates max_rate tried)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, cap in curves:
+        gpus = cap.layout.gpus
+        xs = [p.rate / gpus for p in cap.points]
+        ax1.plot(xs, [p.ttft_p95_s * 1e3 for p in cap.points], marker="o", label=label)
+        ax2.plot(xs, [p.itl_p95_s * 1e3 for p in cap.points], marker="o", label=label)
+    ax1.axhline(slo.ttft_p95_s * 1e3, color="k", ls="--", lw=1, label="SLO")
+    for ax, name in ((ax1, "p95 TTFT ms"), (ax2, "p95 ITL ms")):
+        ax.set_xlabel("requests/s per GPU")
+        ax.set_ylabel(name)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
