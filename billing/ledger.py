@@ -27,7 +27,7 @@ from billing.pricing import FREE, Price, usd
 log = logging.getLogger("ferryman.billing")
 
 # Endings that are the server's fault: with no completion token produced, the tenant pays nothing.
-SERVER_FAILURES = ("error", "timeout", "expired")
+SERVER_FAILURES = ("error", "timeout", "unavailable", "expired")
 RETRY_AFTER_S = 2  # a hold lasts as long as its request: a few seconds is the usual wait for one to settle
 
 

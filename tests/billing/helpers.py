@@ -12,16 +12,16 @@ class ByteTokenizer:
     def __len__(self) -> int:
         return 256
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, **options) -> list[int]:
         return list(text.encode())
 
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode(errors="replace")
 
 
-def gateway_app(db_url: str, delay_s: float = 0.0, limiter=None):
-    """A full gateway app (auth, limits, reservation, routing, settle, record) over instant echo backends,
-    with its own Billing: two of these on one database are two replicas."""
+def gateway_app(db_url: str, delay_s: float = 0.0, limiter=None, backends: dict | None = None):
+    """A full gateway app (auth, limits, reservation, routing, settle, record) over instant echo backends
+    (or the `backends` given), with its own Billing: two of these on one database are two replicas."""
     from backends.echo import EchoBackend
     from billing import RateLimiter
     from gateway.app import create_app
@@ -32,7 +32,7 @@ def gateway_app(db_url: str, delay_s: float = 0.0, limiter=None):
     billing = Billing(db_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
-    backends = {name: EchoBackend(name, delay_s=delay_s) for name in (settings.small_model, settings.large_model)}
+    backends = backends or {name: EchoBackend(name, delay_s=delay_s) for name in ("ferryman-small", "ferryman-large")}
     app = create_app(settings, billing=billing, limiter=limiter or RateLimiter(), router=LengthRouter(),
                      backends=backends, tokenizer=ByteTokenizer())
     return app, billing
