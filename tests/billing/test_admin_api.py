@@ -156,3 +156,54 @@ def test_rate_limits_answer_429_with_retry_after_and_openai_headers(gw):
     refused = complete(client, key)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_nul_bytes_and_ids_past_the_columns_are_4xx_error_objects_never_500(db_url):
+    app, billing = gateway_app(db_url)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        tenant_id, _ = make_tenant(client, "acme")
+        answers = [client.post("/admin/tenants", headers=ADMIN, json={"name": "ac\u0000me"}),
+                   client.post(f"/admin/tenants/{tenant_id}/keys", headers=ADMIN, json={"name": "k\u0000"}),
+                   client.patch(f"/admin/tenants/{tenant_id}", headers=ADMIN, json={"allowed_models": ["a\u0000"]}),
+                   client.put("/admin/prices/bad%00model", headers=ADMIN,
+                              json={"input_micros_per_m": 1, "cached_input_micros_per_m": 1, "output_micros_per_m": 1})]
+        for huge in (2**31, 2**63, 2**64 + 1, 10**30):
+            answers += [client.get(f"/admin/tenants/{huge}", headers=ADMIN),
+                        client.patch(f"/admin/tenants/{huge}", headers=ADMIN, json={"rpm": 5}),
+                        client.post(f"/admin/tenants/{huge}/keys", headers=ADMIN, json={}),
+                        client.get(f"/admin/tenants/{huge}/keys", headers=ADMIN),
+                        client.patch(f"/admin/keys/{huge}", headers=ADMIN, json={"rpm": 5}),
+                        client.delete(f"/admin/keys/{huge}", headers=ADMIN),
+                        client.delete(f"/admin/budgets/{huge}", headers=ADMIN),
+                        client.put("/admin/budgets", headers=ADMIN, json={"tenant_id": huge, "limit_micros": 1}),
+                        client.put("/admin/budgets", headers=ADMIN,
+                                   json={"tenant_id": tenant_id, "key_id": huge, "limit_micros": 1}),
+                        client.get("/admin/budgets", headers=ADMIN, params={"tenant_id": huge}),
+                        client.get("/admin/alerts", headers=ADMIN, params={"tenant_id": huge}),
+                        client.get("/admin/usage", headers=ADMIN, params={"tenant_id": huge}),
+                        client.get("/admin/reports/usage", headers=ADMIN, params={"tenant_id": huge})]
+        for answer in answers:
+            assert answer.status_code == 400, (answer.request.url, answer.status_code, answer.text)
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert client.get("/admin/tenants/999", headers=ADMIN).status_code == 404
+        assert [t["name"] for t in client.get("/admin/tenants", headers=ADMIN).json()] == ["acme"]
+    billing.close()
+
+
+def test_the_openapi_document_lists_each_admin_routes_errors_and_response_models(gw):
+    client, _ = gw
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        if not (path.startswith("/admin") or path == "/v1/usage"):
+            continue
+        for method, op in operations.items():
+            assert {"401", "503"} <= set(op["responses"]), (method, path)
+            ok = next(code for code in op["responses"] if code.startswith("2"))
+            if "_id}" in path:  # an id in the path: out of range (400) or unknown (404)
+                assert {"400", "404"} <= set(op["responses"]), (method, path)
+            if ok != "204":
+                assert op["responses"][ok]["content"]["application/json"]["schema"], (method, path)
+    tenant = doc["components"]["schemas"]["TenantPublic"]["properties"]
+    assert {"id", "name", "allowed_models", "store_prompts"} <= set(tenant)
+    assert "key" in doc["components"]["schemas"]["KeyCreated"]["properties"]
+    assert "key" not in doc["components"]["schemas"]["KeyPublic"]["properties"]
