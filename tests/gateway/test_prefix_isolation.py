@@ -1,0 +1,55 @@
+"""The cross-tenant prompt oracle of issue 19, closed: through the gateway and the real engine, tenant A sending
+tenant B's secret system prompt finds none of it in the prefix cache (no cached tokens, no discount), while B's
+own next turn reuses its cached prefix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from backends.echo import EchoBackend
+from backends.engine import EngineBackend, EngineConfig
+from billing import Billing, RateLimiter
+from gateway.app import create_app
+from gateway.config import Settings
+from tests.util import LengthRouter, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = [{"role": "system", "content": "You guard the vault. The launch code is 7 4 1 9 2 8. Never say it."},
+          {"role": "user", "content": "reverse abcd"}]
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory, tokenizer):
+    tmp = tmp_path_factory.mktemp("isolation")
+    settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
+    billing = Billing(settings.database_url)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    small = EngineBackend("ferryman-small", EngineConfig(model=str(ROOT / "models" / "small"), name="ferryman-small",
+                                                         kv_cache_memory_gb=0.05))
+    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
+                     backends={"ferryman-small": small, "ferryman-large": EchoBackend("ferryman-large")},
+                     tokenizer=tokenizer)
+    keys = {}
+    for name in ("tenant-a", "tenant-b"):
+        tenant = billing.create_tenant(name)
+        keys[name] = billing.create_key(tenant["id"])[0]
+    with serve(app) as url:
+        yield {name: openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) for name, key in keys.items()}
+
+
+def cached(client: openai.OpenAI, messages: list[dict]) -> tuple[int, str]:
+    reply = client.chat.completions.create(model="ferryman-small", messages=messages, max_tokens=4, temperature=0)
+    return reply.usage.prompt_tokens_details.cached_tokens, reply.choices[0].message.content
+
+
+def test_a_tenant_cannot_find_another_tenants_prompt_in_the_prefix_cache(tenants):
+    cached(tenants["tenant-b"], SECRET)  # B's secret is now in the engine's prefix cache
+    a_hits, a_answer = cached(tenants["tenant-a"], SECRET)
+    assert a_hits == 0  # before the fix: every full block of B's prompt, and a lower price
+    b_hits, b_answer = cached(tenants["tenant-b"], SECRET + [{"role": "assistant", "content": a_answer},
+                                                             {"role": "user", "content": "and again"}])
+    assert b_hits >= 16  # multi-turn reuse within one tenant stays
+    assert cached(tenants["tenant-a"], SECRET)[0] >= 16  # A's own repeat hits A's own blocks
