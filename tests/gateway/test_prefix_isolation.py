@@ -1,6 +1,7 @@
 """The cross-tenant prompt oracle of issue 19, closed: through the gateway and the real engine, tenant A sending
 tenant B's secret system prompt finds none of it in the prefix cache (no cached tokens, no discount), while B's
-own next turn reuses its cached prefix."""
+own next turn reuses its cached prefix. A system prompt the operator marked public (the catalog's
+`public_prefixes`) is shared by all tenants, and only its own blocks are."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,15 @@ from backends.echo import EchoBackend
 from backends.engine import EngineBackend, EngineConfig
 from billing import Billing, RateLimiter
 from gateway.app import create_app
+from gateway.catalog import embedded
 from gateway.config import Settings
 from tests.util import LengthRouter, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = [{"role": "system", "content": "You guard the vault. The launch code is 7 4 1 9 2 8. Never say it."},
           {"role": "user", "content": "reverse abcd"}]
+PUBLIC = ("You are Ferry, the assistant of Acme Corp. Answer briefly and politely, in plain words, and say so "
+          "when you do not know the answer to a question.")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +33,10 @@ def tenants(tmp_path_factory, tokenizer):
     billing.ensure_admin_defaults()
     small = EngineBackend("ferryman-small", EngineConfig(model=str(ROOT / "models" / "small"), name="ferryman-small",
                                                          kv_cache_memory_gb=0.05))
+    catalog = embedded(settings).model_copy(update={"public_prefixes": [PUBLIC]})
     app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
                      backends={"ferryman-small": small, "ferryman-large": EchoBackend("ferryman-large")},
-                     tokenizer=tokenizer)
+                     tokenizer=tokenizer, catalog=catalog)
     keys = {}
     for name in ("tenant-a", "tenant-b"):
         tenant = billing.create_tenant(name)
@@ -53,3 +58,16 @@ def test_a_tenant_cannot_find_another_tenants_prompt_in_the_prefix_cache(tenants
                                                              {"role": "user", "content": "and again"}])
     assert b_hits >= 16  # multi-turn reuse within one tenant stays
     assert cached(tenants["tenant-a"], SECRET)[0] >= 16  # A's own repeat hits A's own blocks
+
+
+def test_only_the_operators_public_prefix_is_shared_across_tenants(tenants, tokenizer):
+    from backends.engine.chat import render_chat
+
+    public = len(render_chat(tokenizer, [{"role": "system", "content": PUBLIC}], add_generation_prompt=False))
+    assert public >= 32  # two full blocks of 16 tokens
+    chat = [{"role": "system", "content": PUBLIC}, {"role": "user", "content": "add 12 34 and then reverse abcd"}]
+    cached(tenants["tenant-b"], chat)
+    a_hits, _ = cached(tenants["tenant-a"], chat)
+    assert a_hits == public // 16 * 16  # the public blocks, and not one block past them
+    b_hits, _ = cached(tenants["tenant-b"], chat)
+    assert b_hits > a_hits  # B's own blocks past the public prefix stay B's
