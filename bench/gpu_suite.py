@@ -5,8 +5,9 @@
    70B layers, with achieved bandwidth as a share of the GPU's HBM peak (decode is bound by reading weights).
 3. engine vs HF: our engine in bf16 on randomly initialised Llamas (~1B; 8B shapes with 4 layers) against HF
    `generate` on the same GPU: throughput on a mixed-length workload, and greedy tokens compared at batch 1.
-4. decode steps: ms per decode step against the HBM floor (weight bytes / peak): the room CUDA graphs could
-   take back from launch overhead. The engine does not capture CUDA graphs (yet): this measures why it should.
+4. decode steps: ms per decode step against the HBM floor (weight bytes / peak), and one decode forward
+   eager vs replayed from a CUDA graph captured here: the launch overhead graphs would take back. The engine
+   does not capture CUDA graphs (yet); this measures whether it should, and whether its forward can be.
 
 Every figure goes to files under OUTDIR (summary.json, *.csv, summary.md, tests.txt). Without CUDA (or with
 --cpu-smoke) it runs everything end to end on tiny shapes with TRITON_INTERPRET=1, to check the script itself.
@@ -84,7 +85,8 @@ def main() -> None:
         steps += s
     summary["engine_vs_hf"] = write_csv(out / "engine_vs_hf.csv", engines)
     summary["decode_steps"] = write_csv(out / "decode_steps.csv", steps)
-    summary["cuda_graphs"] = "not implemented: decode_steps.csv measures the launch overhead they would remove"
+    summary["cuda_graphs"] = ("not used by the engine yet; decode_steps.csv: ms per step against the HBM floor, and "
+                              "one decode forward eager vs replayed from a captured graph (or why it cannot be captured)")
     summary["wall_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     report = markdown(summary)
@@ -278,11 +280,40 @@ def _decode_step(engine, name: str, batch: int, vocab: int, weight_bytes: int, p
         engine.step()
     _sync()
     ms = (time.perf_counter() - start) / steps * 1e3
+    graphs = _graph_vs_eager(engine) if torch.cuda.is_available() else {}
     for i in range(batch):
         engine.abort(f"decode-{batch}-{i}")
     floor = weight_bytes / peak * 1e3 if peak else None
     return {"model": name, "batch": batch, "ms_per_step": ms, "hbm_floor_ms": floor,
-            "floor_share": floor / ms if floor else None}
+            "floor_share": floor / ms if floor else None, "forward_eager_ms": graphs.get("eager_ms"),
+            "forward_graph_ms": graphs.get("graph_ms"), "graph_equal": graphs.get("equal"),
+            "graph_error": graphs.get("error")}
+
+
+def _graph_vs_eager(engine) -> dict:
+    """The next decode batch's forward pass, eager and replayed from a captured CUDA graph: what graphs would
+    save per step, and whether the forward can be captured at all (the engine does not capture them yet).
+    Replaying rewrites the same keys and values into the same slots, so the engine's state is unchanged."""
+    runner = engine.model_runner
+    input_ids, positions, meta, _, _ = runner._prepare(engine.scheduler.schedule())
+    forward = lambda: runner.model(input_ids, positions, meta)
+    try:
+        with torch.inference_mode():
+            eager_ms, want = time_ms(forward), forward()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    forward()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                got = forward()
+            graph_ms = time_ms(graph.replay)
+            graph.replay()
+            return {"eager_ms": eager_ms, "graph_ms": graph_ms, "equal": torch.equal(got, want)}
+    except Exception as exc:  # the measurement is why: what stops the forward from being captured
+        return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
 
 
 # --- output ---------------------------------------------------------------------------------------
