@@ -31,6 +31,11 @@ class GenerationRequest:
     # no tenant can observe another's prompts through cached tokens, cost or latency.
     cache_salt: str | None = None
     public_prefix_len: int = 0  # leading prompt tokens an operator marked public: shared across salts
+    # Text upstreams (kind: openai) take the chat messages as they came, and OpenAI parameters our engine has
+    # no use for (tools, response_format, logprobs, penalties, ...); token-id backends ignore both.
+    messages: list[dict] | None = None
+    extra: dict = field(default_factory=dict)
+    stream: bool = True  # False: the caller takes the whole answer at once (a text upstream is asked for it so)
 
 
 @dataclass
@@ -38,6 +43,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (billed cheaper)
+    estimated: bool = False  # the backend could not count (an upstream reported no usage): an estimate
+    gpu_seconds: float | None = None
 
 
 @dataclass
@@ -49,6 +56,8 @@ class TokenDelta:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     usage: Usage | None = None
     logprobs: list[float] | None = None
+    tool_calls: list[dict] | None = None  # OpenAI tool-call deltas (a text upstream's), passed on as they came
+    choice_logprobs: dict | None = None  # an upstream's OpenAI `logprobs` object for this delta, passed on
 
 
 class Backend(Protocol):
@@ -64,4 +73,17 @@ class Backend(Protocol):
 
 
 class BackendUnavailable(Exception):
-    """No replica could serve the request (all down, breakers open, retries spent)."""
+    """No replica could serve the request (all down, breakers open, retries spent), or an upstream turned it away
+    for now (HTTP 429 or 5xx, no answer in time): another model may serve it. `status` 429 = rate limited."""
+
+    def __init__(self, message: str, status: int = 503, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after_s = status, retry_after_s
+
+
+class BackendRejected(Exception):
+    """An upstream refused the request itself (HTTP 4xx other than 429): the caller's error, not the model's."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status

@@ -53,7 +53,7 @@ def serve_gateway(port: int, database_url: str, upstream: str | None) -> None:
     from gateway.config import Settings
 
     settings = Settings(database_url=database_url)
-    names = (settings.small_model, settings.large_model)
+    names = ("ferryman-small", "ferryman-large")  # the embedded catalog's pair
     if upstream:
         from backends.remote import RemoteBackend
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from pathlib import Path
 
 import pydantic
 import sqlalchemy.exc
@@ -50,18 +51,26 @@ app.add_typer(cli_plan.plan_app, name="plan")
 
 @app.command()
 def serve(host: str = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)"),
-          port: int = typer.Option(None, help="Port (default 8000)")) -> None:
+          port: int = typer.Option(None, help="Port (default 8000)"),
+          config: Path = typer.Option(None, help="Model catalog YAML (default FERRYMAN_CONFIG, else the bundled pair)")
+          ) -> None:
     """Start the gateway with the embedded defaults: SQLite ledger, in-process engines, bundled router.
     SIGTERM drains (FERRYMAN_SHUTDOWN_GRACE_S) and exits 0."""
+    from gateway import catalog as catalogs
     from gateway.app import create_app
     from gateway.health import serve as serve_draining
 
     _logging()
     settings = Settings()
     settings.host, settings.port = host or settings.host, port or settings.port
+    settings.config = config or settings.config
+    try:
+        catalog = catalogs.from_settings(settings)  # a bad file stops the start here, before anything loads
+    except catalogs.CatalogError as exc:
+        sys.exit(f"ferryman: bad model catalog: {exc}")
     settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
     demo_key = _demo_key(settings)
-    app = create_app(settings, on_ready=lambda: _banner(settings, demo_key))
+    app = create_app(settings, catalog=catalog, on_ready=lambda: _banner(settings, demo_key))
     serve_draining(app, settings.host, settings.port)
 
 
@@ -71,7 +80,8 @@ def _logging() -> None:
 
 
 def _demo_key(settings: Settings) -> str:
-    """A fresh key for the demo tenant, so the printed curl works; older demo keys are revoked."""
+    """A fresh key for the demo tenant, so the printed curl works. It expires after a week; other replicas'
+    demo keys on a shared database keep working."""
     from billing import Billing
 
     billing = Billing(settings.database_url)

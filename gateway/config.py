@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,19 +17,23 @@ class Settings(BaseSettings):
     port: int = 8000
     database_url: str = f"sqlite:///{ROOT / 'ferryman.db'}"
     redis_url: str | None = None  # set to share rate limits across gateway replicas
+    # While Redis is down: "closed" refuses requests with 503 + Retry-After; "local" falls back to per-process limits.
+    redis_outage: Literal["closed", "local"] = "closed"
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # larger request bodies get 413 before they are read
+    shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     admin_key: str | None = None  # when unset, `serve` mints one per start and prints it
 
-    small_model: str = "ferryman-small"
-    large_model: str = "ferryman-large"
+    # The model catalog (gateway/catalog.py); None = the embedded default: the bundled pair, which the settings
+    # below shape (paths, replicas, quantization, speculation, scale-to-zero, cascade).
+    config: Path | None = None
     small_model_path: Path = ROOT / "models" / "small"
     large_model_path: Path = ROOT / "models" / "large"
-    # Remote OpenAI-compatible replicas of the large model (comma-separated base URLs); empty = in-process engine.
+    # `ferryman engine serve` replicas of the large model (comma-separated base URLs); empty = in-process engine.
     large_upstreams: str = ""
     large_quantization: str | None = None  # "int8" | "int4": quantize the in-process large engine's weights on load
     large_speculation: str | None = None  # "draft" (the small model drafts) | "ngram" | None: speculative decoding
     idle_unload_s: float | None = None  # scale-to-zero: unload an in-process model idle this long; None = keep loaded
 
     default_max_tokens: int = 256
-    request_timeout_s: float = 120.0
-    cascade: bool = False  # answer with the small model first, escalate when its confidence is low
+    cascade: bool = False  # embedded default: `auto` answers with the small model first, escalates when unsure
     router_path: Path | None = None  # None = the bundled classifier artifact

@@ -1,8 +1,9 @@
-"""A request's life in the gateway: authenticate, admit, route, generate, settle.
+"""A request's life in the gateway: authenticate, route, admit, generate, settle.
 
 Routes stay thin; everything that touches money or limits happens here, in one order:
 rate limit, then budget reservation, then work, then settlement in a `finally` so that success,
-error, timeout and client disconnect all settle exactly once.
+error, timeout and client disconnect all settle exactly once. Which model serves is gateway/routing.py's call;
+each model renders and counts its own prompt (gateway/served.py).
 """
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ from typing import AsyncIterator
 
 import anyio
 
-from backends.base import Backend, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
+from backends.base import BackendRejected, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
 from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation, UnknownPrice
 from gateway import metrics
+from gateway.catalog import Catalog
 from gateway.config import Settings
 from gateway.errors import APIError, invalid
-from gateway.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from gateway.public_prefixes import public_prefix_len
+from gateway.routing import ModelUnavailable, Plan, Routing
+from gateway.schemas import ChatCompletionRequest, SamplingFields
+from gateway.served import Prompt, ServedModel, last_user_turn
 
 PRIORITY = {"interactive": 0, "standard": 1, "batch": 2}
+INLINE_BYTES = 32 * 1024  # inputs larger than this are rendered and scored off the event loop
 
 
 @dataclass
@@ -32,30 +38,35 @@ class Ticket:
     request_id: str
     principal: Principal
     model: str
-    route: str  # "small" | "large"
+    route: str  # the served tier's label: "small", "large", "cascade-small", ...
     difficulty: float | None
     request: GenerationRequest
     reservation: Reservation
+    prompt: Prompt
+    plan: Plan
     headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    completion_ids: list[int] = field(default_factory=list)
+    completion_tokens: int = 0  # counted from the deltas, for a stream that ends without usage
     usage: Usage | None = None
     first_token_at: float | None = None
     cost_micros: int | None = None
-    cascade: bool = False  # a small-model first try whose answer may be escalated
     logprobs: list[float] = field(default_factory=list)
-    earlier_cost_micros: int = 0  # what an escalated request's small-model try already cost
+    earlier_cost_micros: int = 0  # what an escalated request's first try already cost
 
     def total_cost_micros(self) -> int:
         return (self.cost_micros or 0) + self.earlier_cost_micros
 
+    def final_usage(self) -> Usage:
+        return self.usage or Usage(self.prompt.tokens, self.completion_tokens, estimated=self.prompt.estimated)
+
 
 class Ferry:
     def __init__(self, settings: Settings, billing: Billing, limiter: RateLimiter, router,
-                 backends: dict[str, Backend], tokenizer, context_len: int):
+                 models: dict[str, ServedModel], catalog: Catalog):
         self.settings, self.billing, self.limiter, self.router = settings, billing, limiter, router
-        self.backends, self.tokenizer, self.context_len = backends, tokenizer, context_len
-        self.vocab_size = len(tokenizer)
+        self.models, self.catalog = models, catalog
+        self.backends = {name: m.backend for name, m in models.items()}
+        self.routing = Routing(catalog, router, models)
         # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked ledger's
         # commit waits milliseconds, which must not stall every other request on the event loop.
         self.ledger_in_thread = billing.engine.dialect.name != "sqlite"
@@ -83,84 +94,75 @@ class Ferry:
         if not (key and admin and hmac.compare_digest(key.encode(), admin.encode())):
             raise APIError(401, "This endpoint needs the admin key.", "invalid_request_error", "invalid_api_key")
 
-    # --- admission -----------------------------------------------------------------------------
+    # --- routing and admission -----------------------------------------------------------------
 
-    def prompt_ids(self, body: ChatCompletionRequest | CompletionRequest) -> tuple[list[int], str]:
-        """Token ids the model sees, and the text the router scores (the last user turn)."""
+    async def complete(self, principal: Principal, body: SamplingFields) -> tuple[Ticket, AsyncIterator[TokenDelta]]:
+        """The ticket of the model that serves, and its deltas (the first one already arrived)."""
+        size = _size(body)
+        plan = await _off_loop(size, self.routing.plan, principal, body, self._query(body))
+
+        async def attempt(model: str, route: str, plan: Plan, logprobs: bool):
+            served = self.models[model]
+            prompt = await _off_loop(size, served.prompt, body)
+            ticket = await self.admit(principal, body, served, prompt, plan, route, logprobs)
+            return ticket, await self.start(ticket)
+
+        return await self.routing.serve(plan, attempt, principal)
+
+    def _query(self, body) -> str:
+        """The text the router scores: the last user turn, or the completion prompt."""
         if isinstance(body, ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
-            return self.tokenizer.encode(text, add_special_tokens=False), query
-        if isinstance(body.prompt, list):
-            if any(not 0 <= t < self.vocab_size for t in body.prompt):
-                raise invalid("prompt contains token ids outside the vocabulary", "prompt")
-            return list(body.prompt), self.tokenizer.decode(body.prompt)
-        ids = [self.tokenizer.bos_token_id] + self.tokenizer.encode(body.prompt, add_special_tokens=False)
-        return ids, body.prompt
+            return last_user_turn(body)
+        if isinstance(body.prompt, str):
+            return body.prompt
+        return ""  # token ids mean something only to one model's tokenizer: nothing to score
 
-    def choose(self, principal: Principal, model: str, query: str) -> tuple[str, str, float | None]:
-        """(model, route, difficulty): `auto` asks the router (or, in cascade mode, tries small first);
-        a named model pins the choice."""
-        s = self.settings
-        if model == s.small_model or model == s.large_model:
-            return model, "small" if model == s.small_model else "large", None
-        if model != "auto":
-            raise APIError(404, f"The model '{model}' does not exist.", "invalid_request_error", "model_not_found", "model")
-        if s.cascade:
-            return s.small_model, "cascade-small", None
-        score = self.router.score(query)
-        threshold = self.router.threshold_for(principal.quality_floor, principal.large_share)
-        return (s.large_model, "large", score) if score >= threshold else (s.small_model, "small", score)
-
-    async def admit(self, principal: Principal, body: SamplingFields, prompt_ids: list[int], query: str,
-                    pin: tuple[str, str] | None = None) -> Ticket:
-        model, route, difficulty = (*pin, None) if pin else self.choose(principal, body.model, query)
-        room = self.context_len - len(prompt_ids)
-        if room < 1:
-            raise invalid(f"This model's maximum context length is {self.context_len} tokens; "
-                          f"the prompt has {len(prompt_ids)}.", "messages", )
-        max_tokens = body.requested_max_tokens() or min(room, self.settings.default_max_tokens)
-        if max_tokens > room:
-            raise invalid(f"max_tokens is too large: the prompt has {len(prompt_ids)} tokens and this model's "
-                          f"context length is {self.context_len}, so at most {room} may be generated.", "max_tokens")
+    async def admit(self, principal: Principal, body: SamplingFields, served: ServedModel, prompt: Prompt, plan: Plan,
+                    route: str, logprobs: bool = False) -> Ticket:
+        max_tokens = self._max_tokens(body, served, prompt)
         request_id = f"req-{uuid.uuid4().hex}"
-        rate_headers = await self._admit_rate(principal, len(prompt_ids) + max_tokens)
+        rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens)
         try:
-            reservation = await self.ledger(self.billing.reserve, principal, request_id, model, len(prompt_ids),
+            reservation = await self.ledger(self.billing.reserve, principal, request_id, served.name, prompt.tokens,
                                             max_tokens)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
-            raise APIError(402, str(exc), "insufficient_quota", "budget_exceeded", headers={"x-should-retry": "false"})
+            # Spent: no retry helps. Only held by requests in flight: the same request fits once they settle.
+            retry = ({"x-should-retry": "true", "retry-after": str(exc.retry_after_s)} if exc.retryable
+                     else {"x-should-retry": "false"})
+            raise APIError(402, str(exc), "insufficient_quota", "budget_held" if exc.retryable else "budget_exceeded",
+                           headers=retry)
         except UnknownPrice:
             await self.limiter.release(principal)
-            raise APIError(503, f"The model '{model}' has no price set; an operator must set one.", "server_error",
-                           "model_unpriced")
+            raise APIError(503, f"The model '{served.name}' has no price set; an operator must set one.",
+                           "server_error", "model_unpriced")
         except BaseException:
             await self.limiter.release(principal)
             raise
-        priority = body.priority or principal.priority
-        cascade = route == "cascade-small"
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=body.stops(), logprobs=cascade)
-        request = GenerationRequest(request_id, prompt_ids, params, PRIORITY.get(priority, 1))
-        headers = {**rate_headers, "x-request-id": request_id, "x-ferryman-route": route}
-        if difficulty is not None:
-            headers["x-ferryman-difficulty"] = f"{difficulty:.4f}"
-        return Ticket(request_id, principal, model, route, difficulty, request, reservation, headers, cascade=cascade)
+                                seed=body.seed, stop=body.stops(), logprobs=logprobs)
+        request = GenerationRequest(request_id, prompt.token_ids, params, PRIORITY.get(body.priority or principal.priority, 1),
+                                    cache_salt=f"t{principal.tenant_id}", messages=prompt.messages,
+                                    public_prefix_len=public_prefix_len(prompt.token_ids, served.public_heads),
+                                    extra=served.extra(body), stream=body.stream)
+        headers = {**rate_headers, "x-request-id": request_id, "x-ferryman-route": route, "x-ferryman-model": served.name}
+        if plan.difficulty is not None:
+            headers["x-ferryman-difficulty"] = f"{plan.difficulty:.4f}"
+        return Ticket(request_id, principal, served.name, route, plan.difficulty, request, reservation, prompt, plan,
+                      headers)
 
-    async def cascade(self, ticket: Ticket, body: SamplingFields, query: str) -> tuple[Ticket, list[TokenDelta] | None]:
-        """Run the small model's try to the end; keep its answer, or escalate to the large model when the
-        small model's own confidence is low. The try is billed as its own record either way."""
-        deltas = [delta async for delta in self.run(ticket)]
-        p = ticket.principal
-        if not self.router.cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share):
-            return ticket, deltas
-        large = await self.admit(p, body, ticket.request.prompt_token_ids, query,
-                                 pin=(self.settings.large_model, "cascade-large"))
-        large.earlier_cost_micros = ticket.cost_micros or 0
-        large.headers["x-ferryman-escalated-from"] = ticket.request_id
-        return large, None
+    def _max_tokens(self, body: SamplingFields, served: ServedModel, prompt: Prompt) -> int:
+        asked, context = body.requested_max_tokens(), served.context_length
+        if context is None:  # an upstream of unknown context length: it says so itself when the prompt is too long
+            return asked or self.settings.default_max_tokens
+        room = context - prompt.tokens
+        if room < 1 and not prompt.estimated:
+            raise invalid(f"This model's maximum context length is {context} tokens; the prompt has "
+                          f"{prompt.tokens}.", "messages")
+        if asked and asked > room and not prompt.estimated:
+            raise invalid(f"max_tokens is too large: the prompt has {prompt.tokens} tokens and this model's "
+                          f"context length is {context}, so at most {room} may be generated.", "max_tokens")
+        return asked or max(1, min(room, self.settings.default_max_tokens))
 
     async def _admit_rate(self, principal: Principal, tokens: int) -> dict[str, str]:
         try:
@@ -171,21 +173,43 @@ class Ferry:
 
     # --- work and settlement -------------------------------------------------------------------
 
+    async def start(self, ticket: Ticket) -> AsyncIterator[TokenDelta]:
+        """Run the model until its first delta, so that a model unavailable from the start can be passed over
+        (and the response's headers can say which model serves)."""
+        deltas = self.run(ticket)
+        try:
+            first = await anext(deltas)
+        except StopAsyncIteration:
+            return _empty()
+        return _prepend(first, deltas)
+
     async def run(self, ticket: Ticket) -> AsyncIterator[TokenDelta]:
         """Stream the backend's deltas; settle exactly once however the stream ends."""
         status = "error"
-        backend = self.backends[ticket.model]
+        served = self.models[ticket.model]
+        deadline = asyncio.get_running_loop().time() + served.entry.timeout_s
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                async for delta in backend.generate(ticket.request):
+            async with served.slot():
+                async for delta in _until(deadline, served.backend.generate(ticket.request)):
                     self._observe(ticket, delta)
                     yield delta
             status = "ok"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = "timeout"
-            raise APIError(504, "The request timed out.", "timeout", "timeout")
+            if ticket.first_token_at is None:
+                raise ModelUnavailable(ticket.model, "no answer in time") from None
+            raise APIError(504, "The request timed out.", "timeout", "timeout") from None
         except BackendUnavailable as exc:
+            status = "unavailable"
+            if ticket.first_token_at is None:
+                raise ModelUnavailable(ticket.model, str(exc), exc.status, exc.retry_after_s) from None
             raise APIError(503, f"The model is unavailable right now: {exc}", "server_error", "model_unavailable")
+        except BackendRejected as exc:
+            status = "rejected"
+            raise APIError(exc.status, str(exc), "invalid_request_error", "upstream_refused") from None
+        except ValueError as exc:  # the engine refused the request (e.g. a stop or seed it cannot take)
+            status = "rejected"
+            raise invalid(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
             raise
@@ -194,34 +218,74 @@ class Ferry:
             # shield the settlement, or the hold and the record would be lost with the client.
             with anyio.CancelScope(shield=True):
                 if status != "ok":
-                    await _quietly(backend.abort(ticket.request_id))
+                    await _quietly(served.backend.abort(ticket.request_id))
                 await self.settle(ticket, status)
 
     def _observe(self, ticket: Ticket, delta: TokenDelta) -> None:
-        if ticket.first_token_at is None and delta.token_ids:
+        if ticket.first_token_at is None and (delta.token_ids or delta.text or delta.tool_calls):
             ticket.first_token_at = time.perf_counter()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
-        ticket.completion_ids += delta.token_ids
-        ticket.logprobs += delta.logprobs or []
+        ticket.completion_tokens += len(delta.token_ids) or bool(delta.text)
+        if delta.logprobs:
+            ticket.logprobs += delta.logprobs
         if delta.usage is not None:
             ticket.usage = delta.usage
 
     async def settle(self, ticket: Ticket, status: str) -> None:
-        usage = ticket.usage or Usage(len(ticket.request.prompt_token_ids), len(ticket.completion_ids))
-        latency = time.perf_counter() - ticket.started
+        usage, latency = ticket.final_usage(), time.perf_counter() - ticket.started
+        if status in ("unavailable", "rejected") and ticket.first_token_at is None:
+            usage = Usage(0, 0)  # the model never started on it: nothing to charge, the whole hold goes back
+        p = ticket.principal
         try:
             record = await self.ledger(
-                self.billing.settle, ticket.reservation, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
-                difficulty=ticket.difficulty, status=status, baseline_model=self.settings.large_model)
+                self.billing.settle, ticket.reservation, prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
+                latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,
+                estimated=usage.estimated, route_group=ticket.plan.group, baseline_model=ticket.plan.baseline,
+                gpu_seconds=usage.gpu_seconds, prompt_text=ticket.prompt.query if p.store_prompts else None)
             ticket.cost_micros = record.cost_micros
         finally:
-            await self.limiter.release(ticket.principal)
+            await self.limiter.release(p)
         metrics.REQUESTS.labels(ticket.route, status).inc()
         metrics.LATENCY.labels(ticket.route).observe(latency)
         metrics.TOKENS.labels(ticket.route, "prompt").inc(usage.prompt_tokens)
         metrics.TOKENS.labels(ticket.route, "completion").inc(usage.completion_tokens)
         metrics.COST.labels(ticket.model).inc(record.cost_micros / 1e6)
+
+
+async def _until(deadline: float, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    """The deltas until the deadline. Each wait is timed on its own, because a stream's first delta is awaited by
+    the request's task and the rest by the response's task (a timeout binds to one task)."""
+    while True:
+        async with asyncio.timeout_at(deadline):
+            delta = await anext(deltas, None)
+        if delta is None:
+            return
+        yield delta
+
+
+async def _off_loop(size: int, fn, *args):
+    """Small inputs are handled inline; a large one off the event loop, so it cannot stall other requests."""
+    if size > INLINE_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _size(body: SamplingFields) -> int:
+    if isinstance(body, ChatCompletionRequest):
+        return sum(len(m.content) if isinstance(m.content, str) else len(str(m.content)) for m in body.messages)
+    return len(body.prompt)
+
+
+async def _prepend(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    yield first
+    async for delta in rest:
+        yield delta
+
+
+async def _empty() -> AsyncIterator[TokenDelta]:
+    return
+    yield
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import AsyncIterator
 
@@ -9,31 +10,32 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from backends.base import TokenDelta
-from gateway.errors import APIError
+from gateway.errors import APIError, outage, responses
 from gateway.ferry import Ferry, Ticket
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger("ferryman")
+COMPLETION_ERRORS = responses(400, 401, 402, 403, 404, 413, 429, 503, 504)
 
 
 def ferry_of(request: Request) -> Ferry:
     return request.app.state.ferry
 
 
-@router.get("/models")
+@router.get("/models", responses=responses(401, 503))
 async def list_models(request: Request, authorization: str | None = Header(None)):
     ferry = ferry_of(request)
-    await ferry.authenticate(authorization)
-    names = ["auto", *ferry.backends]
+    names = ferry.routing.visible(await ferry.authenticate(authorization))  # exactly what the caller may use
     return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "ferryman"} for n in names]}
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=COMPLETION_ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request, authorization: str | None = Header(None)):
     return await _complete(request, body, authorization, chat=True)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=COMPLETION_ERRORS)
 async def completions(body: CompletionRequest, request: Request, authorization: str | None = Header(None)):
     return await _complete(request, body, authorization, chat=False)
 
@@ -41,27 +43,30 @@ async def completions(body: CompletionRequest, request: Request, authorization: 
 async def _complete(request: Request, body, authorization: str | None, chat: bool):
     ferry = ferry_of(request)
     principal = await ferry.authenticate(authorization)
-    prompt_ids, query = ferry.prompt_ids(body)
-    ticket = await ferry.admit(principal, body, prompt_ids, query)
-    kept = None
-    if ticket.cascade:
-        ticket, kept = await ferry.cascade(ticket, body, query)
-    deltas = _replay(kept) if kept is not None else ferry.run(ticket)
+    ticket, deltas = await ferry.complete(principal, body)
+    deltas = request.app.state.drain.guard(deltas)
     shape = ChatShape(ticket) if chat else CompletionShape(ticket)
     if body.stream:
         return StreamingResponse(_sse(deltas, ticket, shape, body.include_usage()),
                                  media_type="text/event-stream", headers=ticket.headers)
-    text, finish = "", None
+    answer = Answer()
     async for delta in deltas:
-        text += delta.text
-        finish = delta.finish_reason or finish
+        answer.add(delta)
     headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.total_cost_micros())}
-    return JSONResponse(shape.whole(text, finish, _usage(ticket)), headers=headers)
+    return JSONResponse(shape.whole(answer, _usage(ticket)), headers=headers)
 
 
-async def _replay(deltas: list[TokenDelta]) -> AsyncIterator[TokenDelta]:
-    for delta in deltas:
-        yield delta
+class Answer:
+    """A whole answer gathered from its deltas: text, tool calls, log-probabilities, finish reason."""
+
+    def __init__(self):
+        self.text, self.finish, self.tool_calls, self.logprobs = "", None, [], []
+
+    def add(self, delta: TokenDelta) -> None:
+        self.text += delta.text
+        self.finish = delta.finish_reason or self.finish
+        self.tool_calls += delta.tool_calls or ()
+        self.logprobs += (delta.choice_logprobs or {}).get("content") or ()
 
 
 async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
@@ -69,14 +74,23 @@ async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include
         if first := shape.opening():
             yield _event(first)
         async for delta in deltas:
-            if delta.text or delta.finish_reason:
-                yield _event(shape.chunk(delta.text, delta.finish_reason))
-    except APIError as exc:
-        yield _event({"error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param}})
+            if delta.text or delta.finish_reason or delta.tool_calls or delta.choice_logprobs:
+                yield _event(shape.chunk(delta))
+    except Exception as exc:  # headers are sent: the error travels as an SSE event, then the stream ends cleanly
+        yield _event(_stream_error(exc).body())
         return
     if include_usage:
         yield _event(shape.usage_chunk(_usage(ticket)))
     yield "data: [DONE]\n\n"
+
+
+def _stream_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if found := outage(exc):
+        return found
+    log.exception("a stream failed after it started")
+    return APIError(500, "The server had an error while processing your request.", "server_error")
 
 
 def _event(payload: dict) -> str:
@@ -84,10 +98,10 @@ def _event(payload: dict) -> str:
 
 
 def _usage(ticket: Ticket) -> dict:
-    u = ticket.usage
-    prompt, completion = (u.prompt_tokens, u.completion_tokens) if u else (len(ticket.request.prompt_token_ids), len(ticket.completion_ids))
+    u = ticket.final_usage()
+    prompt, completion = u.prompt_tokens, u.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens if u else 0},
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
             "cost_usd": float(_usd(ticket.total_cost_micros()))}
 
 
@@ -102,21 +116,28 @@ class ChatShape:
         self.base = {"id": "chatcmpl-" + ticket.request_id[4:], "created": int(time.time()), "model": ticket.model,
                      "system_fingerprint": None}
 
-    def whole(self, text: str, finish: str | None, usage: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+    def whole(self, answer: Answer, usage: dict) -> dict:
+        message = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
+        if answer.tool_calls:
+            message["tool_calls"] = answer.tool_calls
+        logprobs = {"content": answer.logprobs} if answer.logprobs else None
+        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": answer.finish}
         return {**self.base, "object": "chat.completion", "choices": [choice], "usage": usage}
 
     def opening(self) -> dict:
         return self._chunk({"role": "assistant", "content": ""}, None)
 
-    def chunk(self, text: str, finish: str | None) -> dict:
-        return self._chunk({"content": text} if text else {}, finish)
+    def chunk(self, d: TokenDelta) -> dict:
+        delta = {"content": d.text} if d.text else {}
+        if d.tool_calls:
+            delta["tool_calls"] = d.tool_calls
+        return self._chunk(delta, d.finish_reason, d.choice_logprobs)
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
-    def _chunk(self, delta: dict, finish: str | None) -> dict:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def _chunk(self, delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
 
 
@@ -127,14 +148,14 @@ class CompletionShape:
         self.base = {"id": "cmpl-" + ticket.request_id[4:], "object": "text_completion", "created": int(time.time()),
                      "model": ticket.model, "system_fingerprint": None}
 
-    def whole(self, text: str, finish: str | None, usage: dict) -> dict:
-        return {**self.base, "choices": [self._choice(text, finish)], "usage": usage}
+    def whole(self, answer: Answer, usage: dict) -> dict:
+        return {**self.base, "choices": [self._choice(answer.text, answer.finish)], "usage": usage}
 
     def opening(self) -> None:
         return None
 
-    def chunk(self, text: str, finish: str | None) -> dict:
-        return {**self.base, "choices": [self._choice(text, finish)]}
+    def chunk(self, d: TokenDelta) -> dict:
+        return {**self.base, "choices": [self._choice(d.text, d.finish_reason)]}
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.base, "choices": [], "usage": usage}

@@ -41,7 +41,7 @@ def make_gateway(tmp_path, tokenizer, delay_s: float = 0.0, **settings) -> tuple
     billing.create_schema()
     billing.ensure_admin_defaults()
     decode = lambda ids: tokenizer.decode(ids)
-    backends = {name: EchoBackend(name, decode, delay_s) for name in (config.small_model, config.large_model)}
+    backends = {name: EchoBackend(name, decode, delay_s) for name in ("ferryman-small", "ferryman-large")}
     app = create_app(config, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
                      backends=backends, tokenizer=tokenizer)
     tenant = billing.create_tenant("acme")

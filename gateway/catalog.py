@@ -1,0 +1,182 @@
+"""The model catalog: which models the gateway serves, what they cost, and how requests are routed among them.
+
+One YAML file (`ferryman serve --config FILE`, or FERRYMAN_CONFIG), validated at start; without one, the embedded
+default is the bundled pair with the route `auto`. Secrets never live here: an upstream names the environment
+variable that holds its API key (`api_key_env`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.config import Settings
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently ignored setting
+
+
+class Price(Strict):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)  # None = the input price
+    output: float = Field(ge=0)
+
+    def per_million(self) -> dict[str, float]:
+        cached = self.input if self.cached_input is None else self.cached_input
+        return {"input": self.input, "cached_input": cached, "output": self.output}
+
+
+class ModelEntry(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
+    price: Price | None = None  # None: the price table keeps what an operator set
+    context_length: int | None = Field(None, ge=16)
+    max_concurrency: int | None = Field(None, ge=1)  # requests in flight at once; more wait
+    timeout_s: float = Field(120.0, gt=0)  # the whole request
+    connect_timeout_s: float = Field(5.0, gt=0)
+    vision: bool = False  # accepts image parts
+    tokenizer: Path | None = None  # an HF tokenizer directory: counts (openai) or renders (replicas) prompts
+
+
+class EngineEntry(ModelEntry):
+    """Our in-process engine on an HF checkpoint directory, with the checkpoint's own tokenizer and template."""
+
+    kind: Literal["engine"]
+    path: Path
+    quantization: Literal["int8", "int4"] | None = None
+    speculation: str | None = None  # "ngram", or the name of another engine entry that drafts
+    idle_unload_s: float | None = Field(None, gt=0)  # scale-to-zero: unload after this long idle
+
+
+class ReplicasEntry(ModelEntry):
+    """`ferryman engine serve` processes: token-id prompts, mid-stream continuation, health checks, breaker."""
+
+    kind: Literal["replicas"]
+    urls: list[str] = Field(min_length=1)
+    tokenizer: Path  # the checkpoint's tokenizer: the gateway renders prompts for token-id replicas
+    inter_token_timeout_s: float = Field(5.0, gt=0)  # silent this long mid-stream: hung, continue on another
+
+
+class OpenAIEntry(ModelEntry):
+    """Any OpenAI-compatible server: messages go as messages, text comes back as text."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None  # the environment variable holding the key; never the key itself
+    upstream_model: str | None = None  # the name the upstream knows the model by; default: `name`
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+Entry = Annotated[EngineEntry | ReplicasEntry | OpenAIEntry, Field(discriminator="kind")]
+
+
+class RouteGroup(Strict):
+    """Named group of models: `tiers` from cheapest to strongest, and the policy that chooses among them."""
+
+    name: str = Field(min_length=1)
+    tiers: list[str] = Field(min_length=1)
+    # router: the router's difficulty score picks the tier; cascade: the cheapest answers first and a
+    # low-confidence answer is escalated to the strongest; pinned: always the first tier; fallback: the first
+    # tier, the others only when it is unavailable.
+    policy: Literal["router", "cascade", "pinned", "fallback"] = "router"
+    fallbacks: bool = True  # an unavailable model's request goes to the next eligible tier
+
+
+class Catalog(Strict):
+    models: list[Entry] = Field(min_length=1)
+    routes: list[RouteGroup] = []
+    # Texts (say a shared system prompt) whose prefix-cache blocks every tenant shares; the rest of every prompt
+    # is cached per tenant (gateway/public_prefixes.py).
+    public_prefixes: list[str] = []
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Catalog:
+        names = [m.name for m in self.models]
+        if dup := next((n for n in names if names.count(n) > 1), None):
+            raise ValueError(f"models: the name {dup!r} is used twice")
+        for i, group in enumerate(self.routes):
+            if group.name in names:
+                raise ValueError(f"routes[{i}].name: {group.name!r} is already a model's name")
+            if missing := [t for t in group.tiers if t not in names]:
+                raise ValueError(f"routes[{i}].tiers: no model named {missing[0]!r} in models")
+        for i, m in enumerate(self.models):
+            if isinstance(m, EngineEntry) and m.speculation not in (None, "ngram") and not self._is_engine(m.speculation):
+                raise ValueError(f"models[{i}].speculation: expected 'ngram' or the name of an engine model, "
+                                 f"got {m.speculation!r}")
+            if isinstance(m, OpenAIEntry) and m.api_key_env and m.api_key_env not in os.environ:
+                raise ValueError(f"models[{i}].api_key_env: the environment variable {m.api_key_env} is not set")
+        return self
+
+    def _is_engine(self, name: str) -> bool:
+        return any(m.name == name and isinstance(m, EngineEntry) for m in self.models)
+
+    def model(self, name: str) -> Entry:
+        return next(m for m in self.models if m.name == name)
+
+    def route(self, name: str) -> RouteGroup | None:
+        return next((g for g in self.routes if g.name == name), None)
+
+    def prices(self) -> dict[str, dict[str, float]]:
+        return {m.name: m.price.per_million() for m in self.models if m.price is not None}
+
+
+class CatalogError(Exception):
+    """A catalog file that cannot be served: the message is one line naming the key and the problem."""
+
+
+def load(path: Path) -> Catalog:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"{path}: {' '.join(str(exc).split())}") from None
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key, message = _key(err["loc"]), err["msg"].removeprefix("Value error, ")
+        if key.endswith("api_key") and err["type"] == "extra_forbidden":
+            message = "keys never go in the file: name the environment variable that holds it with api_key_env"
+        problems.append(f"{key}: {message}" if key else message)
+    return "; ".join(problems)
+
+
+def _key(loc: tuple) -> str:
+    """models[1].price.input, as the file spells it (pydantic puts the entry's kind into the path)."""
+    key = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif not (i and isinstance(loc[i - 1], int) and part in ("engine", "replicas", "openai")):
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def embedded(settings: Settings) -> Catalog:
+    """The bundled pair and the route `auto` with the bundled router; the old FERRYMAN_LARGE_* settings apply."""
+    small = {"name": "ferryman-small", "kind": "engine", "path": settings.small_model_path,
+             "idle_unload_s": settings.idle_unload_s}
+    large = {"name": "ferryman-large", "kind": "engine", "path": settings.large_model_path,
+             "quantization": settings.large_quantization, "idle_unload_s": settings.idle_unload_s,
+             "speculation": "ferryman-small" if settings.large_speculation == "draft" else settings.large_speculation}
+    if settings.large_upstreams:
+        urls = [u.strip() for u in settings.large_upstreams.split(",") if u.strip()]
+        large = {"name": "ferryman-large", "kind": "replicas", "urls": urls, "tokenizer": settings.large_model_path}
+    policy = "cascade" if settings.cascade else "router"
+    auto = {"name": "auto", "tiers": ["ferryman-small", "ferryman-large"], "policy": policy}
+    return Catalog.model_validate({"models": [small, large], "routes": [auto]})
+
+
+def from_settings(settings: Settings) -> Catalog:
+    return load(settings.config) if settings.config else embedded(settings)

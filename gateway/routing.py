@@ -1,0 +1,148 @@
+"""Which model serves a request: the routing policy of its route group, and the fallbacks when it is unavailable.
+
+A request names a route group (`auto`) or a model. A group's policy picks the first choice among the tiers that can
+honour the request (tools, images, ...); with `fallbacks`, the other tiers follow it, nearest tier first, in case
+it is unavailable (down, breaker open, 429/5xx/timeout before its first token). The cascade, too, lives here:
+the cheapest tier answers, and an answer it is unsure of is asked again of the strongest tier.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+from gateway.catalog import Catalog, RouteGroup
+from gateway.errors import APIError
+
+
+class ModelUnavailable(APIError):
+    """The model could not start the answer; the route group's next tier may serve instead."""
+
+    def __init__(self, model: str, reason: str, status: int = 503, retry_after_s: float | None = None):
+        code = "upstream_rate_limited" if status == 429 else "model_unavailable"
+        headers = {"retry-after": str(max(1, round(retry_after_s or 1)))}
+        super().__init__(status, f"The model '{model}' is unavailable right now: {reason}",
+                         "rate_limit_exceeded" if status == 429 else "server_error", code, headers=headers)
+
+
+@dataclass
+class Plan:
+    group: str | None  # the route group, None when the request named a model
+    order: list[str]  # the first choice, then the models that serve if the one before is unavailable
+    labels: dict[str, str]  # model -> its route label in records and metrics ("small", "large", "tier2", ...)
+    difficulty: float | None = None
+    baseline: str | None = None  # the group's strongest tier: savings are counted against it
+    cascade_to: str | None = None  # cascade: the tier that answers when the first one is unsure
+
+
+def router_tier(router, principal, query: str, tiers: list[str]) -> tuple[int, float]:
+    """The router policy: the index of the tier to use and the difficulty score. Below the tenant's threshold the
+    cheapest tier answers, at or above it the strongest."""
+    score = router.score(query)
+    threshold = router.threshold_for(principal.quality_floor, principal.large_share)
+    return (len(tiers) - 1 if score >= threshold else 0), score
+
+
+class Routing:
+    def __init__(self, catalog: Catalog, router, models: dict):
+        self.catalog, self.router, self.models = catalog, router, models
+
+    def visible(self, principal) -> list[str]:
+        """Route groups and models the caller may name, groups first."""
+        names = [g.name for g in self.catalog.routes] + list(self.models)
+        allowed = principal.allowed_models
+        return names if allowed is None else [n for n in names if n in allowed]
+
+    def plan(self, principal, body, query: str) -> Plan:
+        self._check_allowed(principal, body.model)
+        group = self.catalog.route(body.model)
+        if group is None:
+            return self._pinned(body.model, body)
+        tiers = self._eligible(group.tiers, body)
+        labels = {t: _label(group.tiers, t) for t in tiers}
+        plan = Plan(group.name, tiers[:1], labels, baseline=group.tiers[-1])
+        if group.policy == "router" and len(tiers) > 1:
+            index, plan.difficulty = router_tier(self.router, principal, query, tiers)
+            plan.order = [tiers[index]]
+        if group.policy == "cascade" and len(tiers) > 1:
+            plan.cascade_to = tiers[-1]
+        if group.fallbacks:
+            plan.order += _nearest_first(tiers, plan.order[0])
+        return plan
+
+    def _pinned(self, name: str, body) -> Plan:
+        if name not in self.models:
+            raise APIError(404, f"The model '{name}' does not exist.", "invalid_request_error", "model_not_found",
+                           "model")
+        [name] = self._eligible([name], body)
+        group = self._group_of(name)
+        label = _label(group.tiers, name) if group else "pinned"
+        return Plan(None, [name], {name: label}, baseline=group.tiers[-1] if group else name)
+
+    def _group_of(self, model: str) -> RouteGroup | None:
+        return next((g for g in self.catalog.routes if model in g.tiers), None)
+
+    def _check_allowed(self, principal, name: str) -> None:
+        allowed = principal.allowed_models
+        if allowed is not None and name not in allowed and (name in self.models or self.catalog.route(name)):
+            raise APIError(403, f"The model '{name}' is not enabled for this API key's tenant; it may use: "
+                                f"{', '.join(sorted(allowed)) or 'none'}.", "invalid_request_error",
+                           "model_not_allowed", "model")
+
+    def _eligible(self, names: list[str], body) -> list[str]:
+        """The models that can honour every parameter of the request; none: 400 naming the parameter."""
+        refusals = {n: self.models[n].refusal(body) for n in names}
+        eligible = [n for n in names if refusals[n] is None]
+        if not eligible:
+            raise refusals[names[0]]
+        return eligible
+
+    # --- running a plan ----------------------------------------------------------------------------
+
+    async def serve(self, plan: Plan, attempt: Callable[..., Awaitable], principal):
+        """(ticket, deltas) of the model that serves: the first available one of the plan; in a cascade, the
+        first tier's answer when it is sure of it, else the strongest tier's (both tries billed)."""
+        ticket, deltas = await self._first_available(plan, plan.order, attempt, cascade=plan.cascade_to is not None)
+        if plan.cascade_to is None or ticket.model == plan.cascade_to:
+            return ticket, deltas
+        kept = [delta async for delta in deltas]
+        if not self.router.cascade_escalate(ticket.logprobs, principal.quality_floor, principal.large_share):
+            return ticket, _replay(kept)
+        strong, deltas = await self._first_available(plan, [plan.cascade_to], attempt, escalated=True)
+        strong.earlier_cost_micros = ticket.cost_micros or 0
+        strong.headers["x-ferryman-escalated-from"] = ticket.request_id
+        return strong, deltas
+
+    async def _first_available(self, plan: Plan, order: list[str], attempt, cascade=False, escalated=False):
+        failed: list[str] = []
+        for i, model in enumerate(order):
+            label = plan.labels[model]
+            route = f"cascade-{label}" if (cascade and model != plan.cascade_to) or escalated else label
+            try:
+                ticket, deltas = await attempt(model, route, plan, logprobs=cascade and model != plan.cascade_to)
+            except ModelUnavailable:
+                failed.append(model)
+                if i == len(order) - 1:
+                    raise
+                continue
+            if failed:
+                ticket.headers["x-ferryman-fallback-from"] = ",".join(failed)
+            return ticket, deltas
+
+
+def _label(tiers: list[str], model: str) -> str:
+    """A tier's name in records and metrics: cheapest "small", strongest "large", the ones between "tier<n>"."""
+    if len(tiers) == 1:
+        return "pinned"
+    i = tiers.index(model)
+    return "small" if i == 0 else "large" if i == len(tiers) - 1 else f"tier{i + 1}"
+
+
+def _nearest_first(tiers: list[str], chosen: str) -> list[str]:
+    """The other tiers, nearest to the chosen one first; at equal distance the stronger one (quality over cost)."""
+    at = tiers.index(chosen)
+    return sorted((t for t in tiers if t != chosen), key=lambda t: (abs(tiers.index(t) - at), tiers.index(t) < at))
+
+
+async def _replay(deltas: list) -> AsyncIterator:
+    for delta in deltas:
+        yield delta

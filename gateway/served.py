@@ -1,0 +1,193 @@
+"""A catalog model as the gateway serves it: its backend, and its own way of counting and rendering a prompt.
+
+No tokenizer is shared between models. Token-id models (our engine, our replicas) get the prompt rendered with
+their checkpoint's own tokenizer and chat template. Text upstreams (kind: openai) get the messages as they came;
+their prompt is only estimated here (an upper bound, for the budget hold), the upstream's own count is billed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.engine.chat import encode_text, render_chat
+from gateway.catalog import Catalog, EngineEntry, Entry, OpenAIEntry
+from gateway.config import ROOT
+from gateway.errors import APIError, invalid
+from gateway.public_prefixes import public_heads
+from gateway.schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("ferryman")
+
+# Parameters only a text upstream can honour; our engine would have to drop them (so it refuses them).
+UPSTREAM_ONLY = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty")
+PASS_THROUGH = (*UPSTREAM_ONLY, "tool_choice", "parallel_tool_calls", "user", "max_completion_tokens")
+
+
+@dataclass
+class Prompt:
+    token_ids: list[int]  # empty for a text upstream
+    query: str  # what the router scores and an opted-in tenant's record keeps: the last user turn
+    messages: list[dict] | None = None  # the chat as it goes to a text upstream
+    tokens: int | None = None  # counted (the token ids), or for a text upstream an upper bound
+    estimated: bool = False
+
+    def __post_init__(self):
+        if self.tokens is None:
+            self.tokens = len(self.token_ids)
+
+
+class ServedModel:
+    def __init__(self, entry: Entry, backend, tokenizer=None, context_length: int | None = None):
+        self.entry, self.backend, self.tokenizer = entry, backend, tokenizer
+        self.name, self.text_only = entry.name, entry.kind == "openai"
+        self.context_length = entry.context_length or context_length
+        self.slots = asyncio.Semaphore(entry.max_concurrency) if entry.max_concurrency else None
+        self.public_heads: list[list[int]] = []  # token ids of the catalog's public prefixes (token-id models)
+        # No token spells more characters than the longest vocabulary entry, so a text longer than
+        # context x that cannot fit: it is refused before seconds of CPU go into tokenizing it.
+        self.longest_token = max(map(len, tokenizer.get_vocab()), default=1) if hasattr(tokenizer, "get_vocab") else None
+
+    def refusal(self, body) -> APIError | None:
+        """A 400 naming the first parameter this model cannot honour; None when it can honour them all."""
+        if self.text_only:
+            if isinstance(body, CompletionRequest):
+                return invalid(f"The model '{self.name}' serves chat completions only (/v1/chat/completions).",
+                               "model")
+            return self._image_refusal(body)
+        for param in UPSTREAM_ONLY:
+            if getattr(body, param, None) not in (None, [], False, 0, {"type": "text"}):
+                return invalid(f"The model '{self.name}' cannot honour '{param}'; choose a model that can.", param)
+        if getattr(body, "tool_choice", None) not in (None, "none"):
+            return invalid(f"The model '{self.name}' cannot call tools ('tool_choice').", "tool_choice")
+        return self._image_refusal(body)
+
+    def _image_refusal(self, body) -> APIError | None:
+        if self.entry.vision or not isinstance(body, ChatCompletionRequest):
+            return None
+        i = next((i for i, m in enumerate(body.messages) if m.has_images()), None)
+        return None if i is None else invalid(
+            f"The model '{self.name}' takes text parts only; image parts need a vision model.", f"messages.{i}.content")
+
+    def prompt(self, body) -> Prompt:
+        self._refuse_certainly_too_long(body)
+        if isinstance(body, ChatCompletionRequest):
+            return self._chat(body)
+        if isinstance(body.prompt, str):
+            return Prompt(encode_text(self.tokenizer, body.prompt), body.prompt)
+        if any(not 0 <= t < len(self.tokenizer) for t in body.prompt):
+            raise invalid("prompt contains token ids outside the vocabulary", "prompt")
+        return Prompt(list(body.prompt), self.tokenizer.decode(body.prompt))
+
+    def _refuse_certainly_too_long(self, body) -> None:
+        if self.text_only or not self.context_length or not self.longest_token:
+            return
+        text = (sum(len(m.text()) for m in body.messages) if isinstance(body, ChatCompletionRequest)
+                else len(body.prompt) if isinstance(body.prompt, str) else 0)
+        if text > self.context_length * self.longest_token:
+            at_least = text // self.longest_token
+            raise invalid(f"This model's maximum context length is {self.context_length} tokens; the prompt has "
+                          f"at least {at_least}.", "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+
+    def _chat(self, body: ChatCompletionRequest) -> Prompt:
+        query = last_user_turn(body)
+        if self.text_only:
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+            return Prompt([], query, messages, self._upper_bound(messages, body.tools), estimated=True)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            return Prompt(render_chat(self.tokenizer, messages), query)
+        except ValueError as exc:  # a role or part this checkpoint's template cannot take
+            raise invalid(str(exc), "messages") from None
+
+    def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:
+        """At most one token per byte (byte-level BPE never does worse), plus the chat format's few per turn."""
+        size = sum(len(m["content"].encode()) if isinstance(m.get("content"), str)
+                   else len(json.dumps(m, ensure_ascii=False)) for m in messages)
+        return size + 8 * len(messages) + (len(json.dumps(tools)) if tools else 0)
+
+    def extra(self, body) -> dict:
+        """The OpenAI parameters a text upstream gets as they came."""
+        if not self.text_only:
+            return {}
+        return {k: v for k in PASS_THROUGH if (v := getattr(body, k, None)) is not None}
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """Hold one of the model's `max_concurrency` places for the request (none: unlimited)."""
+        if self.slots is None:
+            yield
+            return
+        async with self.slots:
+            yield
+
+
+def last_user_turn(body: ChatCompletionRequest) -> str:
+    return next((m.text() for m in reversed(body.messages) if m.role == "user"), body.messages[-1].text())
+
+
+def served_model(entry: Entry, catalog: Catalog, backend=None, tokenizer=None) -> ServedModel:
+    """The entry's backend and tokenizer, built from the catalog unless a test injected them."""
+    if isinstance(entry, OpenAIEntry):
+        from backends.openai_upstream import OpenAIUpstream
+
+        counter = _tokenizer(entry.tokenizer) if entry.tokenizer else None
+        backend = backend or OpenAIUpstream(
+            entry.name, entry.base_url, api_key=entry.api_key(), upstream_model=entry.upstream_model,
+            tokenizer=counter, timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s)
+        return ServedModel(entry, backend, counter)
+    checkpoint = _local(entry.path if isinstance(entry, EngineEntry) else entry.tokenizer)
+    if backend is None:
+        backend = _engine(entry, catalog) if isinstance(entry, EngineEntry) else _replicas(entry)
+    tokenizer = tokenizer or getattr(backend, "tokenizer", None) or _tokenizer(checkpoint)
+    model = ServedModel(entry, backend, tokenizer, _context_length(checkpoint))
+    model.public_heads = public_heads(tokenizer, catalog.public_prefixes)
+    return model
+
+
+def _engine(entry: EngineEntry, catalog: Catalog):
+    """An in-process engine; with idle_unload_s set it loads on first use and unloads when idle."""
+    from backends.engine import EngineBackend, EngineConfig
+
+    draft = entry.speculation not in (None, "ngram")
+    config = EngineConfig(model=str(_local(entry.path)), name=entry.name, quantization=entry.quantization,
+                          speculative_method="draft" if draft else entry.speculation,
+                          speculative_model=str(_local(catalog.model(entry.speculation).path)) if draft else None)
+
+    def load():
+        log.info("loading %s from %s", entry.name, entry.path)
+        return EngineBackend(entry.name, config)
+
+    if entry.idle_unload_s is None:
+        return load()
+    from backends.idle import ScaleToZero
+
+    return ScaleToZero(entry.name, load, entry.idle_unload_s)
+
+
+def _replicas(entry):
+    from backends.remote import RemoteBackend
+
+    return RemoteBackend(entry.name, entry.urls, connect_timeout_s=entry.connect_timeout_s,
+                         read_timeout_s=entry.timeout_s, inter_token_timeout_s=entry.inter_token_timeout_s)
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_local(path))
+
+
+def _local(path: Path) -> Path:
+    """A relative path from the working directory, else from the repository (so `models/small` works anywhere)."""
+    return path if path.is_absolute() or path.exists() else ROOT / path
+
+
+def _context_length(checkpoint: Path) -> int | None:
+    config = checkpoint / "config.json"
+    if config.exists():
+        return int(json.loads(config.read_text()).get("max_position_embeddings", 2048))
+    return None
