@@ -88,10 +88,8 @@ class StepModel:
         return parts["step"], [c * scale for c in costs]
 
     def flops(self, shape: Shape) -> float:
-        md = self.model
-        linear = 2 * (md.linear_params + md.vocab * md.hidden)  # per token (the LM head counted for every token: an upper bound)
-        attention = 4 * md.layers * md.heads * md.head_dim  # per (query, key) pair: QK^T and AV
-        return sum(linear * n + attention * n * (c + (n + 1) / 2) for n, c in shape)
+        _, compute = self._per_sequence(shape)
+        return sum(compute) * self.layout.gpus_per_replica * self.hardware.flops * self.eff.flops
 
     def _per_sequence(self, shape: Shape) -> tuple[list[float], list[float]]:
         """Each sequence's KV-read seconds and compute seconds (per rank, at the efficiency-scaled rates)."""
@@ -99,9 +97,11 @@ class StepModel:
         kv_s = self.kv_token_bytes / ranks / (self.hardware.bandwidth * self.eff.bandwidth)
         flop_s = 1 / ranks / (self.hardware.flops * self.eff.flops)
         md = self.model
-        linear, attention = 2 * (md.linear_params + md.vocab * md.hidden), 4 * md.layers * md.heads * md.head_dim
+        # 2 FLOPs per weight per token, the LM head once per sequence (only the last position's logits are computed),
+        # attention 4 per (query, key) pair per head and layer (QK^T and AV)
+        linear, head, attention = 2 * md.linear_params, 2 * md.vocab * md.hidden, 4 * md.layers * md.heads * md.head_dim
         kv = [(c + n) * kv_s for n, c in shape]
-        compute = [(linear * n + attention * n * (c + (n + 1) / 2)) * flop_s for n, c in shape]
+        compute = [(linear * n + head + attention * n * (c + (n + 1) / 2)) * flop_s for n, c in shape]
         return kv, compute
 
     def _breakdown(self, shape: Shape, kv_times: list[float], compute_times: list[float]) -> dict[str, float]:
