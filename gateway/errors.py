@@ -7,7 +7,9 @@ down (database, Redis) is the operator's problem, not the tenant's: 503 with Ret
 from __future__ import annotations
 
 import logging
+import sqlite3
 
+import psycopg
 import redis.exceptions
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
@@ -72,8 +74,10 @@ def unavailable(message: str, code: str = "service_unavailable") -> APIError:
 
 
 # A lost connection to the ledger or to Redis: the request did not happen; the same request may succeed later.
+# The money path runs on the driver's own cursors (billing.db.Prepared), so the drivers' errors arrive unwrapped.
 DATABASE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-                 sqlalchemy.exc.PendingRollbackError)
+                 sqlalchemy.exc.PendingRollbackError, psycopg.OperationalError, psycopg.InterfaceError,
+                 sqlite3.OperationalError)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
