@@ -137,7 +137,8 @@ def served_model(entry: Entry, catalog: Catalog, backend=None, tokenizer=None) -
         counter = _tokenizer(entry.tokenizer) if entry.tokenizer else None
         backend = backend or OpenAIUpstream(
             entry.name, entry.base_url, api_key=entry.api_key(), upstream_model=entry.upstream_model,
-            tokenizer=counter, timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s)
+            tokenizer=counter, timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s,
+            max_connections=entry.max_concurrency or 256)
         return ServedModel(entry, backend, counter)
     checkpoint = _local(entry.path if isinstance(entry, EngineEntry) else entry.tokenizer)
     if backend is None:
