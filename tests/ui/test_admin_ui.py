@@ -188,12 +188,18 @@ def test_spend_page_agrees_with_the_report_and_downloads_the_same_csv(signed_in)
     with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as api:
         report = api.get("/admin/reports/usage", params={"group_by": "day,model", "since": since}).json()
         by_tenant = api.get("/admin/reports/usage", params={"group_by": "tenant", "since": since}).json()
+        by_model = api.get("/admin/reports/usage", params={"group_by": "model", "since": since}).json()
         expected_csv = api.get("/admin/reports/usage",
                                params={"group_by": "tenant,model,day", "since": since, "format": "csv"}).text
         finance = api.get("/admin/reports/usage", params={"group_by": "tenant,model,day", "since": since}).json()
     assert page.inner_text("#kpi-requests") == f"{report['totals']['requests']:,}"
     assert page.inner_text("#kpi-cost") == usd_text(report["totals"]["cost_micros"])
     assert page.inner_text("#routing-saved") == usd_text(report["totals"]["savings_micros"])
+    # One share per model that served (any number of them), savings from each record's own baseline.
+    shares = [e.get_attribute("data-model") for e in page.query_selector_all("#routing .split > div")]
+    assert shares == [r["model"] for r in by_model["rows"]] and len(shares) >= 2
+    busiest = max(by_model["rows"], key=lambda r: r["requests"])
+    assert busiest["model"] in page.inner_text("#kpi-busiest-note")
     drawn = {(r.get_attribute("data-day"), r.get_attribute("data-model")): int(r.get_attribute("data-cost"))
              for r in page.query_selector_all("#daily-chart rect")}
     assert drawn == {(r["day"], r["model"]): r["cost_micros"] for r in report["rows"] if r["cost_micros"]}

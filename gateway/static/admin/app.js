@@ -262,28 +262,31 @@ async function loadSpend() {
   const since = daysBack(days);
   $("#spend-error").textContent = "";
   try {
-    const [byDayModel, byTenant, byRoute, budgets] = await Promise.all([
+    const [byDayModel, byTenant, byModel, budgets] = await Promise.all([
       getJSON(reportPath("day,model", since)), getJSON(reportPath("tenant", since)),
-      getJSON(reportPath("route", since)), getJSON("/admin/spend")]);
-    renderKpis(byDayModel.totals, byRoute.rows, days);
+      getJSON(reportPath("model", since)), getJSON("/admin/spend")]);
+    renderKpis(byDayModel.totals, byModel.rows, days);
     renderDailyChart(byDayModel.rows, since, days);
     renderBudgetBars(budgets);
-    renderRouting(byRoute.rows);
+    renderRouting(byModel.rows);
     renderTopTenants(byTenant.rows, byTenant.totals);
   } catch (error) {
     $("#spend-error").textContent = error.message;
   }
 }
 
-function renderKpis(totals, routes, days) {
-  const small = routes.filter((r) => r.route === "small").reduce((n, r) => n + r.requests, 0);
+// Savings are per record: each request against its own route group's strongest tier (none for a pinned model).
+function renderKpis(totals, models, days) {
+  const busiest = models.slice().sort((a, b) => b.requests - a.requests)[0];
   $("#kpi-cost").textContent = usd(totals.cost_micros);
   $("#kpi-cost-note").textContent = `last ${days} days, all tenants`;
   $("#kpi-saved").textContent = usd(totals.savings_micros);
   $("#kpi-saved-note").textContent = totals.baseline_cost_micros
-    ? `${percent(totals.savings_micros / totals.baseline_cost_micros)} less than all on the large model` : "no traffic yet";
-  $("#kpi-small").textContent = totals.requests ? percent(small / totals.requests) : "–";
-  $("#kpi-small-note").textContent = `${count(small)} of ${count(totals.requests)} requests`;
+    ? `${percent(totals.savings_micros / totals.baseline_cost_micros)} less than each route group's strongest tier`
+    : "no traffic yet";
+  $("#kpi-busiest").textContent = busiest ? percent(busiest.requests / totals.requests) : "–";
+  $("#kpi-busiest-note").textContent = busiest
+    ? `${count(busiest.requests)} of ${count(totals.requests)} requests on ${busiest.model}` : "no traffic yet";
   $("#kpi-requests").textContent = count(totals.requests);
   $("#kpi-requests-note").textContent =
     `${count(totals.prompt_tokens)} prompt · ${count(totals.completion_tokens)} completion tokens`;
@@ -370,24 +373,23 @@ function renderBudgetBars(rows) {
   if (!rows.length) $("#budget-bars").replaceChildren(h("div", { class: "empty" }, "No tenants yet."));
 }
 
-function renderRouting(routes) {
-  const by = (name, field) => routes.filter((r) => r.route === name).reduce((n, r) => n + r[field], 0);
-  const small = by("small", "requests"), large = by("large", "requests");
-  const total = small + large;
-  const saved = routes.reduce((n, r) => n + r.savings_micros, 0);
+function renderRouting(models) {
+  const sum = (field) => models.reduce((n, r) => n + r[field], 0);
+  const total = sum("requests");
   if (!total) {
-    $("#routing").replaceChildren(h("div", { class: "empty" }, "No routed requests in this range yet."));
+    $("#routing").replaceChildren(h("div", { class: "empty" }, "No requests in this range yet."));
     return;
   }
-  const split = h("div", { class: "split" },
-    h("div", { class: "s" }, `small ${percent(small / total)}`), h("div", { class: "l" }, `large ${percent(large / total)}`));
-  split.children[0].style.flex = `${Math.max(small, total * 0.08)}`;
-  split.children[1].style.flex = `${Math.max(large, total * 0.08)}`;
+  const split = h("div", { class: "split" }, ...models.map((r, i) => {
+    const part = h("div", { dataset: { model: r.model } }, `${r.model} ${percent(r.requests / total)}`);
+    part.style.flex = `${Math.max(r.requests, total * 0.08)}`;
+    part.style.background = modelColor(r.model, i);
+    return part;
+  }));
   $("#routing").replaceChildren(split, h("div", { class: "facts" },
-    h("div", {}, "Small model", h("b", {}, `${count(small)} req · ${usd(by("small", "cost_micros"))}`)),
-    h("div", {}, "Large model", h("b", {}, `${count(large)} req · ${usd(by("large", "cost_micros"))}`)),
-    h("div", {}, "Had everything gone to the large model", h("b", {}, usd(routes.reduce((n, r) => n + r.baseline_cost_micros, 0)))),
-    h("div", {}, "Money saved by routing", h("b", { id: "routing-saved" }, usd(saved)))));
+    ...models.map((r) => h("div", {}, r.model, h("b", {}, `${count(r.requests)} req · ${usd(r.cost_micros)}`))),
+    h("div", {}, "Had each request gone to its group's strongest tier", h("b", {}, usd(sum("baseline_cost_micros")))),
+    h("div", {}, "Money saved by routing", h("b", { id: "routing-saved" }, usd(sum("savings_micros"))))));
 }
 
 function renderTopTenants(rows, totals) {
