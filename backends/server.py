@@ -50,6 +50,7 @@ def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.
 
     app = FastAPI(title=f"Ferryman engine replica: {backend.name}", lifespan=lifespan)
     app.state.draining, app.state.in_flight = False, 0
+    app.add_middleware(_CountInFlight, state=app.state)
 
     @app.get("/health")
     @app.get("/ready")
@@ -82,24 +83,28 @@ def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.
                                 seed=body.seed, stop=stop)
         request = GenerationRequest(f"cmpl-{uuid.uuid4().hex}", list(prompt), params, body.priority,
                                     body.cache_salt, body.public_prefix_len)
-        app.state.in_flight += 1
         if body.stream:
-            return StreamingResponse(_counted(app, _stream(backend, request, heartbeat_s)), media_type="text/event-stream")
-        try:
-            return await _whole(backend, request)
-        finally:
-            app.state.in_flight -= 1
+            return StreamingResponse(_stream(backend, request, heartbeat_s), media_type="text/event-stream")
+        return await _whole(backend, request)
 
     return app
 
 
-async def _counted(app: FastAPI, chunks):
-    """A stream that counts as in flight until its last chunk is sent (or the client leaves)."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        app.state.in_flight -= 1
+class _CountInFlight:
+    """Completions in flight, counted around the whole ASGI call: a stream counts until its last byte is sent
+    or its client has gone (a generator's `finally` would miss a stream whose client left before it began)."""
+
+    def __init__(self, app, state) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/completions":
+            return await self.app(scope, receive, send)
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1
 
 
 def serve_replica(app: FastAPI, host: str, port: int, grace_s: float = 30.0) -> None:
