@@ -1,15 +1,22 @@
 """QuantLinear: a drop-in for nn.Linear that keeps only the quantized weight."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backends.engine.quant import formats
 
+# fbgemm (x86) has int8 GEMM kernels for CPUs; elsewhere (ARM) int8 runs the reference path.
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
+MIN_HALF_RANGE = 1e-12  # a constant row divides by this instead of 0
+
 
 class QuantLinear(nn.Module):
-    """y = x @ dequant(W).T + bias. CUDA inputs run the Triton kernel; others the torch reference path.
+    """y = x @ dequant(W).T + bias. CUDA inputs run the Triton kernel; int8 on an x86 CPU runs fbgemm's int8
+    GEMM (activations quantized per row, on the fly); the rest runs the torch reference path.
 
     The stored tensors are buffers (not parameters): they are not trained, but they move with
     .to(device) and live in state_dict under the names the checkpoint uses.
@@ -57,6 +64,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             return self._forward_triton(x)
+        if self.mode == "int8" and FBGEMM:
+            return self._forward_fbgemm(x)
         if self.mode == "int8":
             # The per-row scale commutes with the matmul: scaling N outputs beats scaling N*K weights.
             y = (F.linear(x, self.qweight.to(x.dtype)) * self.scales.float()).to(x.dtype)
@@ -75,9 +84,53 @@ class QuantLinear(nn.Module):
             y = kernels.int4_matmul(x2d, self.qweight, self.scales, self.zeros, self.group_size, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _forward_fbgemm(self, x: torch.Tensor) -> torch.Tensor:
+        """int8 x int8 GEMM on the CPU. fbgemm quantizes activations with one range for the whole tensor;
+        QuantLinear maps each row's own [min, max] onto [-1, 1] and adds an anchor row spanning exactly that,
+        so every row is quantized on its own range, and a request's result never depends on the rest of its
+        batch. W x = half * W x' + mid * W 1 undoes the mapping (W 1: the dequantized weight's row sums).
+        """
+        x2d = x.reshape(-1, self.in_features).float()
+        lo, hi = torch.aminmax(x2d, dim=1, keepdim=True)
+        mid, half = (hi + lo) / 2, ((hi - lo) / 2).clamp_(min=MIN_HALF_RANGE)
+        rows = torch.cat(((x2d - mid) / half, self._anchor()))
+        packed, row_sums = self._packed()
+        # reduce_range: 7-bit activations, so AVX2's pairwise int16 accumulation cannot saturate.
+        y = torch.ops.quantized.linear_dynamic(rows, packed, True)[:-1].mul_(half).addcmul_(mid, row_sums)
+        if self.bias is not None:
+            y += self.bias.float()
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _packed(self) -> tuple[torch.ScriptObject, torch.Tensor]:
+        """fbgemm's packed copy of qweight and the row sums, rebuilt whenever the buffers change (checkpoint loads)."""
+        key = (self.qweight.data_ptr(), self.scales.data_ptr(), *map(_version, (self.qweight, self.scales)))
+        if getattr(self, "_packed_key", None) != key:
+            self._cpu_packed = _fbgemm_pack(self.qweight, self.scales), self.dequantized_weight().sum(dim=1)
+            self._packed_key = key
+        return self._cpu_packed
+
+    def _anchor(self) -> torch.Tensor:
+        anchor = torch.zeros(1, self.in_features)
+        anchor[0, :2] = torch.tensor([1.0, -1.0])
+        return anchor
+
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros) if t is not None)
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.mode == "int4" else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}{group}"
+
+
+def _fbgemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> torch.ScriptObject:
+    zero_points = torch.zeros(qweight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated as a user type; fbgemm's packing still takes one
+        warnings.simplefilter("ignore", UserWarning)
+        weight = torch._make_per_channel_quantized_tensor(qweight, scales.double(), zero_points, 0)
+    # No bias in the pack: forward scales the GEMM's rows back by their range, which the bias must not see.
+    return torch.ops.quantized.linear_prepack(weight, None)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # Tensors made under inference_mode keep no version counter (and cannot be changed outside it).
+    return None if t.is_inference() else t._version
