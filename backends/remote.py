@@ -6,8 +6,9 @@ replica with backoff; a stream that breaks mid-way is continued on another repli
 sent (prompt + sent tokens, the remaining max_tokens), so the tenant sees one uninterrupted answer, identical
 under greedy decoding. A replica that goes silent (hung, stopped, partitioned) counts as dead once no byte
 arrived for `inter_token_timeout_s` after the response began (our replicas send a heartbeat at once and while
-a request waits; other servers' first token may take up to `read_timeout_s`). A circuit breaker keeps traffic off a replica that keeps failing; a health loop
-brings it back.
+a request waits; other servers' first token may take up to `read_timeout_s`). A circuit breaker keeps traffic
+off a replica that keeps failing; a health loop brings it back. The tenant's `cache_salt` goes along (vLLM
+takes it too), so replicas keep the prefix cache partitioned by tenant.
 """
 from __future__ import annotations
 
