@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2 import TemplateError
+
 from backends.engine.chat import encode_text, render_chat
 from gateway.catalog import Catalog, EngineEntry, Entry, OpenAIEntry
 from gateway.config import ROOT
@@ -100,8 +102,8 @@ class ServedModel:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             return Prompt(render_chat(self.tokenizer, messages), query)
-        except ValueError as exc:  # a role or part this checkpoint's template cannot take
-            raise invalid(str(exc), "messages") from None
+        except (ValueError, TemplateError) as exc:  # a role or part this checkpoint's template cannot take
+            raise invalid(f"The model '{self.name}' cannot take these messages: {exc}", "messages") from None
 
     def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:
         """At most one token per byte (byte-level BPE never does worse), plus the chat format's few per turn."""
