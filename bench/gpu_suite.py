@@ -75,11 +75,16 @@ def main() -> None:
         summary["copy_bytes_per_s"] = copy_bandwidth("cuda", 1.0)
     peak = summary["hbm_peak_bytes_per_s"] or summary.get("copy_bytes_per_s")
     started = time.perf_counter()
+    progress = lambda what: print(f"[{time.perf_counter() - started:5.0f} s] {what}", flush=True)
+    progress("tests")
     summary["tests"] = None if args.skip_tests else run_tests(out, size)
+    progress("kernels")
     summary["kernels"] = write_csv(out / "kernels.csv", kernel_rows(size, device, peak))
+    progress("paged attention")
     summary["attention"] = write_csv(out / "attention.csv", attention_rows(size, device, peak))
     engines, steps = [], []
     for name, shape in LLAMAS[size].items():
+        progress(f"engine vs HF: {name}")
         e, s = engine_vs_hf(name, shape, size, device, peak)
         engines.append(e)
         steps += s
