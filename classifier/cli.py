@@ -1,62 +1,64 @@
 """`ferryman router train|eval`: the gateway mounts this app; it imports nothing of the gateway."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from classifier.router import DEFAULT_PATH, Router
+from classifier.router import DEFAULT_PATH
 
 router_app = typer.Typer(help="Train and evaluate the difficulty classifier that routes `model: auto`.",
                          no_args_is_help=True)
 
-LABELS = Path(__file__).resolve().parent / "artifacts" / "labels.csv"
-
 
 @router_app.command()
 def train(
-    labels: Path = typer.Option(LABELS, help="Labelled prompts (CSV); made from the model pair with --relabel"),
+    labels: list[Path] = typer.Option(..., help="Label file(s): CSV `prompt, <model>_score, ...` (repeatable)"),
     out: Path = typer.Option(DEFAULT_PATH, help="Where to write the router artifact"),
-    relabel: bool = typer.Option(False, help="Run both bundled models to make the labels afresh (minutes of CPU)"),
-    tasks: int = typer.Option(3000, help="With --relabel: checkable task prompts"),
-    texts: int = typer.Option(600, help="With --relabel: free-text prompts"),
-    quality_floor: float = typer.Option(None, help="Default policy: keep this fraction of the all-large quality"),
-    large_share: float = typer.Option(None, help="Default policy: send at most this share of calls large"),
+    quality_floor: float = typer.Option(None, help="Default policy: keep this fraction of the strongest tier's quality"),
+    large_share: float = typer.Option(None, help="Default policy: send at most this share of calls up a tier"),
+    views: str = typer.Option("w,b,s,c", help="n-gram views: w words, b bigrams, s first word x length, c shape chars"),
 ) -> None:
-    """Fit the classifier on the train split, calibrate thresholds on the calib split, save the artifact."""
-    from classifier.train import DEFAULT_POLICY, read_labels
+    """Fit the scorer and calibrate its policy tables, all cross-validated by task; save the artifact."""
+    from classifier.features import VIEWS
+    from classifier.labelfile import read_labels
+    from classifier.train import DEFAULT_POLICY
     from classifier.train import train as fit
 
     if quality_floor is not None and large_share is not None:
         raise typer.BadParameter("give at most one of --quality-floor and --large-share")
-    if relabel:
-        from classifier.labels import Pair, label_tasks, label_texts, write_labels
-
-        pair = Pair()
-        write_labels(label_tasks(pair, tasks) + label_texts(pair, texts), labels)
-        typer.echo(f"labels written to {labels}")
-    if not labels.exists():
-        raise typer.BadParameter(f"no labels at {labels}; pass --relabel to make them from the models")
+    for path in labels:
+        if not path.exists():
+            raise typer.BadParameter(f"no label file at {path}")
     policy = ({"quality_floor": quality_floor} if quality_floor is not None
               else {"large_share": large_share} if large_share is not None else DEFAULT_POLICY)
-    router = fit(read_labels(labels), policy)
+    chosen = tuple(v.strip() for v in views.split(","))
+    if not set(chosen) <= set(VIEWS):
+        raise typer.BadParameter(f"--views takes some of {','.join(VIEWS)}")
+    router = fit(read_labels(*labels), policy, views=chosen)
     router.save(out)
-    typer.echo(f"router saved to {out}: {router.meta['examples']}, C={router.meta['C']}, "
-               f"cv AUC {router.meta['cv_auc']:.3f}, {len(router.weights)} n-gram weights")
+    m = router.meta
+    typer.echo(f"router saved to {out}: {m['examples']} prompts in {m['groups']} groups, tiers {', '.join(m['tiers'])}; "
+               f"ridge alpha {m['alpha']}, cross-validated APGR {m['cv_apgr']:.3f}, {len(router.weights)} n-gram weights")
 
 
 @router_app.command("eval")
 def evaluate_cmd(
-    labels: Path = typer.Option(LABELS, help="Labelled prompts (CSV); only the test split is used"),
-    router_path: Path = typer.Option(DEFAULT_PATH, "--router", help="Router artifact to evaluate"),
+    router_path: str = typer.Option("bundled", "--router", help="Router artifact: a path, or `general` / `bundled`"),
+    labels: Path = typer.Option(..., help="Label file: every row is a test prompt (no split)"),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON line: apgr, cpt50, cpt80, auc, n"),
 ) -> None:
-    """APGR, CPT(50%), CPT(80%) and AUC on the test split, and whether calibrated targets hold there."""
-    from classifier.evaluate import HEADERS, evaluate, markdown_table, policy_rows
-    from classifier.train import read_labels, splits
+    """APGR, CPT(50%), CPT(80%) and AUC of the weakest vs the strongest tier over every row of the file."""
+    from classifier.evaluate import figures, markdown_table
+    from classifier.labelfile import read_labels
+    from classifier.router import Router
 
-    router = Router.load(router_path)
-    test = splits(read_labels(labels))["test"]
-    typer.echo(markdown_table(HEADERS, [r.row() for r in evaluate(router, test)]))
-    targets = [{"large_share": s} for s in (0.2, 0.5)] + [{"quality_floor": q} for q in (0.9, 0.95)]
-    typer.echo(markdown_table(["target", "large share on test", "quality / all-large"],
-                              policy_rows(router, test, targets)))
+    try:
+        router = Router.load(router_path)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc))
+    result = figures(router, read_labels(labels).examples)
+    typer.echo(markdown_table(list(result), [list(result.values())]))
+    if as_json:
+        typer.echo(json.dumps(result))

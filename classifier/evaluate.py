@@ -7,7 +7,7 @@ import numpy as np
 
 from classifier.metrics import Curve, apgr, auc, cpt, routing_curve
 from classifier.router import Router
-from classifier.train import Example
+from classifier.labelfile import Example
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,21 @@ def evaluate(router: Router, test: list[Example]) -> list[Result]:
     ql = np.array([e.quality_large for e in test])
     label = np.array([e.label for e in test])
     score = np.array([router.score(e.prompt) for e in test])
-    cascade = -np.array([e.small_confidence for e in test])
     oracle = ql - qs  # knows each answer's quality in advance: the ceiling
-    return [
-        Result("classifier", routing_curve(score, qs, ql), auc(score, label)),
-        Result("cascade (small's confidence)", routing_curve(cascade, qs, ql), auc(cascade, label)),
-        Result("random", routing_curve(np.zeros(len(test)), qs, ql), 0.5),
-        Result("oracle", routing_curve(oracle, qs, ql), None),
-    ]
+    results = [Result("classifier", routing_curve(score, qs, ql), auc(score, label))]
+    if all(e.confidence is not None for e in test):
+        cascade = -np.array([e.confidence for e in test])
+        results.append(Result("cascade (small's confidence)", routing_curve(cascade, qs, ql), auc(cascade, label)))
+    return results + [Result("random", routing_curve(np.zeros(len(test)), qs, ql), 0.5),
+                      Result("oracle", routing_curve(oracle, qs, ql), None)]
+
+
+def figures(router: Router, test: list[Example]) -> dict:
+    """RouteLLM's figures for the weakest vs the strongest tier, as `ferryman router eval --json` prints them."""
+    score = np.array([router.score(e.prompt) for e in test])
+    curve = routing_curve(score, np.array([e.quality_small for e in test]), np.array([e.quality_large for e in test]))
+    return {"apgr": round(apgr(curve), 4), "cpt50": round(cpt(curve, 0.5), 4), "cpt80": round(cpt(curve, 0.8), 4),
+            "auc": round(auc(score, np.array([e.label for e in test])), 4), "n": len(test)}
 
 
 def policy_rows(router: Router, test: list[Example], targets: list[dict]) -> list[list]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -131,9 +132,23 @@ def label_texts(pair: Pair, n: int) -> list[Labelled]:
             for p, s, l, a, b in zip(prompts, small, large, qs, ql)]
 
 
-def write_labels(rows: list[Labelled], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+def write_labels(rows: list[Labelled], out_dir: Path, small: str = "ferryman-small", large: str = "ferryman-large") -> None:
+    """In the label-file format (classifier/labelfile.py), split by a hash of the prompt into the rows the
+    bundled router is trained on and the rows it is tested on (a fifth)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: open(out_dir / f"bundled_{name}.csv", "w", newline="") for name in ("train", "test")}
+    writers = {name: csv.writer(f) for name, f in files.items()}
+    for w in writers.values():
+        w.writerow(["prompt", f"{small}_score", f"{large}_score", "confidence", "family", "level"])
+    for r in rows:
+        split = "test" if zlib.crc32(r.prompt.encode()) % 10 >= 8 else "train"
+        writers[split].writerow([r.prompt, r.quality_small, r.quality_large, r.small_confidence, r.family, r.level])
+    for f in files.values():
+        f.close()
+
+
+if __name__ == "__main__":
+    # python -m classifier.labels: relabel the bundled pair (minutes of CPU), then retrain with
+    # ferryman router train --labels classifier/artifacts/bundled_train.csv --out classifier/artifacts/router.npz
+    pair = Pair()
+    write_labels(label_tasks(pair, 3000) + label_texts(pair, 600), Path(__file__).resolve().parent / "artifacts")

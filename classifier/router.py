@@ -24,7 +24,10 @@ from classifier.features import NUMERIC_NAMES, VIEWS, grams, numeric
 JITTER = 1e-6
 # standardised numbers beyond this many deviations (a 10k-line paste) say nothing more
 CLIP = 5.0
-DEFAULT_PATH = Path(__file__).resolve().parent / "artifacts" / "router.npz"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DEFAULT_PATH = ARTIFACTS / "router.npz"  # the bundled pair's router
+# shipped artifacts by name: `general` is trained on real prompts of a real strong/weak pair
+SHIPPED = {"bundled": DEFAULT_PATH, "general": ARTIFACTS / "general.npz"}
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,10 @@ class Router:
     numeric_weight: list[float]
     intercept: float
     platt: tuple[float, float]  # p = sigmoid(a * z + b), fitted on out-of-fold decision values
-    route: PolicyTable
+    tables: list[PolicyTable]  # one per boundary between neighbouring tiers, weakest boundary first
     cascade: PolicyTable | None = None
     meta: dict = field(default_factory=dict)
+    tiers: tuple[str, ...] = ("small", "large")  # the labels' models, weakest first
 
     def __post_init__(self) -> None:
         # one dict per view, keyed by the bare gram, so scoring never builds "<view>:<gram>" strings
@@ -73,6 +77,11 @@ class Router:
         for name, weight in self.weights.items():
             view, gram = name.split(":", 1)
             self._views[VIEWS.index(view)][gram] = weight
+
+    @property
+    def route(self) -> PolicyTable:
+        """The boundary below the strongest tier: the whole policy of a two-tier group."""
+        return self.tables[-1]
 
     def score(self, text: str) -> float:
         """Difficulty in [0, 1]: the calibrated probability that the small model does not suffice."""
@@ -91,6 +100,25 @@ class Router:
         if quality_floor is None and large_share is None:
             return self.route.threshold_for(**self.meta["default_policy"])
         return self.route.threshold_for(quality_floor, large_share)
+
+    def tier_thresholds(self, quality_floor: float | None = None, large_share: float | None = None) -> list[float]:
+        """One threshold per boundary between neighbouring tiers, each calibrated on those two tiers' labels:
+        a step up is taken where needed to keep its share of quality_floor (the steps' kept fractions multiply, so
+        each keeps floor ** (1 / steps) of the next tier's quality); large_share caps the calls that reach the
+        strongest tier (lower steps then keep the default floor). Made non-decreasing, so a prompt that earns a
+        tier also earns every tier below it."""
+        if quality_floor is None and large_share is None:
+            quality_floor, large_share = (self.meta["default_policy"].get(k) for k in ("quality_floor", "large_share"))
+        lower_floor = quality_floor if quality_floor is not None else self.meta["default_policy"].get("quality_floor", 0.95)
+        per_step = lower_floor ** (1 / len(self.tables))
+        cuts = [t.threshold_for(quality_floor=per_step) for t in self.tables[:-1]]
+        top_floor = None if quality_floor is None else per_step
+        cuts.append(self.route.threshold_for(top_floor, large_share))
+        return np.maximum.accumulate(cuts).tolist()
+
+    def tier_for(self, score: float, thresholds: list[float]) -> int:
+        """Index of the tier (weakest 0) a score earns under thresholds from tier_thresholds."""
+        return sum(score >= t for t in thresholds)
 
     def cascade_escalate(self, small_logprobs: list[float], quality_floor: float | None = None,
                          large_share: float | None = None) -> bool:
@@ -117,7 +145,9 @@ class Router:
             "linear": np.array([self.intercept, *self.platt], dtype=np.float64),
             "meta": np.array(json.dumps({**self.meta, "numeric_names": list(NUMERIC_NAMES)})),
         }
-        for name, table in (("route", self.route), ("cascade", self.cascade)):
+        arrays["tiers"] = np.array(self.tiers, dtype=str)
+        named_tables = [(f"table_{k}", t) for k, t in enumerate(self.tables)] + [("cascade", self.cascade)]
+        for name, table in named_tables:
             if table is not None:
                 arrays[name] = np.stack([table.threshold, table.share, table.quality])
         with open(path, "wb") as f:  # np.savez would append ".npz" to a path lacking it
@@ -125,7 +155,8 @@ class Router:
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "Router":
-        path = Path(path) if path is not None else DEFAULT_PATH
+        """From a path, or a shipped artifact's name (`general`, `bundled`)."""
+        path = SHIPPED.get(str(path), Path(path)) if path is not None else DEFAULT_PATH
         if not path.exists():
             raise FileNotFoundError(f"no router artifact at {path}; build one with `ferryman router train`")
         with np.load(path, allow_pickle=False) as z:
@@ -135,6 +166,7 @@ class Router:
             names, weights = z["gram_names"].tolist(), z["gram_weights"].astype(np.float64).tolist()
             mean, scale, coef = z["numeric"].tolist()
             intercept, a, b = z["linear"].tolist()
-            route = PolicyTable(*z["route"])
+            tiers = tuple(z["tiers"].tolist())
+            tables = [PolicyTable(*z[f"table_{k}"]) for k in range(len(tiers) - 1)]
             cascade = PolicyTable(*z["cascade"]) if "cascade" in z else None
-        return cls(dict(zip(names, weights)), mean, scale, coef, intercept, (a, b), route, cascade, meta)
+        return cls(dict(zip(names, weights)), mean, scale, coef, intercept, (a, b), tables, cascade, meta, tiers)

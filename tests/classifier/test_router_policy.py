@@ -5,14 +5,14 @@ import pytest
 import scipy.sparse as sp
 
 from classifier.router import Router
-from classifier.train import design, splits
+from classifier.train import design, folds
 
 
 @pytest.fixture(scope="module")
-def unseen(examples, make_examples):
+def unseen(labels, make_labels):
     """Fresh prompts from the same distribution, none of them trained or calibrated on."""
-    seen = {e.prompt for e in examples}
-    return [e for e in make_examples(3000, seed=1) if e.prompt not in seen]
+    seen = {e.prompt for e in labels.examples}
+    return [e for e in make_labels(3000, seed=1).examples if e.prompt not in seen]
 
 
 def outcome(router, examples, **target):
@@ -36,8 +36,8 @@ def test_a_calibrated_quality_floor_holds_on_unseen_prompts(router, unseen, floo
 
 
 def test_hard_prompts_score_higher_and_the_router_beats_random(router, unseen):
-    by_digits = {d: np.mean([router.score(e.prompt) for e in unseen if e.level == d]) for d in (1, 5)}
-    assert by_digits[5] > by_digits[1] + 0.2
+    by_digits = {d: np.mean([router.score(e.prompt) for e in unseen if e.task == f"add{d}"]) for d in (2, 6)}
+    assert by_digits[6] > by_digits[2] + 0.2
     low, high = outcome(router, unseen, large_share=0.3)[1], outcome(router, unseen, large_share=0.5)[1]
     assert low < high
 
@@ -66,8 +66,8 @@ def test_targets_are_validated(router):
         router.threshold_for(quality_floor=-0.1)
 
 
-def test_hand_written_score_matches_the_training_design_matrix(router, examples):
-    texts = [e.prompt for e in examples[:50]] + ["", "add 1 2\n" * 400, "Hello there, how are you?"]
+def test_hand_written_score_matches_the_training_design_matrix(router, labels):
+    texts = [e.prompt for e in labels.examples[:50]] + ["", "add 1 2\n" * 400, "Hello there, how are you?"]
     names = sorted(router.weights)
     X = design(texts, {g: i for i, g in enumerate(names)}, np.array(router.numeric_mean),
                np.array(router.numeric_scale))
@@ -77,15 +77,16 @@ def test_hand_written_score_matches_the_training_design_matrix(router, examples)
     assert [router.score(t) for t in texts] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
-def test_save_and_load_round_trip(router, examples, tmp_path):
+def test_save_and_load_round_trip(router, labels, tmp_path):
     path = tmp_path / "router.npz"
     router.save(path)
     loaded = Router.load(path)
-    texts = [e.prompt for e in examples[:20]]
+    texts = [e.prompt for e in labels.examples[:20]]
     assert [loaded.score(t) for t in texts] == pytest.approx([router.score(t) for t in texts], rel=1e-6)
     for share in (0.2, 0.6):
         assert loaded.threshold_for(large_share=share) == router.threshold_for(large_share=share)
     assert loaded.meta["default_policy"] == {"quality_floor": 0.95}
+    assert loaded.tiers == ("small", "large") and len(loaded.tables) == 1
     with pytest.raises(FileNotFoundError, match="router train"):
         Router.load(tmp_path / "missing.npz")
 
@@ -98,8 +99,7 @@ def test_cascade_escalates_on_low_confidence(router):
     assert router.cascade_escalate([-0.6], large_share=0.9) and not router.cascade_escalate([-0.6], large_share=0.1)
 
 
-def test_splits_are_disjoint_and_stable(examples):
-    parts = splits(examples + examples[:100])  # duplicates follow their prompt
-    prompts = [set(e.prompt for e in part) for part in parts.values()]
-    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
-    assert 0.5 < len(parts["train"]) / (len(examples) + 100) < 0.7
+def test_folds_hold_out_whole_groups(labels):
+    groups = [e.group for e in labels.examples]
+    for fit_rows, held in folds(labels.examples):
+        assert not {groups[i] for i in fit_rows} & {groups[i] for i in held}
