@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from backends.engine.models.families import check_context
+
 
 @dataclass
 class EngineConfig:
@@ -43,6 +45,7 @@ class EngineConfig:
         if not (path / "config.json").is_file():
             raise ValueError(f"no config.json in model directory {self.model!r}")
         self.hf_config = json.loads((path / "config.json").read_text())
+        self.hf_config.setdefault("num_key_value_heads", self.hf_config.get("num_attention_heads"))  # pre-GQA configs
         self.name = self.name or path.resolve().name
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
@@ -55,7 +58,7 @@ class EngineConfig:
         if not 0 <= self.cpu_offload_layers <= self.hf_config["num_hidden_layers"]:
             raise ValueError("cpu_offload_layers must lie between 0 and the model's number of layers")
         self._check_speculative()
-        self.max_model_len = self.max_model_len or self.hf_config.get("max_position_embeddings", 2048)
+        self.max_model_len = check_context(self.hf_config, self.max_model_len)  # also refuses unsupported families
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -75,7 +75,7 @@ class StageRunner(ModelRunner):
         for tag, step in enumerate(inputs):
             input_ids, positions, meta, last_rows = _to(self.device, step)
             if self.first:
-                x = self.model.model.embed_tokens(input_ids)
+                x = self.model.model.embed(input_ids)
             else:
                 x = torch.empty(len(input_ids), cfg["hidden_size"], dtype=self.dtype, device=self.device)
                 self.world.recv(x, self.rank - self.tp_size, tag)

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 from backends.engine.layers.attention import PagedAttention
+from backends.engine.models.families import Family
 from backends.engine.models.llama import _FUSED, LlamaForCausalLM, rotary_embedding
 
 TIMEOUT = datetime.timedelta(minutes=10)  # loading a large checkpoint sits between the first collectives
@@ -194,9 +195,9 @@ def build_stage_model(cfg: dict, max_positions: int, layers: range, first: bool,
     inner.layers = nn.ModuleList(inner.layers[i] for i in layers)
     with torch.device(device):
         inner.rotary = rotary_embedding(cfg, max_positions)
-        hidden, bias = cfg["hidden_size"], cfg.get("attention_bias", False)
+        hidden = cfg["hidden_size"]
         for layer in inner.layers:
-            _shard_layer(layer, cfg, inner.rotary, tp)
+            _shard_layer(layer, cfg, model.family, inner.rotary, tp)
         inner.embed_tokens = VocabParallelEmbedding(cfg["vocab_size"], hidden, tp) if first else None
         model.lm_head = ParallelLMHead(cfg["vocab_size"], hidden, tp) if last else None
         if not last:
@@ -211,18 +212,17 @@ def build_stage_model(cfg: dict, max_positions: int, layers: range, first: bool,
     return model.to(dtype)
 
 
-def _shard_layer(layer: nn.Module, cfg: dict, rotary: nn.Module, tp: Group) -> None:
+def _shard_layer(layer: nn.Module, cfg: dict, family: Family, rotary: nn.Module, tp: Group) -> None:
     attn, mlp = layer.self_attn, layer.mlp
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    attn_bias, mlp_bias = cfg.get("attention_bias", False), cfg.get("mlp_bias", False)
-    attn.qkv_proj = ColumnParallelLinear(hidden, [attn.q_size, attn.kv_size, attn.kv_size], attn_bias, tp)
-    attn.o_proj = RowParallelLinear(attn.q_size, hidden, attn_bias, tp)
+    attn.qkv_proj = ColumnParallelLinear(hidden, [attn.q_size, attn.kv_size, attn.kv_size], family.qkv_bias, tp)
+    attn.o_proj = RowParallelLinear(attn.q_size, hidden, family.o_bias, tp)
     attn.num_heads, attn.num_kv_heads = attn.num_heads // tp.size, attn.num_kv_heads // tp.size
     attn.q_size, attn.kv_size = attn.q_size // tp.size, attn.kv_size // tp.size
     attn.attn = PagedAttention(attn.num_heads, attn.num_kv_heads, attn.head_dim)
     attn.rotary = rotary
-    mlp.gate_up_proj = ColumnParallelLinear(hidden, [inter, inter], mlp_bias, tp)
-    mlp.down_proj = RowParallelLinear(inter, hidden, mlp_bias, tp)
+    mlp.gate_up_proj = ColumnParallelLinear(hidden, [inter, inter], family.mlp_bias, tp)
+    mlp.down_proj = RowParallelLinear(inter, hidden, family.mlp_bias, tp)
 
 
 def load_stage_weights(model: LlamaForCausalLM, path: str | Path, layers: range) -> None:

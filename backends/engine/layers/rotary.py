@@ -24,6 +24,8 @@ class RotaryEmbedding(nn.Module):
         rope_type = (scaling or {}).get("rope_type", "default")
         if rope_type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, scaling)
+        elif rope_type == "linear":
+            inv_freq = inv_freq / scaling["factor"]
         elif rope_type != "default":
             raise ValueError(f"unsupported rope_type {rope_type!r}")
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)

@@ -1,4 +1,6 @@
-"""Llama (GQA, RoPE, RMSNorm, SwiGLU) over the paged KV cache, loading HF checkpoints.
+"""The decoder every supported family shares (GQA, RoPE, RMSNorm, gated MLP) over the paged KV cache,
+loading HF checkpoints. What a family changes (biases, q/k norms, Gemma's norm and embedding scale, the
+activation) comes from models/families.py.
 
 q/k/v and gate/up are fused into one matmul each: fewer, larger GEMMs are what a decode step spends on.
 """
@@ -14,17 +16,22 @@ from torch import nn
 from backends.engine.layers.attention import AttentionMetadata, PagedAttention
 from backends.engine.layers.norm import RMSNorm
 from backends.engine.layers.rotary import RotaryEmbedding
+from backends.engine.models.families import Family, model_family, rope_parameters
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: dict, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: dict, family: Family, rotary: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         self.head_dim = _head_dim(cfg)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        bias = cfg.get("attention_bias", False)
-        self.qkv_proj = nn.Linear(cfg["hidden_size"], self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, cfg["hidden_size"], bias=bias)
+        self.qkv_proj = nn.Linear(cfg["hidden_size"], self.q_size + 2 * self.kv_size, bias=family.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg["hidden_size"], bias=family.o_bias)
+        if family.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"])
+            self.k_norm = RMSNorm(self.head_dim, cfg["rms_norm_eps"])
         self.rotary = rotary
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
@@ -32,30 +39,33 @@ class LlamaAttention(nn.Module):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
         out = self.attn(q, k, v.view(-1, self.num_kv_heads, self.head_dim), meta)
         return self.o_proj(out.flatten(1))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, family: Family) -> None:
         super().__init__()
-        bias = cfg.get("mlp_bias", False)
+        bias = family.mlp_bias
         self.gate_up_proj = nn.Linear(cfg["hidden_size"], 2 * cfg["intermediate_size"], bias=bias)
         self.down_proj = nn.Linear(cfg["intermediate_size"], cfg["hidden_size"], bias=bias)
+        self.act = ACTIVATIONS[family.act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: dict, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: dict, family: Family, rotary: RotaryEmbedding) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
-        self.self_attn = LlamaAttention(cfg, rotary)
-        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
-        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], family.gemma_norm)
+        self.self_attn = LlamaAttention(cfg, family, rotary)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], family.gemma_norm)
+        self.mlp = LlamaMLP(cfg, family)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         x = x + self.self_attn(positions, self.input_layernorm(x), meta)
@@ -63,15 +73,21 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: dict, max_positions: int) -> None:
+    def __init__(self, cfg: dict, family: Family, max_positions: int) -> None:
         super().__init__()
         self.rotary = rotary_embedding(cfg, max_positions)
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, self.rotary) for _ in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+        self.embed_scale = cfg["hidden_size"] ** 0.5 if family.embed_scale else None
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, family, self.rotary) for _ in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"], family.gemma_norm)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        # Gemma scales in the activations' dtype, as HF does (in bf16, sqrt(3072) rounds to 55.5).
+        return x if self.embed_scale is None else x * torch.tensor(self.embed_scale, dtype=x.dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(positions, x, meta)
         return self.norm(x)
@@ -81,7 +97,8 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: dict, max_positions: int) -> None:
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg, max_positions)
+        self.family = model_family(cfg)
+        self.model = LlamaModel(cfg, self.family, max_positions)
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
         if cfg.get("tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -98,9 +115,8 @@ class LlamaForCausalLM(nn.Module):
 
 
 def rotary_embedding(cfg: dict, max_positions: int) -> RotaryEmbedding:
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    return RotaryEmbedding(_head_dim(cfg), max_positions, theta, rope)
+    rope = rope_parameters(cfg)
+    return RotaryEmbedding(_head_dim(cfg), max_positions, rope["rope_theta"], rope)
 
 
 def _head_dim(cfg: dict) -> int:
