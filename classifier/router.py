@@ -26,7 +26,9 @@ JITTER = 1e-6
 CLIP = 5.0
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_PATH = ARTIFACTS / "router.npz"  # the bundled pair's router
-# shipped artifacts by name: `general` is trained on real prompts of a real strong/weak pair
+# shipped artifacts by name: `general` is trained on real prompts of a real strong/weak pair, by
+#   ferryman router train --labels ../shared/router-data/mmlu_train.csv --labels ../shared/router-data/gsm8k_train.csv \
+#       --views w,b,s --out classifier/artifacts/general.npz
 SHIPPED = {"bundled": DEFAULT_PATH, "general": ARTIFACTS / "general.npz"}
 
 
