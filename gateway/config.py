@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,4 +36,10 @@ class Settings(BaseSettings):
 
     default_max_tokens: int = 256
     cascade: bool = False  # embedded default: `auto` answers with the small model first, escalates when unsure
+
+    @field_validator("cascade", mode="before")
+    @classmethod
+    def _cascade_words(cls, v):
+        # README's spelling: FERRYMAN_CASCADE=auto turns the cascade on, off (the default) leaves the router.
+        return {"auto": True, "off": False}.get(v.strip().lower(), v) if isinstance(v, str) else v
     router_path: Path | None = None  # None = the bundled classifier artifact
