@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
+from classifier.live import LiveTargets
+from classifier.router import Router
 from gateway.catalog import Catalog, RouteGroup
 from gateway.errors import APIError
 
@@ -34,17 +36,31 @@ class Plan:
     cascade_to: str | None = None  # cascade: the tier that answers when the first one is unsure
 
 
-def router_tier(router, principal, query: str, tiers: list[str]) -> tuple[int, float]:
-    """The router policy: the index of the tier to use and the difficulty score. Below the tenant's threshold the
-    cheapest tier answers, at or above it the strongest."""
+def router_tier(router, principal, query: str, tiers: list[str], live=None, group: str = "") -> tuple[int, float]:
+    """The router policy: the index of the tier to use and the difficulty score. A router calibrated on as many
+    tiers as the group has steps up one tier per threshold passed; otherwise below the threshold the cheapest tier
+    answers, at or above it the strongest. The step to the strongest tier follows the live window of the group
+    and tenant (classifier/live.py), so the tenant's target holds on the traffic that arrives."""
     score = router.score(query)
-    threshold = router.threshold_for(principal.quality_floor, principal.large_share)
-    return (len(tiers) - 1 if score >= threshold else 0), score
+    if not isinstance(router, Router):  # a stand-in (tests) has one fixed threshold
+        return (len(tiers) - 1 if score >= router.threshold_for(principal.quality_floor, principal.large_share) else 0), score
+    cuts = router.tier_thresholds(principal.quality_floor, principal.large_share)
+    if len(cuts) != len(tiers) - 1:
+        cuts = cuts[-1:]
+    if live is not None:
+        top = live.threshold(router, group, str(principal.tenant_id), score, principal.quality_floor, principal.large_share)
+        cuts[-1] = max([top] + cuts[:-1])
+    passed = router.tier_for(score, cuts)
+    index = len(tiers) - 1 if passed == len(cuts) else passed
+    if live is not None:
+        live.record(group, str(principal.tenant_id), index == len(tiers) - 1)
+    return index, score
 
 
 class Routing:
     def __init__(self, catalog: Catalog, router, models: dict):
         self.catalog, self.router, self.models = catalog, router, models
+        self.live = LiveTargets()  # recent scores per route group and tenant: targets hold on live traffic
 
     def visible(self, principal) -> list[str]:
         """Route groups and models the caller may name, groups first."""
@@ -61,7 +77,7 @@ class Routing:
         labels = {t: _label(group.tiers, t) for t in tiers}
         plan = Plan(group.name, tiers[:1], labels, baseline=group.tiers[-1])
         if group.policy == "router" and len(tiers) > 1:
-            index, plan.difficulty = router_tier(self.router, principal, query, tiers)
+            index, plan.difficulty = router_tier(self.router, principal, query, tiers, self.live, group.name)
             plan.order = [tiers[index]]
         if group.policy == "cascade" and len(tiers) > 1:
             plan.cascade_to = tiers[-1]
