@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from backends.echo import EchoBackend
+from backends.remote import RemoteBackend
 from billing import Billing
 from billing.redis_limits import RedisRateLimiter
 from gateway.app import create_app
@@ -179,6 +181,23 @@ def test_redis_that_goes_away_mid_run_and_comes_back(tmp_path, tokenizer, redis_
             assert gw.billing.ledger_totals(gw.tenant_id)["open_reservations"] == 0
     finally:
         proxy.close()
+
+
+# --- model backends -----------------------------------------------------------------------------------------
+
+def test_ready_names_a_model_whose_replicas_are_all_down(tmp_path, tokenizer):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}", admin_key=ADMIN_KEY)
+    dead = RemoteBackend("ferryman-large", [f"http://127.0.0.1:{dead_port()}"], health_interval_s=0.1)
+    backends = {"ferryman-small": EchoBackend("ferryman-small", tokenizer.decode), "ferryman-large": dead}
+    app = create_app(settings, router=LengthRouter(), backends=backends, tokenizer=tokenizer)
+    with serve(app) as url:
+        deadline = time.time() + 10
+        while time.time() < deadline and httpx.get(url + "/ready").status_code == 200:
+            time.sleep(0.1)  # until the first health check has failed
+        r = httpx.get(url + "/ready")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["problems"] == ["model ferryman-large has no reachable backend"]
+        assert httpx.get(url + "/health").status_code == 200
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------
