@@ -1,18 +1,26 @@
-"""Router evaluation: quality vs large-model share on held-out prompts, and the cost of scoring one query.
+"""Router evaluation: quality vs strong-model share, the honest (cross-validated) figures on real prompts,
+whether targets hold when traffic shifts, and the cost of scoring one query.
 
-Evaluates the shipped artifact (classifier/artifacts/router.npz) on the test split of the shipped labels
-(classifier/artifacts/labels.csv): prompts the classifier was neither trained nor calibrated on.
-Writes docs/img/router_curve.png and the `router` section of docs/BENCHMARKS.md.
+1. The `general` router's method, cross-validated on ../shared/router-data (whole MMLU subjects held out,
+   GSM8K held out by problem) with bootstrap 95% intervals, beside random, the oracle and RouteLLM's
+   published figures.
+2. Targets on shifted traffic: the general artifact's calibrated threshold vs the live window
+   (classifier/live.py) on each benchmark's prompts streamed alone.
+3. The bundled pair's router on its held-out labels (classifier/artifacts/bundled_test.csv).
+4. Scoring latency per prompt, prompts up to 4k characters, rounds interleaved.
+
+Writes docs/img/router_<data set>.png and the `router` section of docs/BENCHMARKS.md.
 
     .venv/bin/python bench/router_eval.py
 """
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -20,54 +28,49 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import table, write_section  # noqa: E402
-from classifier.labels import TEXT_MARGIN  # noqa: E402
-from classifier.evaluate import HEADERS, evaluate, policy_rows  # noqa: E402
-from classifier.metrics import quality_at  # noqa: E402
-from classifier.router import DEFAULT_PATH, Router  # noqa: E402
-from classifier.train import LABELS_PATH, Example, design, read_labels, splits  # noqa: E402
+from classifier.evaluate import evaluate  # noqa: E402
+from classifier.labelfile import read_labels  # noqa: E402
+from classifier.live import LiveTargets  # noqa: E402
+from classifier.metrics import apgr, auc, cpt, routing_curve  # noqa: E402
+from classifier.router import ARTIFACTS, Router  # noqa: E402
+from classifier.train import cross_validate  # noqa: E402
 
-PLOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "router_curve.png"
-
-
-def label_rows(examples: list[Example]) -> list[list]:
-    """What the model pair did on every labelled prompt, per family and level."""
-    cells: dict[tuple, list[Example]] = defaultdict(list)
-    for e in examples:
-        cells[(e.kind, e.family, e.level)].append(e)
-    return [[f"{family} L{level}" if kind == "task" else "free text", len(c),
-             np.mean([e.quality_small for e in c]), np.mean([e.quality_large for e in c]),
-             np.mean([e.label for e in c])]
-            for (kind, family, level), c in sorted(cells.items())]
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "router-data"
+IMG = ROOT / "docs" / "img"
+# RouteLLM (Ong et al. 2024, GPT-4 vs Mixtral): their best routers' APGR as published, not measured here
+PUBLISHED = {"MMLU": "0.57-0.60", "GSM8K": "0.53-0.62"}
 
 
-def confidence_rows(test: list[Example]) -> list[list]:
-    """The cascade's signal per task family: the small model's mean token log-prob when right and when wrong."""
-    rows = []
-    for family in sorted({e.family for e in test if e.kind == "task"}):
-        cell = [e for e in test if e.family == family]
-        right, wrong = ([e.small_confidence for e in cell if e.quality_small == q] for q in (1.0, 0.0))
-        rows.append([family, len(cell), np.mean(right) if right else "-", np.mean(wrong) if wrong else "-",
-                     np.mean([e.quality_large for e in cell if e.quality_small == 0.0]) if wrong else "-"])
-    return rows
+def figures(score, qs, ql, label) -> list[float]:
+    curve = routing_curve(score, qs, ql)
+    return [apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8), auc(score, label)]
 
 
-def plot(results, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def with_ci(score, qs, ql, rounds: int = 200, seed: int = 0) -> list[str]:
+    """Each figure with its bootstrap 95% interval over prompts."""
+    label = ql > qs
+    point = figures(score, qs, ql, label)
+    rng, draws = np.random.default_rng(seed), []
+    for _ in range(rounds):
+        i = rng.integers(0, len(score), len(score))
+        if ql[i].mean() > qs[i].mean() and 0 < label[i].sum() < len(i):
+            draws.append(figures(score[i], qs[i], ql[i], label[i]))
+    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    return [f"{p:.3f} [{a:.3f}, {b:.3f}]" for p, a, b in zip(point, lo, hi)]
+
+
+def plot(curves: dict[str, tuple], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for r in results:
-        style = {"random": dict(ls="--", color="grey"), "oracle": dict(ls=":", color="black")}.get(r.name, {})
-        ax.plot(r.curve.share, r.curve.quality, label=r.name, **style)
-    curve = results[0].curve
-    ax.scatter([0, 1], [curve.quality_small, curve.quality_large], color="red", zorder=3)
-    ax.annotate("always small", (0, curve.quality_small), textcoords="offset points", xytext=(6, -12))
-    ax.annotate("always large", (1, curve.quality_large), textcoords="offset points", xytext=(-70, -14))
-    ax.set_xlabel("share of queries sent to the large model (cost)")
+    for name, (share, quality) in curves.items():
+        style = {"random": dict(ls="--", color="grey"), "oracle": dict(ls=":", color="black")}.get(name, {})
+        ax.plot(share, quality, label=name, **style)
+    ax.set_xlabel("share of queries sent to the strong model (cost)")
     ax.set_ylabel("mean quality on held-out prompts")
-    ax.set_title("Ferryman router: quality vs cost")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -75,113 +78,164 @@ def plot(results, path: Path) -> None:
     plt.close(fig)
 
 
-def latency(router: Router, texts: list[str], repeats: int = 20) -> list[list]:
-    """Per single query, p50 and p99: our hand-written scorer against the same model through scikit-learn."""
-    names = sorted(router.weights)
-    vocab = {g: i for i, g in enumerate(names)}
-    mean, scale = np.array(router.numeric_mean), np.array(router.numeric_scale)
-    model = LogisticRegression()
-    model.coef_ = np.r_[[router.weights[g] for g in names], router.numeric_weight][None, :]
-    model.intercept_, model.classes_ = np.array([router.intercept]), np.array([0, 1])
-    platt = LogisticRegression()
-    platt.coef_, platt.intercept_, platt.classes_ = np.array([[router.platt[0]]]), np.array([router.platt[1]]), np.array([0, 1])
+def curves_of(score, qs, ql) -> dict[str, tuple]:
+    out = {}
+    for name, s in (("router", score), ("random", np.zeros(len(score))), ("oracle", ql - qs)):
+        c = routing_curve(s, qs, ql)
+        out[name] = (c.share, c.quality)
+    return out
 
-    def sklearn_score(text: str) -> float:
-        z = model.decision_function(design([text], vocab, mean, scale))
-        return platt.predict_proba(z.reshape(-1, 1))[0, 1]
 
+def cross_validated(general: Router, write: bool) -> tuple[str, list]:
+    data = {"MMLU": SHARED / "mmlu_train.csv", "GSM8K": SHARED / "gsm8k_train.csv"}
+    labels = read_labels(*data.values())
+    start = time.perf_counter()
+    z = cross_validate(labels, general.meta["alpha"], tuple(general.meta["views"]))
+    took = time.perf_counter() - start
+    qs, ql = (np.array([getattr(e, f) for e in labels.examples]) for f in ("quality_small", "quality_large"))
+    is_gsm = np.array([e.task == "gsm8k" for e in labels.examples])
     rows = []
-    for name, fn, rounds in (("Router.score (ours)", router.score, repeats),
-                             ("scikit-learn predict_proba, same model", sklearn_score, 2)):
-        times = []
-        for _ in range(rounds):
+    for name, sel in (("MMLU", ~is_gsm), ("GSM8K", is_gsm), ("both", np.ones(len(z), bool))):
+        rng = np.random.default_rng(1)
+        rows.append([name, "ferryman general (cross-validated)", *with_ci(z[sel], qs[sel], ql[sel])])
+        rows.append([name, "random", *with_ci(rng.random(sel.sum()), qs[sel], ql[sel])])
+        oracle = figures(ql[sel] - qs[sel], qs[sel], ql[sel], ql[sel] > qs[sel])
+        rows.append([name, "oracle", *(f"{v:.3f}" for v in oracle[:3]), "-"])
+        if name in PUBLISHED:
+            rows.append([name, "RouteLLM published (best routers)", PUBLISHED[name], "-", "-", "-"])
+        if write and name != "both":
+            plot(curves_of(z[sel], qs[sel], ql[sel]), f"{name}: quality vs cost (held-out {'subjects' if name == 'MMLU' else 'problems'})",
+                 IMG / f"router_{name.lower()}.png")
+    note = (f"{len(labels.examples)} prompts in {len({e.group for e in labels.examples})} groups, 5 folds, "
+            f"ridge alpha {general.meta['alpha']}, views {','.join(general.meta['views'])}; cross-validation took {took:.0f} s")
+    return note, rows
+
+
+def shifted_targets(general: Router) -> list[list]:
+    """Each benchmark streamed alone: the calibrated threshold (fitted to both) vs the live window."""
+    rows = []
+    for name, path in (("MMLU", SHARED / "mmlu_train.csv"), ("GSM8K", SHARED / "gsm8k_train.csv")):
+        prompts = [e.prompt for e in read_labels(path).examples]
+        random.Random(0).shuffle(prompts)
+        scores = np.array([general.score(p) for p in prompts[:3000]])
+        for share in (0.2, 0.5):
+            calibrated = (scores >= general.threshold_for(large_share=share)).mean()
+            live = LiveTargets()
+            for s in scores:
+                live.record("g", "t", bool(s >= live.threshold(general, "g", "t", s, large_share=share)))
+            rows.append([name, f"large_share {share}", calibrated, live.window("g", "t").realised_share()])
+        floor = (scores >= general.threshold_for(quality_floor=0.95)).mean()
+        rows.append([name, "quality_floor 0.95 (default)", floor, "-"])
+    return rows
+
+
+def latency(routers: dict[str, Router], texts: list[str], rounds: int = 3) -> list[list]:
+    """Per prompt, p50 and p99 of wall-clock and of the process's CPU time, per round; rounds interleave the
+    routers. Median of rounds with min-max. On a shared machine the wall-clock tail is mostly other
+    processes holding the core; the CPU time is the scorer's own work."""
+    stats: dict[str, list[tuple[float, ...]]] = {n: [] for n in routers}
+    for _ in range(rounds):
+        for name, router in routers.items():
+            wall, cpu = [], []
             for t in texts:
-                start = time.perf_counter()
-                fn(t)
-                times.append(time.perf_counter() - start)
-        rows.append([name, len(times), 1e6 * statistics.median(times), 1e6 * float(np.percentile(times, 99))])
-    base = rows[1][2]
-    return [row + [f"{base / row[2]:.1f}x"] for row in rows]
+                start, start_cpu = time.perf_counter(), time.process_time()
+                router.score(t)
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+            stats[name].append(tuple(1e3 * float(np.percentile(x, q)) for x in (wall, cpu) for q in (50, 99)))
+    rows = []
+    for name, per_round in stats.items():
+        cells = [f"{statistics.median(c):.3f} ({min(c):.3f}-{max(c):.3f})" for c in zip(*per_round)]
+        rows.append([name, len(texts) * rounds, *cells])
+    return rows
+
+
+def latency_texts(n: int = 400) -> list[str]:
+    """Real prompts, cut or repeated to lengths spread up to 4k characters."""
+    prompts = [e.prompt for e in read_labels(SHARED / "mmlu_train.csv").examples]
+    rng = random.Random(2)
+    out = []
+    for _ in range(n):
+        text, size = rng.choice(prompts), rng.randint(50, 4000)
+        out.append((text * (size // len(text) + 1))[:size])
+    return out
+
+
+def bundled(write: bool) -> str:
+    router = Router.load("bundled")
+    test = read_labels(ARTIFACTS / "bundled_test.csv").examples
+    results = evaluate(router, test)
+    if write:
+        plot({("router" if r.name == "classifier" else r.name): (r.curve.share, r.curve.quality) for r in results},
+             "Bundled pair: quality vs cost (held-out labels)", IMG / "router_bundled.png")
+    return table(["router", "APGR", "CPT(50%)", "CPT(80%)", "AUC"], [r.row() for r in results])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labels", type=Path, default=LABELS_PATH)
-    parser.add_argument("--router", type=Path, default=DEFAULT_PATH)
-    parser.add_argument("--dry-run", action="store_true", help="print only; leave the docs and the plot alone")
+    parser.add_argument("--dry-run", action="store_true", help="print only; leave the docs and the plots alone")
     args = parser.parse_args()
-    start = time.perf_counter()
-    router = Router.load(args.router)
-    load_ms = 1e3 * (time.perf_counter() - start)
-    examples = read_labels(args.labels)
-    parts = splits(examples)
-    test = parts["test"]
-    results = evaluate(router, test)
-
-    main_table = table(HEADERS, [r.row() for r in results])
-    at = [0.2, 0.5]
-    curve_table = table(["router"] + [f"quality at {s:.0%} large" for s in at],
-                        [[r.name] + [quality_at(r.curve, s) for s in at] for r in results[:3]])
-    targets = [{"large_share": s} for s in (0.1, 0.3, 0.5)] + [{"quality_floor": q} for q in (0.9, 0.95, 0.98)]
-    policy = table(["target (calibrated on calib split)", "large share on test", "quality / all-large on test"],
-                   policy_rows(router, test, targets))
-    by_kind = []
-    for kind in ("task", "text"):
-        subset = [e for e in test if e.kind == kind]
-        if subset and any(e.label for e in subset) and not all(e.label for e in subset):
-            by_kind += [[f"{r.name}, {kind} prompts only"] + r.row()[1:] for r in evaluate(router, subset)[:1]]
-    speed = latency(router, [e.prompt for e in test])
-    pair = table(["prompts", "n", "small quality", "large quality", "share labelled large-needed"],
-                 label_rows(examples))
-    counts = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+    write = not args.dry_run
+    IMG.mkdir(parents=True, exist_ok=True)
+    general = Router.load("general")
+    note, cv_rows = cross_validated(general, write)
+    shift = shifted_targets(general)
+    bundled_table = bundled(write)
+    speed = latency({"general": general, "bundled": Router.load("bundled")}, latency_texts())
+    size = (ARTIFACTS / "general.npz").stat().st_size / 1e6
     body = f"""
-Labels come from the bundled model pair itself (`ferryman router train --relabel`, `classifier/labels.py`):
-both models answer every prompt greedily; checkable tasks score 1 on exact match, free-text continuations
-score the geometric-mean token probability of the answer under the large model. A prompt is labelled
-"large needed" when the large model's answer beats the small one's (by more than {TEXT_MARGIN} on free text).
-Prompts are split by a hash of their text into disjoint train / calib / test sets ({counts}).
-The classifier is fitted on train; thresholds are calibrated on calib; everything below is on test.
+### Real prompts, a real pair (GPT-4 vs Mixtral on MMLU and GSM8K; `../shared/router-data`)
 
-APGR is the area under the performance-gap-recovered curve over the large-call share (random routing: 0.5);
-CPT(x) is the share of large calls needed to recover x of the gap between always-small and always-large
-(lower is better); AUC is for the label "large needed". The cascade row ranks by the small model's own mean
-token log-probability: it pays for a small answer on every query, so at equal share it costs more.
-"no gap" means the large model is not better than the small one on average over those prompts, so there
-is no gap to recover (APGR and CPT are undefined); the quality table at the end shows where each model wins.
+The `general` router (`ferryman router eval --router general ...`) is a ridge regression of the gain
+(strong score minus weak score) on word, bigram and first-word-by-length n-grams plus ten shape numbers,
+evaluated by hand (artifact {size:.1f} MB). Regressing the gain rather than classifying "strong wins" is
+what made it beat random: prompts both models find hard also hold most of the weak model's wins. Built by
+`ferryman router train --labels ../shared/router-data/mmlu_train.csv --labels ../shared/router-data/gsm8k_train.csv --views w,b,s --out classifier/artifacts/general.npz`.
 
-{main_table}
+Honest estimate: every prompt scored by a model fitted without its group ({note}). Whole MMLU subjects are
+held out (a random split lets a router learn each subject's difficulty and reads higher); GSM8K is held out
+by problem. Brackets: bootstrap 95% intervals over prompts. AUC is for "strong better than weak".
+Oracle CPTs are the share of prompts where the strong model is needed. RouteLLM's figures are published
+numbers for their routers trained on other data, quoted, not rerun here.
 
-{curve_table}
+{table(["data", "router", "APGR", "CPT(50%)", "CPT(80%)", "AUC"], cv_rows)}
 
-{table(HEADERS, by_kind) if by_kind else ""}
+![MMLU](img/router_mmlu.png) ![GSM8K](img/router_gsm8k.png)
 
-Why the cascade ranks as it does: within a family the small model is less sure of its wrong answers, but its
-confidence is on a different scale per family, and where it is unsure across the board the large model may fail
-too (escalating those buys nothing). The classifier learns both from the labels. Test split, task prompts:
+### Targets on shifted traffic
 
-{table(["family", "n", "small's confidence when right", "when wrong", "large's quality where small is wrong"],
-       confidence_rows(parts["test"]))}
+The general artifact's thresholds are calibrated on both benchmarks together; here each benchmark's prompts
+arrive alone (3,000 at most, shuffled), which shifts the score distribution. "calibrated" applies the
+artifact's threshold; "live window" is what the gateway does (`classifier/live.py`: the threshold at the
+matching quantile of the last 1,000 scores of that route group and tenant).
 
-![router quality vs cost](img/router_curve.png)
+{table(["traffic", "target", "strong share, calibrated threshold", "strong share, live window"], shift)}
 
-Policy: does a threshold calibrated on the calib split meet the tenant's target on unseen test prompts?
+### The bundled pair
 
-{policy}
+The bundled router (`--router bundled`, the gateway's default for the bundled pair), trained on
+`classifier/artifacts/bundled_train.csv` and measured on the held-out `bundled_test.csv` (labels from the
+pair itself, `python -m classifier.labels`):
 
-Scoring one query (the text of the last user turn), single-threaded, {len(test)} test prompts:
-router load {load_ms:.1f} ms; artifact {args.router.stat().st_size / 1024:.0f} KiB, {len(router.weights)} n-gram weights.
+{bundled_table}
 
-{table(["scorer", "calls", "p50 (µs)", "p99 (µs)", "speed-up vs scikit-learn"], speed)}
+![bundled](img/router_bundled.png)
 
-What the model pair does on the labelled prompts (all splits):
+### Scoring latency
 
-{pair}
+`Router.score` per prompt, single thread, prompts of real text cut or repeated to 50-4,000 characters;
+3 interleaved rounds, median (min-max) of each round's percentile, milliseconds.
+
+{table(["router", "calls", "wall p50 (ms)", "wall p99 (ms)", "CPU p50 (ms)", "CPU p99 (ms)"], speed)}
+
+Load average during this run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other engineers' jobs), which is
+what the wall-clock tail measures; the scorer's own CPU time is the figure to hold against the budget
+(p50 <= 2 ms, p99 <= 10 ms).
 """
     print(body)
-    if not args.dry_run:
-        plot(results, PLOT)
+    if write:
         write_section("router", "Difficulty router (classifier)", "python bench/router_eval.py", body)
-        print(f"wrote {PLOT} and docs/BENCHMARKS.md")
+        print("wrote docs/img/router_*.png and docs/BENCHMARKS.md")
 
 
 if __name__ == "__main__":

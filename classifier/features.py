@@ -27,12 +27,12 @@ NUMERIC_NAMES = (
 )
 
 
-def grams(text: str) -> tuple[set[str], set[str], set[str], set[str]]:
+def grams(text: str, chars: bool = True) -> tuple[set[str], set[str], set[str], set[str]]:
     """Per view: words, word bigrams, the first word crossed with a length bucket, and char n-grams
     of the text's shape (lower case, every digit written as 0, runs of blanks as one space).
 
     The shape view lets "41 73" and "12 58" share features: how many digits rather than which;
-    that is what tells a hard query from an easy one.
+    that is what tells a hard query from an easy one. chars=False leaves it empty (a router without it).
     """
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS // 2] + " " + text[-MAX_CHARS // 2:]
@@ -41,9 +41,10 @@ def grams(text: str) -> tuple[set[str], set[str], set[str], set[str]]:
     bigrams = {a + " " + b for a, b in zip(words, words[1:])}
     # what is asked, crossed with how much of it: "reverse" of 4 letters and of 10 are different tasks
     asked = {f"{words[0]}|{int(4 * math.log2(1 + len(words)))}"} if words else set()
+    if not chars:
+        return set(words), bigrams, asked, set()
     shape = " " + " ".join(DIGIT.sub("0", low).split()) + " "
-    chars = {shape[i:i + n] for n in CHAR_NGRAMS for i in range(len(shape) - n + 1)}
-    return set(words), bigrams, asked, chars
+    return set(words), bigrams, asked, {shape[i:i + n] for n in CHAR_NGRAMS for i in range(len(shape) - n + 1)}
 
 
 def numeric(text: str) -> list[float]:

@@ -87,7 +87,7 @@ class Router:
 
     def score(self, text: str) -> float:
         """Difficulty in [0, 1]: the calibrated probability that the small model does not suffice."""
-        found = grams(text)
+        found = grams(text, chars=bool(self._views[-1]))
         hits = sum(sum(map(w.get, f, repeat(0.0))) for w, f in zip(self._views, found))
         z = self.intercept + hits / math.sqrt(sum(map(len, found)) or 1)
         for x, m, s, c in zip(numeric(text), self.numeric_mean, self.numeric_scale, self.numeric_weight):
