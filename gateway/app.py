@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, admin_ui, api_docs, errors, health, openai_api
+from gateway import admin, admin_ui, api_docs, errors, feedback, health, openai_api
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.ferry import Ferry
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_middleware(DrainGate, drain=app.state.drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(openai_api.router)
+    app.include_router(feedback.router)
     app.include_router(admin.router)
     app.include_router(admin_ui.router)
     app.include_router(health.router)

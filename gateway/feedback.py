@@ -1,0 +1,33 @@
+"""`POST /v1/feedback`: a tenant grades one of its own answers; the grade joins that request's usage record,
+where `ferryman router train --from-ledger` finds it."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, Field
+
+from gateway.errors import APIError, responses
+
+router = APIRouter(prefix="/v1")
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=200, description="The x-request-id of the answer graded")
+    score: float = Field(ge=0.0, le=1.0, description="How good the answer was: 0 useless, 1 perfect")
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackResponse(BaseModel):
+    object: str = "feedback"
+    request_id: str
+    score: float
+
+
+@router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 503))
+async def feedback(body: FeedbackRequest, request: Request, authorization: str | None = Header(None)):
+    ferry = request.app.state.ferry
+    principal = await ferry.authenticate(authorization)
+    found = await ferry.ledger(ferry.billing.record_feedback, principal, body.request_id, body.score, body.comment)
+    if not found:  # another tenant's request reads exactly like no request: ids are not to be probed
+        raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
+                       "request_not_found", "request_id")
+    return FeedbackResponse(request_id=body.request_id, score=body.score)
