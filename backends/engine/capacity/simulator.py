@@ -78,7 +78,7 @@ class SimResult:
     kv_usage_max: float = 0.0
     prefix_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_hits: int = 0
-    overloaded: bool = False
+    overloaded: bool = False  # the queue passed EngineKnobs.max_waiting: the simulation stopped there
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -162,7 +162,9 @@ class _Replica:
             if not self.scheduler.has_unfinished():
                 self.clock = pending[0].arrival
                 continue
-            if self.clock > stop_at or len(self.scheduler.waiting) > self.knobs.max_waiting:
+            if self.clock > stop_at:  # requests still running are cut off (counted in `unfinished`)
+                break
+            if len(self.scheduler.waiting) > self.knobs.max_waiting:
                 self.result.overloaded = True
                 break
             finished = self._step()
