@@ -38,22 +38,27 @@ class Drain:
         self.draining = False
         self.in_flight = 0
         self.deadline: float | None = None  # event-loop time at which streams still running are cut
+        self.waits: set[asyncio.Timeout] = set()  # streams waiting for their next delta
 
     def begin(self) -> None:
+        """Called on the event loop (a loop signal handler)."""
         if not self.draining:
             self.draining, self.deadline = True, time.monotonic() + self.grace_s
             log.info("draining: %d request(s) in flight, %.0f s grace", self.in_flight, self.grace_s)
+            for wait in self.waits:  # a stream silent since before the signal is cut on time too
+                wait.reschedule(self.deadline)
 
     async def guard(self, deltas: AsyncIterator) -> AsyncIterator:
         """Pass a generation through; past the drain deadline, stop it (it settles what was sent) and raise 503."""
         it = aiter(deltas)
         while True:
             try:
-                if self.deadline is None:
-                    delta = await anext(it)
-                else:
-                    async with asyncio.timeout_at(self.deadline):
+                async with asyncio.timeout_at(self.deadline) as wait:
+                    self.waits.add(wait)
+                    try:
                         delta = await anext(it)
+                    finally:
+                        self.waits.discard(wait)
             except StopAsyncIteration:
                 return
             except TimeoutError:
