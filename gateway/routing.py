@@ -12,6 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from classifier.live import LiveTargets
 from classifier.router import Router
+from gateway import metrics
 from gateway.catalog import Catalog, RouteGroup
 from gateway.errors import APIError
 
@@ -53,7 +54,11 @@ def router_tier(router, principal, query: str, tiers: list[str], live=None, grou
     passed = router.tier_for(score, cuts)
     index = len(tiers) - 1 if passed == len(cuts) else passed
     if live is not None:
-        live.record(group, str(principal.tenant_id), index == len(tiers) - 1)
+        tenant = str(principal.tenant_id)
+        live.record(group, tenant, index == len(tiers) - 1)
+        window = live.window(group, tenant)
+        metrics.STRONG_SHARE.labels(group, tenant).set(window.realised_share())
+        metrics.STRONG_TARGET.labels(group, tenant).set(window.target)
     return index, score
 
 
@@ -109,7 +114,10 @@ class Routing:
         refusals = {n: self.models[n].refusal(body) for n in names}
         eligible = [n for n in names if refusals[n] is None]
         if not eligible:
-            raise refusals[names[0]]
+            refusal = refusals[names[0]]
+            if len(names) > 1:  # a route group: none of its tiers can, not only the first
+                refusal.message += f" No model of the route group '{body.model}' can."
+            raise refusal
         return eligible
 
     # --- running a plan ----------------------------------------------------------------------------
