@@ -111,6 +111,7 @@ def test_openapi_lists_the_error_statuses_of_each_v1_route(gateway):
     for route in ("/v1/chat/completions", "/v1/completions"):
         documented = paths[route]["post"]["responses"]
         assert {"400", "401", "402", "404", "413", "429", "503"} <= set(documented)
+        assert "422" not in documented  # invalid values are answered 400, and the document says so
         assert documented["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     assert {"401", "503"} <= set(paths["/v1/models"]["get"]["responses"])
 
