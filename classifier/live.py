@@ -63,6 +63,8 @@ class LiveTargets:
     @staticmethod
     def share_for(router, quality_floor: float | None, large_share: float | None) -> float:
         """The large share a target asks for: given, or what the calibration table says the floor needs."""
+        if quality_floor is None and large_share is not None:
+            return large_share
         table = router.route
         cut = router.threshold_for(quality_floor, large_share)
         return float(table.share[np.flatnonzero(table.threshold == cut)[0]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 
+from gateway import metrics
 from gateway.errors import APIError, responses
 
 router = APIRouter(prefix="/v1")
@@ -30,4 +31,5 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
     if not found:  # another tenant's request reads exactly like no request: ids are not to be probed
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")
+    metrics.FEEDBACK.labels(str(principal.tenant_id)).observe(body.score)
     return FeedbackResponse(request_id=body.request_id, score=body.score)

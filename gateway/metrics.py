@@ -1,6 +1,6 @@
 """The gateway's own Prometheus metrics. The engine registers its metrics in the same default registry,
 so one /metrics shows the whole path. No tenant names in labels: they are unbounded and private."""
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("ferryman_requests_total", "Requests settled, by route and outcome", ["route", "status"])
 LATENCY = Histogram("ferryman_request_seconds", "Whole-request latency", ["route"],
@@ -10,3 +10,11 @@ TTFT = Histogram("ferryman_time_to_first_token_seconds", "Time to first token th
 TOKENS = Counter("ferryman_tokens_total", "Tokens processed", ["route", "kind"])
 COST = Counter("ferryman_cost_usd_total", "Money charged to tenants", ["model"])
 REJECTED = Counter("ferryman_rejected_total", "Requests refused before any work", ["reason"])
+# Router targets per route group and tenant (tenant id, never its name): the realised strong-tier share over the
+# live window against the share its target asks for, and the feedback tenants give on their answers.
+STRONG_SHARE = Gauge("ferryman_router_strong_share", "Share of the recent window routed to the strongest tier",
+                     ["group", "tenant"])
+STRONG_TARGET = Gauge("ferryman_router_strong_share_target", "Strongest-tier share the tenant's target asks for",
+                      ["group", "tenant"])
+FEEDBACK = Histogram("ferryman_feedback_score", "Tenant feedback on answers (0..1)", ["tenant"],
+                     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))

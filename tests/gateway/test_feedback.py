@@ -20,6 +20,8 @@ def test_feedback_is_stored_with_the_usage_record(gateway):
     assert r.json() == {"object": "feedback", "request_id": request_id, "score": 0.75}
     [record] = [x for x in gateway.records() if x["request_id"] == request_id]
     assert record["feedback_score"] == 0.75 and record["feedback_comment"] == "close, but terse"
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert f'ferryman_feedback_score_count{{tenant="{gateway.tenant_id}"}} 1.0' in metrics
 
 
 def test_another_tenants_request_is_a_404_and_changes_nothing(gateway):
