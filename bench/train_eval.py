@@ -226,7 +226,8 @@ def write_doc(results: dict, acc: dict, models: dict) -> None:
         f"\n**Caveat of this run:** the small model scores higher ({mean['small']:.2f} mean) than the large "
         f"({mean['large']:.2f}): the large model is under-trained. Continue it (`large --init`), then "
         "distill again.\n")
-    DOC.write_text(DOC_TEMPLATE.format(
+    engine_part = DOC.read_text().partition("# The bundled models")[0] if DOC.exists() else ""  # hand-written
+    DOC.write_text(engine_part + DOC_TEMPLATE.format(
         date=datetime.date.today().isoformat(), machine=machine(), sizes=sizes, ratio=ratio,
         ppl_large=results["ppl"]["large"], ppl_small=results["ppl"]["small"], acc=table(levels_head, acc_rows),
         kl_w=1 - distill["ce_weight"], ce_w=distill["ce_weight"], tau=distill["temperature"],

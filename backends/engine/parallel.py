@@ -262,7 +262,30 @@ def _targets(model: LlamaForCausalLM, name: str, layers: range) -> list[tuple[nn
         fused, part = _FUSED[leaf]
         return [(layer.get_submodule(f"{parent}.{fused}"), part, kind)]
     module = layer.get_submodule(f"{parent}.{leaf}" if parent else leaf)
+    if isinstance(module, ColumnParallelLinear):  # fused in the checkpoint too (Phi-3): every part from one tensor
+        return [(_FusedPart(module), part, kind) for part in range(len(module.part_sizes))]
     return [(module if hasattr(module, "load") else _Plain(module), 0, kind)]
+
+
+class _FusedPart:
+    """A part of a tensor the checkpoint stores fused: its rows start after the earlier parts' (unsharded) rows."""
+
+    def __init__(self, module: ColumnParallelLinear) -> None:
+        self.module = module
+
+    def load(self, tensor, part: int, kind: str) -> None:
+        offset = sum(self.module.part_sizes[:part]) * self.module.group.size
+        self.module.load(_RowsFrom(tensor, offset), part, kind)
+
+
+class _RowsFrom:
+    """tensor[offset + a : offset + b] for tensor[a:b]: a safetensors slice, read lazily."""
+
+    def __init__(self, tensor, offset: int) -> None:
+        self.tensor, self.offset = tensor, offset
+
+    def __getitem__(self, rows: slice):
+        return self.tensor[self.offset + rows.start : self.offset + rows.stop]
 
 
 class _Plain:

@@ -31,6 +31,7 @@ FAMILIES = {
     "qwen2.5": ("Qwen2Config", dict(tie_word_embeddings=True), torch.bfloat16),
     "qwen3": ("Qwen3Config", dict(head_dim=20), torch.float32),
     "gemma": ("GemmaConfig", dict(head_dim=20), torch.float32),
+    "phi3": ("Phi3Config", dict(), torch.bfloat16),
 }
 rng = random.Random(7)
 SHARED = [rng.randrange(3, 389) for _ in range(17)]
@@ -106,10 +107,10 @@ def test_greedy_equals_hf(checkpoints, family, prefix_caching):
     assert (sum(o.cached_tokens for o in again) > 0) == prefix_caching
 
 
-# Llama 2 and Mistral shard exactly as test_parallel.py's Llama does; these three add what TP must split or
-# replicate differently: q/k/v biases and tied embeddings (Qwen2.5), per-head q/k norms (Qwen3), Gemma's norm and
-# scaled embedding lookup.
-@pytest.mark.parametrize("family", ["qwen2.5", "qwen3", "gemma"])
+# Llama 2 and Mistral shard exactly as test_parallel.py's Llama does; these add what TP must split or replicate
+# differently: q/k/v biases and tied embeddings (Qwen2.5), per-head q/k norms (Qwen3), Gemma's norm and scaled
+# embedding lookup, Phi-3's already-fused q/k/v and gate/up tensors.
+@pytest.mark.parametrize("family", ["qwen2.5", "qwen3", "gemma", "phi3"])
 def test_tensor_parallel_2_equals_hf(checkpoints, family):
     path, _, expected = checkpoints(family)
     with engine(path, tensor_parallel_size=2) as e:
@@ -183,3 +184,28 @@ def test_sliding_window_caps_the_context_and_a_longer_one_is_refused(checkpoints
     qwen = _edited(checkpoints("qwen3")[0], tmp_path / "qwen", use_sliding_window=True, sliding_window=40,
                    max_window_layers=1, layer_types=["full_attention", "sliding_attention"])
     assert EngineConfig(str(qwen)).max_model_len == 40
+
+
+@pytest.mark.parametrize("rope", [
+    dict(rope_type="linear", rope_theta=10000.0, factor=4.0),
+    dict(LLAMA3_ROPE),
+    dict(rope_type="default", rope_theta=500000.0),
+])
+def test_rope_frequencies_equal_hf(rope):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from backends.engine.models.llama import rotary_embedding
+
+    config = LlamaConfig(**{**SIZES, "rope_parameters": rope})
+    ours = rotary_embedding(config.to_dict(), 64)
+    if rope["rope_type"] == "default":
+        inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, 12, 2, dtype=torch.float) / 12))
+    else:
+        inv_freq = ROPE_INIT_FUNCTIONS[rope["rope_type"]](config)[0]
+    freqs = torch.outer(torch.arange(64, dtype=torch.float), inv_freq)
+    torch.testing.assert_close(ours.cos, torch.cat([freqs, freqs], -1).cos())
+    # The older config format (rope_theta plus rope_scaling with "type") means the same.
+    old = {**{k: v for k, v in config.to_dict().items() if k != "rope_parameters"}, "rope_theta": rope["rope_theta"],
+           "rope_scaling": {("type" if k == "rope_type" else k): v for k, v in rope.items() if k != "rope_theta"}}
+    torch.testing.assert_close(rotary_embedding(old, 64).cos, ours.cos)

@@ -1,6 +1,6 @@
 """The checkpoint families the engine serves, and what each changes in the shared decoder (models/llama.py).
 
-Llama, Mistral, Qwen2, Qwen3 and Gemma are one decoder (RMSNorm, RoPE, GQA attention, gated MLP) that differs
+Llama, Mistral, Qwen2, Qwen3, Gemma and Phi-3 are one decoder (RMSNorm, RoPE, GQA attention, gated MLP) that differs
 in a few switches; they are read from config.json here. Anything else in a config that would change the
 math is refused by name: a checkpoint the engine cannot reproduce must fail to load, never answer wrongly.
 """
@@ -111,6 +111,10 @@ def _gemma(cfg: dict) -> Family:
     return Family("GemmaForCausalLM", qkv_bias=bias, o_bias=bias, gemma_norm=True, embed_scale=True, act=act)
 
 
+def _phi3(cfg: dict) -> Family:
+    return Family("Phi3ForCausalLM", act=cfg.get("hidden_act", "silu"), sliding_window=cfg.get("sliding_window"))
+
+
 def _qwen_window(cfg: dict) -> int | None:
     """Qwen windows only the layers layer_types (or use_sliding_window) marks; any such layer caps the context."""
     windowed = "sliding_attention" in (cfg.get("layer_types") or []) or (
@@ -124,4 +128,5 @@ _FAMILIES = {
     "Qwen2ForCausalLM": _qwen2,
     "Qwen3ForCausalLM": _qwen3,
     "GemmaForCausalLM": _gemma,
+    "Phi3ForCausalLM": _phi3,  # Llama's math; its checkpoints store q/k/v and gate/up already fused
 }

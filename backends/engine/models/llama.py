@@ -154,7 +154,7 @@ def _load_one(model: LlamaForCausalLM, params: dict, name: str, tensor: torch.Te
         if name not in params:
             raise ValueError(f"unexpected checkpoint tensor {name}")
         params[name].data.copy_(tensor)
-        return {name}
+        return set(_expected_keys(model, name))  # all parts at once where the checkpoint fuses them (Phi-3)
     fused_leaf, shard = _FUSED[leaf]
     target = f"{parent}.{fused_leaf}.{kind}"
     sizes = _fused_sizes(model, fused_leaf)
