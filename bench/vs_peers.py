@@ -1,0 +1,667 @@
+"""Ferryman side by side with its peers, one command, one run, interleaved rounds, all on loopback.
+
+    .venv/bin/python bench/vs_peers.py [--rounds 3] [--postgres postgresql+psycopg://root@127.0.0.1:5432/test]
+    .venv/bin/python bench/vs_peers.py --engines [--rounds 3]
+
+Gateways (default): a mock OpenAI-compatible upstream (raw asyncio, a fixed answer); in front of it Ferryman
+on a SQLite ledger and on a PostgreSQL ledger (a catalog with one `kind: openai` model), the incumbent
+open-source gateway (LiteLLM proxy, installed by the bench into .bench-venv/litellm from PyPI, no database,
+a master key), a minimal asyncio forwarder (one kept-alive upstream connection per client connection), and
+the upstream direct. Each server is its own process; the load generator is a keep-alive HTTP/1.1 client in
+this one. Non-streaming chat at concurrency 1 and 32, streaming at concurrency 1 (time to first content
+chunk, gap between content chunks). A round runs every scenario on every server in turn.
+
+Engines: our engine (fp32 weights, int8 weights), CTranslate2 (float32, int8) and Hugging Face `generate`
+on the same 64 mixed-length prompts (held-out text, 8 to 120 tokens), 64 new tokens each, greedy, EOS
+ignored, one thread each, each engine in its own process. A round runs every engine once, one after the
+other (rounds interleave, so load from other processes falls on all alike). Reported: generated tokens/s
+over the whole workload (prefill included), median and min-max over rounds; and how many of the 64 requests
+produced exactly HF generate's (fp32) tokens. CTranslate2 is never a project dependency: the bench installs
+it from PyPI into its own virtual environment (.bench-venv/ct2) and converts models/large there with
+CTranslate2's own converter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import table, write_section  # noqa: E402
+
+MODEL = ROOT / "models" / "large"
+BENCH_VENV = ROOT / ".bench-venv"
+CT2_VERSION = "4.8.5"
+LITELLM_VERSION = "1.80.0"
+LITELLM_KEY = "sk-bench-master"
+PROMPTS, NEW_TOKENS = 64, 64
+ENGINES = ("ours-fp32", "ours-int8", "ct2-float32", "ct2-int8", "hf-generate")
+
+
+# --- the engine workers: each a process that loads once, then runs the workload per "run" line ----------
+
+def ours(quantization: str | None):
+    from backends.base import SamplingParams
+    from backends.engine import EngineConfig, LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=str(MODEL), quantization=quantization, num_threads=1))
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    return lambda prompts: [o.token_ids for o in engine.generate(prompts, params)]
+
+
+def ct2(compute_type: str, model_dir: str):
+    import ctranslate2
+
+    generator = ctranslate2.Generator(model_dir, device="cpu", compute_type=compute_type, intra_threads=1,
+                                      inter_threads=1)
+    vocab = json.loads((MODEL / "tokenizer.json").read_text())["model"]["vocab"]
+    names = {i: t for t, i in vocab.items()}
+
+    def run(prompts):
+        results = generator.generate_batch([[names[i] for i in p] for p in prompts], max_length=NEW_TOKENS,
+                                           sampling_topk=1, include_prompt_in_result=False, end_token=[])
+        return [r.sequences_ids[0] for r in results]
+    return run
+
+
+def hf_generate():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+
+    def run(prompts):
+        width = max(map(len, prompts))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # left padding, masked out
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=0,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[:, width:].tolist()
+    return run
+
+
+def engine_worker(name: str, prompts_file: str, ct2_dir: str) -> None:
+    prompts = json.loads(Path(prompts_file).read_text())
+    kind, _, variant = name.partition("-")
+    run = {"ours": lambda: ours(None if variant == "fp32" else variant), "ct2": lambda: ct2(variant, ct2_dir),
+           "hf": hf_generate}[kind]()
+    run(prompts[:4])  # warm-up: first-call allocations, weight packing
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        tokens = run(prompts)
+        print(json.dumps({"seconds": time.perf_counter() - start, "tokens": tokens}), flush=True)
+
+
+# --- the gateway servers (each a subprocess of this script) -----------------------------------------------
+
+CHUNKS = 8  # content chunks of the mock's streamed answer
+ANSWER = {"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": "mock",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(f"w{i} " for i in range(CHUNKS))},
+                       "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 24, "completion_tokens": CHUNKS, "total_tokens": 24 + CHUNKS}}
+
+
+def _event(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+    chunk = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "mock",
+             "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage}
+    data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def mock_stream() -> list[bytes]:
+    """The streamed answer as HTTP chunks, one SSE event each: role, content, finish, usage-only, [DONE]."""
+    events = [_event({"role": "assistant", "content": ""})]
+    events += [_event({"content": f"w{i} "}) for i in range(CHUNKS)]
+    events += [_event({}, "stop"), _event({}, usage=ANSWER["usage"]), b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
+    return events
+
+
+async def read_request(reader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    return head, await reader.readexactly(length)
+
+
+def serve_mock(port: int) -> None:
+    """An OpenAI-compatible upstream that answers at once: what a proxy adds is all that is measured."""
+    import asyncio
+
+    whole = json.dumps(ANSWER).encode()
+    whole = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(whole), whole)
+    stream = mock_stream()
+    stream_head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    async def client(reader, writer):
+        try:
+            while True:
+                _, body = await read_request(reader)
+                if b'"stream":true' in body.replace(b" ", b""):
+                    writer.write(stream_head)
+                    for chunk in stream:
+                        writer.write(chunk)
+                        await writer.drain()
+                else:
+                    writer.write(whole)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(client, "127.0.0.1", port)
+        await server.serve_forever()
+    asyncio.run(main())
+
+
+def serve_forwarder(port: int, upstream_port: int) -> None:
+    """The minimal proxy: bytes through, one kept-alive upstream connection per client connection."""
+    import asyncio
+
+    async def relay_response(up_reader, writer):
+        head = await up_reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        if b"chunked" not in head.lower():
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            writer.write(await up_reader.readexactly(length))
+            return
+        while True:
+            size_line = await up_reader.readuntil(b"\r\n")
+            data = await up_reader.readexactly(int(size_line, 16) + 2)
+            writer.write(size_line + data)
+            await writer.drain()
+            if size_line == b"0\r\n":
+                return
+
+    async def client(reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        try:
+            while True:
+                head, body = await read_request(reader)
+                up_writer.write(head + body)
+                await relay_response(up_reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            up_writer.close()
+
+    async def main():
+        server = await asyncio.start_server(client, "127.0.0.1", port)
+        await server.serve_forever()
+    asyncio.run(main())
+
+
+def serve_ferryman(port: int, database_url: str, catalog_file: str) -> None:
+    import uvicorn
+
+    from gateway import catalog
+    from gateway.app import create_app
+    from gateway.config import Settings
+
+    settings = Settings(database_url=database_url, config=Path(catalog_file))
+    app = create_app(settings, catalog=catalog.load(Path(catalog_file)))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def ferryman_catalog(work: Path, upstream_port: int) -> Path:
+    path = work / "catalog.yaml"
+    path.write_text(f"""models:
+  - name: mock
+    kind: openai
+    base_url: http://127.0.0.1:{upstream_port}/v1
+    price: {{input: 0.5, output: 1.5}}
+""")
+    return path
+
+
+def litellm(work: Path, upstream_port: int, port: int) -> subprocess.Popen:
+    python = bench_python("litellm", with_ours=False)
+    if subprocess.run([str(python), "-c", "import litellm.proxy.proxy_server"], capture_output=True).returncode:
+        print(f"installing litellm[proxy]=={LITELLM_VERSION} into {python.parent.parent}", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    config = work / "litellm.yaml"
+    config.write_text(f"""model_list:
+  - model_name: mock
+    litellm_params: {{model: openai/mock, api_base: "http://127.0.0.1:{upstream_port}/v1", api_key: sk-upstream}}
+general_settings: {{master_key: {LITELLM_KEY}}}
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    return subprocess.Popen([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
+                             "--port", str(port), "--num_workers", "1"], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(work / "litellm.log", "w"))
+
+
+# --- the gateway load: a keep-alive HTTP/1.1 client, so the client is not what gets measured -------------
+
+CONTENT = re.compile(rb'"content":\s*"[^"]')
+
+
+def chat_request(key: str, stream: bool) -> bytes:
+    body = json.dumps({"model": "mock", "messages": [{"role": "user", "content": "Say something short."}],
+                       "max_tokens": 16, "stream": stream}).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def whole_requests(port: int, request: bytes, n: int, latencies: list[float]) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"chunked" in head.lower():
+            body = b"".join([c async for c in _chunks(reader)])
+        else:
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+        latencies.append(time.perf_counter() - t0)
+        if head[9:12] != b"200" or not CONTENT.search(body):
+            raise RuntimeError(f"{port}: {head[:12]!r} {body[:300]!r}")
+    writer.close()
+
+
+async def _chunks(reader):
+    while (size := int(await reader.readuntil(b"\r\n"), 16)):
+        yield (await reader.readexactly(size + 2))[:-2]
+    await reader.readexactly(2)
+
+
+async def streamed_requests(port: int, request: bytes, n: int, ttfc: list[float], gaps: list[float]) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        times = []
+        async for chunk in _chunks(reader):
+            times += [time.perf_counter()] * len(CONTENT.findall(chunk))
+        if head[9:12] != b"200" or len(times) != CHUNKS:
+            raise RuntimeError(f"{port}: {head[:12]!r}, {len(times)} content chunks")
+        ttfc.append(times[0] - t0)
+        gaps.append((times[-1] - times[0]) / (CHUNKS - 1))
+    writer.close()
+
+
+async def load(port: int, key: str, scenario: str, n: int) -> dict:
+    import asyncio
+
+    concurrency, stream = SCENARIOS[scenario]
+    request = chat_request(key, stream)
+    warm = [streamed_requests(port, request, 5, [], []) if stream else whole_requests(port, request, 5, [])
+            for _ in range(concurrency)]
+    await asyncio.gather(*warm)
+    latencies, gaps = [], []
+    t0 = time.perf_counter()
+    if stream:
+        await streamed_requests(port, request, n, latencies, gaps)
+    else:
+        await asyncio.gather(*[whole_requests(port, request, n // concurrency, latencies) for _ in range(concurrency)])
+    return {"latencies": latencies, "gaps": gaps, "seconds": time.perf_counter() - t0,
+            "served": len(latencies) + 5 * concurrency}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants: every process of a server."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, total = {pid}, 0.0
+    for _ in range(4):  # a few levels of children (a worker of a supervisor)
+        tree |= {p for p, (parent, _) in stats.items() if parent in tree}
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def start_server(args: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT)
+    wait_listening(proc, port)
+    return proc
+
+
+def wait_listening(proc: subprocess.Popen, port: int, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+            time.sleep(0.2)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+SCENARIOS = {"c1": (1, False), "c32": (32, False), "stream c1": (1, True)}
+
+
+def gateways(args: argparse.Namespace) -> None:
+    import asyncio
+    import contextlib
+    import tempfile
+
+    from tqdm import tqdm
+
+    from bench.gateway_overhead import fresh_schema, free_port, ledger
+
+    work = Path(tempfile.mkdtemp(prefix="ferryman-vs-peers-"))
+    sizes = {"c1": args.requests_c1, "c32": args.requests_c32, "stream c1": args.requests_stream}
+    servers: dict[str, tuple[subprocess.Popen, int, str]] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            up = free_port()
+            servers["direct"] = (start_server(["--serve-mock", str(up)], up), up, "none")
+            catalog = ferryman_catalog(work, up)
+            sqlite = f"sqlite:///{work / 'ledger.db'}"
+            urls = {"ferryman sqlite": sqlite}
+            if args.postgres:
+                urls["ferryman postgres"] = stack.enter_context(fresh_schema(args.postgres))
+            for name, url in urls.items():
+                port = free_port()
+                key = ledger(url)
+                servers[name] = (start_server(["--serve-ferryman", str(port), url, str(catalog)], port), port, key)
+            port = free_port()
+            servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
+            if not args.no_litellm:
+                port = free_port()
+                proc = litellm(work, up, port)
+                wait_listening(proc, port)
+                servers["litellm"] = (proc, port, LITELLM_KEY)
+            results = {}
+            steps = args.rounds * len(SCENARIOS) * len(servers)
+            with tqdm(total=steps, desc="gateway rounds") as progress:
+                for r in range(args.rounds):
+                    for scenario in SCENARIOS:
+                        for name, (proc, port, key) in servers.items():
+                            before = tree_cpu(proc.pid)
+                            result = asyncio.run(load(port, key, scenario, sizes[scenario]))
+                            result["cpu"] = tree_cpu(proc.pid) - before
+                            results[name, scenario, r] = result
+                            progress.update()
+        finally:
+            for proc, _, _ in servers.values():
+                proc.terminate()
+            for proc, _, _ in servers.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(15)
+    report_gateways(args, list(servers), results)
+
+
+def report_gateways(args: argparse.Namespace, names: list[str], results: dict) -> None:
+    rounds = range(args.rounds)
+
+    def med(name, scenario, fn):
+        values = [fn(results[name, scenario, r], results["direct", scenario, r]) for r in rounds]
+        return statistics.median(values), min(values), max(values)
+
+    def p(q):
+        return lambda res, _: _pct(res["latencies"], q)
+
+    def added(q):
+        return lambda res, base: _pct(res["latencies"], q) - _pct(base["latencies"], q)
+
+    def rate(res, _):
+        return len(res["latencies"]) / res["seconds"]
+
+    def cpu_ms(res, _):
+        return res["cpu"] / res["served"] * 1000
+
+    rows, stream_rows = [], []
+    for scenario in ("c1", "c32"):
+        for name in names:
+            rows.append([name, scenario, *[_mm(med(name, scenario, p(q))) for q in (50, 95, 99)],
+                         "-" if name == "direct" else _mm(med(name, scenario, added(50))),
+                         _mm(med(name, scenario, rate), 0), _mm(med(name, scenario, cpu_ms)),
+                         f"{1000 / med(name, scenario, cpu_ms)[0]:,.0f}"])
+    for name in names:
+        ttfc = med(name, "stream c1", p(50))
+        stream_rows.append([name, _mm(ttfc), "-" if name == "direct" else _mm(med(name, "stream c1", added(50))),
+                            _mm(med(name, "stream c1", lambda res, _: statistics.median(res["gaps"]) * 1000), 3),
+                            _mm(med(name, "stream c1", cpu_ms))])
+    headers = ["server", "load", "p50 ms", "p95 ms", "p99 ms", "added p50 ms", "req/s", "server CPU ms/req",
+               "req/s per core"]
+    main_table = table(headers, rows)
+    stream_table = table(["server", "TTFC p50 ms", "added TTFC p50 ms", "content-chunk gap p50 ms",
+                          "server CPU ms/req"], stream_rows)
+    ratio_rows = ratios(names, results, rounds)
+    ratio_table = table(["ratio (within each round)", "median (min-max)", "target"], ratio_rows)
+    print(main_table, stream_table, ratio_table, sep="\n\n")
+    body = f"""
+Non-streaming `/v1/chat/completions` ({args.requests_c1} requests at concurrency 1, {args.requests_c32} at 32) and
+streaming at concurrency 1 ({args.requests_stream} requests; the mock streams a role chunk, {CHUNKS} content chunks,
+a finish chunk, a usage-only chunk and `[DONE]`), through each server to the same mock upstream (raw asyncio,
+answers at once). Ferryman: one uvicorn process, a catalog with one `kind: openai` model, one tenant with a
+budget, a key and rate limits (every admission check runs), the SQLite ledger (WAL) or a PostgreSQL schema of
+its own. LiteLLM {LITELLM_VERSION} proxy: one worker, a master key, no database (so it records no spend: less
+work than Ferryman). Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
+Each cell: median of {args.rounds} interleaved rounds, min-max in brackets; "added" = that server's percentile
+minus direct's in the same round. Server CPU = user + system time of every process of the server during the
+scenario (warm-up included), per request; req/s per core = 1000 / that. TTFC = time to first content chunk.
+The machine is shared (2 cores, load average {_loadavg()} at the end): wall-clock req/s and latencies
+suffer from other work; the CPU-per-request figures and the within-round ratios much less so.
+
+{main_table}
+
+{stream_table}
+
+{ratio_table}
+"""
+    command = "bench/vs_peers.py" + (f" --postgres {args.postgres}" if args.postgres else "") + \
+        f" --rounds {args.rounds}"
+    write_section("vs_peers", "Gateway side by side: Ferryman, LiteLLM, a minimal forwarder, direct", command, body)
+
+
+def ratios(names: list[str], results: dict, rounds) -> list[list]:
+    def per_round(fn):
+        values = [fn(r) for r in rounds]
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    def added(name, scenario, r):
+        return _pct(results[name, scenario, r]["latencies"], 50) - _pct(results["direct", scenario, r]["latencies"], 50)
+
+    def per_core(name, scenario, r):
+        res = results[name, scenario, r]
+        return res["served"] / res["cpu"]
+
+    rows = [["Ferryman SQLite added p50 / forwarder added p50, c1",
+             per_round(lambda r: added("ferryman sqlite", "c1", r) / added("forwarder", "c1", r)), "<= 2"],
+            ["Ferryman SQLite TTFC added - forwarder TTFC added, ms",
+             per_round(lambda r: added("ferryman sqlite", "stream c1", r) - added("forwarder", "stream c1", r)), "<= 1"]]
+    if "litellm" in names:
+        for scenario in ("c1", "c32"):
+            rows.append([f"Ferryman SQLite / LiteLLM req/s per core, {scenario}",
+                         per_round(lambda r: per_core("ferryman sqlite", scenario, r) / per_core("litellm", scenario, r)),
+                         ">= 4"])
+    if "ferryman postgres" in names:
+        rows.append(["Ferryman PostgreSQL / SQLite req/s, c32", per_round(
+            lambda r: len(results["ferryman postgres", "c32", r]["latencies"]) / results["ferryman postgres", "c32", r]["seconds"]
+            / (len(results["ferryman sqlite", "c32", r]["latencies"]) / results["ferryman sqlite", "c32", r]["seconds"])),
+            ">= 0.8"])
+    return rows
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+
+
+def _mm(stat: tuple[float, float, float], digits: int = 2) -> str:
+    mid, lo, hi = stat
+    return f"{mid:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
+
+
+# --- the orchestrator -------------------------------------------------------------------------------------
+
+def workload() -> list[list[int]]:
+    """64 prompts cut from held-out text, lengths cycling 8..120 tokens, each starting with <|bos|>."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    text = (ROOT / "models" / "heldout.txt").read_text(encoding="utf-8")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prompts, at = [], 0
+    for i in range(PROMPTS):
+        length = 8 + (i * 37) % 113
+        prompts.append([tok.bos_token_id] + ids[at:at + length - 1])
+        at += length
+    return prompts
+
+
+def bench_python(name: str, with_ours: bool = True) -> Path:
+    """A virtual environment of the bench's own for a peer's packages; with_ours: the project's venv visible beneath."""
+    venv = BENCH_VENV / name
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        if not with_ours:
+            return python
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        ours_site = [p for p in sys.path if p.endswith("site-packages")][0]
+        (Path(site) / "ferryman-venv.pth").write_text(ours_site + "\n")  # torch, transformers for the converter
+    return python
+
+
+def ct2_model(python: Path) -> Path:
+    out = BENCH_VENV / "ct2-large"
+    pip = [str(python), "-m", "pip", "install", "-q", f"ctranslate2=={CT2_VERSION}"]
+    if subprocess.run([str(python), "-c", "import ctranslate2"], capture_output=True).returncode:
+        print(f"installing ctranslate2=={CT2_VERSION} into {python.parent.parent}", flush=True)
+        subprocess.run(pip, check=True)
+    if not (out / "model.bin").exists():
+        subprocess.run([str(python), "-m", "ctranslate2.converters.transformers", "--model", str(MODEL),
+                        "--output_dir", str(out), "--force"], check=True)
+    return out
+
+
+class Worker:
+    def __init__(self, name: str, python: Path, prompts_file: Path, ct2_dir: Path):
+        args = [str(python), __file__, "--engine-worker", name, str(prompts_file), str(ct2_dir)]
+        self.name = name
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if self._line() != "ready":
+            raise RuntimeError(f"{name} worker did not start")
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} worker exited ({self.proc.wait()})")
+        return line.strip()
+
+    def run(self) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def engines(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    prompts = workload()
+    prompts_file = BENCH_VENV / "prompts.json"
+    BENCH_VENV.mkdir(exist_ok=True)
+    prompts_file.write_text(json.dumps(prompts))
+    ct2_python = bench_python("ct2")
+    ct2_dir = ct2_model(ct2_python)
+    workers = [Worker(n, ct2_python if n.startswith("ct2") else Path(sys.executable), prompts_file, ct2_dir)
+               for n in tqdm(args.engine_names, desc="loading engines")]
+    speed, tokens = {w.name: [] for w in workers}, {}
+    for _ in tqdm(range(args.rounds), desc="rounds"):
+        for w in workers:
+            result = w.run()
+            speed[w.name].append(PROMPTS * NEW_TOKENS / result["seconds"])
+            tokens[w.name] = result["tokens"]
+    for w in workers:
+        w.close()
+    report_engines(args, speed, tokens)
+
+
+def report_engines(args: argparse.Namespace, speed: dict, tokens: dict) -> None:
+    base = statistics.median(speed["ours-fp32"])
+    reference = tokens.get("hf-generate")
+    rows = []
+    for name, runs in speed.items():
+        same = sum(a == b for a, b in zip(tokens[name], reference)) if reference else "-"
+        rows.append([name, statistics.median(runs), f"{min(runs):,.0f}-{max(runs):,.0f}",
+                     statistics.median(runs) / base, f"{same}/{PROMPTS}"])
+    ratios = [["ours-int8 / ours-fp32", _ratio(speed, "ours-int8", "ours-fp32")],
+              ["ours-int8 / ct2-int8", _ratio(speed, "ours-int8", "ct2-int8")],
+              ["ours-fp32 / ct2-float32", _ratio(speed, "ours-fp32", "ct2-float32")],
+              ["ours-fp32 / hf-generate", _ratio(speed, "ours-fp32", "hf-generate")]]
+    result = table(["engine", "tokens/s (median)", "min-max", "vs ours-fp32", "requests = HF generate's tokens"], rows)
+    ratio_table = table(["ratio per round", "median (min-max)"], [r for r in ratios if r[1]])
+    print(result, ratio_table, sep="\n\n")
+    body = f"""
+`models/large`, {PROMPTS} prompts cut from held-out text (8 to 120 tokens, mixed), {NEW_TOKENS} new tokens each,
+greedy, EOS ignored, all {PROMPTS} submitted together; one thread per engine, each engine its own process.
+Tokens/s = {PROMPTS * NEW_TOKENS} generated tokens / wall time of the whole workload (prefill included); median
+and min-max of {args.rounds} interleaved rounds (each round runs every engine once). Ratios are taken within
+each round. Our int8 runs fbgemm's int8 GEMM (activations quantized per row, 7-bit on AVX2); CTranslate2
+{CT2_VERSION} (installed by the bench into `.bench-venv/ct2`, model converted by its converter) runs its own
+int8 GEMM. Last column: requests whose {NEW_TOKENS} tokens equal HF generate's fp32 tokens exactly.
+Load average at the end: {_loadavg()}.
+
+{result}
+
+{ratio_table}
+"""
+    write_section("vs_peers_engines", "Engine side by side: our engine, CTranslate2, HF generate",
+                  f"bench/vs_peers.py --engines --rounds {args.rounds}", body)
+
+
+def _ratio(speed: dict, a: str, b: str) -> str:
+    if a not in speed or b not in speed:
+        return ""
+    per_round = [x / y for x, y in zip(speed[a], speed[b])]
+    return f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--engine-worker":
+        return engine_worker(*sys.argv[2:5])
+    servers = {"--serve-mock": serve_mock, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman}
+    if len(sys.argv) > 1 and sys.argv[1] in servers:
+        return servers[sys.argv[1]](*[int(a) if a.isdigit() else a for a in sys.argv[2:]])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", action="store_true", help="the engine comparison instead of the gateway one")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", dest="engine_names", nargs="+", choices=ENGINES, default=list(ENGINES),
+                        help="engines to compare (--engines)")
+    parser.add_argument("--postgres", help="also Ferryman on a PostgreSQL ledger: a database URL (the bench makes and "
+                        "drops a schema of its own there)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the incumbent (no PyPI access)")
+    parser.add_argument("--requests-c1", type=int, default=400)
+    parser.add_argument("--requests-c32", type=int, default=1600)
+    parser.add_argument("--requests-stream", type=int, default=200)
+    args = parser.parse_args()
+    engines(args) if args.engines else gateways(args)
+
+
+if __name__ == "__main__":
+    main()
