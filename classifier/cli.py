@@ -14,7 +14,9 @@ router_app = typer.Typer(help="Train and evaluate the difficulty classifier that
 
 @router_app.command()
 def train(
-    labels: list[Path] = typer.Option(..., help="Label file(s): CSV `prompt, <model>_score, ...` (repeatable)"),
+    ctx: typer.Context,
+    labels: list[Path] = typer.Option(None, help="Label file(s): CSV `prompt, <model>_score, ...` (repeatable)"),
+    from_ledger: bool = typer.Option(False, help="Add labels from tenants' feedback on their opted-in prompts"),
     out: Path = typer.Option(DEFAULT_PATH, help="Where to write the router artifact"),
     quality_floor: float = typer.Option(None, help="Default policy: keep this fraction of the strongest tier's quality"),
     large_share: float = typer.Option(None, help="Default policy: send at most this share of calls up a tier"),
@@ -28,6 +30,9 @@ def train(
 
     if quality_floor is not None and large_share is not None:
         raise typer.BadParameter("give at most one of --quality-floor and --large-share")
+    labels = labels or []
+    if not labels and not from_ledger:
+        raise typer.BadParameter("give --labels FILE (repeatable), --from-ledger, or both")
     for path in labels:
         if not path.exists():
             raise typer.BadParameter(f"no label file at {path}")
@@ -36,7 +41,12 @@ def train(
     chosen = tuple(v.strip() for v in views.split(","))
     if not set(chosen) <= set(VIEWS):
         raise typer.BadParameter(f"--views takes some of {','.join(VIEWS)}")
-    router = fit(read_labels(*labels), policy, views=chosen)
+    data = read_labels(*labels) if labels else None
+    if from_ledger:
+        # the gateway, which mounts this app, passes the reader: the classifier knows no database
+        data = ctx.obj["ledger_labels"](data.tiers if data else None, data)
+        typer.echo(f"{len(data.examples)} labelled prompts after adding the ledger's")
+    router = fit(data, policy, views=chosen)
     router.save(out)
     m = router.meta
     typer.echo(f"router saved to {out}: {m['examples']} prompts in {m['groups']} groups, tiers {', '.join(m['tiers'])}; "

@@ -12,6 +12,7 @@ import typer
 from pydantic_settings import SettingsError
 
 from classifier.cli import router_app
+from gateway import ledger_labels
 from gateway import cli_admin, cli_plan
 from gateway.config import Settings
 
@@ -45,18 +46,22 @@ def _masked(url: str) -> str:
 
 app = _Ferryman(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
 cli_admin.install(app)
-app.add_typer(router_app, name="router")
+# the router's --from-ledger reads the ledger through the gateway: the classifier knows no database
+app.add_typer(router_app, name="router", context_settings={"obj": {"ledger_labels": ledger_labels.for_training}})
 app.add_typer(cli_plan.plan_app, name="plan")
 
 
 @app.command()
 def serve(host: str = typer.Option(None, help="Bind address (default from settings: 127.0.0.1)"),
           port: int = typer.Option(None, help="Port (default 8000)"),
-          config: Path = typer.Option(None, help="Model catalog YAML (default FERRYMAN_CONFIG, else the bundled pair)")
+          config: Path = typer.Option(None, help="Model catalog YAML (default FERRYMAN_CONFIG, else the bundled pair)"),
+          workers: int = typer.Option(1, min=1, help="Gateway processes on this port (needs Redis and a catalog "
+                                      "without in-process engines; see gateway/workers.py)")
           ) -> None:
     """Start the gateway with the embedded defaults: SQLite ledger, in-process engines, bundled router.
     SIGTERM drains (FERRYMAN_SHUTDOWN_GRACE_S) and exits 0."""
     from gateway import catalog as catalogs
+    from gateway import workers as workers_
     from gateway.app import create_app
     from gateway.health import serve as serve_draining
 
@@ -68,8 +73,13 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
         catalog = catalogs.from_settings(settings)  # a bad file stops the start here, before anything loads
     except catalogs.CatalogError as exc:
         sys.exit(f"ferryman: bad model catalog: {exc}")
+    if reason := workers_.refusal(settings, catalog, workers):
+        sys.exit(f"ferryman: {reason}")
     settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
     demo_key = _demo_key(settings)
+    if workers > 1:
+        _banner(settings, demo_key)
+        return workers_.serve(settings, workers)
     app = create_app(settings, catalog=catalog, on_ready=lambda: _banner(settings, demo_key))
     serve_draining(app, settings.host, settings.port)
 
