@@ -62,6 +62,8 @@ class Drain:
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if not wait.expired():  # the generation's own timeout: it speaks for itself
+                    raise
                 raise unavailable("The gateway restarted before this answer was complete; retry the request.",
                                   "shutting_down") from None
             yield delta
