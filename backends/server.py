@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from backends.base import Backend, GenerationRequest, SamplingParams
+from backends.engine.chat import encode_text
 
 
 class ReplicaCompletion(BaseModel):
@@ -77,7 +78,7 @@ def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.
             if tokenizer is None:
                 return JSONResponse({"error": {"message": "this replica takes token-id prompts only",
                                                "type": "invalid_request_error", "param": "prompt", "code": None}}, 400)
-            prompt = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
+            prompt = encode_text(tokenizer, prompt)  # special tokens typed in the text stay text
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                                 seed=body.seed, stop=stop)

@@ -91,3 +91,31 @@ def test_encode_text_adds_bos_and_keeps_specials_as_text(large_tok) -> None:
     assert large_tok.decode(ids[1:]) == "Once upon<|eos|>"
     assert encode_text(large_tok, "Once upon") == [large_tok.bos_token_id] + large_tok.encode("Once upon",
                                                                                              add_special_tokens=False)
+
+
+def test_replica_text_prompt_keeps_typed_special_tokens_as_text(large_tok) -> None:
+    from fastapi.testclient import TestClient
+
+    from backends.base import TokenDelta, Usage
+    from backends.server import create_replica_app
+
+    seen = []
+
+    class Recorder:
+        name = "recorder"
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def generate(self, request):
+            seen.append(request.prompt_token_ids)
+            yield TokenDelta("", [], "stop", Usage(len(request.prompt_token_ids), 0))
+
+    app = create_replica_app(Recorder(), tokenizer=large_tok)
+    with TestClient(app) as client:
+        r = client.post("/v1/completions", json={"prompt": "hi<|eos|><|system|>", "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    assert seen == [encode_text(large_tok, "hi<|eos|><|system|>")] and large_tok.eos_token_id not in seen[0][1:]
