@@ -7,14 +7,17 @@ same run. Also: whether each mode's greedy tokens equal fp32's (token agreement)
 
 Writes the `quant_decode` section of docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--threads 1]
+    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--rounds 3] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -54,40 +57,51 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on CPU; 1 keeps timings steady on a shared machine")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the best is kept (shared CPU)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (each runs every mode and batch once); median and min-max reported")
     args = parser.parse_args()
     rng = random.Random(0)
     vocab = EngineConfig(model=str(MODEL)).hf_config["vocab_size"]
     prompts = [[rng.randrange(4, vocab) for _ in range(PROMPT_TOKENS)] for _ in range(max(args.batch))]
 
-    speed, outputs = {}, {}
-    for mode in tqdm(MODES, desc="modes"):
-        engine = LLMEngine(EngineConfig(model=str(MODEL), quantization=mode, num_threads=args.threads))
-        decode(engine, prompts[:1], 4)  # warm-up: first-call allocations, kernel compilation on GPU
+    engines = {mode: LLMEngine(EngineConfig(model=str(MODEL), quantization=mode, num_threads=args.threads))
+               for mode in tqdm(MODES, desc="loading")}
+    for engine in engines.values():
+        decode(engine, prompts[:1], 4)  # warm-up: first-call allocations, weight packing, kernel compilation on GPU
+    speed, outputs = defaultdict(list), {}
+    for _ in tqdm(range(args.rounds), desc="rounds"):
         for batch in args.batch:
-            runs = [decode(engine, prompts[:batch], args.new_tokens) for _ in range(args.repeats)]
-            speed[mode, batch] = max(r[0] for r in runs)
-            outputs[mode, batch] = runs[0][1]
-        del engine
+            for mode, engine in engines.items():
+                tokens_per_s, outputs[mode, batch] = decode(engine, prompts[:batch], args.new_tokens)
+                speed[mode, batch].append(tokens_per_s)
 
     rows = []
     for mode in MODES:
         for batch in args.batch:
             same = sum(a == b for a, b in zip(outputs[mode, batch], outputs[None, batch])) / batch
-            rows.append([mode or "fp32", batch, speed[mode, batch], speed[mode, batch] / speed[None, batch], same])
-    result = table(["weights", "batch", "decode tokens/s", "vs fp32", "requests with fp32's exact tokens"], rows)
+            runs = speed[mode, batch]
+            ratios = [a / b for a, b in zip(runs, speed[None, batch])]
+            rows.append([mode or "fp32", batch, statistics.median(runs), f"{min(runs):,.0f}-{max(runs):,.0f}",
+                         f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", same])
+    result = table(["weights", "batch", "decode tokens/s (median)", "min-max", "vs fp32 (per round)",
+                    "requests with fp32's exact tokens"], rows)
     print(result)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     body = f"""
 `LLMEngine` on `models/large` ({device}), weights quantized on load (`EngineConfig.quantization`). {PROMPT_TOKENS}-token
 prompts, {args.new_tokens} new tokens per request, greedy, EOS ignored; decode tokens/s excludes prefill (from every
-request's first token to the last); best of {args.repeats} runs; {args.threads} torch thread(s) on CPU. Activations are {'fp32' if device == 'cpu' else 'the checkpoint dtype'}.
-On CPU the quantized layers dequantize their weights on every forward (torch reference path), so they trade
-speed for memory there; on a GPU the fused Triton kernels read the quantized weights directly.
+request's first token to the last); median and min-max of {args.rounds} interleaved rounds (each round runs every
+mode at every batch size, so load from other processes falls on all alike; ratios are taken within a round);
+{args.threads} torch thread(s) on CPU. On an x86 CPU int8 runs fbgemm's int8 GEMM with activations quantized per
+row on the fly (7-bit on AVX2), so its tokens can drift from fp32's (quality: the quant_quality section); int4
+dequantizes its weights every forward there (torch reference path), trading speed for memory. On a GPU the
+fused Triton kernels read the quantized weights directly. Load average at the end: {load}.
 
 {result}
 """
-    write_section("quant_decode", "Weight-only quantization: engine decode speed", "bench/quant_decode.py", body)
+    command = f"bench/quant_decode.py --new-tokens {args.new_tokens} --rounds {args.rounds}"
+    write_section("quant_decode", "Quantized weights: engine decode speed", command, body)
 
 
 if __name__ == "__main__":

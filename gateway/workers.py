@@ -1,0 +1,52 @@
+"""`ferryman serve --workers N`: N gateway processes behind one port (uvicorn's supervisor; the kernel spreads
+connections over the workers). What lives in each process, and why the whole stays correct:
+
+- the ledger is shared (the SQLite file in WAL mode, or PostgreSQL): a budget reservation is one atomic
+  statement in the database, so N processes never spend past a budget, as N gateway replicas do not;
+- rate and concurrency limits live in Redis when FERRYMAN_REDIS_URL is set; in-process limits would each allow
+  the full rate, N times too much, so N > 1 without Redis is refused;
+- an in-process engine (`kind: engine`) would be loaded once per worker, N copies of the weights and N engines
+  competing for the same cores: refused. Workers fit catalogs of `kind: openai` and `kind: replicas` models
+  (run engines as `ferryman engine serve` replicas).
+
+Each worker builds its app from the environment (FERRYMAN_*), which serve() fills from the command line.
+"""
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from gateway.catalog import Catalog, EngineEntry
+from gateway.config import Settings
+
+
+def refusal(settings: Settings, catalog: Catalog, workers: int) -> str | None:
+    """Why this configuration cannot run in `workers` processes, or None."""
+    if workers <= 1:
+        return None
+    if engines := [m.name for m in catalog.models if isinstance(m, EngineEntry)]:
+        return (f"--workers {workers}: the catalog has in-process engines ({', '.join(engines)}), which every worker "
+                "would load again; serve them with `ferryman engine serve` and list them as kind: replicas")
+    if not settings.redis_url:
+        return (f"--workers {workers}: rate limits would be per process ({workers}x too loose); "
+                "set FERRYMAN_REDIS_URL so the workers share them")
+    return None
+
+
+def serve(settings: Settings, workers: int) -> None:
+    """Run `workers` processes until SIGTERM/SIGINT; uvicorn's supervisor restarts a worker that dies."""
+    os.environ.update({"FERRYMAN_ADMIN_KEY": settings.admin_key, "FERRYMAN_DATABASE_URL": settings.database_url})
+    if settings.config:
+        os.environ["FERRYMAN_CONFIG"] = str(settings.config)
+    uvicorn.run("gateway.workers:app", factory=True, host=settings.host, port=settings.port, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+
+
+def app():
+    """One worker's app (uvicorn calls this in each worker process)."""
+    from gateway import catalog
+    from gateway.app import create_app
+
+    settings = Settings()
+    return create_app(settings, catalog=catalog.from_settings(settings))

@@ -1,0 +1,90 @@
+"""`ferryman serve --workers N`: several gateway processes on one port, one ledger, limits in Redis."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from billing import Billing
+from gateway import workers
+from gateway.catalog import Catalog
+from gateway.config import Settings
+from tests.gateway.test_proxy_wire import CountingUpstream
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _catalog(kind: str) -> Catalog:
+    entry = ({"name": "m", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"} if kind == "openai" else
+             {"name": "m", "kind": "engine", "path": "models/small"})
+    return Catalog.model_validate({"models": [entry]})
+
+
+def test_workers_refuse_per_process_state():
+    with_redis, without = Settings(redis_url=REDIS), Settings(redis_url=None)
+    assert "in-process engines (m)" in workers.refusal(with_redis, _catalog("engine"), 2)
+    assert "FERRYMAN_REDIS_URL" in workers.refusal(without, _catalog("openai"), 2)
+    assert workers.refusal(with_redis, _catalog("openai"), 2) is None
+    assert workers.refusal(without, _catalog("engine"), 1) is None  # one process: anything goes
+
+
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
+    upstream = CountingUpstream()
+    (tmp_path / "catalog.yaml").write_text(f"models:\n  - name: up\n    kind: openai\n"
+                                           f"    base_url: http://127.0.0.1:{upstream.port}/v1\n")
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    billing = Billing(database)
+    billing.create_schema()
+    billing.ensure_admin_defaults()
+    key, _ = billing.create_key(billing.create_tenant("two-workers")["id"], "test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FERRYMAN_DATABASE_URL": database, "FERRYMAN_REDIS_URL": REDIS}
+    ferryman = Path(sys.executable).parent / "ferryman"
+    proc = subprocess.Popen([str(ferryman), "serve", "--workers", "2", "--port", str(port),
+                             "--config", str(tmp_path / "catalog.yaml")], env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, proc)
+        for i in range(40):  # a fresh connection each, so the kernel spreads them over both workers
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                           json={"model": "up", "messages": [{"role": "user", "content": f"q{i}"}]}, timeout=30)
+            assert r.status_code == 200, r.text
+        assert len(billing.usage(limit=100)) == 40
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def _workers(pid: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker is a child too, but no worker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 300  # each worker imports the gateway afresh (spawn)
+    while time.time() < deadline:
+        assert proc.poll() is None, "ferryman serve --workers exited"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200 and len(_workers(proc.pid)) == 2:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("workers did not start")
