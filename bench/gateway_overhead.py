@@ -222,8 +222,8 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
              f"For `gateway→` that is the gateway process only; the replica behind it spends the `direct` row's "
              f"CPU again. At concurrency 32 every server runs flat out, so its latency is mostly queueing "
              f"(about 32 / requests/s) and the added figures there measure lost throughput, not per-request work. "
-             f"For scale (figure quoted in the issue, not measured here): the most used open-source gateway adds "
-             f"about 18 ms and serves about 50 requests/s per worker on this machine.\n")
+             f"Against the incumbent open-source gateway, measured side by side in one run: see the `vs_peers` section "
+             f"(`bench/vs_peers.py`).\n")
     if postgres:
         notes += ("\n`gateway, PostgreSQL`: the same gateway on a local PostgreSQL ledger (the scaled-out "
                   "configuration). Each request reserves and settles in its own transactions, two commits that wait "
