@@ -3,6 +3,8 @@ tier passes the request to the nearest other tier, `pinned` and `fallback` polic
 strongest tier."""
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 
@@ -38,12 +40,12 @@ class Sure(EchoBackend):
 
 @pytest.fixture
 def make(tmp_path, tokenizer):
-    def make(backends: dict, routes: list[dict]):
+    def make(backends: dict, routes: list[dict], timeouts: dict | None = None):
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
         billing = Billing(settings.database_url)
         billing.create_schema()
-        models = [{"name": n, "kind": "engine", "path": "models/small", "price": {"input": 1.0 * (i + 1), "output": 2.0}}
-                  for i, n in enumerate(TIERS)]
+        models = [{"name": n, "kind": "engine", "path": "models/small", "price": {"input": 1.0 * (i + 1), "output": 2.0},
+                   "timeout_s": (timeouts or {}).get(n, 120.0)} for i, n in enumerate(TIERS)]
         catalog = Catalog.model_validate({"models": models, "routes": routes})
         app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
                          tokenizer=tokenizer, catalog=catalog)
@@ -98,3 +100,21 @@ def test_cascade_group_escalates_an_unsure_answer_to_the_strongest_tier(make, lo
     assert raw.parse().choices[0].message.content == served and raw.headers["x-ferryman-model"] == served
     routes = sorted(r["route"] for r in billing.usage(tenant_id))
     assert routes == (["cascade-small"] if served == "t-cheap" else ["cascade-large", "cascade-small"])
+
+
+class Silent(EchoBackend):
+    """Says nothing for longer than its model's timeout."""
+
+    async def generate(self, request):
+        await asyncio.sleep(5)
+        yield TokenDelta("late", [7], "stop", Usage(len(request.prompt_token_ids), 1))
+
+
+def test_a_model_silent_past_its_timeout_passes_the_request_on_and_costs_nothing(make):
+    backends = {"t-cheap": EchoBackend("t-cheap"), "t-mid": EchoBackend("t-mid"), "t-strong": Silent("t-strong")}
+    app, billing, tenant_id, key = make(backends, [{"name": "auto", "tiers": TIERS}], timeouts={"t-strong": 0.3})
+    with serve(app) as url:
+        raw = ask(url, key, "auto", HARD)
+    assert raw.headers["x-ferryman-model"] == "t-mid" and raw.headers["x-ferryman-fallback-from"] == "t-strong"
+    [timed_out] = [r for r in billing.usage(tenant_id) if r["model"] == "t-strong"]
+    assert (timed_out["status"], timed_out["cost_micros"]) == ("timeout", 0)
