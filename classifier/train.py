@@ -30,9 +30,10 @@ FOLDS = 5
 DEFAULT_POLICY = {"quality_floor": 0.95}
 
 
-def design(texts: list[str], vocab: dict[str, int], mean: np.ndarray, scale: np.ndarray) -> sp.csr_matrix:
+def design(texts: list[str], vocab: dict[str, int], mean: np.ndarray, scale: np.ndarray,
+           views: tuple[str, ...] = VIEWS) -> sp.csr_matrix:
     """The matrix Router.score evaluates by hand: normalised n-gram indicators, then standardised numbers."""
-    return Design(texts).matrix(np.arange(len(texts)), vocab, mean, scale)
+    return Design(texts, views).matrix(np.arange(len(texts)), vocab, mean, scale)
 
 
 class Design:

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from classifier.router import Router
-from classifier.train import design, folds
+from classifier.train import design, folds, train
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,18 @@ def test_targets_are_validated(router):
         router.threshold_for(quality_floor=-0.1)
 
 
-def test_hand_written_score_matches_the_training_design_matrix(router, labels):
+@pytest.fixture(scope="module")
+def words_only(make_labels):
+    return train(make_labels(600, seed=3), alphas=(3.0,), views=("w", "b", "s"))
+
+
+@pytest.mark.parametrize("which", ["all views", "without char n-grams"])
+def test_hand_written_score_matches_the_training_design_matrix(router, words_only, labels, which):
+    router = router if which == "all views" else words_only
     texts = [e.prompt for e in labels.examples[:50]] + ["", "add 1 2\n" * 400, "Hello there, how are you?"]
     names = sorted(router.weights)
     X = design(texts, {g: i for i, g in enumerate(names)}, np.array(router.numeric_mean),
-               np.array(router.numeric_scale))
+               np.array(router.numeric_scale), tuple(router.meta["views"]))
     coef = np.r_[[router.weights[g] for g in names], router.numeric_weight]
     a, b = router.platt
     expected = 1 / (1 + np.exp(-(a * (X @ coef + router.intercept) + b)))
