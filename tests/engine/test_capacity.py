@@ -114,3 +114,20 @@ def test_step_shares_follow_tokens_and_kv_read():
     step, (long_ctx, short_ctx, prefill) = model.cost([(1, 6000), (1, 10), (512, 0)])
     assert long_ctx + short_ctx + prefill == pytest.approx(step)
     assert prefill > long_ctx > short_ctx
+
+
+def test_backend_usage_carries_gpu_seconds(tiny_model):
+    import asyncio
+
+    from backends.base import GenerationRequest
+    from backends.engine import EngineBackend
+
+    async def run():
+        backend = EngineBackend("tiny", EngineConfig(str(tiny_model), num_kv_blocks=16))
+        request = GenerationRequest("r1", [5, 6, 7, 8], SamplingParams(max_tokens=4, ignore_eos=True))
+        deltas = [d async for d in backend.generate(request)]
+        await backend.stop()
+        return deltas[-1].usage, backend.engine.busy_seconds
+
+    usage, busy = asyncio.run(run())
+    assert usage.gpu_seconds == pytest.approx(busy) and usage.gpu_seconds > 0
