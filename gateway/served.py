@@ -190,7 +190,14 @@ def _local(path: Path) -> Path:
 
 
 def _context_length(checkpoint: Path) -> int | None:
+    """The context the engine serves: a sliding-window checkpoint is capped at its window (see families)."""
+    from backends.engine.models.families import check_context
+
     config = checkpoint / "config.json"
-    if config.exists():
-        return int(json.loads(config.read_text()).get("max_position_embeddings", 2048))
-    return None
+    if not config.exists():
+        return None
+    cfg = json.loads(config.read_text())
+    try:
+        return check_context(cfg, None)
+    except ValueError:  # a tokenizer-only directory of a family our engine does not run: its own limit
+        return int(cfg.get("max_position_embeddings", 2048))
