@@ -53,6 +53,7 @@ def simulate_cmd(model: str = MODEL, fmt: str = FORMAT, gpu: str = GPU,
                  gpu_hour_price: float = PRICE, seed: int = 0) -> None:
     """Run one workload through one deployment: latency per class, throughput, KV usage, cost."""
     from backends.engine.capacity import workload as wl
+    from backends.engine.capacity.plan import gpu_second_price
     from backends.engine.capacity.simulator import ROW_HEADERS, EngineKnobs, Speculation, simulate
 
     step_model = _step_model(model, fmt, gpu, layout)
@@ -69,15 +70,15 @@ def simulate_cmd(model: str = MODEL, fmt: str = FORMAT, gpu: str = GPU,
     typer.echo(f"{step_model.model.name} {fmt} on {step_model.layout} x {step_model.hardware.name}: "
                f"{len(requests)} requests, {step_model.kv_capacity_tokens():,} KV tokens per replica")
     typer.echo(_table(ROW_HEADERS, result.rows()))
-    gpu_s = sum(r.gpu_seconds for r in result.records)
+    gpu_s = sum(r.gpu_seconds for r in result.records) / max(len(requests), 1)
     per_token = step_model.layout.gpus * gpu_hour_price / 3600 * result.end / max(result.output_tokens, 1) * 1e6
     typer.echo(f"\noutput tokens/s {result.tokens_per_s:,.0f}; KV usage mean {sum(result.kv_usage) / len(result.kv_usage):.0%}, "
                f"max {result.kv_usage_max:.0%}; preemptions {result.preemptions}; prefix hit rate "
                f"{result.prefix_hit_rate:.0%}; cut off unfinished {result.unfinished}"
                f"{' (overloaded: the queue grew without bound)' if result.overloaded else ''}")
     typer.echo(f"cost at ${gpu_hour_price}/GPU-hour: ${per_token:.3f} per 1M output tokens (all GPUs for the whole run); "
-               f"per GPU-second ${gpu_hour_price / 3600:.6f} x {gpu_s / max(len(requests), 1):.3f} GPU-s per request "
-               f"= ${gpu_s * gpu_hour_price / 3600 / max(len(requests), 1) * 1e3:.3f} per 1k requests (busy time only)")
+               f"per GPU-second ${gpu_second_price(gpu_hour_price):.6f} x {gpu_s:.3f} GPU-s per request "
+               f"= ${gpu_s * gpu_second_price(gpu_hour_price) * 1e3:.3f} per 1k requests (busy time only)")
 
 
 @plan_app.command("capacity")

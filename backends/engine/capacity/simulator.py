@@ -61,7 +61,6 @@ class Record:
     last_token: float | None = None
     tokens: int = 0
     gpu_seconds: float = 0.0
-    cached_tokens: int = 0
     finished: bool = False
 
 
@@ -234,7 +233,6 @@ class _Replica:
     def _observe(self, record: Record, seq: Sequence, tokens: int) -> None:
         if record.first_token is None:
             record.first_token = self.clock
-            record.cached_tokens = seq.num_cached_tokens or 0
         else:
             gaps = self.result.itl.setdefault(record.request.priority, array("d"))
             gaps.extend([(self.clock - record.last_token) / tokens] * tokens)

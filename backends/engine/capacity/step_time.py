@@ -87,10 +87,6 @@ class StepModel:
         scale = parts["step"] / sum(costs)
         return parts["step"], [c * scale for c in costs]
 
-    def flops(self, shape: Shape) -> float:
-        _, compute = self._per_sequence(shape)
-        return sum(compute) * self.layout.gpus_per_replica * self.hardware.flops * self.eff.flops
-
     def _per_sequence(self, shape: Shape) -> tuple[list[float], list[float]]:
         """Each sequence's KV-read seconds and compute seconds (per rank, at the efficiency-scaled rates)."""
         ranks = self.layout.gpus_per_replica
