@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from gateway import metrics
 from gateway.errors import APIError, responses
 
-router = APIRouter(prefix="/v1")
+router = APIRouter()
 
 
 class FeedbackRequest(BaseModel):
@@ -23,7 +23,7 @@ class FeedbackResponse(BaseModel):
     score: float
 
 
-@router.post("/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 503))
+@router.post("/v1/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 503))
 async def feedback(body: FeedbackRequest, request: Request, authorization: str | None = Header(None)):
     ferry = request.app.state.ferry
     principal = await ferry.authenticate(authorization)
@@ -32,4 +32,28 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")
     metrics.FEEDBACK.labels(str(principal.tenant_id)).observe(body.score)
+    ferry.routing.live.record_feedback(ANY_GROUP, str(principal.tenant_id), body.score)
     return FeedbackResponse(request_id=body.request_id, score=body.score)
+
+
+ANY_GROUP = ""  # feedback names a request, not its route group: it is kept per tenant
+
+
+class RouterTarget(BaseModel):
+    group: str
+    tenant_id: str
+    target_share: float | None  # strongest-tier share the tenant's target asks for
+    realised_share: float | None  # over the window
+    window: int  # scores in the window
+    feedback_quality: float | None  # the tenant's mean feedback score, recent answers
+
+
+@router.get("/admin/router/targets", response_model=list[RouterTarget], responses=responses(401))
+async def router_targets(request: Request, authorization: str | None = Header(None)):
+    """Per route group and tenant: does the live window hold the tenant's target, and what do tenants say."""
+    ferry = request.app.state.ferry
+    ferry.check_admin(authorization)
+    live = ferry.routing.live
+    return [RouterTarget(group=g, tenant_id=t, target_share=w.target, realised_share=w.realised_share(),
+                         window=len(w.scores), feedback_quality=live.window(ANY_GROUP, t).feedback_quality())
+            for (g, t), w in list(live.windows.items()) if g != ANY_GROUP]
