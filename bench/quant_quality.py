@@ -248,7 +248,8 @@ Weight-only quantization of `{shown}` ({n_params:.1f}M parameters, stored in {st
 every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant`); embeddings, norms and
 `lm_head` stay in the variant's float type (fp32 for the int rows; the fp32 row is the stored weights in fp32). int8: symmetric, one float16 scale per
 output row. int4: asymmetric, a float16 scale and a 4-bit zero-point per output row and group of `g` input
-columns, two codes per byte. Activations stay fp32 (bf16 for the bf16 row).
+columns, two codes per byte. Activations stay fp32 (bf16 for the bf16 row), except int8 on an x86 CPU: fbgemm's
+int8 GEMM quantizes them per row on the fly (7-bit on AVX2), which is what its rows here measure.
 
 Perplexity on {args.ppl_tokens} tokens of held-out text (`models/heldout.txt`, windows of {WINDOW});
 "argmax = fp32": share of those positions whose next-token argmax equals fp32's. Exact match on
@@ -263,8 +264,9 @@ parameter and buffer (whole model), and of the quantized layers alone (linear we
 QuantLinear on this CPU at decode shapes (the large model's layers and a 4096x4096 layer of a 7B model),
 time per call as a ratio to nn.Linear in fp32 measured in the same run (one thread, median of 7 interleaved
 rounds of {args.reps} calls).
-On CPU the torch reference path dequantizes the whole weight every call, so it is slower than fp32, not
-faster: the memory saving is the point here, and the speed comes from the fused Triton kernel on a GPU.
+On CPU int8 runs fbgemm's int8 GEMM (per-row activation quantization around it); int4 runs the torch reference
+path, which dequantizes the whole weight every call, so it is slower than fp32: the memory saving is the point
+there, and its speed comes from the fused Triton kernel on a GPU.
 
 {micro_table}
 """
