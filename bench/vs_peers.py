@@ -464,7 +464,8 @@ suffer from other work; the CPU-per-request figures and the within-round ratios 
 {ratio_table}
 """
     command = "bench/vs_peers.py" + (f" --postgres {args.postgres}" if args.postgres else "") + \
-        f" --rounds {args.rounds}"
+        f" --rounds {args.rounds} --requests-c1 {args.requests_c1} --requests-c32 {args.requests_c32}" \
+        f" --requests-stream {args.requests_stream}"
     write_section("vs_peers", "Gateway side by side: Ferryman, LiteLLM, a minimal forwarder, direct", command, body)
 
 
