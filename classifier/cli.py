@@ -72,3 +72,21 @@ def evaluate_cmd(
     typer.echo(markdown_table(list(result), [list(result.values())]))
     if as_json:
         typer.echo(json.dumps(result))
+
+
+@router_app.command()
+def label(
+    ctx: typer.Context,
+    group: str = typer.Option(..., help="Route group of the catalog whose tiers answer every prompt"),
+    prompts: Path = typer.Option(..., exists=True, dir_okay=False,
+                                 help='JSONL: {"prompt": ..., "reference": ...}; `reference` optional, `task` kept'),
+    out: Path = typer.Option(..., help="Label CSV to append to; prompts already in it are skipped"),
+    judge: str = typer.Option(None, help="Catalog model that grades answers 1-10 for prompts without a reference"),
+    concurrency: int = typer.Option(4, min=1, help="Prompts in flight at once"),
+    max_tokens: int = typer.Option(256, min=1, help="Answer length per call"),
+    yes: bool = typer.Option(False, "--yes", help="Skip the cost confirmation"),
+) -> None:
+    """Ask every tier of a route group each prompt through the gateway (billed to the operator tenant) and write
+    their scores: 1/0 against a reference (normalised exact match or whole-word containment), else the judge's."""
+    # the gateway, which mounts this app, passes the labeller: the classifier knows no gateway
+    ctx.obj["label"](group, prompts, out, judge, concurrency, max_tokens, yes)

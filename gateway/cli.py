@@ -12,7 +12,7 @@ import typer
 from pydantic_settings import SettingsError
 
 from classifier.cli import router_app
-from gateway import ledger_labels
+from gateway import labeling, ledger_labels
 from gateway import cli_admin, cli_plan
 from gateway.config import Settings
 
@@ -47,7 +47,8 @@ def _masked(url: str) -> str:
 app = _Ferryman(help="Ferryman: a cost-aware LLM serving gateway.", no_args_is_help=True)
 cli_admin.install(app)
 # the router's --from-ledger reads the ledger through the gateway: the classifier knows no database
-app.add_typer(router_app, name="router", context_settings={"obj": {"ledger_labels": ledger_labels.for_training}})
+app.add_typer(router_app, name="router", context_settings={"obj": {"ledger_labels": ledger_labels.for_training,
+                                                                    "label": labeling.label}})
 app.add_typer(cli_plan.plan_app, name="plan")
 
 
