@@ -48,7 +48,7 @@ class RouterTarget(BaseModel):
     feedback_quality: float | None  # the tenant's mean feedback score, recent answers
 
 
-@router.get("/admin/router/targets", response_model=list[RouterTarget], responses=responses(401))
+@router.get("/admin/router/targets", response_model=list[RouterTarget], responses=responses(401, 503))  # 503: draining
 async def router_targets(request: Request, authorization: str | None = Header(None)):
     """Per route group and tenant: does the live window hold the tenant's target, and what do tenants say."""
     ferry = request.app.state.ferry

@@ -46,7 +46,8 @@ def test_workers_refuse_per_process_state():
 def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     upstream = CountingUpstream()
     (tmp_path / "catalog.yaml").write_text(f"models:\n  - name: up\n    kind: openai\n"
-                                           f"    base_url: http://127.0.0.1:{upstream.port}/v1\n")
+                                           f"    base_url: http://127.0.0.1:{upstream.port}/v1\n"
+                                           f"    price: {{input: 1.0, cached_input: 0.5, output: 2.0}}\n")
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     billing = Billing(database)
     billing.create_schema()
