@@ -350,6 +350,7 @@ def wait_listening(proc: subprocess.Popen, port: int, seconds: float = 180) -> N
 
 
 SCENARIOS = {"c1": (1, False), "c32": (32, False), "stream c1": (1, True)}
+SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "forwarder", "litellm")
 
 
 def gateways(args: argparse.Namespace) -> None:
@@ -363,6 +364,8 @@ def gateways(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ferryman-vs-peers-"))
     sizes = {"c1": args.requests_c1, "c32": args.requests_c32, "stream c1": args.requests_stream}
+    scenarios = [s for s in SCENARIOS if s in args.scenarios]
+    wanted = set(args.servers) | {"direct"}  # every "added" figure is taken against direct
     servers: dict[str, tuple[subprocess.Popen, int, str]] = {}
     with contextlib.ExitStack() as stack:
         try:
@@ -370,25 +373,26 @@ def gateways(args: argparse.Namespace) -> None:
             servers["direct"] = (start_server(["--serve-mock", str(up)], up), up, "none")
             catalog = ferryman_catalog(work, up)
             sqlite = f"sqlite:///{work / 'ledger.db'}"
-            urls = {"ferryman sqlite": sqlite}
-            if args.postgres:
+            urls = {"ferryman sqlite": sqlite} if "ferryman sqlite" in wanted else {}
+            if args.postgres and "ferryman postgres" in wanted:
                 urls["ferryman postgres"] = stack.enter_context(fresh_schema(args.postgres))
             for name, url in urls.items():
                 port = free_port()
                 key = ledger(url)
                 servers[name] = (start_server(["--serve-ferryman", str(port), url, str(catalog)], port), port, key)
-            port = free_port()
-            servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
-            if not args.no_litellm:
+            if "forwarder" in wanted:
+                port = free_port()
+                servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
+            if not args.no_litellm and "litellm" in wanted:
                 port = free_port()
                 proc = litellm(work, up, port)
                 wait_listening(proc, port)
                 servers["litellm"] = (proc, port, LITELLM_KEY)
             results = {}
-            steps = args.rounds * len(SCENARIOS) * len(servers)
+            steps = args.rounds * len(scenarios) * len(servers)
             with tqdm(total=steps, desc="gateway rounds") as progress:
                 for r in range(args.rounds):
-                    for scenario in SCENARIOS:
+                    for scenario in scenarios:
                         for name, (proc, port, key) in servers.items():
                             before = tree_cpu(proc.pid)
                             result = asyncio.run(load(port, key, scenario, sizes[scenario]))
@@ -401,10 +405,10 @@ def gateways(args: argparse.Namespace) -> None:
             for proc, _, _ in servers.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(15)
-    report_gateways(args, list(servers), results)
+    report_gateways(args, list(servers), scenarios, results)
 
 
-def report_gateways(args: argparse.Namespace, names: list[str], results: dict) -> None:
+def report_gateways(args: argparse.Namespace, names: list[str], scenarios: list[str], results: dict) -> None:
     rounds = range(args.rounds)
 
     def med(name, scenario, fn):
@@ -424,13 +428,13 @@ def report_gateways(args: argparse.Namespace, names: list[str], results: dict) -
         return res["cpu"] / res["served"] * 1000
 
     rows, stream_rows = [], []
-    for scenario in ("c1", "c32"):
+    for scenario in [s for s in ("c1", "c32") if s in scenarios]:
         for name in names:
             rows.append([name, scenario, *[_mm(med(name, scenario, p(q))) for q in (50, 95, 99)],
                          "-" if name == "direct" else _mm(med(name, scenario, added(50))),
                          _mm(med(name, scenario, rate), 0), _mm(med(name, scenario, cpu_ms)),
                          f"{1000 / med(name, scenario, cpu_ms)[0]:,.0f}"])
-    for name in names:
+    for name in names if "stream c1" in scenarios else ():
         ttfc = med(name, "stream c1", p(50))
         stream_rows.append([name, _mm(ttfc), "-" if name == "direct" else _mm(med(name, "stream c1", added(50))),
                             _mm(med(name, "stream c1", lambda res, _: statistics.median(res["gaps"]) * 1000), 3),
@@ -440,9 +444,13 @@ def report_gateways(args: argparse.Namespace, names: list[str], results: dict) -
     main_table = table(headers, rows)
     stream_table = table(["server", "TTFC p50 ms", "added TTFC p50 ms", "content-chunk gap p50 ms",
                           "server CPU ms/req"], stream_rows)
-    ratio_rows = ratios(names, results, rounds)
+    ratio_rows = ratios(names, scenarios, results, rounds)
     ratio_table = table(["ratio (within each round)", "median (min-max)", "target"], ratio_rows)
     print(main_table, stream_table, ratio_table, sep="\n\n")
+    if set(names) != set(SERVERS) - ({"litellm"} if args.no_litellm else set()) - \
+            ({"ferryman postgres"} if not args.postgres else set()) or scenarios != list(SCENARIOS):
+        print("(a filtered run: docs/BENCHMARKS.md left as it is)")
+        return
     body = f"""
 Non-streaming `/v1/chat/completions` ({args.requests_c1} requests at concurrency 1, {args.requests_c32} at 32) and
 streaming at concurrency 1 ({args.requests_stream} requests; the mock streams a role chunk, {CHUNKS} content chunks,
@@ -469,7 +477,7 @@ suffer from other work; the CPU-per-request figures and the within-round ratios 
     write_section("vs_peers", "Gateway side by side: Ferryman, LiteLLM, a minimal forwarder, direct", command, body)
 
 
-def ratios(names: list[str], results: dict, rounds) -> list[list]:
+def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> list[list]:
     def per_round(fn):
         values = [fn(r) for r in rounds]
         return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
@@ -481,16 +489,22 @@ def ratios(names: list[str], results: dict, rounds) -> list[list]:
         res = results[name, scenario, r]
         return res["served"] / res["cpu"]
 
-    rows = [["Ferryman SQLite added p50 / forwarder added p50, c1",
-             per_round(lambda r: added("ferryman sqlite", "c1", r) / added("forwarder", "c1", r)), "<= 2"],
-            ["Ferryman SQLite TTFC added - forwarder TTFC added, ms",
-             per_round(lambda r: added("ferryman sqlite", "stream c1", r) - added("forwarder", "stream c1", r)), "<= 1"]]
+    rows = []
+    if not {"ferryman sqlite", "forwarder"} <= set(names):
+        return rows
+    if "c1" in scenarios:
+        rows.append(["Ferryman SQLite added p50 / forwarder added p50, c1",
+                     per_round(lambda r: added("ferryman sqlite", "c1", r) / added("forwarder", "c1", r)), "<= 2"])
+    if "stream c1" in scenarios:
+        rows.append(["Ferryman SQLite TTFC added - forwarder TTFC added, ms",
+                     per_round(lambda r: added("ferryman sqlite", "stream c1", r) - added("forwarder", "stream c1", r)),
+                     "<= 1"])
     if "litellm" in names:
-        for scenario in ("c1", "c32"):
+        for scenario in [s for s in ("c1", "c32") if s in scenarios]:
             rows.append([f"Ferryman SQLite / LiteLLM req/s per core, {scenario}",
                          per_round(lambda r: per_core("ferryman sqlite", scenario, r) / per_core("litellm", scenario, r)),
                          ">= 4"])
-    if "ferryman postgres" in names:
+    if "ferryman postgres" in names and "c32" in scenarios:
         rows.append(["Ferryman PostgreSQL / SQLite req/s, c32", per_round(
             lambda r: len(results["ferryman postgres", "c32", r]["latencies"]) / results["ferryman postgres", "c32", r]["seconds"]
             / (len(results["ferryman sqlite", "c32", r]["latencies"]) / results["ferryman sqlite", "c32", r]["seconds"])),
@@ -657,6 +671,10 @@ def main() -> None:
     parser.add_argument("--postgres", help="also Ferryman on a PostgreSQL ledger: a database URL (the bench makes and "
                         "drops a schema of its own there)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the incumbent (no PyPI access)")
+    parser.add_argument("--servers", nargs="+", choices=SERVERS[1:], default=list(SERVERS[1:]),
+                        help="gateways to run (direct always runs); a filtered run prints and leaves the docs alone")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
+                        help="loads to run; a filtered run prints and leaves the docs alone")
     parser.add_argument("--requests-c1", type=int, default=400)
     parser.add_argument("--requests-c32", type=int, default=1600)
     parser.add_argument("--requests-stream", type=int, default=200)
