@@ -108,6 +108,8 @@ class UsageRecord:
     route_group: str | None = None
     gpu_seconds: float | None = None
     prompt_text: str | None = None
+    token_cost_micros: int | None = None  # the tokens at the per-token prices
+    gpu_cost_micros: int | None = None  # the GPU-seconds at the GPU-hour price; None: the model has none
 
     @property
     def savings_micros(self) -> int:
@@ -193,7 +195,8 @@ class Ledger:
         if time.monotonic() >= self._prices_until:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(prices.c.model, prices.c.input_micros_per_m,
-                                           prices.c.cached_input_micros_per_m, prices.c.output_micros_per_m)).all()
+                                           prices.c.cached_input_micros_per_m, prices.c.output_micros_per_m,
+                                           prices.c.gpu_hour_micros)).all()
             self._prices = {r.model: Price(*r) for r in rows}
             self._prices_until = time.monotonic() + self.cache_ttl_s
         try:
@@ -278,11 +281,14 @@ class Ledger:
         A server-side failure (`SERVER_FAILURES`) that produced no completion token costs nothing; a client
         that went away pays for what was generated. `baseline_model`: what the route group's strongest tier
         would have charged for the same tokens is kept beside the cost, so savings are per record.
-        `prompt_text` is kept only for tenants that opted in."""
+        A model with a GPU-hour price is billed its `gpu_seconds` at that price (the per-token cost is recorded
+        beside it). `prompt_text` is kept only for tenants that opted in."""
         free = status in SERVER_FAILURES and completion_tokens == 0
-        # Never charge past the quote the request was admitted on: that is what keeps spend within budget.
-        cost = 0 if free else min(res.price.cost_micros(prompt_tokens, cached_tokens, completion_tokens),
-                                  res.amount_micros)
+        token_cost, gpu_cost = (None, None) if free else res.price.charge_micros(
+            prompt_tokens, cached_tokens, completion_tokens, gpu_seconds)
+        # Never charge past the quote the request was admitted on (the per-token worst case, also for GPU-second
+        # prices): that is what keeps spend within budget.
+        cost = 0 if free else min(token_cost if gpu_cost is None else gpu_cost, res.amount_micros)
         now = self.clock()
         record = UsageRecord(
             request_id=res.request_id, tenant_id=res.tenant_id, key_id=res.key_id, model=res.model, route=route,
@@ -292,7 +298,8 @@ class Ledger:
                                                                          completion_tokens),
             latency_ms=latency_ms, day=now.strftime("%Y-%m-%d"), created_at=now, estimated=estimated,
             route_group=route_group, gpu_seconds=gpu_seconds,
-            prompt_text=_storable(prompt_text) if res.store_prompts else None)
+            prompt_text=_storable(prompt_text) if res.store_prompts else None, token_cost_micros=token_cost,
+            gpu_cost_micros=gpu_cost)
         with self._transaction() as cursor:
             settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
             if not settled_before:

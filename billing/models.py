@@ -51,6 +51,7 @@ prices = Table(
     Column("cached_input_micros_per_m", BigInteger, nullable=False),
     Column("output_micros_per_m", BigInteger, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("gpu_hour_micros", BigInteger),  # set: billed per attributed GPU-second at this micro-USD per GPU-hour
 )
 
 # One budget per tenant (key_id NULL) and at most one per key.
@@ -116,6 +117,10 @@ usage_records = Table(
     Column("prompt_text", Text),  # only for tenants that opted in (store_prompts)
     Column("feedback_score", Float),  # 0..1, from the tenant's POST /v1/feedback
     Column("feedback_comment", Text),
+    # What each price says: the tokens at the per-token prices, the GPU-seconds at the GPU-hour price (NULL: the
+    # model has none). cost_micros is the one billed (the GPU one where set), never past the hold.
+    Column("token_cost_micros", BigInteger),
+    Column("gpu_cost_micros", BigInteger),
     Index("ix_usage_records_tenant_day", "tenant_id", "day"),
 )
 

@@ -169,12 +169,16 @@ class Operators:
     # --- prices ------------------------------------------------------------------------------------
 
     def set_price(self, model: str, *, input_micros_per_m: int, cached_input_micros_per_m: int,
-                  output_micros_per_m: int) -> dict:
+                  output_micros_per_m: int, gpu_hour_micros: int | None = None) -> dict:
+        """`gpu_hour_micros` set: the model is billed per GPU-second at that price (see Price); None: per token."""
         model = _name(model, "model")
         amounts = (input_micros_per_m, cached_input_micros_per_m, output_micros_per_m)
         if any(not isinstance(v, int) or not 0 <= v <= MAX_MICROS for v in amounts):
             raise ValueError("a price needs whole, non-negative micro-USD per 1M tokens")
-        values = {**asdict(Price(model, *amounts)), "updated_at": self.clock()}
+        if gpu_hour_micros is not None and (not isinstance(gpu_hour_micros, int)
+                                            or not 0 <= gpu_hour_micros <= MAX_MICROS):
+            raise ValueError("a GPU-hour price needs whole, non-negative micro-USD")
+        values = {**asdict(Price(model, *amounts, gpu_hour_micros)), "updated_at": self.clock()}
         with self.engine.begin() as conn:
             conn.execute(self._upsert(prices).values(**values).on_conflict_do_update(
                 index_elements=["model"], set_={k: v for k, v in values.items() if k != "model"}))
@@ -182,11 +186,14 @@ class Operators:
         return values
 
     def set_prices_from_catalog(self, catalog: dict[str, dict]) -> list[dict]:
-        """Write the catalog's prices ({model: {"input", "cached_input", "output"}}, USD per 1M tokens) at start:
-        the file is the source of truth then; an admin edit at run time holds until the next start."""
+        """Write the catalog's prices ({model: {"input", "cached_input", "output"[, "gpu_hour"]}}, USD per 1M tokens
+        and per GPU-hour) at start: the file is the source of truth then; an admin edit at run time holds until the
+        next start."""
         return [self.set_price(model, input_micros_per_m=micros(p["input"]),
                                cached_input_micros_per_m=micros(p.get("cached_input", p["input"])),
-                               output_micros_per_m=micros(p["output"])) for model, p in catalog.items()]
+                               output_micros_per_m=micros(p["output"]),
+                               gpu_hour_micros=None if p.get("gpu_hour") is None else micros(p["gpu_hour"]))
+                for model, p in catalog.items()]
 
     def ensure_default_prices(self) -> None:
         """The bundled models' prices, where none is set yet (an operator's price is never overwritten)."""

@@ -1,7 +1,9 @@
 """Prices and the one cost formula. Integer micro-USD only: finance must be able to add records to the cent."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 PER = 1_000_000  # prices are quoted per 1M tokens
 
@@ -12,6 +14,10 @@ class Price:
     input_micros_per_m: int  # micro-USD per 1M prompt tokens not served from the prefix cache
     cached_input_micros_per_m: int
     output_micros_per_m: int
+    # Self-hosted models may be billed by device time instead: micro-USD per GPU-hour (GPUs are rented by the hour;
+    # per GPU-second in micro-USD could not say $2.49/h exactly), charged per attributed GPU-second. The per-token
+    # prices stay: the report compares against them, and the hold (their worst case) caps the GPU charge.
+    gpu_hour_micros: int | None = None
 
     def cost_micros(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> int:
         """Cost of one request, rounded up to a whole micro-USD. `prompt_tokens` includes `cached_tokens`."""
@@ -22,6 +28,24 @@ class Price:
                   + cached_tokens * self.cached_input_micros_per_m
                   + completion_tokens * self.output_micros_per_m)
         return -(-scaled // PER)
+
+    def gpu_cost_micros(self, gpu_seconds: float) -> int:
+        """`gpu_seconds` at the GPU-hour price, rounded up to a whole micro-USD. The float's shortest decimal (what
+        the usage record shows) is multiplied exactly: 0.07 GPU-s at $3.60/h is 70 micro-USD, where float math says 71."""
+        if self.gpu_hour_micros is None:
+            raise ValueError(f"{self.model} has no GPU-hour price")
+        if not gpu_seconds >= 0 or math.isinf(gpu_seconds):
+            raise ValueError(f"bad GPU-seconds: {gpu_seconds}")
+        return math.ceil(Fraction(repr(gpu_seconds)) * self.gpu_hour_micros / 3600)
+
+    def charge_micros(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int,
+                      gpu_seconds: float | None) -> tuple[int, int | None]:
+        """(cost at the per-token prices, cost at the GPU-hour price or None): the second is billed when there is one.
+        A backend that measured no GPU time (None) is billed per token."""
+        tokens = self.cost_micros(prompt_tokens, cached_tokens, completion_tokens)
+        if self.gpu_hour_micros is None or gpu_seconds is None:
+            return tokens, None
+        return tokens, self.gpu_cost_micros(gpu_seconds)
 
 
 FREE = Price("", 0, 0, 0)

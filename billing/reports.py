@@ -1,5 +1,5 @@
 """Reports for finance: cost, tokens, requests and savings against each record's baseline (its route group's
-strongest tier)."""
+strongest tier); for self-hosted models, GPU-seconds and the cost at both the per-token and the GPU-hour price."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,12 @@ from billing.pricing import usd
 
 GROUPS = ("tenant", "model", "day", "route")
 COLUMNS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_micros",
-           "baseline_cost_micros", "savings_micros")
+           "baseline_cost_micros", "savings_micros", "token_cost_micros", "gpu_cost_micros", "gpu_seconds")
+# cost_micros is what was billed; token_cost_micros the same records at the per-token prices; gpu_cost_micros the
+# records that have a GPU-hour price, at it (None: no record of the group has one); gpu_seconds the engine's
+# attributed device time.
+INTEGERS = ("prompt_tokens", "cached_tokens", "completion_tokens", "cost_micros", "baseline_cost_micros",
+            "token_cost_micros")
 
 
 def usage_report(engine: Engine, group_by: tuple[str, ...] = ("tenant", "model", "day"), *,
@@ -26,19 +31,25 @@ def usage_report(engine: Engine, group_by: tuple[str, ...] = ("tenant", "model",
     cols = [keys[g] for g in group_by]
     if "tenant" in group_by:
         cols.insert(0, u.tenant_id)
+    measures = {c: u[c] for c in ("prompt_tokens", "cached_tokens", "completion_tokens", "cost_micros",
+                                  "gpu_cost_micros", "gpu_seconds")}
     # A record without a baseline (no route group to compare with) counts as its own baseline: no savings.
-    measures = {c: func.coalesce(u.baseline_cost_micros, u.cost_micros) if c == "baseline_cost_micros" else u[c]
-                for c in COLUMNS[1:-1]}
+    measures["baseline_cost_micros"] = func.coalesce(u.baseline_cost_micros, u.cost_micros)
+    # Records settled before GPU prices existed were billed per token: their cost is their per-token cost.
+    measures["token_cost_micros"] = func.coalesce(u.token_cost_micros, u.cost_micros)
     sums = [func.count().label("requests")] + [func.sum(m).label(c) for c, m in measures.items()]
     query = select(*cols, *sums).join(tenants, tenants.c.id == u.tenant_id).group_by(*cols).order_by(*cols)
     query = where_usage(query, since, until, tenant_id)
     with engine.connect() as conn:
         rows = [row._asdict() for row in conn.execute(query)]
     for row in rows:
-        for c in COLUMNS[1:-1]:
+        for c in INTEGERS:
             row[c] = int(row[c] or 0)
         row["savings_micros"] = row["baseline_cost_micros"] - row["cost_micros"]
-    return rows
+        row["gpu_cost_micros"] = None if row["gpu_cost_micros"] is None else int(row["gpu_cost_micros"])
+        row["gpu_seconds"] = round(float(row["gpu_seconds"] or 0.0), 6)
+    # group columns first, then the measures in COLUMNS' order (the CSV's column order)
+    return [{**{k: v for k, v in row.items() if k not in COLUMNS}, **{c: row[c] for c in COLUMNS}} for row in rows]
 
 
 def recent_usage(engine: Engine, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
@@ -75,7 +86,11 @@ def where_usage(query, since: str | None, until: str | None, tenant_id: int | No
 
 
 def totals(rows: list[dict]) -> dict:
-    return {c: sum(r[c] for r in rows) for c in COLUMNS}
+    sums = {c: sum(r[c] for r in rows if r[c] is not None) for c in COLUMNS}
+    if all(r["gpu_cost_micros"] is None for r in rows):
+        sums["gpu_cost_micros"] = None
+    sums["gpu_seconds"] = round(sums["gpu_seconds"], 6)
+    return sums
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -83,11 +98,11 @@ def to_csv(rows: list[dict]) -> str:
     out = io.StringIO()
     if not rows:
         return ""
-    fields = list(rows[0]) + ["cost_usd", "baseline_cost_usd", "savings_usd"]
+    dollars = ("cost", "baseline_cost", "savings", "token_cost", "gpu_cost")
+    fields = list(rows[0]) + [f"{d}_usd" for d in dollars]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "cost_usd": usd(row["cost_micros"]).replace("$", ""),
-                         "baseline_cost_usd": usd(row["baseline_cost_micros"]).replace("$", ""),
-                         "savings_usd": usd(row["savings_micros"]).replace("$", "")})
+        writer.writerow({**row, **{f"{d}_usd": "" if row[f"{d}_micros"] is None else usd(row[f"{d}_micros"])
+                                   .replace("$", "") for d in dollars}})
     return out.getvalue()

@@ -136,6 +136,9 @@ class PriceBase(BaseModel):
     input_micros_per_m: Micros
     cached_input_micros_per_m: Micros
     output_micros_per_m: Micros
+    # Set (engine models): billed per attributed GPU-second at this micro-USD per GPU-hour, never past the per-token
+    # hold. Left out of a PUT: billed per token.
+    gpu_hour_micros: Micros | None = None
 
 
 class PriceSet(PriceBase):
@@ -166,6 +169,8 @@ class UsageRecordPublic(BaseModel):
     baseline_cost_micros: int | None  # at the route group's strongest tier; None: no group to compare with
     estimated: bool  # token counts estimated (the upstream reported none)
     gpu_seconds: float | None
+    token_cost_micros: int | None  # at the per-token prices (cost_micros is what was billed)
+    gpu_cost_micros: int | None  # at the GPU-hour price; None: the model has none
     latency_ms: float | None
     feedback_score: float | None
     feedback_comment: str | None
@@ -182,6 +187,9 @@ class ReportTotals(BaseModel):
     cost_micros: int
     baseline_cost_micros: int
     savings_micros: int
+    token_cost_micros: int  # the same records at the per-token prices
+    gpu_cost_micros: int | None  # the records with a GPU-hour price, at it; None: none has one
+    gpu_seconds: float
 
 
 class UsageReport(BaseModel):

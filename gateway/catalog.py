@@ -21,15 +21,19 @@ class Strict(BaseModel):
 
 
 class Price(Strict):
-    """USD per 1M tokens."""
+    """USD per 1M tokens; and for an engine model, optionally USD per GPU-hour."""
 
     input: float = Field(ge=0)
     cached_input: float | None = Field(None, ge=0)  # None = the input price
     output: float = Field(ge=0)
+    # Set: requests are billed by the GPU-seconds the engine attributes to them, at this price per GPU-hour. The
+    # per-token prices above still bound each request's hold (its worst case), so a budget is never overspent.
+    gpu_hour: float | None = Field(None, ge=0)
 
     def per_million(self) -> dict[str, float]:
         cached = self.input if self.cached_input is None else self.cached_input
-        return {"input": self.input, "cached_input": cached, "output": self.output}
+        prices = {"input": self.input, "cached_input": cached, "output": self.output}
+        return prices if self.gpu_hour is None else {**prices, "gpu_hour": self.gpu_hour}
 
 
 class ModelEntry(Strict):
@@ -110,6 +114,9 @@ class Catalog(Strict):
             if isinstance(m, EngineEntry) and m.speculation not in (None, "ngram") and not self._is_engine(m.speculation):
                 raise ValueError(f"models[{i}].speculation: expected 'ngram' or the name of an engine model, "
                                  f"got {m.speculation!r}")
+            if m.price and m.price.gpu_hour is not None and not isinstance(m, EngineEntry):
+                raise ValueError(f"models[{i}].price.gpu_hour: only an engine model measures the GPU time it uses; "
+                                 f"price {m.name!r} per token")
             if isinstance(m, OpenAIEntry) and m.api_key_env and m.api_key_env not in os.environ:
                 raise ValueError(f"models[{i}].api_key_env: the environment variable {m.api_key_env} is not set")
         return self

@@ -196,19 +196,25 @@ def prices_list(url: str = URL) -> None:
     for r in rows:
         for f in ("input", "cached_input", "output"):
             r[f] = usd(r[f"{f}_micros_per_m"])
-    show(rows, ["model", "input", "cached_input", "output", "updated_at"])
+        r["gpu_hour"] = "-" if r["gpu_hour_micros"] is None else usd(r["gpu_hour_micros"])
+    show(rows, ["model", "input", "cached_input", "output", "gpu_hour", "updated_at"])
 
 
 @prices_app.command("set")
 def prices_set(model: str, input_usd: str = typer.Option(..., help="USD per 1M uncached prompt tokens"),
                cached_usd: str = typer.Option(..., help="USD per 1M cached prompt tokens"),
-               output_usd: str = typer.Option(..., help="USD per 1M completion tokens"), url: str = URL) -> None:
+               output_usd: str = typer.Option(..., help="USD per 1M completion tokens"),
+               gpu_hour_usd: str = typer.Option(None, help="USD per GPU-hour: bill this engine model per attributed "
+                                                "GPU-second instead (the token prices cap each request)"),
+               url: str = URL) -> None:
     try:
         ledger(url).set_price(model, input_micros_per_m=micros(input_usd), cached_input_micros_per_m=micros(cached_usd),
-                              output_micros_per_m=micros(output_usd))
+                              output_micros_per_m=micros(output_usd),
+                              gpu_hour_micros=None if gpu_hour_usd is None else micros(gpu_hour_usd))
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"{model}: ${input_usd} in, ${cached_usd} cached, ${output_usd} out per 1M tokens")
+    gpu = f"; billed per GPU-second at ${gpu_hour_usd} per GPU-hour" if gpu_hour_usd is not None else ""
+    typer.echo(f"{model}: ${input_usd} in, ${cached_usd} cached, ${output_usd} out per 1M tokens{gpu}")
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -243,9 +249,14 @@ def report(group_by: str = typer.Option("tenant,model,day", help=f"Any of {', '.
 
 
 def _table(rows: list[dict], groups: list[str]) -> str:
+    """`cost` is what was billed; self-hosted models show their GPU-seconds and what each price says."""
     shown = [{**r, "tokens": r["prompt_tokens"] + r["completion_tokens"], "cost": usd(r["cost_micros"]),
-              "savings vs large": usd(r["savings_micros"])} for r in rows + [{groups[0]: "total", **totals(rows)}]]
-    return aligned(shown, groups + ["requests", "tokens", "cost", "savings vs large"])
+              "savings vs large": usd(r["savings_micros"]), "GPU-s": f"{r['gpu_seconds']:.3f}",
+              "at token prices": usd(r["token_cost_micros"]),
+              "at GPU-hour price": "-" if r["gpu_cost_micros"] is None else usd(r["gpu_cost_micros"])}
+             for r in rows + [{groups[0]: "total", **totals(rows)}]]
+    return aligned(shown, groups + ["requests", "tokens", "cost", "savings vs large", "GPU-s", "at token prices",
+                                    "at GPU-hour price"])
 
 
 def install(app: typer.Typer) -> None:

@@ -5,6 +5,7 @@ from datetime import datetime
 import httpx
 import pytest
 from alembic.command import downgrade
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -29,7 +30,7 @@ def test_migration_0002_keeps_existing_records_and_defaults_the_new_fields(db_ur
             "values ('r-old', 1, 1, 'ferryman-small', 'ok', 10, 0, 10, 10, 100, '2026-01-01', :t)"),
             {"t": datetime(2026, 1, 1)})
     upgrade(db_url)
-    assert current(db_url) == "0002"
+    assert current(db_url) == ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
     billing = Billing(db_url)
     tenant = billing.tenant(1)
     assert (tenant["allowed_models"], tenant["store_prompts"]) == (None, False)
