@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
+from billing.models import usage_records
 from gateway import metrics
 from gateway.errors import APIError, responses
 
@@ -27,33 +29,46 @@ class FeedbackResponse(BaseModel):
 async def feedback(body: FeedbackRequest, request: Request, authorization: str | None = Header(None)):
     ferry = request.app.state.ferry
     principal = await ferry.authenticate(authorization)
-    found = await ferry.ledger(ferry.billing.record_feedback, principal, body.request_id, body.score, body.comment)
-    if not found:  # another tenant's request reads exactly like no request: ids are not to be probed
+    graded = await ferry.ledger(grade, ferry.billing, principal, body.request_id, body.score, body.comment)
+    if graded is None:  # another tenant's request reads exactly like no request: ids are not to be probed
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")
-    metrics.FEEDBACK.labels(str(principal.tenant_id)).observe(body.score)
-    ferry.routing.live.record_feedback(ANY_GROUP, str(principal.tenant_id), body.score)
+    group, route = graded
+    tenant = str(principal.tenant_id)
+    metrics.FEEDBACK.labels(group or "", tenant).observe(body.score)
+    if group:  # a request that named a model belongs to no route group's target
+        live = ferry.routing.live
+        live.record_feedback(group, tenant, strong=(route or "").removeprefix("cascade-") == "large", score=body.score)
+        metrics.FEEDBACK_QUALITY.labels(group, tenant).set(live.window(group, tenant).feedback_quality())
     return FeedbackResponse(request_id=body.request_id, score=body.score)
 
 
-ANY_GROUP = ""  # feedback names a request, not its route group: it is kept per tenant
+def grade(billing, principal, request_id: str, score: float, comment: str | None) -> tuple[str | None, str | None] | None:
+    """Store the grade on the tenant's record; the record's route group and route label (which tier answered),
+    or None when the tenant has no such request. Blocking: it writes the ledger."""
+    if not billing.record_feedback(principal, request_id, score, comment):
+        return None
+    r = usage_records.c
+    with billing.engine.connect() as conn:
+        return tuple(conn.execute(select(r.route_group, r.route).where(
+            r.request_id == request_id, r.tenant_id == principal.tenant_id)).one())
 
 
 class RouterTarget(BaseModel):
     group: str
     tenant_id: str
-    target_share: float | None  # strongest-tier share the tenant's target asks for
+    target_share: float | None  # strongest-tier share the tenant's target asks for (a floor: feedback-corrected)
     realised_share: float | None  # over the window
     window: int  # scores in the window
-    feedback_quality: float | None  # the tenant's mean feedback score, recent answers
+    feedback_quality: float | None  # mean feedback score on the group's recent answers to the tenant
+    feedback_count: int  # grades behind it
 
 
 @router.get("/admin/router/targets", response_model=list[RouterTarget], responses=responses(401, 503))  # 503: draining
 async def router_targets(request: Request, authorization: str | None = Header(None)):
-    """Per route group and tenant: does the live window hold the tenant's target, and what do tenants say."""
+    """Per route group and tenant, this replica's window: does it hold the tenant's target, what do tenants say."""
     ferry = request.app.state.ferry
     ferry.check_admin(authorization)
-    live = ferry.routing.live
     return [RouterTarget(group=g, tenant_id=t, target_share=w.target, realised_share=w.realised_share(),
-                         window=len(w.scores), feedback_quality=live.window(ANY_GROUP, t).feedback_quality())
-            for (g, t), w in list(live.windows.items()) if g != ANY_GROUP]
+                         window=len(w.scores), feedback_quality=w.feedback_quality(), feedback_count=len(w.feedback))
+            for (g, t), w in list(ferry.routing.live.windows.items())]

@@ -16,5 +16,8 @@ STRONG_SHARE = Gauge("ferryman_router_strong_share", "Share of the recent window
                      ["group", "tenant"])
 STRONG_TARGET = Gauge("ferryman_router_strong_share_target", "Strongest-tier share the tenant's target asks for",
                       ["group", "tenant"])
-FEEDBACK = Histogram("ferryman_feedback_score", "Tenant feedback on answers (0..1)", ["tenant"],
+# Its _count is the feedback count, _sum / _count the mean; group "" is feedback on a request that named a model.
+FEEDBACK = Histogram("ferryman_feedback_score", "Tenant feedback on answers (0..1)", ["group", "tenant"],
                      buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+FEEDBACK_QUALITY = Gauge("ferryman_router_feedback_quality", "Mean feedback score over the recent window",
+                         ["group", "tenant"])

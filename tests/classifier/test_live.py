@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from classifier.live import MIN_SCORES, LiveTargets
+from classifier.live import FEEDBACK_SHIFT, MIN_SCORES, MIN_STRONG_FEEDBACK, MIN_WEAK_FEEDBACK, LiveTargets
 
 
 def route(live, router, scores, tenant="t", **target):
@@ -48,6 +48,47 @@ def test_a_quality_floor_becomes_the_share_the_calibration_set_needs(router):
     assert 0.0 < share < 1.0
     assert router.route.quality[list(router.route.share).index(share)] >= 0.95
     live = LiveTargets()
-    live.record_feedback("g", "t", 1.0)
-    live.record_feedback("g", "t", 0.5)
-    assert live.window("g", "t").feedback_quality() == 0.75
+    live.record_feedback("g", "t", strong=True, score=1.0)
+    live.record_feedback("g", "t", strong=False, score=0.5)
+    assert live.window("g", "t").feedback_quality() == 0.75 and len(live.window("other", "t").feedback) == 0
+
+
+def graded(live, weak_mean, strong_mean, n_weak=MIN_WEAK_FEEDBACK, n_strong=MIN_STRONG_FEEDBACK, tenant="t"):
+    """Feedback whose means are exactly the given ones: half the grades a bit above the mean, half below."""
+    for strong, mean, n in ((False, weak_mean, n_weak), (True, strong_mean, n_strong)):
+        for i in range(n):
+            live.record_feedback("default", tenant, strong=strong, score=mean + (0.05 if i % 2 else -0.05))
+
+
+@pytest.mark.parametrize("weak_mean, direction", [(0.3, +1), (0.9, -1)])
+def test_feedback_moves_a_quality_floor_the_right_way_within_bounds(router, weak_mean, direction):
+    rng = random.Random(7)
+    scores = [router.score(f"add {rng.randrange(10, 10**6)} {rng.randrange(10, 10**6)}") for _ in range(1500)]
+    calibrated = LiveTargets.share_for(router, 0.85, None)
+    live = LiveTargets()
+    route(live, router, scores[:500], quality_floor=0.85)
+    before = live.threshold(router, "default", "t", scores[500], quality_floor=0.85)
+    assert live.window("default", "t").target == calibrated
+    graded(live, weak_mean, 0.9)
+    after = live.threshold(router, "default", "t", scores[501], quality_floor=0.85)
+    target = live.window("default", "t").target
+    # weak answers graded a third of the strong ones' quality: more strong calls (a lower threshold); graded as well
+    # as the strong ones: fewer. Either way feedback moves the share at most FEEDBACK_SHIFT.
+    assert direction * (target - calibrated) == pytest.approx(FEEDBACK_SHIFT) and 0.0 <= target <= 1.0
+    assert direction * (before - after) > 0
+    large = route(live, router, scores[502:], quality_floor=0.85)
+    assert large[-1000:].mean() == pytest.approx(target, abs=0.03)  # and the window holds the new share
+
+
+def test_feedback_meets_the_floor_where_it_can_and_needs_enough_grades(router):
+    calibrated = LiveTargets.share_for(router, 0.9, None)
+    live = LiveTargets()
+    window = live.window("default", "t")
+    graded(live, 0.6, 0.8, n_weak=MIN_WEAK_FEEDBACK - 2)
+    assert LiveTargets.share_for(router, 0.9, None, window) == calibrated  # too few weak grades: calibration only
+    graded(live, 0.6, 0.8, n_weak=2, n_strong=0)
+    # weak answers keep 0.75 of the strong tier's quality; s + (1 - s) * 0.75 = 0.9 at s = 0.6
+    needed = LiveTargets.share_for(router, 0.9, None, window)
+    assert needed == pytest.approx(min(0.6, calibrated + FEEDBACK_SHIFT))
+    assert LiveTargets.share_for(router, 0.9, 0.2, window) == 0.2  # a large_share given too stays the cap
+    assert LiveTargets.share_for(router, None, 0.3, window) == 0.3  # feedback moves floors, not shares

@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import httpx
+from prometheus_client import REGISTRY
 
 
 def complete(gw, key=None, prompt="hello"):
@@ -15,15 +16,25 @@ def feedback(gw, key, **body):
     return httpx.post(f"{gw.url}/v1/feedback", headers={"Authorization": f"Bearer {key}"}, json=body)
 
 
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_feedback_is_stored_with_the_usage_record(gateway):
     request_id = complete(gateway)
+    per_group = {"group": "auto", "tenant": str(gateway.tenant_id)}
+    before = sample("ferryman_feedback_score_count", **per_group), sample("ferryman_feedback_score_sum", **per_group)
     r = feedback(gateway, gateway.api_key, request_id=request_id, score=0.75, comment="close, but terse")
     assert r.status_code == 200, r.text
     assert r.json() == {"object": "feedback", "request_id": request_id, "score": 0.75}
     [record] = [x for x in gateway.records() if x["request_id"] == request_id]
     assert record["feedback_score"] == 0.75 and record["feedback_comment"] == "close, but terse"
+    assert record["route_group"] == "auto"
     metrics = httpx.get(f"{gateway.url}/metrics").text
-    assert f'ferryman_feedback_score_count{{tenant="{gateway.tenant_id}"}} 1.0' in metrics
+    labels = f'group="auto",tenant="{gateway.tenant_id}"'
+    assert f"ferryman_feedback_score_count{{{labels}}} {before[0] + 1}" in metrics
+    assert f"ferryman_feedback_score_sum{{{labels}}} {before[1] + 0.75}" in metrics
+    assert f"ferryman_router_feedback_quality{{{labels}}} 0.75" in metrics  # this gateway's window: one grade
 
 
 def test_another_tenants_request_is_a_404_and_changes_nothing(gateway):
@@ -66,10 +77,20 @@ def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokeniz
     with serve(app) as url:
         gw = SimpleNamespace(url=url, api_key=key)
         ids = [complete(gw, prompt=f"What is {i} times {i * 7}?") for i in range(8)]
-        assert feedback(gw, key, request_id=ids[0], score=0.5).status_code == 200
+        pinned = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                            json={"model": "ferryman-small", "prompt": "hi", "max_tokens": 3}).headers["x-request-id"]
+        for request_id, score in ((ids[0], 0.5), (ids[1], 0.25), (pinned, 1.0)):
+            assert feedback(gw, key, request_id=request_id, score=score).status_code == 200
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         [row] = httpx.get(f"{url}/admin/router/targets", headers=admin).json()
         assert httpx.get(f"{url}/admin/router/targets").status_code == 401
+        metrics = httpx.get(f"{url}/metrics").text
     assert row["group"] == "auto" and row["tenant_id"] == str(tenant["id"]) and row["window"] == 8
-    assert row["target_share"] == 0.25 and 0.0 <= row["realised_share"] <= 1.0
-    assert row["feedback_quality"] == 0.5
+    routed = [r["route"] for r in billing.usage(tenant["id"]) if r["route_group"] == "auto"]
+    assert row["target_share"] == 0.25 and row["realised_share"] == routed.count("large") / 8 and len(routed) == 8
+    # the pinned request's grade belongs to no route group: not in the group's quality
+    assert (row["feedback_quality"], row["feedback_count"]) == (0.375, 2)
+    labels = f'group="auto",tenant="{tenant["id"]}"'
+    assert f"ferryman_router_strong_share_target{{{labels}}} 0.25" in metrics
+    assert f"ferryman_router_feedback_quality{{{labels}}} 0.375" in metrics
+    assert f'ferryman_feedback_score_count{{group="",tenant="{tenant["id"]}"}}' in metrics

@@ -24,7 +24,7 @@ SEEDED = (("acme-support", "interactive", 6_000_000, 42, 0.25), ("globex-analyti
 
 
 @contextmanager
-def running_gateway(db_dir: Path, tokenizer, seed: bool):
+def running_gateway(db_dir: Path, tokenizer, seed: bool, router=None):
     settings = Settings(database_url=f"sqlite:///{db_dir / 'ledger.db'}", admin_key=ADMIN_KEY)
     billing = Billing(settings.database_url)
     billing.create_schema()
@@ -32,7 +32,7 @@ def running_gateway(db_dir: Path, tokenizer, seed: bool):
     if seed:
         seed_history(billing)
     backends = {name: EchoBackend(name, tokenizer.decode) for name in ("ferryman-small", "ferryman-large")}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
+    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=router or LengthRouter(), backends=backends,
                      tokenizer=tokenizer)
     try:
         with serve(app) as url:

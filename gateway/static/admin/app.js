@@ -692,6 +692,7 @@ function priceRow(price) {
 
 const liveHistory = { rps: [], p95: [] };
 let liveTimer = null;
+let tenantNames = {};  // tenant id -> name: the targets JSON names tenants by id only
 
 function startLive() {
   stopLive();
@@ -706,9 +707,13 @@ function stopLive() {
 
 async function pollLive() {
   try {
-    const live = await getJSON("/admin/live");
+    const [live, targets] = await Promise.all([getJSON("/admin/live"), getJSON("/admin/router/targets")]);
+    if (targets.some((t) => !(t.tenant_id in tenantNames))) {
+      tenantNames = Object.fromEntries((await getJSON("/admin/tenants")).map((t) => [String(t.id), t.name]));
+    }
     $("#live-error").textContent = "";
     renderLive(live);
+    renderTargets(targets);
   } catch (e) {
     $("#live-error").textContent = e.message;
   }
@@ -733,6 +738,29 @@ function renderLive(live) {
   if (!live.engines.length) {
     $("#engine-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" },
       "No in-process engine: remote replicas report on their own /metrics.")));
+  }
+}
+
+function renderTargets(targets) {
+  const share = (x) => (x === null ? "–" : percent(x, 1));
+  $("#router-targets tbody").replaceChildren(...targets.map((t) => {
+    // the realised share as a bar, the target as a tick on it; missed by more than 3 points: shown as such
+    const off = t.target_share !== null && t.realised_share !== null && Math.abs(t.realised_share - t.target_share) > 0.03;
+    const meter = bar([[off ? "spent warn" : "spent ok", 100 * (t.realised_share ?? 0)]], "bar mini");
+    if (t.target_share !== null) {
+      const tick = h("i", { class: "target-tick" });
+      tick.style.left = `${100 * t.target_share}%`;
+      meter.append(tick);
+    }
+    return h("tr", { dataset: { group: t.group, tenant: t.tenant_id } },
+      h("td", {}, h("b", {}, t.group)), h("td", {}, tenantNames[t.tenant_id] ?? `#${t.tenant_id}`),
+      h("td", { class: "realised" }, meter, share(t.realised_share)),
+      h("td", { class: "num target" }, share(t.target_share)), h("td", { class: "num" }, count(t.window)),
+      h("td", { class: "num feedback" }, t.feedback_count ? `${t.feedback_quality.toFixed(2)} · ${count(t.feedback_count)}` : "–"));
+  }));
+  if (!targets.length) {
+    $("#router-targets tbody").replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "empty" },
+      "No routed traffic yet: route groups with the router policy show here once they serve requests.")));
   }
 }
 
