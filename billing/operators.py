@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from types import EllipsisType
 from typing import Callable
 
 from sqlalchemy import Engine, delete, select, update
@@ -169,9 +170,13 @@ class Operators:
     # --- prices ------------------------------------------------------------------------------------
 
     def set_price(self, model: str, *, input_micros_per_m: int, cached_input_micros_per_m: int,
-                  output_micros_per_m: int, gpu_hour_micros: int | None = None) -> dict:
-        """`gpu_hour_micros` set: the model is billed per GPU-second at that price (see Price); None: per token."""
+                  output_micros_per_m: int, gpu_hour_micros: int | None | EllipsisType = ...) -> dict:
+        """`gpu_hour_micros` set: the model is billed per GPU-second at that price (see Price); None: per token;
+        left out: as it was, so an edit of the token prices alone (the admin page's) keeps the GPU-hour price."""
         model = _name(model, "model")
+        if gpu_hour_micros is ...:
+            with self.engine.connect() as conn:
+                gpu_hour_micros = conn.execute(select(prices.c.gpu_hour_micros).where(prices.c.model == model)).scalar()
         amounts = (input_micros_per_m, cached_input_micros_per_m, output_micros_per_m)
         if any(not isinstance(v, int) or not 0 <= v <= MAX_MICROS for v in amounts):
             raise ValueError("a price needs whole, non-negative micro-USD per 1M tokens")

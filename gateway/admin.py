@@ -137,7 +137,7 @@ class PriceBase(BaseModel):
     cached_input_micros_per_m: Micros
     output_micros_per_m: Micros
     # Set (engine models): billed per attributed GPU-second at this micro-USD per GPU-hour, never past the per-token
-    # hold. Left out of a PUT: billed per token.
+    # hold; null: billed per token; left out of a PUT: as it was.
     gpu_hour_micros: Micros | None = None
 
 
@@ -325,7 +325,7 @@ def list_prices(billing: Admin) -> list[PricePublic]:
 @router.put("/admin/prices/{model}", responses=responses(400, 401, 503))
 def set_price(model: str, body: PriceSet, billing: Admin) -> PricePublic:
     with answers():
-        return billing.set_price(model, **body.model_dump())
+        return billing.set_price(model, **body.model_dump(exclude_unset=True))  # no gpu_hour_micros: kept
 
 
 # --- usage and reports ---------------------------------------------------------------------------

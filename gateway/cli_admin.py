@@ -205,15 +205,16 @@ def prices_set(model: str, input_usd: str = typer.Option(..., help="USD per 1M u
                cached_usd: str = typer.Option(..., help="USD per 1M cached prompt tokens"),
                output_usd: str = typer.Option(..., help="USD per 1M completion tokens"),
                gpu_hour_usd: str = typer.Option(None, help="USD per GPU-hour: bill this engine model per attributed "
-                                                "GPU-second instead (the token prices cap each request)"),
+                                                "GPU-second instead (the token prices cap each request); 'off': per "
+                                                "token again; left out: as it was"),
                url: str = URL) -> None:
     try:
+        gpu_hour = ... if gpu_hour_usd is None else None if gpu_hour_usd == "off" else micros(gpu_hour_usd)
         ledger(url).set_price(model, input_micros_per_m=micros(input_usd), cached_input_micros_per_m=micros(cached_usd),
-                              output_micros_per_m=micros(output_usd),
-                              gpu_hour_micros=None if gpu_hour_usd is None else micros(gpu_hour_usd))
+                              output_micros_per_m=micros(output_usd), gpu_hour_micros=gpu_hour)
     except ValueError as exc:
         fail(str(exc))
-    gpu = f"; billed per GPU-second at ${gpu_hour_usd} per GPU-hour" if gpu_hour_usd is not None else ""
+    gpu = f"; billed per GPU-second at ${gpu_hour_usd} per GPU-hour" if isinstance(gpu_hour, int) else ""
     typer.echo(f"{model}: ${input_usd} in, ${cached_usd} cached, ${output_usd} out per 1M tokens{gpu}")
 
 

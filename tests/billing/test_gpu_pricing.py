@@ -108,6 +108,12 @@ def test_served_request_on_a_gpu_priced_model_and_both_reports(sqlite_url):
         record = client.get("/admin/usage", headers=admin).json()[0]
         report = client.get("/admin/reports/usage", headers=admin, params={"group_by": "model"}).json()
         sheet = client.get("/admin/reports/usage", headers=admin, params={"group_by": "model", "format": "csv"}).text
+        # the admin page edits token prices alone: the GPU-hour price stays; an explicit null drops it
+        tokens_only = {"input_micros_per_m": 1, "cached_input_micros_per_m": 1, "output_micros_per_m": 1}
+        kept = client.put("/admin/prices/ferryman-small", headers=admin, json=tokens_only).json()
+        dropped = client.put("/admin/prices/ferryman-small", headers=admin,
+                             json={**tokens_only, "gpu_hour_micros": None}).json()
+        assert (kept["gpu_hour_micros"], dropped["gpu_hour_micros"]) == (H100_HOUR, None)
     billing.close()
     per_token = Price("", 200_000, 50_000, 800_000).cost_micros(record["prompt_tokens"], record["cached_tokens"],
                                                                 record["completion_tokens"])
@@ -122,12 +128,21 @@ def test_served_request_on_a_gpu_priced_model_and_both_reports(sqlite_url):
     assert (line["cost_usd"], line["gpu_cost_usd"], line["token_cost_usd"]) == (
         "0.000173", "0.000173", f"0.{per_token:06d}")
 
-    table = CliRunner().invoke(cli, ["report", "--group-by", "model", "--database-url", sqlite_url])
-    assert table.exit_code == 0, table.output
-    header, small = table.output.splitlines()[:2]
+    def ferryman(*args: str) -> str:
+        result = CliRunner().invoke(cli, [*args, "--database-url", sqlite_url])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    header, small = ferryman("report", "--group-by", "model").splitlines()[:2]
     assert "at token prices" in header and "at GPU-hour price" in header
     assert small.split()[0] == "ferryman-small" and small.split()[-3:] == ["0.250", f"$0.{per_token:06d}",
                                                                            "$0.000173"]
+    prices = ("prices", "set", "ferryman-small", "--input-usd", "1", "--cached-usd", "1", "--output-usd", "1")
+    assert "per GPU-hour" in ferryman(*prices, "--gpu-hour-usd", "2.49")
+    ferryman(*prices)  # left out: kept
+    assert "$2.490000" in ferryman("prices", "list")
+    ferryman(*prices, "--gpu-hour-usd", "off")
+    assert "$2.490000" not in ferryman("prices", "list")
 
 
 def test_catalog_gpu_hour_prices_engine_models_only(billing):
