@@ -94,3 +94,17 @@ def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokeniz
     assert f"ferryman_router_strong_share_target{{{labels}}} 0.25" in metrics
     assert f"ferryman_router_feedback_quality{{{labels}}} 0.375" in metrics
     assert f'ferryman_feedback_score_count{{group="",tenant="{tenant["id"]}"}}' in metrics
+
+
+def test_feedback_joins_its_groups_window_marked_by_the_tier_that_answered(tmp_path, tokenizer):
+    from tests.gateway.conftest import make_gateway
+    from tests.util import serve
+
+    app, _, tenant_id, key, _ = make_gateway(tmp_path, tokenizer)
+    with serve(app) as url:
+        gw = SimpleNamespace(url=url, api_key=key)
+        small, large = complete(gw, prompt="short"), complete(gw, prompt="a long question " * 5)  # LengthRouter
+        for request_id, score in ((small, 0.25), (large, 1.0)):
+            assert feedback(gw, key, request_id=request_id, score=score).status_code == 200
+    window = app.state.ferry.routing.live.window("auto", str(tenant_id))
+    assert list(window.feedback) == [(False, 0.25), (True, 1.0)]  # what a quality_floor's correction reads
