@@ -1,8 +1,12 @@
 """POST /v1/feedback: a tenant grades its own requests only; the grade lands on the usage record."""
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
+
+from tests.gateway.conftest import ADMIN_KEY
 
 
 def complete(gw, key=None, prompt="hello"):
@@ -56,33 +60,42 @@ def test_bad_feedback_is_refused(gateway):
     assert feedback(gateway, "fm-wrong", request_id=request_id, score=0.5).status_code == 401
 
 
-def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokenizer):
+@contextmanager
+def general_gateway(tmp_path, tokenizer, **target):
+    """A served gateway routing `auto` with the shipped general router; one tenant with the given target."""
     from backends.echo import EchoBackend
     from billing import Billing, RateLimiter
     from classifier.router import Router
     from gateway.app import create_app
     from gateway.config import Settings
-    from tests.gateway.conftest import ADMIN_KEY
     from tests.util import serve
 
     config = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}", admin_key=ADMIN_KEY)
     billing = Billing(config.database_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
-    tenant = billing.create_tenant("acme", large_share=0.25)
+    tenant = billing.create_tenant("acme", **target)
     key, _ = billing.create_key(tenant["id"], "k")
     backends = {n: EchoBackend(n, tokenizer.decode, 0.0) for n in ("ferryman-small", "ferryman-large")}
     app = create_app(config, billing=billing, limiter=RateLimiter(), router=Router.load("general"),
                      backends=backends, tokenizer=tokenizer)
     with serve(app) as url:
-        gw = SimpleNamespace(url=url, api_key=key)
+        yield SimpleNamespace(url=url, api_key=key), billing, tenant
+
+
+def targets(url):
+    return httpx.get(f"{url}/admin/router/targets", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+
+
+def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokenizer):
+    with general_gateway(tmp_path, tokenizer, large_share=0.25) as (gw, billing, tenant):
+        url, key = gw.url, gw.api_key
         ids = [complete(gw, prompt=f"What is {i} times {i * 7}?") for i in range(8)]
         pinned = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
                             json={"model": "ferryman-small", "prompt": "hi", "max_tokens": 3}).headers["x-request-id"]
         for request_id, score in ((ids[0], 0.5), (ids[1], 0.25), (pinned, 1.0)):
             assert feedback(gw, key, request_id=request_id, score=score).status_code == 200
-        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        [row] = httpx.get(f"{url}/admin/router/targets", headers=admin).json()
+        [row] = targets(url)
         assert httpx.get(f"{url}/admin/router/targets").status_code == 401
         metrics = httpx.get(f"{url}/metrics").text
     assert row["group"] == "auto" and row["tenant_id"] == str(tenant["id"]) and row["window"] == 8
@@ -108,3 +121,26 @@ def test_feedback_joins_its_groups_window_marked_by_the_tier_that_answered(tmp_p
             assert feedback(gw, key, request_id=request_id, score=score).status_code == 200
     window = app.state.ferry.routing.live.window("auto", str(tenant_id))
     assert list(window.feedback) == [(False, 0.25), (True, 1.0)]  # what a quality_floor's correction reads
+
+
+def test_feedback_on_weak_answers_raises_a_quality_floors_strong_share(tmp_path, tokenizer):
+    from classifier.live import FEEDBACK_SHIFT, LiveTargets, MIN_STRONG_FEEDBACK, MIN_WEAK_FEEDBACK
+    from classifier.router import Router
+
+    calibrated = LiveTargets.share_for(Router.load("general"), 0.95, None)
+    with general_gateway(tmp_path, tokenizer, quality_floor=0.95) as (gw, billing, tenant):
+        for i in range(160):
+            complete(gw, prompt=f"Question {i}: what is {i * 37} plus {i * i}?" + " Show every step." * (i % 4))
+        [before] = targets(gw.url)
+        graded = {"small": 0, "large": 0}
+        for record in billing.usage(tenant["id"], limit=1000):  # tenants rate the small model's answers poorly
+            graded[record["route"]] += 1
+            score = 0.9 if record["route"] == "large" else 0.3
+            assert feedback(gw, gw.api_key, request_id=record["request_id"], score=score).status_code == 200
+        assert graded["small"] >= MIN_WEAK_FEEDBACK and graded["large"] >= MIN_STRONG_FEEDBACK
+        complete(gw, prompt="One more question, routed with the feedback in hand.")
+        [after] = targets(gw.url)
+    assert before["target_share"] == pytest.approx(calibrated)
+    # weak answers keep a third of the strong quality: the floor would need 92.5% strong, held to calibrated + 0.25
+    assert after["target_share"] == pytest.approx(min(1.0, calibrated + FEEDBACK_SHIFT))
+    assert after["feedback_count"] == 160
