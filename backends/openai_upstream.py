@@ -1,8 +1,9 @@
 """Any OpenAI-compatible server as a backend (a vLLM / SGLang / TGI cluster, llama.cpp's server, a hosted
 provider): messages go as messages, text comes back as text; nothing assumes our tokenizer or token ids.
 
-This is the proxy's hot path, so per request it does little: one pooled keep-alive client per upstream, the
-body built from the request as it came, no re-tokenizing when the upstream reports usage. A streaming client
+This is the proxy's hot path, so per request it does little: a pool of keep-alive connections per upstream
+(backends/wire.py, a lean HTTP/1.1 client), the body built from the request as it came, no re-tokenizing when the
+upstream reports usage. A streaming client
 gets a streamed upstream call (with `stream_options.include_usage`); a whole-answer client gets a plain one.
 Bodies are always read to their end so the connection goes back to the pool.
 
@@ -14,9 +15,8 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-import httpx
-
 from backends.base import BackendRejected, BackendUnavailable, GenerationRequest, TokenDelta, Usage
+from backends.wire import Pool, WireError
 
 
 class OpenAIUpstream:
@@ -27,18 +27,17 @@ class OpenAIUpstream:
         self.upstream_model = upstream_model or name
         self.tokenizer = tokenizer  # only to count when the upstream reports no usage
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        self.limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.client: httpx.AsyncClient | None = None
+        self.timeouts = {"timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,
+                         "max_connections": max_connections}
+        self.client: Pool | None = None
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout,
-                                            limits=self.limits)
+            self.client = Pool(self.base_url, self.headers, **self.timeouts)
 
     async def stop(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            self.client.close()
             self.client = None
 
     async def abort(self, request_id: str) -> None:
@@ -71,11 +70,11 @@ class OpenAIUpstream:
 
     async def _whole(self, request: GenerationRequest, body: dict) -> TokenDelta:
         try:
-            response = await self.client.post("/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"{self.name}: {type(exc).__name__} {exc}".strip()) from None
-        _raise_for(self.name, response.status_code, response.headers, response.content)
-        answer = response.json()
+            response, content = await self.client.post("/chat/completions", _json(body))
+        except WireError as exc:
+            raise BackendUnavailable(f"{self.name}: {exc}") from None
+        _raise_for(self.name, response.status, response.headers, content)
+        answer = json.loads(content)
         choice = answer["choices"][0]
         message = choice.get("message") or {}
         text = message.get("content") or ""
@@ -89,11 +88,11 @@ class OpenAIUpstream:
         """Deltas as they come; the finish delta is held until the body ends, so it carries the usage."""
         texts, finish, usage = [], None, None
         try:
-            async with self.client.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    _raise_for(self.name, response.status_code, response.headers, await response.aread())
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:") or line == "data: [DONE]":
+            async with self.client.stream("/chat/completions", _json(body)) as (response, chunks):
+                if response.status != 200:
+                    _raise_for(self.name, response.status, response.headers, b"".join([c async for c in chunks]))
+                async for line in _lines(chunks):
+                    if not line.startswith(b"data:") or line == b"data: [DONE]":
                         continue
                     chunk = json.loads(line[5:])
                     usage = chunk.get("usage") or usage
@@ -103,8 +102,8 @@ class OpenAIUpstream:
                         if delta.text or delta.tool_calls or delta.choice_logprobs:
                             texts.append(delta.text)
                             yield delta
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"{self.name}: {type(exc).__name__} {exc}".strip()) from None
+        except WireError as exc:
+            raise BackendUnavailable(f"{self.name}: {exc}") from None
         yield TokenDelta("", [], finish or "stop", self._usage(usage, request, texts))
 
     @staticmethod
@@ -126,6 +125,21 @@ class OpenAIUpstream:
         if self.tokenizer is not None:
             return len(self.tokenizer.encode(text, add_special_tokens=False))
         return -(-len(text.encode()) // 4)  # about four bytes a token in English BPE vocabularies
+
+
+def _json(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body's lines (an SSE event may span chunks, a chunk may hold several events), without line ends."""
+    rest = b""
+    async for chunk in chunks:
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if rest:
+        yield rest.rstrip(b"\r")
 
 
 def _raise_for(name: str, status: int, headers, content: bytes) -> None:

@@ -1,0 +1,118 @@
+"""backends/wire.py against raw asyncio servers: keep-alive reuse, a pooled connection the server dropped while
+idle, chunked bodies split anywhere, bodies without a length, timeouts and refused connections."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from backends.openai_upstream import _lines
+from backends.wire import Pool, WireError
+
+
+async def serve(answer: bytes, *, close_after: bool = False, silent: bool = False):
+    """A server that answers every request with `answer` (or never, when silent); returns (server, accepted)."""
+    accepted = []
+
+    async def client(reader, writer):
+        accepted.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if silent:
+                    await asyncio.sleep(10)
+                writer.write(answer)
+                await writer.drain()
+                if close_after:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    return server, accepted
+
+
+def pool(server, timeout_s: float = 5.0) -> Pool:
+    port = server.sockets[0].getsockname()[1]
+    return Pool(f"http://127.0.0.1:{port}/v1", {"authorization": "Bearer k"}, timeout_s=timeout_s,
+                connect_timeout_s=1.0, max_connections=4)
+
+
+WHOLE = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+
+
+def test_keep_alive_reuses_one_connection():
+    async def main():
+        server, accepted = await serve(WHOLE)
+        p = pool(server)
+        for _ in range(20):
+            answer, body = await p.post("/chat/completions", b"{}")
+            assert (answer.status, body) == (200, b"hello")
+        p.close()
+        server.close()
+        return len(accepted)
+
+    assert asyncio.run(main()) == 1
+
+
+def test_connection_the_server_dropped_while_idle_is_replaced():
+    async def main():
+        server, accepted = await serve(WHOLE, close_after=True)
+        p = pool(server)
+        bodies = []
+        for _ in range(3):
+            bodies.append((await p.post("/chat/completions", b"{}"))[1])
+            await asyncio.sleep(0.05)  # the close reaches the pooled connection, or not yet: both must work
+        p.close()
+        server.close()
+        return bodies, len(accepted)
+
+    bodies, connections = asyncio.run(main())
+    assert bodies == [b"hello"] * 3 and connections == 3
+
+
+def test_chunked_sse_split_anywhere_and_a_body_without_length():
+    events = b"data: {\"a\": 1}\r\n\r\ndata: {\"b\": 2}\n\ndata: [DONE]\n\n"
+    pieces = [events[:7], events[7:30], events[30:]]  # an event cut in two, and a chunk with several events
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+    async def main():
+        server, accepted = await serve(chunked)
+        p = pool(server)
+        for _ in range(2):
+            async with p.stream("/chat/completions", b"{}") as (answer, chunks):
+                lines = [line async for line in _lines(chunks)]
+        assert answer.status == 200 and len(accepted) == 1  # read to its end: back to the pool, reused
+        assert [line for line in lines if line] == [b'data: {"a": 1}', b'data: {"b": 2}', b"data: [DONE]"]
+        p.close()
+        server.close()
+        server, accepted = await serve(b"HTTP/1.1 200 OK\r\n\r\nto the end", close_after=True)
+        p = pool(server)
+        assert (await p.post("/x", b"{}"))[1] == b"to the end"
+        assert not p.idle  # no length: the connection ended with the body
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_timeout_and_refused_connection_are_wire_errors():
+    async def main():
+        server, _ = await serve(WHOLE, silent=True)
+        p = pool(server, timeout_s=0.2)
+        with pytest.raises(WireError, match="ReadTimeout"):
+            await p.post("/chat/completions", b"{}")
+        assert not p.idle
+        server.close()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        refused = Pool(f"http://127.0.0.1:{port}", {}, timeout_s=1, connect_timeout_s=1, max_connections=1)
+        with pytest.raises(WireError, match="ConnectError"):
+            await refused.post("/chat/completions", b"{}")
+
+    asyncio.run(main())
