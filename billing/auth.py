@@ -5,7 +5,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from sqlalchemy import Engine, or_, select
 
@@ -26,6 +26,15 @@ class Limit:
     max_concurrent: int | None
 
 
+class BudgetRef(NamedTuple):
+    """A budget as the money path needs it; limit and alert share travel along for the Redis ledger's checks."""
+
+    id: int
+    period: str  # daily | monthly
+    limit_micros: int
+    alert_percent: int
+
+
 @dataclass(frozen=True)
 class Principal:
     tenant_id: int
@@ -35,8 +44,8 @@ class Principal:
     quality_floor: float | None
     large_share: float | None
     limits: tuple[Limit, ...]
-    tenant_budget: tuple[int, str] | None  # (budget id, period)
-    key_budget: tuple[int, str] | None
+    tenant_budget: BudgetRef | None
+    key_budget: BudgetRef | None
     expires_at: datetime | None
     allowed_models: tuple[str, ...] | None = None  # model and route group names; None = every one
     store_prompts: bool = False  # the tenant opted in to keeping its prompts for router training
@@ -78,7 +87,8 @@ class Keys:
             row = conn.execute(query).first()
             if row is None:
                 return None
-            refs = conn.execute(select(budgets.c.id, budgets.c.period, budgets.c.key_id).where(
+            refs = conn.execute(select(budgets.c.id, budgets.c.period, budgets.c.limit_micros, budgets.c.alert_percent,
+                                       budgets.c.key_id).where(
                 budgets.c.tenant_id == row.tenant_id,
                 or_(budgets.c.key_id.is_(None), budgets.c.key_id == row.id))).all()
         limits = (Limit(f"tenant:{row.tenant_id}", row.t_rpm, row.t_tpm, row.t_max_concurrent),
@@ -87,7 +97,7 @@ class Keys:
             tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, priority=row.priority,
             quality_floor=row.quality_floor, large_share=row.large_share,
             limits=tuple(lim for lim in limits if (lim.rpm, lim.tpm, lim.max_concurrent) != (None, None, None)),
-            tenant_budget=next(((b.id, b.period) for b in refs if b.key_id is None), None),
-            key_budget=next(((b.id, b.period) for b in refs if b.key_id is not None), None),
+            tenant_budget=next((BudgetRef(*b[:4]) for b in refs if b.key_id is None), None),
+            key_budget=next((BudgetRef(*b[:4]) for b in refs if b.key_id is not None), None),
             expires_at=row.expires_at, store_prompts=row.store_prompts,
             allowed_models=None if row.allowed_models is None else tuple(row.allowed_models))

@@ -19,7 +19,7 @@ from typing import Callable
 from sqlalchemy import BigInteger, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from billing.auth import Principal
+from billing.auth import BudgetRef, Principal
 from billing.db import Prepared
 from billing.models import budget_alerts, budget_spend, budgets, prices, reservations, usage_records
 from billing.pricing import FREE, Price, usd
@@ -236,8 +236,8 @@ class Ledger:
         return Reservation(request_id, principal.tenant_id, principal.key_id, model, amount, price, spend[0], spend[1],
                            principal.store_prompts)
 
-    def _hold(self, cursor, ref: tuple[int, str], now: datetime, amount: int) -> int:
-        budget_id, period = ref
+    def _hold(self, cursor, ref: BudgetRef, now: datetime, amount: int) -> int:
+        budget_id, period = ref.id, ref.period
         key = period_key(period, now)
         for _ in range(2):
             row = self._hold_sql(cursor, budget=budget_id, period=key, amount=amount).fetchone()
@@ -257,17 +257,8 @@ class Ledger:
                              .where(budgets.c.id == budget_id)).one()
             spent, reserved = conn.execute(select(_spend.spent_micros, _spend.reserved_micros).where(
                 _spend.budget_id == budget_id, _spend.period_key == key)).first() or (0, 0)
-        scope = "tenant" if b.key_id is None else "API key"
-        left = max(0, b.limit_micros - spent - reserved)
-        advice = ("It fits once requests in flight settle: retry shortly, or lower max_tokens."
-                  if _fits_later(b.limit_micros, spent, reserved, amount)
-                  else "Lower max_tokens or ask for a larger budget.")
-        return BudgetExceeded(
-            f"This request could cost up to {usd(amount)} ({prompt_tokens} prompt tokens + max_tokens {max_tokens} "
-            f"on {model}), but the {scope}'s {b.period} budget of {usd(b.limit_micros)} for {key} has {usd(left)} "
-            f"left ({usd(spent)} spent, {usd(reserved)} held by requests in flight). {advice}",
-            scope="tenant" if b.key_id is None else "key", period=b.period, period_key=key,
-            limit_micros=b.limit_micros, spent_micros=spent, reserved_micros=reserved, requested_micros=amount)
+        return exceeded("tenant" if b.key_id is None else "key", b.period, key, b.limit_micros, spent, reserved, amount,
+                        model, prompt_tokens, max_tokens)
 
     # --- settle --------------------------------------------------------------------------------------
 
@@ -283,6 +274,28 @@ class Ledger:
         would have charged for the same tokens is kept beside the cost, so savings are per record.
         A model with a GPU-hour price is billed its `gpu_seconds` at that price (the per-token cost is recorded
         beside it). `prompt_text` is kept only for tenants that opted in."""
+        record = self.usage_record(res, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
+                                   completion_tokens=completion_tokens, latency_ms=latency_ms, route=route,
+                                   difficulty=difficulty, status=status, estimated=estimated, route_group=route_group,
+                                   baseline_model=baseline_model, gpu_seconds=gpu_seconds, prompt_text=prompt_text)
+        with self._transaction() as cursor:
+            settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
+            if not settled_before:
+                if self._release_sql(cursor, rid=res.request_id).rowcount != 1:
+                    raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
+                for spend_id in res.spend_ids:
+                    spent, alerted, threshold = self._spend_sql(
+                        cursor, spend=spend_id, amount=res.amount_micros, cost=record.cost_micros).fetchone()
+                    if not alerted and threshold is not None and spent * 100 >= threshold:
+                        self._record_alerts(cursor, spend_id, record.created_at)
+        return self._record(res.request_id) if settled_before else record
+
+    def usage_record(self, res: Reservation, *, prompt_tokens: int, cached_tokens: int = 0, completion_tokens: int,
+                     latency_ms: float | None = None, route: str | None = None, difficulty: float | None = None,
+                     status: str = "ok", estimated: bool = False, route_group: str | None = None,
+                     baseline_model: str | None = None, gpu_seconds: float | None = None,
+                     prompt_text: str | None = None) -> UsageRecord:
+        """The one record of a request and what it costs (see settle); writes nothing."""
         free = status in SERVER_FAILURES and completion_tokens == 0
         token_cost, gpu_cost = (None, None) if free else res.price.charge_micros(
             prompt_tokens, cached_tokens, completion_tokens, gpu_seconds)
@@ -290,7 +303,7 @@ class Ledger:
         # prices): that is what keeps spend within budget.
         cost = 0 if free else min(token_cost if gpu_cost is None else gpu_cost, res.amount_micros)
         now = self.clock()
-        record = UsageRecord(
+        return UsageRecord(
             request_id=res.request_id, tenant_id=res.tenant_id, key_id=res.key_id, model=res.model, route=route,
             difficulty=difficulty, status=status, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
             completion_tokens=completion_tokens, cost_micros=cost,
@@ -300,17 +313,6 @@ class Ledger:
             route_group=route_group, gpu_seconds=gpu_seconds,
             prompt_text=_storable(prompt_text) if res.store_prompts else None, token_cost_micros=token_cost,
             gpu_cost_micros=gpu_cost)
-        with self._transaction() as cursor:
-            settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
-            if not settled_before:
-                if self._release_sql(cursor, rid=res.request_id).rowcount != 1:
-                    raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
-                for spend_id in res.spend_ids:
-                    spent, alerted, threshold = self._spend_sql(
-                        cursor, spend=spend_id, amount=res.amount_micros, cost=cost).fetchone()
-                    if not alerted and threshold is not None and spent * 100 >= threshold:
-                        self._record_alerts(cursor, spend_id, now)
-        return self._record(res.request_id) if settled_before else record
 
     def _baseline_cost(self, model: str | None, prompt_tokens: int, cached_tokens: int,
                        completion_tokens: int) -> int | None:
@@ -360,6 +362,20 @@ class Ledger:
             return conn.execute(update(usage_records).where(
                 usage_records.c.request_id == request_id, usage_records.c.tenant_id == principal.tenant_id
             ).values(feedback_score=score, feedback_comment=_storable(comment))).rowcount == 1
+
+
+def exceeded(scope: str, period: str, key: str, limit: int, spent: int, reserved: int, amount: int, model: str,
+             prompt_tokens: int, max_tokens: int) -> BudgetExceeded:
+    """The refusal of a hold, written for the tenant: what it would cost, what is left, whether waiting helps."""
+    left = max(0, limit - spent - reserved)
+    advice = ("It fits once requests in flight settle: retry shortly, or lower max_tokens."
+              if _fits_later(limit, spent, reserved, amount) else "Lower max_tokens or ask for a larger budget.")
+    return BudgetExceeded(
+        f"This request could cost up to {usd(amount)} ({prompt_tokens} prompt tokens + max_tokens {max_tokens} "
+        f"on {model}), but the {'tenant' if scope == 'tenant' else 'API key'}'s {period} budget of {usd(limit)} for "
+        f"{key} has {usd(left)} left ({usd(spent)} spent, {usd(reserved)} held by requests in flight). {advice}",
+        scope=scope, period=period, period_key=key, limit_micros=limit, spent_micros=spent, reserved_micros=reserved,
+        requested_micros=amount)
 
 
 def _fits_later(limit: int, spent: int, reserved: int, requested: int) -> bool:

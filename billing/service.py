@@ -19,11 +19,19 @@ from billing.reports import ledger_totals, recent_usage, usage_report
 
 class Billing:
     def __init__(self, database_url: str = "sqlite:///ferryman.db", *, cache_ttl_s: float = 2.0,
-                 reservation_ttl_s: float = 900.0, clock: Callable[[], datetime] = utcnow):
+                 reservation_ttl_s: float = 900.0, clock: Callable[[], datetime] = utcnow,
+                 redis_url: str | None = None, redis_prefix: str = "ferryman"):
         self.database_url, self.clock = database_url, clock
         self.engine = make_engine(database_url)
         self.keys = Keys(self.engine, clock, cache_ttl_s)
-        self.ledger = Ledger(self.engine, clock, cache_ttl_s, reservation_ttl_s)
+        # With Redis: budget holds there, records written in batches by a writer (billing.redis_ledger).
+        self.holds_in_redis = redis_url is not None
+        if redis_url:
+            from billing.redis_ledger import RedisLedger
+
+            self.ledger = RedisLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s, redis_url, redis_prefix)
+        else:
+            self.ledger = Ledger(self.engine, clock, cache_ttl_s, reservation_ttl_s)
         self.operators = Operators(self.engine, clock, on_change=self._invalidate)
         # The gateway's path.
         self.authenticate = self.keys.authenticate
@@ -47,6 +55,8 @@ class Billing:
         upgrade(self.database_url)
 
     def close(self) -> None:
+        if self.holds_in_redis:
+            self.ledger.redis.close()
         self.engine.dispose()
 
     def _invalidate(self) -> None:
@@ -62,4 +72,15 @@ class Billing:
         return usage_report(self.engine, group_by, since=since, until=until, tenant_id=tenant_id)
 
     def ledger_totals(self, tenant_id: int | None = None) -> dict:
-        return ledger_totals(self.engine, tenant_id)
+        totals = ledger_totals(self.engine, tenant_id)
+        if self.holds_in_redis:  # holds live in Redis; the database has the spend the writer has written
+            totals["open_reservations"], totals["reserved_micros"] = self.ledger.open_holds(tenant_id)
+        return totals
+
+    def writer(self, **options):
+        """The Redis ledger's batch writer (billing.redis_ledger.Writer), not yet started; None without Redis."""
+        if not self.holds_in_redis:
+            return None
+        from billing.redis_ledger import Writer
+
+        return Writer(self.ledger, **options)

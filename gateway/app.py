@@ -33,8 +33,13 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         if on_ready:
             on_ready()
         reaper = asyncio.create_task(reap_forever(ferry.billing))
+        writer = ferry.billing.writer() if getattr(ferry.billing, "holds_in_redis", False) else None
+        if writer:
+            writer.start()
         yield
         reaper.cancel()
+        if writer:  # what this process settled reaches the database before it exits
+            await asyncio.to_thread(writer.stop)
         for backend in ferry.backends.values():
             await backend.stop()
         if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
@@ -78,11 +83,12 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
     from billing import Billing, RateLimiter
 
     if billing is None:
-        billing = Billing(settings.database_url)
+        billing = Billing(settings.database_url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
         billing.create_schema()
         billing.ensure_admin_defaults()
     if limiter is None and settings.redis_url:
-        limiter = health.RedisOutagePolicy(RateLimiter.from_url(settings.redis_url), settings.redis_outage)
+        limiter = health.RedisOutagePolicy(RateLimiter.from_url(settings.redis_url, settings.redis_prefix),
+                                           settings.redis_outage)
     limiter = limiter or RateLimiter()
     if router is None:
         from classifier import Router

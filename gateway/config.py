@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     database_url: str = f"sqlite:///{ROOT / 'ferryman.db'}"
-    redis_url: str | None = None  # set to share rate limits across gateway replicas
+    redis_url: str | None = None  # set to share rate limits and budget holds across gateway replicas
+    redis_prefix: str = "ferryman"  # of every Redis key, so several deployments (or tests) can share one Redis
     # While Redis is down: "closed" refuses requests with 503 + Retry-After; "local" falls back to per-process limits.
     redis_outage: Literal["closed", "local"] = "closed"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # larger request bodies get 413 before they are read

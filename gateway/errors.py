@@ -86,7 +86,8 @@ def outage(exc: BaseException) -> APIError | None:
     if isinstance(exc, DATABASE_DOWN):
         return unavailable("The ledger database is unreachable right now; please retry shortly.", "database_unavailable")
     if isinstance(exc, REDIS_DOWN):
-        return unavailable("The rate-limit store (Redis) is unreachable right now; please retry shortly.",
+        return unavailable("The rate-limit and budget-hold store (Redis) is unreachable right now; please retry "
+                           "shortly.",
                            "rate_limiter_unavailable")
     return None
 

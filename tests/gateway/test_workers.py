@@ -56,7 +56,8 @@ def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "FERRYMAN_DATABASE_URL": database, "FERRYMAN_REDIS_URL": REDIS}
+    env = {**os.environ, "FERRYMAN_DATABASE_URL": database, "FERRYMAN_REDIS_URL": REDIS,
+           "FERRYMAN_REDIS_PREFIX": f"fm-test-{tmp_path.name}"}  # its own keys: Redis holds its budget holds too
     ferryman = Path(sys.executable).parent / "ferryman"
     proc = subprocess.Popen([str(ferryman), "serve", "--workers", "2", "--port", str(port),
                              "--config", str(tmp_path / "catalog.yaml")], env=env, stdout=subprocess.DEVNULL)
@@ -66,6 +67,9 @@ def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
             r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                            json={"model": "up", "messages": [{"role": "user", "content": f"q{i}"}]}, timeout=30)
             assert r.status_code == 200, r.text
+        deadline = time.time() + 10  # records reach the database through each worker's batch writer
+        while len(billing.usage(limit=100)) < 40 and time.time() < deadline:
+            time.sleep(0.05)
         assert len(billing.usage(limit=100)) == 40
     finally:
         proc.terminate()

@@ -1,0 +1,326 @@
+"""The money path for several replicas without a database round trip per request: holds in Redis, records in batches.
+
+Used when a Redis URL is configured (`FERRYMAN_REDIS_URL`); the database stays the ledger of record.
+
+- reserve: one Lua script checks `spent + reserved + amount <= limit` on the tenant's and the key's budget
+  together and takes both holds, or neither; Redis runs scripts one at a time, so any number of replicas can
+  never hold past a budget. Limits come with the principal (cached from the database); Redis keeps each budget
+  period's spent and reserved, seeded once from the database's budget_spend (HSETNX: concurrent seeders agree).
+- settle: one Lua script drops the hold, moves the cost from reserved to spent and appends the usage record to
+  a stream, atomically: a settled request is in the stream exactly once, and a second settle finds no hold.
+- a writer per gateway process (`Writer`) reads the stream in a consumer group and writes each batch in one
+  database transaction: the records `ON CONFLICT (request_id) DO NOTHING`, and budget_spend grows by the cost
+  of the records actually inserted; then XACK. A batch redelivered after a crash between commit and XACK
+  inserts nothing and adds nothing. A dead writer's pending entries are claimed by a live one (XAUTOCLAIM).
+- a replica that dies mid-request leaves its holds; any replica reaps them once expired (`reap_expired`), through
+  the same settle script, so each becomes exactly one zero-cost 'expired' record.
+
+Finance reads the database: it lags the settlements by the writer's batch (one transaction, under 100 ms while
+a writer runs). If Redis loses its data, budgets re-seed from the database, which lacks the unwritten batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from billing.auth import BudgetRef, Principal
+from billing.ledger import DuplicateRequest, Ledger, Reservation, UsageRecord, exceeded, period_key
+from billing.models import budget_alerts, budget_spend, budgets, usage_records
+from billing.pricing import FREE, usd
+
+log = logging.getLogger("ferryman.billing")
+
+BUDGET_TTL_MS = 40 * 24 * 3600 * 1000  # a budget period's counters outlive the longest period (a month)
+GROUP = "writers"
+
+# KEYS: holds, expiry, budget periods...  ARGV: request id, amount, expires (ms), hold, then limit and seed per
+# budget ('' = not known yet). Returns {'ok'} | {'dup'} | {'seed', i} | {'full', i, spent, reserved}.
+RESERVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'dup'} end
+local amount, n = tonumber(ARGV[2]), #KEYS - 2
+for i = 1, n do
+  local seed = ARGV[4 + 2 * i]
+  if seed ~= '' then redis.call('HSETNX', KEYS[2 + i], 'spent', seed) end
+  if redis.call('HEXISTS', KEYS[2 + i], 'spent') == 0 then return {'seed', tostring(i)} end
+end
+for i = 1, n do
+  local spent = tonumber(redis.call('HGET', KEYS[2 + i], 'spent'))
+  local reserved = tonumber(redis.call('HGET', KEYS[2 + i], 'reserved') or '0')
+  if spent + reserved + amount > tonumber(ARGV[3 + 2 * i]) then
+    return {'full', tostring(i), tostring(spent), tostring(reserved)}
+  end
+end
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[2 + i], 'reserved', ARGV[2])
+  redis.call('PEXPIRE', KEYS[2 + i], %d)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return {'ok'}
+""" % BUDGET_TTL_MS
+
+# KEYS: holds, expiry, stream, budget periods...  ARGV: request id, amount, cost, record, budgets, then the alert
+# threshold (limit x percent) per budget. Returns {'gone'} (already settled or reaped) or {'ok', alerts}.
+SETTLE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {'gone'} end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local alerts = {}
+for i = 4, #KEYS do
+  if redis.call('HEXISTS', KEYS[i], 'spent') == 1 then
+    redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[2]))
+    local spent = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[3])
+    if spent * 100 >= tonumber(ARGV[i + 2]) and redis.call('HSETNX', KEYS[i], 'alerted', '1') == 1 then
+      alerts[#alerts + 1] = (i - 3) .. ':' .. spent
+    end
+  end
+end
+local crossed = table.concat(alerts, ',')
+redis.call('XADD', KEYS[3], '*', 'record', ARGV[4], 'budgets', ARGV[5], 'alerts', crossed)
+return {'ok', crossed}
+"""
+
+
+@dataclass(frozen=True)
+class Hold(Reservation):
+    """A reservation held in Redis: which budget periods it holds (tenant's first)."""
+
+    budgets: tuple[BudgetRef, ...] = ()
+    period_keys: tuple[str, ...] = ()
+
+
+class RedisLedger(Ledger):
+    def __init__(self, engine, clock, cache_ttl_s: float, reservation_ttl_s: float, redis_url: str,
+                 prefix: str = "ferryman"):
+        super().__init__(engine, clock, cache_ttl_s, reservation_ttl_s)
+        # Short timeouts: these calls run on the event loop (one loopback round trip is cheaper than a thread hop),
+        # so a Redis that stops answering must fail the request (503), not stall every other one.
+        self.redis = redis.Redis.from_url(url=redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.prefix = f"{prefix}:ledger"
+        self.holds_key, self.expiry_key, self.stream = (f"{self.prefix}:holds", f"{self.prefix}:expiry",
+                                                        f"{self.prefix}:settled")
+        self._reserve = self.redis.register_script(RESERVE)
+        self._settle = self.redis.register_script(SETTLE)
+
+    def budget_key(self, budget_id: int, period: str) -> str:
+        return f"{self.prefix}:budget:{budget_id}:{period}"
+
+    # --- reserve -----------------------------------------------------------------------------------
+
+    def reserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
+                max_tokens: int) -> Hold:
+        price = self.price(model)
+        amount = price.cost_micros(prompt_tokens, 0, max_tokens)
+        now = self.clock()
+        refs = tuple(ref for ref in (principal.tenant_budget, principal.key_budget) if ref is not None)
+        periods = tuple(period_key(ref.period, now) for ref in refs)
+        hold = Hold(request_id, principal.tenant_id, principal.key_id, model, amount, price, None, None,
+                    principal.store_prompts, refs, periods)
+        payload = json.dumps({"t": hold.tenant_id, "k": hold.key_id, "m": model, "a": amount,
+                              "b": [list(ref) for ref in refs], "p": periods, "s": hold.store_prompts,
+                              "tb": principal.tenant_budget is not None})
+        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(refs, periods)]]
+        seeds = [""] * len(refs)
+        expires_ms = round((time.time() + self.reservation_ttl.total_seconds()) * 1000)
+        while True:
+            args = [request_id, amount, expires_ms, payload]
+            for ref, seed in zip(refs, seeds):
+                args += [ref.limit_micros, seed]
+            answer = [x.decode() for x in self._reserve(keys=keys, args=args)]
+            if answer[0] == "ok":
+                return hold
+            if answer[0] == "dup":
+                raise DuplicateRequest(f"request id '{request_id}' already has an open reservation")
+            i = int(answer[1]) - 1
+            if answer[0] == "seed":  # first use of this budget period since Redis started: what the database says
+                seeds[i] = str(self._spent_in_database(refs[i].id, periods[i]))
+                continue
+            ref = refs[i]
+            raise exceeded("tenant" if ref is principal.tenant_budget else "key", ref.period, periods[i],
+                           ref.limit_micros, int(answer[2]), int(answer[3]), amount, model, prompt_tokens, max_tokens)
+
+    def _spent_in_database(self, budget_id: int, key: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(budget_spend.c.spent_micros).where(
+                budget_spend.c.budget_id == budget_id, budget_spend.c.period_key == key)).scalar() or 0
+
+    # --- settle ------------------------------------------------------------------------------------
+
+    def settle(self, res: Hold, **usage) -> UsageRecord:
+        """Charge the actual cost and queue the record for the writer, atomically; a second settle charges nothing."""
+        record = self.usage_record(res, **usage)
+        if not self._charge(res, record):
+            log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+        return record
+
+    def _charge(self, res: Hold, record: UsageRecord) -> bool:
+        keys = [self.holds_key, self.expiry_key, self.stream,
+                *[self.budget_key(r.id, p) for r, p in zip(res.budgets, res.period_keys)]]
+        fields = {**asdict(record), "created_at": record.created_at.isoformat()}
+        budgets_json = json.dumps([[r.id, p, r.limit_micros] for r, p in zip(res.budgets, res.period_keys)])
+        args = [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
+                *[r.limit_micros * r.alert_percent for r in res.budgets]]
+        answer = self._settle(keys=keys, args=args)
+        return answer[0] == b"ok"
+
+    def reap_expired(self, now: datetime | None = None) -> int:
+        """Settle, at no cost, the holds whose replica died before settling them; safe on every replica at once."""
+        now_ms = (now.replace(tzinfo=UTC).timestamp() if now else time.time()) * 1000
+        due = [rid.decode() for rid in self.redis.zrangebyscore(self.expiry_key, "-inf", now_ms, start=0, num=1000)]
+        reaped = 0
+        for rid, payload in zip(due, self.redis.hmget(self.holds_key, due) if due else []):
+            if payload is None:
+                continue
+            h = json.loads(payload)
+            hold = Hold(rid, h["t"], h["k"], h["m"], h["a"], FREE, None, None, h["s"],
+                        tuple(BudgetRef(*b) for b in h["b"]), tuple(h["p"]))
+            reaped += self._charge(hold, self.usage_record(hold, prompt_tokens=0, completion_tokens=0,
+                                                           status="expired"))
+        return reaped
+
+    # --- what is in flight ---------------------------------------------------------------------------
+
+    def open_holds(self, tenant_id: int | None = None) -> tuple[int, int]:
+        """(how many holds are open, micro-USD they hold on tenant budgets), optionally for one tenant."""
+        count = held = 0
+        for payload in self.redis.hvals(self.holds_key):
+            h = json.loads(payload)
+            if tenant_id is None or h["t"] == tenant_id:
+                count += 1
+                held += h["a"] if h["tb"] else 0
+        return count, held
+
+    def unwritten(self) -> int:
+        """Settlements in the stream the database does not have yet (acknowledged entries are deleted)."""
+        return self.redis.xlen(self.stream)
+
+
+class Writer:
+    """Writes the settled stream to the database in batches; one per gateway process (a thread)."""
+
+    def __init__(self, ledger: RedisLedger, batch: int = 500, block_ms: int = 100, claim_idle_ms: int = 30_000):
+        self.ledger, self.batch, self.block_ms, self.claim_idle_ms = ledger, batch, block_ms, claim_idle_ms
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.redis = ledger.redis
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        dialect = ledger.engine.dialect.name
+        self._insert = (postgresql if dialect == "postgresql" else sqlite).insert
+        try:
+            self.redis.xgroup_create(ledger.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop after writing what this process settled (a graceful shutdown leaves nothing pending)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        try:
+            self.step(block_ms=None)
+        except Exception:  # what is left stays pending and a live writer claims it
+            log.exception("ledger writer: final flush failed")
+
+    def _run(self) -> None:
+        next_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_claim:  # a dead writer's entries, once they sat unacknowledged a while
+                    self.claim(self.claim_idle_ms)
+                    next_claim = time.monotonic() + self.claim_idle_ms / 3000
+                self.step(self.block_ms)
+            except Exception:  # Redis or the database away: the entries stay pending; try again shortly
+                log.exception("ledger writer: batch failed, retrying")
+                self._stop.wait(1.0)
+
+    def step(self, block_ms: int | None) -> int:
+        """Read one batch of new entries (waiting up to block_ms), write it, acknowledge it; how many."""
+        reply = self.redis.xreadgroup(GROUP, self.consumer, {self.ledger.stream: ">"}, count=self.batch,
+                                      block=block_ms)
+        entries = reply[0][1] if reply else []
+        self.write(entries)
+        return len(entries)
+
+    def claim(self, min_idle_ms: int) -> int:
+        """Take over and write entries another consumer read but never acknowledged (it died); how many."""
+        total, cursor = 0, "0-0"
+        while True:
+            cursor, entries, *_ = self.redis.xautoclaim(self.ledger.stream, GROUP, self.consumer, min_idle_ms,
+                                                       start_id=cursor, count=self.batch)
+            self.write([e for e in entries if e[1]])  # a deleted entry comes back without fields
+            total += len(entries)
+            if cursor in (b"0-0", "0-0"):
+                return total
+
+    def drain(self) -> None:
+        """Write everything settled so far, whoever read it (tests, a last replica standing)."""
+        while self.step(block_ms=None) or self.claim(0):
+            pass
+
+    def write(self, entries: list) -> None:
+        if not entries:
+            return
+        self.commit([_decode(fields) for _, fields in entries])
+        ids = [entry_id for entry_id, _ in entries]
+        # Acknowledged entries are deleted too, so the stream's length is what the database still lacks.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.ledger.stream, GROUP, *ids)
+        pipe.xdel(self.ledger.stream, *ids)
+        pipe.execute()
+
+    def commit(self, batch: list[dict]) -> None:
+        """One transaction: new records, spend for exactly those, alerts. Idempotent, so redelivery is safe."""
+        records = {b["record"]["request_id"]: b for b in batch}
+        with self.ledger.engine.begin() as conn:
+            inserted = set(conn.execute(
+                self._insert(usage_records).values([b["record"] for b in records.values()])
+                .on_conflict_do_nothing(index_elements=["request_id"]).returning(usage_records.c.request_id)).scalars())
+            spend: dict[tuple[int, str], int] = {}
+            for rid in inserted:
+                for budget_id, key, _ in records[rid]["budgets"]:
+                    spend[budget_id, key] = spend.get((budget_id, key), 0) + records[rid]["record"]["cost_micros"]
+            alerts = [(b["budgets"][i - 1], spent) for b in batch for i, spent in b["alerts"]]
+            ids = {budget_id for budget_id, _ in spend} | {ref[0] for ref, _ in alerts}
+            # A budget deleted since the hold was taken has no counters to add to: its records still count.
+            live = set(conn.execute(select(budgets.c.id).where(budgets.c.id.in_(ids))).scalars()) if ids else set()
+            rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted": False}
+                    for (b, k), c in sorted(spend.items()) if b in live]
+            if rows:
+                upsert = self._insert(budget_spend).values(rows)
+                conn.execute(upsert.on_conflict_do_update(
+                    index_elements=["budget_id", "period_key"],
+                    set_={"spent_micros": budget_spend.c.spent_micros + upsert.excluded.spent_micros}))
+            for (budget_id, key, limit), spent in alerts:
+                if budget_id not in live:
+                    continue
+                new = conn.execute(self._insert(budget_alerts).values(
+                    budget_id=budget_id, period_key=key, spent_micros=spent, limit_micros=limit,
+                    created_at=self.ledger.clock()).on_conflict_do_nothing()).rowcount
+                conn.execute(budget_spend.update().where(budget_spend.c.budget_id == budget_id,
+                                                         budget_spend.c.period_key == key).values(alerted=True))
+                if new:
+                    log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key,
+                                usd(spent), usd(limit))
+
+
+def _decode(fields: dict) -> dict:
+    record = json.loads(fields[b"record"])
+    record["created_at"] = datetime.fromisoformat(record["created_at"])
+    alerts = fields[b"alerts"].decode()
+    return {"record": record, "budgets": [tuple(b) for b in json.loads(fields[b"budgets"])],
+            "alerts": [(int(i), int(s)) for i, s in (a.split(":") for a in alerts.split(",") if a)]}

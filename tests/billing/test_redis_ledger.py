@@ -1,0 +1,192 @@
+"""The Redis ledger (holds in Redis, records written in batches): no overspend, no lost or double-counted record
+across a gateway crash, a writer crash, or a second settle; and no database round trip on the request path."""
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+
+from billing import Billing, BudgetExceeded
+from billing.models import budget_alerts, budget_spend
+from tests.billing.test_gateway_budget import PROMPT, forget_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = "ferryman-small"
+
+
+@pytest.fixture
+def prefix(redis_url):
+    prefix = f"fm-test-{uuid.uuid4().hex}"
+    yield prefix
+    forget_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def billing(pg_url, redis_url, prefix):
+    b = Billing(pg_url, redis_url=redis_url, redis_prefix=prefix)
+    b.create_schema()
+    b.ensure_admin_defaults()
+    yield b
+    b.close()
+
+
+def tenant_with_key(billing: Billing, limit_micros: int, alert_percent: int = 80):
+    tenant = billing.create_tenant(f"acme-{uuid.uuid4().hex[:6]}")
+    key, _ = billing.create_key(tenant["id"])
+    billing.set_budget(tenant["id"], limit_micros=limit_micros, period="monthly", alert_percent=alert_percent)
+    return tenant, billing.authenticate(key), key
+
+
+def spend_rows(billing: Billing) -> list:
+    with billing.engine.connect() as conn:
+        return conn.execute(select(budget_spend.c.spent_micros, budget_spend.c.reserved_micros)).all()
+
+
+def redis_counters(billing: Billing, principal) -> dict:
+    ref = principal.tenant_budget
+    keys = billing.ledger.redis.keys(f"{billing.ledger.prefix}:budget:{ref.id}:*")
+    return {k: int(v) for k, v in billing.ledger.redis.hgetall(keys[0]).items() if k != b"alerted"}
+
+
+def test_holds_never_pass_the_budget_and_a_second_settle_charges_nothing(billing):
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=3 * 200 + 50, alert_percent=30)
+    holds = [billing.reserve(principal, f"r{i}", SMALL, 0, 250) for i in range(3)]  # 200 micro-USD each
+    with pytest.raises(BudgetExceeded) as refused:
+        billing.reserve(principal, "r3", SMALL, 0, 250)
+    assert refused.value.retryable and refused.value.reserved_micros == 600
+    for hold in holds:
+        billing.settle(hold, prompt_tokens=0, completion_tokens=100)  # 80 micro-USD
+    again = billing.settle(holds[0], prompt_tokens=0, completion_tokens=250)
+    assert again.request_id == "r0"
+    writer = billing.writer()
+    writer.drain()
+    assert spend_rows(billing) == [(240, 0)]
+    assert redis_counters(billing, principal) == {b"spent": 240, b"reserved": 0}
+    assert sorted(r["cost_micros"] for r in billing.usage(tenant["id"])) == [80, 80, 80]
+    with billing.engine.connect() as conn:  # the third settle crossed 30% of 650: one alert
+        assert conn.execute(select(budget_alerts.c.spent_micros)).scalars().all() == [240]
+
+
+def test_a_writer_that_dies_between_commit_and_ack_double_counts_nothing(billing):
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    for i in range(5):
+        billing.settle(billing.reserve(principal, f"r{i}", SMALL, 10, 100), prompt_tokens=10, completion_tokens=50)
+    dead = billing.writer()
+    entries = dead.redis.xreadgroup("writers", dead.consumer, {billing.ledger.stream: ">"}, count=100)[0][1]
+    dead.commit([__import__("billing.redis_ledger", fromlist=["_decode"])._decode(f) for _, f in entries])
+    # ...and the process dies here: committed to the database, never acknowledged in Redis.
+    assert billing.ledger.unwritten() == 5
+    live = billing.writer()
+    assert live.claim(0) == 5  # the same five entries, delivered again
+    records = billing.usage(tenant["id"])
+    assert len(records) == 5 and billing.ledger.unwritten() == 0
+    assert spend_rows(billing) == [(sum(r["cost_micros"] for r in records), 0)]
+    assert redis_counters(billing, principal)[b"spent"] == sum(r["cost_micros"] for r in records)
+
+
+def test_expired_holds_are_reaped_once_as_zero_cost_records(billing, pg_url, redis_url, prefix):
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    billing.reserve(principal, "orphan", SMALL, 10, 100)
+    other = Billing(pg_url, redis_url=redis_url, redis_prefix=prefix)  # a second live replica
+    later = billing.clock() + timedelta(hours=1)
+    assert billing.reap_expired() == 0  # not expired yet
+    assert billing.reap_expired(later) + other.reap_expired(later) == 1
+    billing.writer().drain()
+    [record] = billing.usage(tenant["id"])
+    assert (record["request_id"], record["status"], record["cost_micros"]) == ("orphan", "expired", 0)
+    assert redis_counters(billing, principal) == {b"spent": 0, b"reserved": 0}
+    other.close()
+
+
+def test_the_request_path_makes_no_database_round_trip(billing):
+    _, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    billing.settle(billing.reserve(principal, "warm", SMALL, 10, 100), prompt_tokens=10, completion_tokens=5)
+    writer = billing.writer()
+    writer.drain()  # the price is cached and the budget period seeded: the steady state
+    checkouts, statements = [], []
+    event.listen(billing.engine, "checkout", lambda *a: checkouts.append(1))
+    event.listen(billing.engine, "before_cursor_execute", lambda *a: statements.append(1))
+    for i in range(50):
+        billing.settle(billing.reserve(principal, f"r{i}", SMALL, 10, 100), prompt_tokens=10, completion_tokens=5)
+    assert (checkouts, statements) == ([], [])
+    writer.drain()  # the 50 records: one transaction
+    assert len(checkouts) == 1 and len(statements) <= 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_gateway(pg_url: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.billing.gateway_process", str(port), pg_url, redis_url,
+                             prefix], cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, "gateway process exited"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError("gateway did not start")
+
+
+async def client(url: str, key: str, n: int, results: list) -> None:
+    body = {"model": SMALL, "prompt": PROMPT, "max_tokens": 50}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for _ in range(n):
+            try:
+                r = await http.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+                results.append((url, r.status_code, r.headers.get("x-request-id")))
+            except httpx.TransportError:
+                results.append((url, None, None))  # the gateway died with this request in flight
+
+
+async def burst(urls: list[str], key: str, proc_a: subprocess.Popen) -> list:
+    results: list = []
+    clients = [asyncio.create_task(client(urls[i % 2], key, 8, results)) for i in range(32)]
+    while sum(1 for url, status, _ in results if url == urls[0] and status == 200) < 32:
+        await asyncio.sleep(0.01)  # mid-burst: the killed gateway has answered some, 16 more are in flight
+    os.kill(proc_a.pid, signal.SIGKILL)
+    await asyncio.gather(*clients)
+    return results
+
+
+def test_a_gateway_killed_mid_burst_loses_and_double_counts_nothing(billing, pg_url, redis_url, prefix):
+    tenant, principal, key = tenant_with_key(billing, limit_micros=200 * 80 + 7)  # fits 200 of 256 requests
+    proc_a, url_a = start_gateway(pg_url, redis_url, prefix)
+    proc_b, url_b = start_gateway(pg_url, redis_url, prefix)
+    try:
+        results = asyncio.run(burst([url_a, url_b], key, proc_a))
+    finally:
+        proc_a.wait(10)
+        proc_b.send_signal(signal.SIGTERM)  # a graceful stop: its writer writes what it settled
+        proc_b.wait(60)
+    # Recovery on a live replica: the dead one's holds expire and are reaped; its unacknowledged batch is claimed.
+    assert billing.reap_expired(billing.clock() + timedelta(hours=1)) > 0
+    billing.writer().drain()
+
+    accepted = {rid for _, status, rid in results if status == 200}
+    lost = sum(1 for url, status, _ in results if status is None)
+    assert {status for _, status, _ in results} <= {200, 402, None} and lost and accepted
+    records = {r["request_id"]: r for r in billing.usage(tenant["id"], limit=1000)}
+    assert accepted <= set(records)  # every answered request is recorded (once: request_id is unique)
+    unanswered = set(records) - accepted  # admitted by the killed gateway, its answer never sent
+    assert 0 < len(unanswered) <= lost and "expired" in {records[r]["status"] for r in unanswered}
+    assert billing.ledger.open_holds() == (0, 0) and billing.ledger.unwritten() == 0
+    total = sum(r["cost_micros"] for r in records.values())
+    assert spend_rows(billing) == [(total, 0)]  # the database's spend: each record counted exactly once
+    assert redis_counters(billing, principal) == {b"spent": total, b"reserved": 0}
+    assert total <= 200 * 80 + 7
