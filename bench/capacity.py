@@ -223,8 +223,8 @@ WHATIF_HEADERS = ["req/s", "variant", "TTFT p95 ms (all)", "TTFT p95 ms (interac
 
 def calibration_text(cal: dict, model: str) -> str:
     parts = [[(i // 2) + 1, "Poisson" if i % 2 == 0 else "burst", f["peaks"].bandwidth / 1e9, f["peaks"].flops / 1e9,
-              f["samples"], f["eff"].bandwidth, f["eff"].flops, f["eff"].step_overhead_s * 1e3,
-              f["eff"].seq_overhead_s * 1e3, f"{f['fit_err']:.0%}", f"{f['fit_err95']:.0%}"]
+              f["samples"], f["eff"].bandwidth, f["eff"].flops, f"{f['eff'].step_overhead_s * 1e3:.2f}",
+              f["eff"].seq_overhead_s * 1e3, f"{f['eff'].overlap:.2f}", f"{f['fit_err']:.0%}", f"{f['fit_err95']:.0%}"]
              for i, f in enumerate(cal["fits"])]
     return (
         f"Real engine: `{Path(model).name}` float32, {cal['threads']} torch thread, engine knobs {CPU_KNOBS}, "
@@ -232,7 +232,8 @@ def calibration_text(cal: dict, model: str) -> str:
         "bandwidth and matmul rate measured, then a calibration "
         "sweep on the real engine (batches of 1/4/12/32 requests x prompts of 24/120/360 tokens, 12 tokens out: "
         "prefill chunks, mixed and decode steps; every step's shape and wall time, `docs/data/capacity_calibration_steps.csv`), "
-        "the fit (least squares on log step time, then scaled so the sweep's total time matches), and at once the "
+        "the fit (bandwidth and FLOP efficiency, overheads and memory/compute overlap by least squares on log step "
+        "time, then scaled so the sweep's total time matches), and at once the "
         "held-out workload, on the real engine (replayed in real time, TTFT from the scheduled arrival) and on the "
         "simulator (same requests, token ids and engine knobs). The fit sees only the sweep; the held-out workloads "
         "(a Poisson stream at the rate the fitted model puts at ~60% busy, and a burst) are predicted, not fitted.\n\n"
@@ -273,7 +274,7 @@ def _verdict(rows: list) -> str:
 
 
 FIT_HEADERS = ["round", "part", "copy GB/s", "matmul GFLOP/s", "sweep steps", "bandwidth eff.", "FLOP eff.",
-               "ms per step", "ms per sequence", "step error median", "step error p95"]
+               "ms per step", "ms per sequence", "memory/compute overlap", "step error median", "step error p95"]
 CAL_SUMMARY_HEADERS = ["held-out workload", "metric", "real engine (median)", "real min-max", "simulator (median)",
                        "error (median)", "error min-max", "rounds within 20%"]
 
@@ -437,21 +438,27 @@ attention by each sequence's own context. Each request's `Usage.gpu_seconds` is 
 up to the engine's busy time (`tests/engine/test_capacity.py`). The simulator attributes its predicted steps the same
 way, so the tables above show both prices: per token (the layout's GPU-hours over its tokens) and per GPU-second
 (`plan.gpu_second_price`: GPU-hour price / 3600, times the request's attributed GPU-seconds, which counts busy time
-only: idle capacity is not charged to anyone).
+only: idle capacity is not charged to anyone). The ledger keeps each request's GPU-seconds, and an engine model
+with a GPU-hour price (catalog `price: {input: ..., output: ..., gpu_hour: 2.49}`) is billed by them: GPU-seconds x
+price, rounded up to a micro-dollar, never past the request's per-token hold, so budgets stay safe; reports show the
+per-token and the GPU-hour cost side by side (docs/BILLING.md).
 
 ## The step-time model
 
 Per step, for the batch the real Scheduler chose (each sequence: tokens computed now, tokens already cached):
 memory time = (weights of one replica's shard, read once per micro-batch, + every sequence's cached KV) /
 (bandwidth x efficiency); compute time = (2 FLOPs per weight per token + the LM head once per sequence + attention
-4 x layers x heads x head_dim per query-key pair) / (peak x efficiency); a micro-batch takes the larger of the two;
+4 x layers x heads x head_dim per query-key pair) / (peak x efficiency); a micro-batch takes the larger of the two,
+plus (1 - overlap) of the smaller (overlap 1 on a GPU: the roofline; one CPU thread does one, then the other: the
+fit below picks 0; with the plain roofline it under-predicted short prefills by up to 1.7x and the held-out Poisson
+TTFT p50 by 17-21%, 2026-12-01 00:00 UTC);
 TP divides both over its ranks and adds two all-reduces per layer (latency + ring bytes over NVLink); PP runs
 `min(PP, sequences)` micro-batches and adds (PP - 1) micro-batch times of fill and drain; plus a fixed overhead per
 step and per sequence. Formats: decoder linears at 2 (bf16), 1 (int8, per-row scales) or 0.52 (int4, group 128)
 bytes per weight, embedding and LM head 16-bit, KV cache 16-bit. 90% of GPU memory goes to weights + KV.
 
 GPU defaults: bandwidth efficiency 0.75, FLOP efficiency 0.55, 2 ms per step, 10 us per sequence, 8 us per
-all-reduce; these are assumptions for a mature GPU engine, checked against the published figures below (not fitted to
+all-reduce, full memory/compute overlap; these are assumptions for a mature GPU engine, checked against the published figures below (not fitted to
 them). The efficiency factors of this CPU are fitted (below).
 
 {gpu_table}

@@ -56,7 +56,7 @@ def test_tp2_halves_weight_read_time_per_rank():
 
 def test_calibration_round_trip():
     """Step times made by a known Efficiency are fitted back to it, and the fit predicts them."""
-    truth = Efficiency(bandwidth=0.31, flops=0.12, step_overhead_s=4e-3, seq_overhead_s=2e-4)
+    truth = Efficiency(bandwidth=0.31, flops=0.12, step_overhead_s=4e-3, seq_overhead_s=2e-4, overlap=0.4)
     model = StepModel(model_spec("large"), "bf16", GPUS["l40s"], full_bytes=4, kv_bytes=4)
     shapes = [[(1, c)] * b for b in (1, 4, 16, 64) for c in (16, 256)] + [[(n, 0)] for n in (64, 256, 1024, 4096)]
     samples = [(s, model_with(model, truth).step_time(s)) for s in shapes]
@@ -65,6 +65,7 @@ def test_calibration_round_trip():
         assert fitted.step_time(shape) == pytest.approx(seconds, rel=0.01)
     assert fitted.eff.step_overhead_s == pytest.approx(truth.step_overhead_s, rel=0.05)
     assert fitted.eff.flops == pytest.approx(truth.flops, rel=0.05)
+    assert fitted.eff.overlap == pytest.approx(truth.overlap, abs=0.05)
 
 
 def test_max_rate_doubles_with_replicas():

@@ -59,7 +59,8 @@ def record_steps(engine) -> list[tuple[Shape, float]]:
 
 
 def fit(samples: list[tuple[Shape, float]], model: StepModel) -> Efficiency:
-    """The efficiency factors (bandwidth, FLOPs, per-step and per-sequence overhead) that best predict the samples."""
+    """The efficiency factors (bandwidth, FLOPs, per-step and per-sequence overhead, memory/compute overlap) that
+    best predict the samples."""
     from scipy.optimize import least_squares
 
     measured = np.log([seconds for _, seconds in samples])
@@ -68,20 +69,21 @@ def fit(samples: list[tuple[Shape, float]], model: StepModel) -> Efficiency:
         trial = model_with(model, _efficiency(x, model.eff))
         return np.log([trial.step_time(shape) for shape, _ in samples]) - measured
 
-    start = np.log([0.5, 0.5, 1e-3, 1e-4])
-    solution = least_squares(residuals, start, bounds=(np.log([1e-3, 1e-3, 1e-7, 1e-8]), np.log([1.0, 1.0, 10.0, 1.0])))
+    start = [*np.log([0.5, 0.5, 1e-3, 1e-4]), 0.5]  # the first four as logarithms, the overlap as is
+    solution = least_squares(residuals, start, bounds=([*np.log([1e-3, 1e-3, 1e-7, 1e-8]), 0.0],
+                                                       [*np.log([1.0, 1.0, 10.0, 1.0]), 1.0]))
     eff = _efficiency(solution.x, model.eff)
     # Log residuals fit the geometric mean; a workload's time is a sum of steps, so match the sweep's total time
     # (on a shared CPU, step times are skewed upward by whoever else holds the core).
     fitted = model_with(model, eff)
     scale = sum(t for _, t in samples) / sum(fitted.step_time(shape) for shape, _ in samples)
     return Efficiency(eff.bandwidth / scale, eff.flops / scale, eff.step_overhead_s * scale, eff.seq_overhead_s * scale,
-                      eff.allreduce_latency_s)
+                      eff.allreduce_latency_s, eff.overlap)
 
 
 def _efficiency(x: np.ndarray, base: Efficiency) -> Efficiency:
-    bw, flops, step, seq = (math.exp(v) for v in x)
-    return Efficiency(bw, flops, step, seq, base.allreduce_latency_s)
+    bw, flops, step, seq = (math.exp(v) for v in x[:4])
+    return Efficiency(bw, flops, step, seq, base.allreduce_latency_s, float(x[4]))
 
 
 def model_with(model: StepModel, eff: Efficiency) -> StepModel:

@@ -2,7 +2,8 @@
 
 A step reads every weight of its shard once per micro-batch and each scheduled sequence's cached keys and values;
 it computes 2 FLOPs per weight per token plus attention. Memory time is bytes over (bandwidth x efficiency),
-compute time FLOPs over (peak x efficiency); a micro-batch takes the larger of the two. Tensor parallelism
+compute time FLOPs over (peak x efficiency); a micro-batch takes the larger of the two (plus the part of the
+smaller that does not overlap it: none on a GPU, all of it on one CPU thread). Tensor parallelism
 splits both over its ranks and adds two all-reduces per layer; pipeline parallelism runs micro-batches through
 its stages, and the fill and drain (the bubble) add (stages - 1) micro-batch times. A fixed overhead per step and
 per sequence covers what a roofline does not see (scheduling, input preparation, kernel launches, sampling).
@@ -49,6 +50,9 @@ class Efficiency:
     step_overhead_s: float = 2e-3  # per step, whatever the batch
     seq_overhead_s: float = 10e-6  # per scheduled sequence
     allreduce_latency_s: float = 8e-6  # per NCCL all-reduce within a node (latency term; bytes go over the link)
+    # How much of the smaller of memory and compute time hides under the larger: 1 is the roofline (a GPU streams
+    # weights while its tensor cores work); one CPU thread does one, then the other (fitted on this CPU: 0.00).
+    overlap: float = 1.0
 
 
 class StepModel:
@@ -70,7 +74,7 @@ class StepModel:
         return max(0, int(free // self.kv_token_bytes))
 
     def breakdown(self, shape: Shape) -> dict[str, float]:
-        """Seconds per component of one step; 'step' is the total (memory and compute overlap: the larger counts)."""
+        """Seconds per component of one step; 'step' is the total (memory and compute overlap by eff.overlap)."""
         return self._breakdown(shape, *self._per_sequence(shape))
 
     def step_time(self, shape: Shape) -> float:
@@ -108,7 +112,9 @@ class StepModel:
         weights = m * self.weight_read_bytes / self.layout.gpus_per_replica / bw  # each stage, once per micro-batch
         kv, compute = sum(kv_times), sum(compute_times)
         allreduce = m * self._allreduce(sum(n for n, _ in shape) / m)
-        stage = (max(weights + kv, compute) + allreduce) / m  # one micro-batch through one stage
+        memory = weights + kv
+        unhidden = (1 - self.eff.overlap) * min(memory, compute)
+        stage = (max(memory, compute) + unhidden + allreduce) / m  # one micro-batch through one stage
         overhead = self.eff.step_overhead_s + self.eff.seq_overhead_s * len(shape)
         bubble = (pp - 1) * stage
         return dict(weights=weights, kv=kv, compute=compute, allreduce=allreduce, bubble=bubble, overhead=overhead,
