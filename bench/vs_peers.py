@@ -1,6 +1,7 @@
 """Ferryman side by side with its peers, one command, one run, interleaved rounds, all on loopback.
 
     .venv/bin/python bench/vs_peers.py [--rounds 3] [--postgres postgresql+psycopg://root@127.0.0.1:5432/test]
+        [--redis redis://127.0.0.1:6379/0]
     .venv/bin/python bench/vs_peers.py --engines [--rounds 3]
 
 Gateways (default): a mock OpenAI-compatible upstream (raw asyncio, a fixed answer); in front of it Ferryman
@@ -201,14 +202,16 @@ def serve_forwarder(port: int, upstream_port: int) -> None:
     asyncio.run(main())
 
 
-def serve_ferryman(port: int, database_url: str, catalog_file: str) -> None:
+def serve_ferryman(port: int, database_url: str, catalog_file: str, redis_url: str = "") -> None:
     import uvicorn
 
     from gateway import catalog
     from gateway.app import create_app
     from gateway.config import Settings
 
-    settings = Settings(database_url=database_url, config=Path(catalog_file))
+    # With Redis: rate limits and budget holds there, records written in batches (the multi-replica configuration).
+    settings = Settings(database_url=database_url, config=Path(catalog_file), redis_url=redis_url or None,
+                        redis_prefix=f"ferryman-bench-{port}")
     app = create_app(settings, catalog=catalog.load(Path(catalog_file)))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -350,7 +353,7 @@ def wait_listening(proc: subprocess.Popen, port: int, seconds: float = 180) -> N
 
 
 SCENARIOS = {"c1": (1, False), "c32": (32, False), "stream c1": (1, True)}
-SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "forwarder", "litellm")
+SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "ferryman postgres+redis", "forwarder", "litellm")
 
 
 def gateways(args: argparse.Namespace) -> None:
@@ -376,10 +379,14 @@ def gateways(args: argparse.Namespace) -> None:
             urls = {"ferryman sqlite": sqlite} if "ferryman sqlite" in wanted else {}
             if args.postgres and "ferryman postgres" in wanted:
                 urls["ferryman postgres"] = stack.enter_context(fresh_schema(args.postgres))
+            if args.postgres and args.redis and "ferryman postgres+redis" in wanted:
+                urls["ferryman postgres+redis"] = stack.enter_context(fresh_schema(args.postgres))
             for name, url in urls.items():
                 port = free_port()
                 key = ledger(url)
-                servers[name] = (start_server(["--serve-ferryman", str(port), url, str(catalog)], port), port, key)
+                redis = [args.redis] if name.endswith("+redis") else []
+                servers[name] = (start_server(["--serve-ferryman", str(port), url, str(catalog), *redis], port), port,
+                                 key)
             if "forwarder" in wanted:
                 port = free_port()
                 servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
@@ -448,7 +455,9 @@ def report_gateways(args: argparse.Namespace, names: list[str], scenarios: list[
     ratio_table = table(["ratio (within each round)", "median (min-max)", "target"], ratio_rows)
     print(main_table, stream_table, ratio_table, sep="\n\n")
     if set(names) != set(SERVERS) - ({"litellm"} if args.no_litellm else set()) - \
-            ({"ferryman postgres"} if not args.postgres else set()) or scenarios != list(SCENARIOS):
+            ({"ferryman postgres"} if not args.postgres else set()) - \
+            ({"ferryman postgres+redis"} if not (args.postgres and args.redis) else set()) or \
+            scenarios != list(SCENARIOS):
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
         return
     body = f"""
@@ -472,6 +481,7 @@ suffer from other work; the CPU-per-request figures and the within-round ratios 
 {ratio_table}
 """
     command = "bench/vs_peers.py" + (f" --postgres {args.postgres}" if args.postgres else "") + \
+        (f" --redis {args.redis}" if args.postgres and args.redis else "") + \
         f" --rounds {args.rounds} --requests-c1 {args.requests_c1} --requests-c32 {args.requests_c32}" \
         f" --requests-stream {args.requests_stream}"
     write_section("vs_peers", "Gateway side by side: Ferryman, LiteLLM, a minimal forwarder, direct", command, body)
@@ -490,6 +500,12 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
         return res["served"] / res["cpu"]
 
     rows = []
+    for name, label in (("ferryman postgres", "PostgreSQL"), ("ferryman postgres+redis", "PostgreSQL + Redis")):
+        if {name, "ferryman sqlite"} <= set(names) and "c32" in scenarios:
+            rows.append([f"Ferryman {label} / SQLite req/s, c32", per_round(
+                lambda r: len(results[name, "c32", r]["latencies"]) / results[name, "c32", r]["seconds"]
+                / (len(results["ferryman sqlite", "c32", r]["latencies"]) / results["ferryman sqlite", "c32", r]["seconds"])),
+                ">= 0.8"])
     if not {"ferryman sqlite", "forwarder"} <= set(names):
         return rows
     if "c1" in scenarios:
@@ -504,11 +520,6 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
             rows.append([f"Ferryman SQLite / LiteLLM req/s per core, {scenario}",
                          per_round(lambda r: per_core("ferryman sqlite", scenario, r) / per_core("litellm", scenario, r)),
                          ">= 4"])
-    if "ferryman postgres" in names and "c32" in scenarios:
-        rows.append(["Ferryman PostgreSQL / SQLite req/s, c32", per_round(
-            lambda r: len(results["ferryman postgres", "c32", r]["latencies"]) / results["ferryman postgres", "c32", r]["seconds"]
-            / (len(results["ferryman sqlite", "c32", r]["latencies"]) / results["ferryman sqlite", "c32", r]["seconds"])),
-            ">= 0.8"])
     return rows
 
 
@@ -671,6 +682,8 @@ def main() -> None:
     parser.add_argument("--postgres", help="also Ferryman on a PostgreSQL ledger: a database URL (the bench makes and "
                         "drops a schema of its own there)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the incumbent (no PyPI access)")
+    parser.add_argument("--redis", help="with --postgres, also Ferryman on PostgreSQL + Redis (rate limits and budget "
+                        "holds in Redis, records written in batches): a Redis URL")
     parser.add_argument("--servers", nargs="+", choices=SERVERS[1:], default=list(SERVERS[1:]),
                         help="gateways to run (direct always runs); a filtered run prints and leaves the docs alone")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
