@@ -3,7 +3,9 @@ model's GPU-hour price, to the micro-dollar, never past its per-token hold (so b
 reports, the admin API and `ferryman report` show the per-token and the GPU-hour cost side by side."""
 import csv
 import io
+import math
 from dataclasses import replace
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -154,3 +156,27 @@ def test_catalog_gpu_hour_prices_engine_models_only(billing):
     remote = {"name": "ext", "kind": "openai", "base_url": "http://x", "price": {"input": 1, "output": 1, "gpu_hour": 1}}
     with pytest.raises(ValidationError, match="only an engine model measures"):
         Catalog.model_validate({"models": [remote]})
+
+
+def test_real_engine_request_is_billed_the_gpu_seconds_it_used(sqlite_url, tmp_path):
+    """The whole chain: the engine attributes its steps' time to the request, the gateway settles with it, the
+    ledger bills it at the GPU-hour price (token prices set high, so the hold does not bind)."""
+    from backends.engine import EngineBackend, EngineConfig
+    from tests.engine.conftest import build_checkpoint
+
+    engine = EngineBackend("ferryman-small", EngineConfig(str(build_checkpoint(tmp_path / "tiny")), num_kv_blocks=16))
+    gw, billing = gateway_app(sqlite_url, backends={"ferryman-small": engine,
+                                                    "ferryman-large": EchoBackend("ferryman-large")})
+    billing.set_price("ferryman-small", input_micros_per_m=10**10, cached_input_micros_per_m=10**10,
+                      output_micros_per_m=10**10, gpu_hour_micros=36_000_000)  # $36/h: 10,000 micro-USD per GPU-s
+    key = billing.create_key(billing.create_tenant("acme")["id"])[0]
+    with serve(gw) as url, httpx.Client(base_url=url, timeout=60) as client:
+        answer = client.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "ferryman-small", "prompt": "hello there", "max_tokens": 6})
+        assert answer.status_code == 200, answer.text
+    record = billing.usage()[0]
+    billing.close()
+    gpu_seconds = record["gpu_seconds"]
+    assert gpu_seconds == pytest.approx(engine.engine.busy_seconds) and gpu_seconds > 0  # the only request
+    assert record["cost_micros"] == record["gpu_cost_micros"] == math.ceil(Decimal(repr(gpu_seconds)) * 10_000)
+    assert record["token_cost_micros"] > record["cost_micros"]
