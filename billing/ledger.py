@@ -239,16 +239,16 @@ class Ledger:
     def _hold(self, cursor, ref: BudgetRef, now: datetime, amount: int) -> int:
         budget_id, period = ref.id, ref.period
         key = period_key(period, now)
-        for _ in range(2):
+        row = self._hold_sql(cursor, budget=budget_id, period=key, amount=amount).fetchone()
+        if row is None:
+            # No hold: this period may have no row yet. Create it, or wait for the concurrent request that is creating
+            # it (PostgreSQL: the insert waits on its key, then does nothing), and try once more; none: the budget is full.
+            self._new_period(cursor, budget_id=budget_id, period_key=key, spent_micros=0, reserved_micros=0,
+                             alerted=False)
             row = self._hold_sql(cursor, budget=budget_id, period=key, amount=amount).fetchone()
-            if row is not None:
-                return row[0]
-            # No hold: either this period has no row yet (create it and try once more) or the budget is full.
-            created = self._new_period(cursor, budget_id=budget_id, period_key=key, spent_micros=0,
-                                       reserved_micros=0, alerted=False).fetchone()
-            if created is None:
-                break
-        raise _Full(budget_id, key)
+        if row is None:
+            raise _Full(budget_id, key)
+        return row[0]
 
     def _exceeded(self, budget_id: int, key: str, amount: int, model: str, prompt_tokens: int,
                   max_tokens: int) -> BudgetExceeded:

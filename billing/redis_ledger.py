@@ -15,8 +15,8 @@ Used when a Redis URL is configured (`FERRYMAN_REDIS_URL`); the database stays t
 - a replica that dies mid-request leaves its holds; any replica reaps them once expired (`reap_expired`), through
   the same settle script, so each becomes exactly one zero-cost 'expired' record.
 
-Finance reads the database: it lags the settlements by the writer's batch (one transaction, under 100 ms while
-a writer runs). If Redis loses its data, budgets re-seed from the database, which lacks the unwritten batch.
+Finance reads the database: it lags the settlements by the writer's interval plus one transaction (50 ms + a few
+ms while a writer runs; under 100 ms). If Redis loses its data, budgets re-seed from the database, which lacks the unwritten batch.
 """
 from __future__ import annotations
 
@@ -208,8 +208,10 @@ class RedisLedger(Ledger):
 class Writer:
     """Writes the settled stream to the database in batches; one per gateway process (a thread)."""
 
-    def __init__(self, ledger: RedisLedger, batch: int = 500, block_ms: int = 100, claim_idle_ms: int = 30_000):
+    def __init__(self, ledger: RedisLedger, batch: int = 1000, block_ms: int = 100, claim_idle_ms: int = 30_000,
+                 interval_s: float = 0.05):
         self.ledger, self.batch, self.block_ms, self.claim_idle_ms = ledger, batch, block_ms, claim_idle_ms
+        self.interval_s = interval_s  # after a batch, let the next one gather: one transaction per interval
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.redis = ledger.redis
         self._stop = threading.Event()
@@ -243,7 +245,8 @@ class Writer:
                 if time.monotonic() >= next_claim:  # a dead writer's entries, once they sat unacknowledged a while
                     self.claim(self.claim_idle_ms)
                     next_claim = time.monotonic() + self.claim_idle_ms / 3000
-                self.step(self.block_ms)
+                if 0 < self.step(self.block_ms) < self.batch:
+                    self._stop.wait(self.interval_s)
             except Exception:  # Redis or the database away: the entries stay pending; try again shortly
                 log.exception("ledger writer: batch failed, retrying")
                 self._stop.wait(1.0)
