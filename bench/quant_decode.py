@@ -1,4 +1,4 @@
-"""Decode speed of our engine on models/large per weight quantization mode, at batch 1 and batch 8.
+"""Decode speed of our engine on models/large per weight quantization mode, at batch 1, 8 and 32.
 
 Each run: `batch` requests with 32-token prompts arrive together; greedy, EOS ignored, 64 new
 tokens each. Decode tokens/s counts the tokens after each request's first one, over the time
@@ -7,7 +7,7 @@ same run. Also: whether each mode's greedy tokens equal fp32's (token agreement)
 
 Writes the `quant_decode` section of docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--rounds 3] [--threads 1]
+    .venv/bin/python bench/quant_decode.py [--new-tokens 64] [--rounds 3] [--threads 1] [--batch 1 8 32]
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def decode(engine: LLMEngine, prompts: list[list[int]], new_tokens: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on CPU; 1 keeps timings steady on a shared machine")
     parser.add_argument("--rounds", type=int, default=3,
@@ -66,8 +66,9 @@ def main() -> None:
 
     engines = {mode: LLMEngine(EngineConfig(model=str(MODEL), quantization=mode, num_threads=args.threads))
                for mode in tqdm(MODES, desc="loading")}
-    for engine in engines.values():
-        decode(engine, prompts[:1], 4)  # warm-up: first-call allocations, weight packing, kernel compilation on GPU
+    for engine in engines.values():  # warm-up at every batch size: first-call allocations per shape, weight
+        for batch in args.batch:       # packing, kernel compilation on GPU
+            decode(engine, prompts[:batch], 4)
     speed, outputs = defaultdict(list), {}
     for _ in tqdm(range(args.rounds), desc="rounds"):
         for batch in args.batch:
@@ -93,14 +94,16 @@ def main() -> None:
 prompts, {args.new_tokens} new tokens per request, greedy, EOS ignored; decode tokens/s excludes prefill (from every
 request's first token to the last); median and min-max of {args.rounds} interleaved rounds (each round runs every
 mode at every batch size, so load from other processes falls on all alike; ratios are taken within a round);
-{args.threads} torch thread(s) on CPU. On an x86 CPU int8 runs fbgemm's int8 GEMM with activations quantized per
-row on the fly (7-bit on AVX2), so its tokens can drift from fp32's (quality: the quant_quality section); int4
+{args.threads} torch thread(s) on CPU, the same in every arm. On an x86 CPU int8 runs fbgemm's int8 GEMM with
+activations quantized on the fly, symmetric per row (7-bit), so its tokens can drift from fp32's (quality: the
+quant_quality section); `lm_head` stays fp32 in every arm. int4
 dequantizes its weights every forward there (torch reference path), trading speed for memory. On a GPU the
 fused Triton kernels read the quantized weights directly. Load average at the end: {load}.
 
 {result}
 """
-    command = f"bench/quant_decode.py --new-tokens {args.new_tokens} --rounds {args.rounds}"
+    batches = " ".join(map(str, args.batch))
+    command = f"bench/quant_decode.py --new-tokens {args.new_tokens} --rounds {args.rounds} --batch {batches}"
     write_section("quant_decode", "Quantized weights: engine decode speed", command, body)
 
 

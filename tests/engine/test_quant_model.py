@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from backends.engine.quant import (QuantLinear, load_quantized, quant_shells, quantize_model, save_quantized,
                                   weight_bytes)
 from backends.engine.quant.formats import dequantize_int4, dequantize_int8
-from backends.engine.quant.linear import FBGEMM
+from backends.engine.quant.linear import CACHED_ROWS, FBGEMM
 
 VOCAB = 64
 
@@ -84,6 +84,20 @@ def test_int8_cpu_gemm_rows_are_batch_invariant():
     for i in range(6):
         assert torch.equal(layer(x[i:i + 1]), batch[i:i + 1])
         assert (batch[i] - expected[i]).norm() / expected[i].norm() < 0.02
+
+
+@pytest.mark.skipif(not FBGEMM, reason="needs an x86 CPU (fbgemm's int8 GEMM)")
+def test_int8_cpu_gemm_long_batches_and_zero_rows():
+    """A batch past the reused decode buffer (a prefill) gets the same rows, and an all-zero row gives the bias."""
+    torch.manual_seed(4)
+    layer = QuantLinear.from_linear(nn.Linear(128, 40, bias=True), "int8")
+    x = torch.randn(CACHED_ROWS + 40, 128)
+    x[7] = 0.0
+    batch = layer(x)
+    assert torch.equal(batch[7], layer.bias)
+    for i in (0, 7, CACHED_ROWS + 39):
+        assert torch.equal(layer(x[i:i + 1])[0], batch[i])
+    assert torch.equal(layer(x[:5]), batch[:5])  # the reused buffer's anchor row survived the long batch
 
 
 def test_int8_cpu_packing_follows_the_loaded_weights():

@@ -1,6 +1,7 @@
 """QuantLinear: a drop-in for nn.Linear that keeps only the quantized weight."""
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -11,7 +12,12 @@ from backends.engine.quant import formats
 
 # fbgemm (x86) has int8 GEMM kernels for CPUs; elsewhere (ARM) int8 runs the reference path.
 FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
-MIN_HALF_RANGE = 1e-12  # a constant row divides by this instead of 0
+# 8-bit activations where fbgemm's kernels accumulate uint8 x int8 products straight into int32 (AVX-512 VNNI);
+# elsewhere 7-bit, so AVX2's pairwise int16 accumulation cannot saturate.
+REDUCE_RANGE = not torch.cpu._is_vnni_supported()
+MIN_MAGNITUDE = 1e-12  # an all-zero row divides by this instead of 0
+CACHED_ROWS = 257  # decode batches up to 256 reuse a buffer
+_rows = threading.local()  # per thread: in_features -> a reusable [rows, in_features] buffer, anchor row first
 
 
 class QuantLinear(nn.Module):
@@ -86,32 +92,27 @@ class QuantLinear(nn.Module):
 
     def _forward_fbgemm(self, x: torch.Tensor) -> torch.Tensor:
         """int8 x int8 GEMM on the CPU. fbgemm quantizes activations with one range for the whole tensor;
-        QuantLinear maps each row's own [min, max] onto [-1, 1] and adds an anchor row spanning exactly that,
-        so every row is quantized on its own range, and a request's result never depends on the rest of its
-        batch. W x = half * W x' + mid * W 1 undoes the mapping (W 1: the dequantized weight's row sums).
+        QuantLinear divides each row by its largest magnitude and puts an anchor row [1, -1, 0, ...] first, so the
+        tensor's range is exactly [-1, 1] whatever the batch: every row is quantized on its own symmetric range,
+        and a request's result never depends on the rest of its batch. Scaling each output row back by its
+        magnitude undoes the division. Symmetric, not [min, max]: half the per-call ops (at decode the GEMM is
+        small and these ops were most of the time), and post-norm activations are near-symmetric anyway.
         """
         x2d = x.reshape(-1, self.in_features).float()
-        lo, hi = x2d.amin(dim=1, keepdim=True), x2d.amax(dim=1, keepdim=True)  # aminmax(dim) is 50x slower
-        mid, half = (hi + lo) / 2, ((hi - lo) / 2).clamp_(min=MIN_HALF_RANGE)
-        packed, row_sums, anchor = self._packed()
-        rows = torch.empty(x2d.shape[0] + 1, self.in_features)
-        # Two plain ops, not one fused multiply-add: FMA or not would depend on the batch's shape.
-        torch.sub(x2d, mid, out=rows[:-1]).div_(half)
-        rows[-1] = anchor
-        # reduce_range: 7-bit activations, so AVX2's pairwise int16 accumulation cannot saturate.
-        y = torch.ops.quantized.linear_dynamic(rows, packed, True)[:-1].mul_(half).add_(mid * row_sums)
+        # abs().amax(dim): linalg.vector_norm(inf, dim) and aminmax(dim) are 20-50x slower.
+        magnitude = x2d.abs().amax(dim=1, keepdim=True).clamp_(min=MIN_MAGNITUDE)
+        rows = _anchored_rows(x2d.shape[0], self.in_features)
+        torch.div(x2d, magnitude, out=rows[1:])
+        y = torch.ops.quantized.linear_dynamic(rows, self._packed(), REDUCE_RANGE)[1:].mul_(magnitude)
         if self.bias is not None:
             y += self.bias.float()
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
-    def _packed(self) -> tuple[torch.ScriptObject, torch.Tensor, torch.Tensor]:
-        """fbgemm's packed copy of qweight, its row sums and the anchor row; rebuilt whenever the buffers change
-        (checkpoint loads)."""
+    def _packed(self) -> torch.ScriptObject:
+        """fbgemm's packed copy of qweight; rebuilt whenever the buffers change (checkpoint loads)."""
         key = (self.qweight.data_ptr(), self.scales.data_ptr(), *map(_version, (self.qweight, self.scales)))
         if getattr(self, "_packed_key", None) != key:
-            anchor = torch.zeros(self.in_features)
-            anchor[:2] = torch.tensor([1.0, -1.0])
-            self._cpu_packed = _fbgemm_pack(self.qweight, self.scales), self.dequantized_weight().sum(dim=1), anchor
+            self._cpu_packed = _fbgemm_pack(self.qweight, self.scales)
             self._packed_key = key
         return self._cpu_packed
 
@@ -130,6 +131,26 @@ def _fbgemm_pack(qweight: torch.Tensor, scales: torch.Tensor) -> torch.ScriptObj
         weight = torch._make_per_channel_quantized_tensor(qweight, scales.double(), zero_points, 0)
     # No bias in the pack: forward scales the GEMM's rows back by their range, which the bias must not see.
     return torch.ops.quantized.linear_prepack(weight, None)
+
+
+def _anchored_rows(m: int, in_features: int) -> torch.Tensor:
+    """[m + 1, in_features]: row 0 is the anchor [1, -1, 0, ...], rows 1.. are for the caller to fill. Up to
+    CACHED_ROWS, one buffer per thread and width, shared by every layer of that width (each call fills it before its
+    GEMM reads it), so decode allocates nothing; a long prefill allocates its own (its GEMM dwarfs that)."""
+    if m + 1 > CACHED_ROWS:
+        return _new_anchored_rows(m + 1, in_features)
+    buf = _rows.__dict__.get(in_features)
+    if buf is None:
+        buf = _rows.__dict__[in_features] = _new_anchored_rows(CACHED_ROWS, in_features)
+    return buf[:m + 1]
+
+
+def _new_anchored_rows(n: int, in_features: int) -> torch.Tensor:
+    with torch.inference_mode(False):  # an inference tensor could not be written outside inference mode
+        buf = torch.empty(n, in_features)
+    buf[0] = 0.0
+    buf[0, :2] = torch.tensor([1.0, -1.0])
+    return buf
 
 
 def _version(t: torch.Tensor) -> int | None:
