@@ -95,7 +95,7 @@ prompts, {args.new_tokens} new tokens per request, greedy, EOS ignored; decode t
 request's first token to the last); median and min-max of {args.rounds} interleaved rounds (each round runs every
 mode at every batch size, so load from other processes falls on all alike; ratios are taken within a round);
 {args.threads} torch thread(s) on CPU, the same in every arm. On an x86 CPU int8 runs fbgemm's int8 GEMM with
-activations quantized on the fly, symmetric per row (7-bit), so its tokens can drift from fp32's (quality: the
+activations quantized on the fly, symmetric per row (8-bit on AVX-512 VNNI, else 7-bit), so its tokens can drift from fp32's (quality: the
 quant_quality section); `lm_head` stays fp32 in every arm. int4
 dequantizes its weights every forward there (torch reference path), trading speed for memory. On a GPU the
 fused Triton kernels read the quantized weights directly. Load average at the end: {load}.

@@ -644,7 +644,7 @@ def report_engines(args: argparse.Namespace, speed: dict, tokens: dict) -> None:
 greedy, EOS ignored, all {PROMPTS} submitted together; one thread per engine, each engine its own process.
 Tokens/s = {PROMPTS * NEW_TOKENS} generated tokens / wall time of the whole workload (prefill included); median
 and min-max of {args.rounds} interleaved rounds (each round runs every engine once). Ratios are taken within
-each round. Our int8 runs fbgemm's int8 GEMM (activations quantized per row, 7-bit on AVX2); CTranslate2
+each round. Our int8 runs fbgemm's int8 GEMM (activations quantized symmetric per row; 8-bit on AVX-512 VNNI, else 7-bit); CTranslate2
 {CT2_VERSION} (installed by the bench into `.bench-venv/ct2`, model converted by its converter) runs its own
 int8 GEMM. Last column: requests whose {NEW_TOKENS} tokens equal HF generate's fp32 tokens exactly.
 Load average at the end: {_loadavg()}.
