@@ -249,7 +249,8 @@ every linear layer but `lm_head` becomes a `QuantLinear` (`backends/engine/quant
 `lm_head` stay in the variant's float type (fp32 for the int rows; the fp32 row is the stored weights in fp32). int8: symmetric, one float16 scale per
 output row. int4: asymmetric, a float16 scale and a 4-bit zero-point per output row and group of `g` input
 columns, two codes per byte. Activations stay fp32 (bf16 for the bf16 row), except int8 on an x86 CPU: fbgemm's
-int8 GEMM quantizes them per row on the fly (7-bit on AVX2), which is what its rows here measure.
+int8 GEMM quantizes them on the fly, symmetric per row (8-bit on AVX-512 VNNI, else 7-bit), which is what its rows
+here measure.
 
 Perplexity on {args.ppl_tokens} tokens of held-out text (`models/heldout.txt`, windows of {WINDOW});
 "argmax = fp32": share of those positions whose next-token argmax equals fp32's. Exact match on
