@@ -3,7 +3,8 @@ over keep-alive connections pooled per upstream (plain TCP or TLS).
 
 httpx cost ~40% of the gateway's CPU per proxied request (its URL, cookie, auth and redirect layers, then h11 and
 anyio under httpcore); an OpenAI-compatible upstream needs none of it. A connection goes back to the pool only when
-its answer was read to the end and the server keeps it open; a stream left half-read is closed.
+its answer was read to the end and the server keeps it open; a stream left half-read is closed. Connections go
+straight to the upstream: HTTP(S)_PROXY variables (which httpx followed) are not applied.
 """
 from __future__ import annotations
 
@@ -149,6 +150,8 @@ class Pool:
                     yield (await self._read(reader.readexactly(size + 2)))[:-2]
                 while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, then a blank line
                     pass
+            elif answer.status in (204, 304):  # no body, whatever the headers say
+                return
             elif (length := int(answer.headers.get("content-length", -1))) >= 0:
                 if length:
                     yield await self._read(reader.readexactly(length))

@@ -96,6 +96,11 @@ def test_chunked_sse_split_anywhere_and_a_body_without_length():
         assert (await p.post("/x", b"{}"))[1] == b"to the end"
         assert not p.idle  # no length: the connection ended with the body
         server.close()
+        server, _ = await serve(b"HTTP/1.1 204 No Content\r\n\r\n")
+        p = pool(server, timeout_s=1.0)
+        assert (await p.post("/x", b"{}"))[1] == b"" and len(p.idle) == 1  # no body to wait for
+        p.close()
+        server.close()
 
     asyncio.run(main())
 
