@@ -172,7 +172,7 @@ class Operators:
     def set_price(self, model: str, *, input_micros_per_m: int, cached_input_micros_per_m: int,
                   output_micros_per_m: int, gpu_hour_micros: int | None | EllipsisType = ...) -> dict:
         """`gpu_hour_micros` set: the model is billed per GPU-second at that price (see Price); None: per token;
-        left out: as it was, so an edit of the token prices alone (the admin page's) keeps the GPU-hour price."""
+        left out: as it was, so an edit of the token prices alone (`prices set` without --gpu-hour-usd) keeps it."""
         model = _name(model, "model")
         if gpu_hour_micros is ...:
             with self.engine.connect() as conn:

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 from openai import APIStatusError, AuthenticationError, OpenAI, RateLimitError
 
 from tests.ui.helpers import ADMIN, ADMIN_KEY, ROOT, shot, usd_text
@@ -257,6 +258,19 @@ def test_price_edits_validate_and_apply_to_the_next_request(signed_in):
     added = {p["model"]: p for p in billing.list_prices()}["partner-70b"]
     assert (added["input_micros_per_m"], added["cached_input_micros_per_m"], added["output_micros_per_m"]) == \
         (3_000_000, 750_000, 12_000_000)
+    assert added["gpu_hour_micros"] is None  # left empty: billed per token
+
+    # A GPU-hour price set elsewhere shows in the table; the field sets and clears it (empty: per-token billing).
+    billing.set_price("partner-70b", input_micros_per_m=3_000_000, cached_input_micros_per_m=750_000,
+                      output_micros_per_m=12_000_000, gpu_hour_micros=2_490_000)
+    tab(page, "spend")
+    tab(page, "prices")
+    row = "#price-table tr[data-model=partner-70b]"
+    expect(page.locator(f"{row} input[name=gpu_hour_micros]")).to_have_value("2.49")
+    for shown, stored in (("", None), ("1.5", 1_500_000)):
+        page.fill(f"{row} input[name=gpu_hour_micros]", shown)
+        page.click(f"{row} button:has-text('Save')")
+        until(lambda: {p["model"]: p for p in billing.list_prices()}["partner-70b"]["gpu_hour_micros"] == stored)
     shot(page, "prices")
 
 
@@ -313,3 +327,4 @@ def test_names_are_shown_as_text_never_markup(signed_in):
     tab(page, "spend")
     page.wait_for_selector("#budget-bars .budget-row")
     assert page.query_selector("main img") is None
+

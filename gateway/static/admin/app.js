@@ -656,11 +656,13 @@ async function loadPrices() {
 function priceRow(price) {
   const inputs = PRICE_FIELDS.map(([field, label]) => h("input", {
     name: field, "aria-label": label, inputmode: "decimal", value: price ? exactDollars(price[field]) : "", placeholder: "0.00" }));
+  const gpuHour = h("input", { name: "gpu_hour_micros", "aria-label": "GPU-hour", inputmode: "decimal",
+    value: price && price.gpu_hour_micros != null ? exactDollars(price.gpu_hour_micros) : "", placeholder: "per token" });
   const model = price ? h("b", {}, price.model) : h("input", { name: "model", placeholder: "new model name", "aria-label": "Model" });
   const save = h("button", { type: "button", class: price ? "" : "primary" }, price ? "Save" : "Add price");
   save.addEventListener("click", async () => {
     $("#price-error").textContent = "";
-    inputs.forEach((i) => i.classList.remove("invalid"));
+    [...inputs, gpuHour].forEach((i) => i.classList.remove("invalid"));
     try {
       const name = price ? price.model : model.value.trim();
       if (!name) throw new Error("A price needs a model name.");
@@ -673,6 +675,14 @@ function priceRow(price) {
           throw e;
         }
       }
+      // Empty: billed per token. A GPU-hour price bills engine models their GPU-seconds (capped by the token price).
+      const gpu = gpuHour.value.trim();
+      try {
+        body.gpu_hour_micros = gpu ? dollarsToMicros(gpu, `The GPU-hour price of ${name}`) : null;
+      } catch (e) {
+        gpuHour.classList.add("invalid");
+        throw e;
+      }
       save.disabled = true;
       await sendJSON("PUT", `/admin/prices/${encodeURIComponent(name)}`, body);
       toast(`Price of ${name} saved`);
@@ -684,7 +694,7 @@ function priceRow(price) {
     }
   });
   return h("tr", { dataset: { model: price ? price.model : "" } }, h("td", {}, model),
-    ...inputs.map((i) => h("td", { class: "num" }, i)),
+    ...[...inputs, gpuHour].map((i) => h("td", { class: "num" }, i)),
     h("td", { class: "muted" }, price ? when(price.updated_at) : ""), h("td", { class: "num" }, save));
 }
 
