@@ -73,6 +73,11 @@ class Keys:
             return None
         return principal
 
+    def cached(self, api_key: str) -> bool:
+        """Whether `authenticate` can answer from the cache, without reading the database."""
+        hit = self._principals.get(hash_key(api_key))
+        return hit is not None and hit[0] > time.monotonic()
+
     def forget(self) -> None:
         """Drop the cache: an operator's edit shows on this replica at once."""
         self._principals.clear()

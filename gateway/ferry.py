@@ -87,7 +87,11 @@ class Ferry:
     # --- who is asking -------------------------------------------------------------------------
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        return await self.ledger(self.principal_for, authorization)
+        # A cached key (the usual case) is answered on the loop: only a database read is worth a thread hop.
+        key = _bearer(authorization)
+        if key and not self.billing.keys.cached(key):
+            return await self.ledger(self.principal_for, authorization)
+        return self.principal_for(authorization)
 
     def principal_for(self, authorization: str | None) -> Principal:
         """The caller's tenant and key (blocking: it may read the ledger)."""

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -190,3 +191,36 @@ def test_a_gateway_killed_mid_burst_loses_and_double_counts_nothing(billing, pg_
     assert spend_rows(billing) == [(total, 0)]  # the database's spend: each record counted exactly once
     assert redis_counters(billing, principal) == {b"spent": total, b"reserved": 0}
     assert total <= 200 * 80 + 7
+
+
+def test_a_served_request_makes_no_database_round_trip_nor_thread_hop(pg_url, redis_url, prefix, monkeypatch):
+    """Through the whole gateway on PostgreSQL + Redis: once the key, price and budget period are cached, a
+    request reads nothing from the database and runs on the event loop (the money path is Redis alone)."""
+    import gateway.ferry
+    from tests.billing.helpers import gateway_app
+    from tests.util import serve
+
+    app, billing = gateway_app(pg_url, redis_url=redis_url, redis_prefix=prefix)
+    tenant = billing.create_tenant("acme")
+    key, _ = billing.create_key(tenant["id"])
+    billing.set_budget(tenant["id"], limit_micros=10**9, period="monthly")
+    body = {"model": SMALL, "prompt": PROMPT[:20], "max_tokens": 5}
+    headers = {"Authorization": f"Bearer {key}"}
+    hops, checkouts = [], []
+    to_thread = asyncio.to_thread
+
+    async def counted(fn, *args, **kwargs):
+        hops.append(getattr(fn, "__name__", fn))
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(gateway.ferry.asyncio, "to_thread", counted)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/v1/completions", json=body, headers=headers).status_code == 200  # warms the caches
+        hops.clear()
+        # The batch writer's own transactions (thread "ledger-writer") are off the request path.
+        event.listen(billing.engine, "checkout",
+                     lambda *a: threading.current_thread().name != "ledger-writer" and checkouts.append(1))
+        for _ in range(5):
+            assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
+        assert (hops, checkouts) == ([], [])
+    billing.close()
