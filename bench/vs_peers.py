@@ -465,8 +465,9 @@ Non-streaming `/v1/chat/completions` ({args.requests_c1} requests at concurrency
 streaming at concurrency 1 ({args.requests_stream} requests; the mock streams a role chunk, {CHUNKS} content chunks,
 a finish chunk, a usage-only chunk and `[DONE]`), through each server to the same mock upstream (raw asyncio,
 answers at once). Ferryman: one uvicorn process, a catalog with one `kind: openai` model, one tenant with a
-budget, a key and rate limits (every admission check runs), the SQLite ledger (WAL) or a PostgreSQL schema of
-its own. LiteLLM {LITELLM_VERSION} proxy: one worker, a master key, no database (so it records no spend: less
+budget, a key and rate limits (every admission check runs), the SQLite ledger (WAL), a PostgreSQL schema of
+its own, or that schema with Redis (rate limits and budget holds in Redis, usage records written to PostgreSQL in
+batches by a writer thread in the same process, whose CPU counts). LiteLLM {LITELLM_VERSION} proxy: one worker, a master key, no database (so it records no spend: less
 work than Ferryman). Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
 Each cell: median of {args.rounds} interleaved rounds, min-max in brackets; "added" = that server's percentile
 minus direct's in the same round. Server CPU = user + system time of every process of the server during the
