@@ -218,6 +218,14 @@ class Writer:
         self._thread: threading.Thread | None = None
         dialect = ledger.engine.dialect.name
         self._insert = (postgresql if dialect == "postgresql" else sqlite).insert
+        # Built once and executed with a list of rows (SQLAlchemy's batched "insertmanyvalues"): a statement
+        # compiled for each batch's row count cost the writer more CPU than the rows themselves.
+        self._new_records = (self._insert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+                             .returning(usage_records.c.request_id))
+        upsert = self._insert(budget_spend)
+        self._add_spend = upsert.on_conflict_do_update(
+            index_elements=["budget_id", "period_key"],
+            set_={"spent_micros": budget_spend.c.spent_micros + upsert.excluded.spent_micros})
         try:
             self.redis.xgroup_create(ledger.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -290,9 +298,7 @@ class Writer:
         """One transaction: new records, spend for exactly those, alerts. Idempotent, so redelivery is safe."""
         records = {b["record"]["request_id"]: b for b in batch}
         with self.ledger.engine.begin() as conn:
-            inserted = set(conn.execute(
-                self._insert(usage_records).values([b["record"] for b in records.values()])
-                .on_conflict_do_nothing(index_elements=["request_id"]).returning(usage_records.c.request_id)).scalars())
+            inserted = set(conn.execute(self._new_records, [b["record"] for b in records.values()]).scalars())
             spend: dict[tuple[int, str], int] = {}
             for rid in inserted:
                 for budget_id, key, _ in records[rid]["budgets"]:
@@ -304,10 +310,7 @@ class Writer:
             rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted": False}
                     for (b, k), c in sorted(spend.items()) if b in live]
             if rows:
-                upsert = self._insert(budget_spend).values(rows)
-                conn.execute(upsert.on_conflict_do_update(
-                    index_elements=["budget_id", "period_key"],
-                    set_={"spent_micros": budget_spend.c.spent_micros + upsert.excluded.spent_micros}))
+                conn.execute(self._add_spend, rows)
             for (budget_id, key, limit), spent in alerts:
                 if budget_id not in live:
                     continue
