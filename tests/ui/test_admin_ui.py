@@ -267,10 +267,13 @@ def test_price_edits_validate_and_apply_to_the_next_request(signed_in):
     tab(page, "prices")
     row = "#price-table tr[data-model=partner-70b]"
     expect(page.locator(f"{row} input[name=gpu_hour_micros]")).to_have_value("2.49")
-    for shown, stored in (("", None), ("1.5", 1_500_000)):
+    for shown, stored in (("", None), ("1.25", 1_250_000)):
+        before = page.query_selector(row)
         page.fill(f"{row} input[name=gpu_hour_micros]", shown)
         page.click(f"{row} button:has-text('Save')")
+        before.wait_for_element_state("hidden")  # a save re-renders the table: the next fill must use the new row
         until(lambda: {p["model"]: p for p in billing.list_prices()}["partner-70b"]["gpu_hour_micros"] == stored)
+        expect(page.locator(f"{row} input[name=gpu_hour_micros]")).to_have_value(shown)
     shot(page, "prices")
 
 
