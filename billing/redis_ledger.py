@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
@@ -166,7 +166,7 @@ class RedisLedger(Ledger):
     def _charge(self, res: Hold, record: UsageRecord) -> bool:
         keys = [self.holds_key, self.expiry_key, self.stream,
                 *[self.budget_key(r.id, p) for r, p in zip(res.budgets, res.period_keys)]]
-        fields = {**asdict(record), "created_at": record.created_at.isoformat()}
+        fields = {**vars(record), "created_at": record.created_at.isoformat()}  # flat: no deep copy
         budgets_json = json.dumps([[r.id, p, r.limit_micros] for r, p in zip(res.budgets, res.period_keys)])
         args = [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
                 *[r.limit_micros * r.alert_percent for r in res.budgets]]
