@@ -19,6 +19,10 @@ from backends.base import BackendRejected, BackendUnavailable, GenerationRequest
 from backends.wire import Pool, WireError
 
 
+# What parsing an answer that is not an OpenAI chat completion raises (bad JSON, missing or mistyped fields).
+NOT_AN_ANSWER = (ValueError, KeyError, IndexError, TypeError, AttributeError)
+
+
 class OpenAIUpstream:
     def __init__(self, name: str, base_url: str, *, api_key: str | None = None, upstream_model: str | None = None,
                  tokenizer=None, timeout_s: float = 120.0, connect_timeout_s: float = 5.0,
@@ -74,14 +78,17 @@ class OpenAIUpstream:
         except WireError as exc:
             raise BackendUnavailable(f"{self.name}: {exc}") from None
         _raise_for(self.name, response.status, response.headers, content)
-        answer = json.loads(content)
-        choice = answer["choices"][0]
-        message = choice.get("message") or {}
-        text = message.get("content") or ""
-        delta = TokenDelta(text, [], choice.get("finish_reason") or "stop", None, None,
-                           message.get("tool_calls") or None, choice.get("logprobs"))
-        delta.logprobs = _floats(choice.get("logprobs")) if request.params.logprobs else None
-        delta.usage = self._usage(answer.get("usage"), request, [text])
+        try:
+            answer = json.loads(content)
+            choice = answer["choices"][0]
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            delta = TokenDelta(text, [], choice.get("finish_reason") or "stop", None, None,
+                               message.get("tool_calls") or None, choice.get("logprobs"))
+            delta.logprobs = _floats(choice.get("logprobs")) if request.params.logprobs else None
+            delta.usage = self._usage(answer.get("usage"), request, [text])
+        except NOT_AN_ANSWER as exc:
+            raise self._garbled(exc) from None
         return delta
 
     async def _streamed(self, request: GenerationRequest, body: dict) -> AsyncIterator[TokenDelta]:
@@ -104,7 +111,14 @@ class OpenAIUpstream:
                             yield delta
         except WireError as exc:
             raise BackendUnavailable(f"{self.name}: {exc}") from None
+        except NOT_AN_ANSWER as exc:
+            raise self._garbled(exc) from None
         yield TokenDelta("", [], finish or "stop", self._usage(usage, request, texts))
+
+    def _garbled(self, exc: Exception) -> BackendUnavailable:
+        """An upstream's malformed answer is its fault, not the caller's: never a 400 or a 500 to the tenant."""
+        return BackendUnavailable(f"{self.name} answered something that is not an OpenAI chat completion "
+                                  f"({type(exc).__name__})")
 
     @staticmethod
     def _delta(choice: dict, request: GenerationRequest) -> TokenDelta:
@@ -114,10 +128,10 @@ class OpenAIUpstream:
         return TokenDelta(d.get("content") or "", [], None, None, floats, d.get("tool_calls") or None, logprobs)
 
     def _usage(self, reported: dict | None, request: GenerationRequest, texts: list[str]) -> Usage:
-        if reported:
-            cached = (reported.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-            return Usage(reported["prompt_tokens"], reported["completion_tokens"], cached)
-        # No usage from the upstream: count with the model's tokenizer when configured, else estimate.
+        counts = _counts(reported)
+        if counts is not None:
+            return Usage(*counts)
+        # No usable usage from the upstream: count with the model's tokenizer when configured, else estimate.
         prompt = json.dumps(request.messages, ensure_ascii=False)
         return Usage(self.count(prompt), self.count("".join(texts)), 0, estimated=True)
 
@@ -140,6 +154,18 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield line.rstrip(b"\r")
     if rest:
         yield rest.rstrip(b"\r")
+
+
+def _counts(reported) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached) tokens as the upstream reported them; None when absent or not plausible
+    counts (a negative or non-integer count must not become a bill)."""
+    try:
+        counts = (reported["prompt_tokens"], reported["completion_tokens"],
+                  (reported.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    plausible = all(type(n) is int and n >= 0 for n in counts) and counts[2] <= counts[0]
+    return counts if plausible else None
 
 
 def _raise_for(name: str, status: int, headers, content: bytes) -> None:

@@ -1,8 +1,10 @@
 """backends/wire.py against raw asyncio servers: keep-alive reuse, a pooled connection the server dropped while
-idle, chunked bodies split anywhere, bodies without a length, timeouts and refused connections."""
+idle, chunked bodies split anywhere, bodies without a length, timeouts and refused connections; and what
+OpenAIUpstream makes of malformed answers (the upstream's fault: BackendUnavailable, never the caller's)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
@@ -121,3 +123,56 @@ def test_timeout_and_refused_connection_are_wire_errors():
             await refused.post("/chat/completions", b"{}")
 
     asyncio.run(main())
+
+
+def _http(body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: " + content_type + b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+def _ask(answer: bytes, stream: bool) -> list:
+    """The deltas OpenAIUpstream makes of one canned upstream answer."""
+    from backends.base import GenerationRequest, SamplingParams
+    from backends.openai_upstream import OpenAIUpstream
+
+    async def main():
+        server, _ = await serve(answer)
+        port = server.sockets[0].getsockname()[1]
+        upstream = OpenAIUpstream("m", f"http://127.0.0.1:{port}/v1")
+        request = GenerationRequest("r", [], SamplingParams(max_tokens=8), messages=[{"role": "user", "content": "hi"}],
+                                    stream=stream)
+        try:
+            return [d async for d in upstream.generate(request)]
+        finally:
+            await upstream.stop()
+            server.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("body", [b"<html>502 from a proxy</html>", b'{"object": "chat.completion"}',
+                                  b'{"choices": []}', b'{"choices": [null]}', b"[1, 2]"])
+def test_a_malformed_whole_answer_is_the_upstreams_fault(body):
+    from backends.base import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="not an OpenAI chat completion"):
+        _ask(_http(body), stream=False)
+
+
+@pytest.mark.parametrize("events", [b"data: {not json\n\n", b'data: {"choices": "abc"}\n\n',
+                                    b'data: {"choices": [{"delta": 7}]}\n\n'])
+def test_a_malformed_stream_is_the_upstreams_fault(events):
+    from backends.base import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="not an OpenAI chat completion"):
+        _ask(_http(events + b"data: [DONE]\n\n", b"text/event-stream"), stream=True)
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": -5, "completion_tokens": 3}, {"prompt_tokens": "7"},
+                                   {"prompt_tokens": 2, "completion_tokens": 1,
+                                    "prompt_tokens_details": {"cached_tokens": 9}}, [1]])
+def test_implausible_reported_usage_is_replaced_by_an_estimate(usage):
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "four byte"}, "finish_reason": "stop"}],
+                       "usage": usage}).encode()
+    [delta] = _ask(_http(body), stream=False)
+    assert delta.text == "four byte" and delta.usage.estimated
+    assert delta.usage.prompt_tokens > 0 and delta.usage.completion_tokens == 3  # 9 bytes at ~4 bytes a token
