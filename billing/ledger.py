@@ -262,11 +262,7 @@ class Ledger:
 
     # --- settle --------------------------------------------------------------------------------------
 
-    def settle(self, res: Reservation, *, prompt_tokens: int, cached_tokens: int = 0, completion_tokens: int,
-               latency_ms: float | None = None, route: str | None = None, difficulty: float | None = None,
-               status: str = "ok", estimated: bool = False, route_group: str | None = None,
-               baseline_model: str | None = None, gpu_seconds: float | None = None,
-               prompt_text: str | None = None) -> UsageRecord:
+    def settle(self, res: Reservation, **usage) -> UsageRecord:
         """Charge the actual cost, release the rest of the hold, write the one usage record. Idempotent.
 
         A server-side failure (`SERVER_FAILURES`) that produced no completion token costs nothing; a client
@@ -274,10 +270,7 @@ class Ledger:
         would have charged for the same tokens is kept beside the cost, so savings are per record.
         A model with a GPU-hour price is billed its `gpu_seconds` at that price (the per-token cost is recorded
         beside it). `prompt_text` is kept only for tenants that opted in."""
-        record = self.usage_record(res, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,
-                                   completion_tokens=completion_tokens, latency_ms=latency_ms, route=route,
-                                   difficulty=difficulty, status=status, estimated=estimated, route_group=route_group,
-                                   baseline_model=baseline_model, gpu_seconds=gpu_seconds, prompt_text=prompt_text)
+        record = self.usage_record(res, **usage)  # `usage`: usage_record's keywords
         with self._transaction() as cursor:
             settled_before = self._new_record(cursor, **vars(record)).fetchone() is None
             if not settled_before:

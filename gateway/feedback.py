@@ -9,6 +9,7 @@ from sqlalchemy import select
 from billing.models import usage_records
 from gateway import metrics
 from gateway.errors import APIError, responses
+from gateway.routing import strongest
 
 router = APIRouter()
 
@@ -38,7 +39,7 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
     metrics.FEEDBACK.labels(group or "", tenant).observe(body.score)
     if group:  # a request that named a model belongs to no route group's target
         live = ferry.routing.live
-        live.record_feedback(group, tenant, strong=(route or "").removeprefix("cascade-") == "large", score=body.score)
+        live.record_feedback(group, tenant, strong=strongest(route), score=body.score)
         metrics.FEEDBACK_QUALITY.labels(group, tenant).set(live.window(group, tenant).feedback_quality())
     return FeedbackResponse(request_id=body.request_id, score=body.score)
 

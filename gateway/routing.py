@@ -153,12 +153,20 @@ class Routing:
             return ticket, deltas
 
 
+STRONGEST = "large"  # the route label of a group's strongest tier
+
+
+def strongest(route: str | None) -> bool:
+    """Whether a record's route label says the group's strongest tier answered (directly or by cascade)."""
+    return (route or "").removeprefix("cascade-") == STRONGEST
+
+
 def _label(tiers: list[str], model: str) -> str:
     """A tier's name in records and metrics: cheapest "small", strongest "large", the ones between "tier<n>"."""
     if len(tiers) == 1:
         return "pinned"
     i = tiers.index(model)
-    return "small" if i == 0 else "large" if i == len(tiers) - 1 else f"tier{i + 1}"
+    return "small" if i == 0 else STRONGEST if i == len(tiers) - 1 else f"tier{i + 1}"
 
 
 def _nearest_first(tiers: list[str], chosen: str) -> list[str]:
