@@ -9,6 +9,7 @@ Two short transactions per request:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import contextmanager
@@ -191,8 +192,11 @@ class Ledger:
 
     # --- prices ----------------------------------------------------------------------------------
 
+    def prices_stale(self) -> bool:
+        return time.monotonic() >= self._prices_until
+
     def price(self, model: str) -> Price:
-        if time.monotonic() >= self._prices_until:
+        if self.prices_stale():
             with self.engine.connect() as conn:
                 rows = conn.execute(select(prices.c.model, prices.c.input_micros_per_m,
                                            prices.c.cached_input_micros_per_m, prices.c.output_micros_per_m,
@@ -209,6 +213,22 @@ class Ledger:
 
     def cost_micros(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> int:
         return self.price(model).cost_micros(prompt_tokens, cached_tokens, completion_tokens)
+
+    # --- the request path's calls ------------------------------------------------------------------------
+
+    async def areserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
+                       max_tokens: int) -> Reservation:
+        return await self._on_path(self.reserve, principal, request_id, model, prompt_tokens, max_tokens)
+
+    async def asettle(self, res: Reservation, **usage) -> UsageRecord:
+        return await self._on_path(self.settle, res, **usage)
+
+    async def _on_path(self, fn, *args, **kwargs):
+        # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked database's
+        # commit waits milliseconds, which must not stall every other request on the event loop.
+        if self.engine.dialect.name == "sqlite":
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # --- reserve -----------------------------------------------------------------------------------
 

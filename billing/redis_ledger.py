@@ -20,6 +20,7 @@ ms while a writer runs; under 100 ms). If Redis loses its data, budgets re-seed 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from billing import resp
 from billing.auth import BudgetRef, Principal
 from billing.ledger import DuplicateRequest, Ledger, Reservation, UsageRecord, exceeded, period_key
 from billing.models import budget_alerts, budget_spend, budgets, usage_records
@@ -91,6 +93,9 @@ return {'ok', crossed}
 """
 
 
+RESERVE_SCRIPT, SETTLE_SCRIPT = resp.Script(RESERVE), resp.Script(SETTLE)
+
+
 @dataclass(frozen=True)
 class Hold(Reservation):
     """A reservation held in Redis: which budget periods it holds (tenant's first)."""
@@ -111,6 +116,7 @@ class RedisLedger(Ledger):
                                                         f"{self.prefix}:settled")
         self._reserve = self.redis.register_script(RESERVE)
         self._settle = self.redis.register_script(SETTLE)
+        self.fast = resp.Redis(redis_url)  # the same scripts from the event loop, pipelined
 
     def budget_key(self, budget_id: int, period: str) -> str:
         return f"{self.prefix}:budget:{budget_id}:{period}"
@@ -119,6 +125,26 @@ class RedisLedger(Ledger):
 
     def reserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
                 max_tokens: int) -> Hold:
+        hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
+        while (i := self._held(self._reserve(keys=keys, args=self._hold_args(hold, payload, seeds)), hold,
+                               principal, prompt_tokens, max_tokens)) is not None:
+            seeds[i] = str(self._spent_in_database(hold.budgets[i].id, hold.period_keys[i]))
+        return hold
+
+    async def areserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
+                       max_tokens: int) -> Hold:
+        """reserve, on the event loop: one pipelined round trip to Redis (billing.resp)."""
+        if self.prices_stale():  # the database read, once every few seconds, off the loop
+            await asyncio.to_thread(self.price, model)
+        hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
+        while (i := self._held(await self.fast.script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds)),
+                               hold, principal, prompt_tokens, max_tokens)) is not None:
+            seeds[i] = str(await asyncio.to_thread(self._spent_in_database, hold.budgets[i].id, hold.period_keys[i]))
+        return hold
+
+    def _new_hold(self, principal: Principal, request_id: str, model: str, prompt_tokens: int, max_tokens: int):
+        """The hold (worst case: every max token generated, none cached), its Redis keys, what the hold's entry
+        in Redis says (for reaping and open_holds), and no seeds yet."""
         price = self.price(model)
         amount = price.cost_micros(prompt_tokens, 0, max_tokens)
         now = self.clock()
@@ -126,28 +152,33 @@ class RedisLedger(Ledger):
         periods = tuple(period_key(ref.period, now) for ref in refs)
         hold = Hold(request_id, principal.tenant_id, principal.key_id, model, amount, price, None, None,
                     principal.store_prompts, refs, periods)
+        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(refs, periods)]]
         payload = json.dumps({"t": hold.tenant_id, "k": hold.key_id, "m": model, "a": amount,
                               "b": [list(ref) for ref in refs], "p": periods, "s": hold.store_prompts,
                               "tb": principal.tenant_budget is not None})
-        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(refs, periods)]]
-        seeds = [""] * len(refs)
+        return hold, keys, payload, [""] * len(refs)
+
+    def _hold_args(self, hold: Hold, payload: str, seeds: list[str]) -> list:
         expires_ms = round((time.time() + self.reservation_ttl.total_seconds()) * 1000)
-        while True:
-            args = [request_id, amount, expires_ms, payload]
-            for ref, seed in zip(refs, seeds):
-                args += [ref.limit_micros, seed]
-            answer = [x.decode() for x in self._reserve(keys=keys, args=args)]
-            if answer[0] == "ok":
-                return hold
-            if answer[0] == "dup":
-                raise DuplicateRequest(f"request id '{request_id}' already has an open reservation")
-            i = int(answer[1]) - 1
-            if answer[0] == "seed":  # first use of this budget period since Redis started: what the database says
-                seeds[i] = str(self._spent_in_database(refs[i].id, periods[i]))
-                continue
-            ref = refs[i]
-            raise exceeded("tenant" if ref is principal.tenant_budget else "key", ref.period, periods[i],
-                           ref.limit_micros, int(answer[2]), int(answer[3]), amount, model, prompt_tokens, max_tokens)
+        args = [hold.request_id, hold.amount_micros, expires_ms, payload]
+        for ref, seed in zip(hold.budgets, seeds):
+            args += [ref.limit_micros, seed]
+        return args
+
+    def _held(self, answer: list, hold: Hold, principal: Principal, prompt_tokens: int, max_tokens: int) -> int | None:
+        """None once held; the index of a budget period Redis must first be told the spend of; else raises."""
+        answer = [x.decode() for x in answer]
+        if answer[0] == "ok":
+            return None
+        if answer[0] == "dup":
+            raise DuplicateRequest(f"request id '{hold.request_id}' already has an open reservation")
+        i = int(answer[1]) - 1
+        if answer[0] == "seed":  # first use of this budget period since Redis started: what the database says
+            return i
+        ref = hold.budgets[i]
+        raise exceeded("tenant" if ref is principal.tenant_budget else "key", ref.period, hold.period_keys[i],
+                       ref.limit_micros, int(answer[2]), int(answer[3]), hold.amount_micros, hold.model,
+                       prompt_tokens, max_tokens)
 
     def _spent_in_database(self, budget_id: int, key: str) -> int:
         with self.engine.connect() as conn:
@@ -159,19 +190,31 @@ class RedisLedger(Ledger):
     def settle(self, res: Hold, **usage) -> UsageRecord:
         """Charge the actual cost and queue the record for the writer, atomically; a second settle charges nothing."""
         record = self.usage_record(res, **usage)
-        if not self._charge(res, record):
-            log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+        self._charged(res, self._settle(keys=self._settle_keys(res), args=self._settle_args(res, record)))
         return record
 
-    def _charge(self, res: Hold, record: UsageRecord) -> bool:
-        keys = [self.holds_key, self.expiry_key, self.stream,
+    async def asettle(self, res: Hold, **usage) -> UsageRecord:
+        """settle, on the event loop: one pipelined round trip to Redis (billing.resp)."""
+        record = self.usage_record(res, **usage)
+        self._charged(res, await self.fast.script(SETTLE_SCRIPT, self._settle_keys(res), self._settle_args(res, record)))
+        return record
+
+    def _settle_keys(self, res: Hold) -> list[str]:
+        return [self.holds_key, self.expiry_key, self.stream,
                 *[self.budget_key(r.id, p) for r, p in zip(res.budgets, res.period_keys)]]
+
+    def _settle_args(self, res: Hold, record: UsageRecord) -> list:
         fields = {**vars(record), "created_at": record.created_at.isoformat()}  # flat: no deep copy
         budgets_json = json.dumps([[r.id, p, r.limit_micros] for r, p in zip(res.budgets, res.period_keys)])
-        args = [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
+        return [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
                 *[r.limit_micros * r.alert_percent for r in res.budgets]]
-        answer = self._settle(keys=keys, args=args)
-        return answer[0] == b"ok"
+
+    @staticmethod
+    def _charged(res: Hold, answer: list) -> bool:
+        if answer[0] != b"ok":
+            log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+            return False
+        return True
 
     def reap_expired(self, now: datetime | None = None) -> int:
         """Settle, at no cost, the holds whose replica died before settling them; safe on every replica at once."""
@@ -184,8 +227,9 @@ class RedisLedger(Ledger):
             h = json.loads(payload)
             hold = Hold(rid, h["t"], h["k"], h["m"], h["a"], FREE, None, None, h["s"],
                         tuple(BudgetRef(*b) for b in h["b"]), tuple(h["p"]))
-            reaped += self._charge(hold, self.usage_record(hold, prompt_tokens=0, completion_tokens=0,
-                                                           status="expired"))
+            record = self.usage_record(hold, prompt_tokens=0, completion_tokens=0, status="expired")
+            answer = self._settle(keys=self._settle_keys(hold), args=self._settle_args(hold, record))
+            reaped += answer[0] == b"ok"
         return reaped
 
     # --- what is in flight ---------------------------------------------------------------------------

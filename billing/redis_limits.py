@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import redis.asyncio as redis
-
+from billing import resp
 from billing.limits import SLOT_TTL_S, RateLimiter, checks, headers, refusal
 from billing.auth import Principal
 
@@ -58,10 +57,9 @@ class RedisRateLimiter(RateLimiter):
     def __init__(self, url: str, prefix: str = "ferryman", clock: Callable[[], float] = time.time):
         # Wall-clock time, not monotonic: every replica must agree on what "now" is for a shared bucket.
         super().__init__(clock)
-        self.redis = redis.Redis.from_url(url)
+        self.redis = resp.Redis(url)
         self.prefix = prefix
-        self._admit = self.redis.register_script(ADMIT)
-        self._release = self.redis.register_script(RELEASE)
+        self._admit, self._release = resp.Script(ADMIT), resp.Script(RELEASE)
 
     async def admit(self, principal: Principal, tokens: int) -> dict[str, str]:
         found = checks(principal, tokens)
@@ -74,7 +72,7 @@ class RedisRateLimiter(RateLimiter):
         for lim in capped:
             args += [lim.max_concurrent, round(SLOT_TTL_S * 1000)]
         keys = [f"{self.prefix}:{c.key}" for c in found] + [f"{self.prefix}:{lim.scope}:inflight" for lim in capped]
-        reply = [r.decode() for r in await self._admit(keys=keys, args=args)]
+        reply = [r.decode() for r in await self.redis.script(self._admit, keys, args)]
         full = [lim.scope for lim, flag in zip(capped, reply[1:]) if flag == "1"]
         levels = [float(x) for x in reply[1 + len(capped):]]
         if reply[0] != "1":
@@ -84,7 +82,7 @@ class RedisRateLimiter(RateLimiter):
     async def release(self, principal: Principal) -> None:
         keys = [f"{self.prefix}:{lim.scope}:inflight" for lim in principal.limits if lim.max_concurrent]
         if keys:
-            await self._release(keys=keys)
+            await self.redis.script(self._release, keys, [])
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.close()

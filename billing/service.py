@@ -37,6 +37,7 @@ class Billing:
         self.authenticate = self.keys.authenticate
         self.price, self.cost_micros = self.ledger.price, self.ledger.cost_micros
         self.reserve, self.settle, self.release = self.ledger.reserve, self.ledger.settle, self.ledger.release
+        self.areserve, self.asettle = self.ledger.areserve, self.ledger.asettle  # the same, awaited on the request path
         self.reap_expired, self.record_feedback = self.ledger.reap_expired, self.ledger.record_feedback
         # The operator's.
         ops = self.operators
@@ -56,7 +57,7 @@ class Billing:
 
     def close(self) -> None:
         if self.holds_in_redis:
-            self.ledger.redis.close()
+            self.ledger.redis.close()  # (the ledger's pipelined connection closes with its event loop)
         self.engine.dispose()
 
     def _invalidate(self) -> None:

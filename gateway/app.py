@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -36,7 +37,11 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         writer = ferry.billing.writer() if getattr(ferry.billing, "holds_in_redis", False) else None
         if writer:
             writer.start()
+        # What is loaded by now (libraries, models, tokenizers) lives as long as the process: frozen out of the
+        # collector's sight, a full collection no longer walks it, which had paused every request ~150 ms.
+        gc.freeze()
         yield
+        gc.unfreeze()  # collectable again at exit (and for the next app a test process makes)
         reaper.cancel()
         if writer:  # what this process settled reaches the database before it exits
             await asyncio.to_thread(writer.stop)

@@ -70,17 +70,9 @@ class Ferry:
         # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked ledger's
         # commit waits milliseconds, which must not stall every other request on the event loop.
         self.ledger_in_thread = billing.engine.dialect.name != "sqlite"
-        # Holds in Redis answer in one loopback round trip: cheaper on the loop than a thread hop, like SQLite.
-        self.money_in_thread = self.ledger_in_thread and not getattr(billing, "holds_in_redis", False)
 
     async def ledger(self, fn, *args, **kwargs):
         if self.ledger_in_thread:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
-
-    async def money(self, fn, *args, **kwargs):
-        """reserve and settle: off the loop only when each is a database transaction over the network."""
-        if self.money_in_thread:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return fn(*args, **kwargs)
 
@@ -135,8 +127,7 @@ class Ferry:
         request_id = f"req-{uuid.uuid4().hex}"
         rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens)
         try:
-            reservation = await self.money(self.billing.reserve, principal, request_id, served.name, prompt.tokens,
-                                            max_tokens)
+            reservation = await self.billing.areserve(principal, request_id, served.name, prompt.tokens, max_tokens)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
             # Spent: no retry helps. Only held by requests in flight: the same request fits once they settle.
@@ -249,8 +240,8 @@ class Ferry:
             usage = Usage(0, 0)  # the model never started on it: nothing to charge, the whole hold goes back
         p = ticket.principal
         try:
-            record = await self.money(
-                self.billing.settle, ticket.reservation, prompt_tokens=usage.prompt_tokens,
+            record = await self.billing.asettle(
+                ticket.reservation, prompt_tokens=usage.prompt_tokens,
                 cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
                 latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,
                 estimated=usage.estimated, route_group=ticket.plan.group, baseline_model=ticket.plan.baseline,

@@ -107,7 +107,7 @@ async def _database(billing) -> str | None:
 
 async def _redis(limiter) -> str | None:
     shared = getattr(limiter, "shared", limiter)
-    return await _error_of(shared.redis.ping()) if hasattr(shared, "redis") else None
+    return await _error_of(shared.redis.call("PING")) if hasattr(shared, "redis") else None
 
 
 async def _error_of(check) -> str | None:
