@@ -266,6 +266,10 @@ class Writer:
         # compiled for each batch's row count cost the writer more CPU than the rows themselves.
         self._new_records = (self._insert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
                              .returning(usage_records.c.request_id))
+        # On PostgreSQL a batch is one fixed statement over one array per column: the driver parses it once, where
+        # a VALUES list as long as the batch was parsed anew every time (the writer's largest CPU cost).
+        self._columns = list(UsageRecord.__dataclass_fields__)
+        self._unnest = _unnest_insert(self._columns) if dialect == "postgresql" else None
         upsert = self._insert(budget_spend)
         self._add_spend = upsert.on_conflict_do_update(
             index_elements=["budget_id", "period_key"],
@@ -342,7 +346,7 @@ class Writer:
         """One transaction: new records, spend for exactly those, alerts. Idempotent, so redelivery is safe."""
         records = {b["record"]["request_id"]: b for b in batch}
         with self.ledger.engine.begin() as conn:
-            inserted = set(conn.execute(self._new_records, [b["record"] for b in records.values()]).scalars())
+            inserted = self._insert_new(conn, [b["record"] for b in records.values()])
             spend: dict[tuple[int, str], int] = {}
             for rid in inserted:
                 for budget_id, key, _ in records[rid]["budgets"]:
@@ -366,6 +370,19 @@ class Writer:
                 if new:
                     log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key,
                                 usd(spent), usd(limit))
+
+    def _insert_new(self, conn, rows: list[dict]) -> set[str]:
+        """Insert the records not there yet; the request ids of those inserted."""
+        if self._unnest is None:
+            return set(conn.execute(self._new_records, rows).scalars())
+        return set(conn.exec_driver_sql(self._unnest, {c: [r[c] for r in rows] for c in self._columns}).scalars())
+
+
+def _unnest_insert(columns: list[str]) -> str:
+    types = {c.name: c.type.compile(dialect=postgresql.dialect()) for c in usage_records.c}
+    arrays = ", ".join(f"%({c})s::{types[c]}[]" for c in columns)
+    return (f"INSERT INTO usage_records ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
 
 
 def _decode(fields: dict) -> dict:

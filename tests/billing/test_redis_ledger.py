@@ -77,6 +77,34 @@ def test_holds_never_pass_the_budget_and_a_second_settle_charges_nothing(billing
         assert conn.execute(select(budget_alerts.c.spent_micros)).scalars().all() == [240]
 
 
+def test_the_written_record_is_the_settled_one_field_for_field(billing):
+    """Through the request path's calls (areserve/asettle on the pipelined client) and the writer's batch insert
+    (one array per column on PostgreSQL): every field arrives as settled, NULLs and an opted-in prompt included."""
+    from billing.models import usage_records
+
+    tenant, _, key = tenant_with_key(billing, limit_micros=10**9)
+    billing.update_tenant(tenant["id"], store_prompts=True)
+    principal = billing.authenticate(key)
+
+    async def serve_three():
+        out = []
+        for i, extra in enumerate([{}, {"difficulty": 0.25, "route": "large", "route_group": "auto",
+                                        "latency_ms": 12.5, "prompt_text": "2 + 2 = ?"},
+                                   {"status": "timeout", "estimated": True, "cached_tokens": 3}]):
+            hold = await billing.areserve(principal, f"f{i}", SMALL, 10, 100)
+            out.append(await billing.asettle(hold, prompt_tokens=10, completion_tokens=7 + i, **extra))
+        return out
+
+    settled = asyncio.run(serve_three())
+    billing.writer().drain()
+    with billing.engine.connect() as conn:
+        rows = {r.request_id: r._asdict() for r in conn.execute(select(usage_records))}
+    for record in settled:
+        row = rows[record.request_id]
+        assert {k: row[k] for k in vars(record)} == vars(record)
+    assert rows["f1"]["prompt_text"] == "2 + 2 = ?" and rows["f0"]["difficulty"] is None
+
+
 def test_a_writer_that_dies_between_commit_and_ack_double_counts_nothing(billing):
     tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
     for i in range(5):
