@@ -202,6 +202,39 @@ def serve_forwarder(port: int, upstream_port: int) -> None:
     asyncio.run(main())
 
 
+def serve_fastapi_floor(port: int, upstream_port: int) -> None:
+    """What any FastAPI gateway costs before a gateway's own work (auth, limits, routing, ledger): the request
+    parsed into Ferryman's own request model, re-serialised and sent on a kept-alive pooled upstream connection
+    (backends/wire.py), the answer passed back whole or streamed. Ferryman minus this = Ferryman's own work."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import Response, StreamingResponse
+
+    from backends.wire import Pool
+    from gateway.schemas import ChatCompletionRequest
+
+    app, pools = FastAPI(), []
+
+    async def chat(body):
+        if not pools:
+            pools.append(Pool(f"http://127.0.0.1:{upstream_port}/v1", {}, timeout_s=30, connect_timeout_s=5,
+                              max_connections=64))
+        data = body.model_dump_json(exclude_none=True).encode()
+        if not body.stream:
+            answer, whole = await pools[0].post("/chat/completions", data)
+            return Response(whole, status_code=answer.status, media_type="application/json")
+
+        async def relay():
+            async with pools[0].stream("/chat/completions", data) as (_, chunks):
+                async for chunk in chunks:
+                    yield chunk
+        return StreamingResponse(relay(), media_type="text/event-stream")
+
+    chat.__annotations__["body"] = ChatCompletionRequest  # the class itself: this module's annotations are strings
+    app.post("/v1/chat/completions")(chat)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 def serve_ferryman(port: int, database_url: str, catalog_file: str, redis_url: str = "") -> None:
     import uvicorn
 
@@ -353,7 +386,8 @@ def wait_listening(proc: subprocess.Popen, port: int, seconds: float = 180) -> N
 
 
 SCENARIOS = {"c1": (1, False), "c32": (32, False), "stream c1": (1, True)}
-SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "ferryman postgres+redis", "forwarder", "litellm")
+SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "ferryman postgres+redis", "fastapi floor", "forwarder",
+           "litellm")
 
 
 def gateways(args: argparse.Namespace) -> None:
@@ -387,6 +421,10 @@ def gateways(args: argparse.Namespace) -> None:
                 redis = [args.redis] if name.endswith("+redis") else []
                 servers[name] = (start_server(["--serve-ferryman", str(port), url, str(catalog), *redis], port), port,
                                  key)
+            if "fastapi floor" in wanted:
+                port = free_port()
+                servers["fastapi floor"] = (start_server(["--serve-fastapi-floor", str(port), str(up)], port), port,
+                                            "none")
             if "forwarder" in wanted:
                 port = free_port()
                 servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
@@ -512,6 +550,11 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
     if "c1" in scenarios:
         rows.append(["Ferryman SQLite added p50 / forwarder added p50, c1",
                      per_round(lambda r: added("ferryman sqlite", "c1", r) / added("forwarder", "c1", r)), "<= 2"])
+    if "c1" in scenarios and "fastapi floor" in names:
+        rows.append(["Ferryman SQLite added p50 - FastAPI floor added p50, c1, ms (Ferryman's own work)",
+                     per_round(lambda r: added("ferryman sqlite", "c1", r) - added("fastapi floor", "c1", r)), ""])
+        rows.append(["FastAPI floor added p50 / forwarder added p50, c1",
+                     per_round(lambda r: added("fastapi floor", "c1", r) / added("forwarder", "c1", r)), ""])
     if "stream c1" in scenarios:
         rows.append(["Ferryman SQLite TTFC added - forwarder TTFC added, ms",
                      per_round(lambda r: added("ferryman sqlite", "stream c1", r) - added("forwarder", "stream c1", r)),
@@ -672,7 +715,8 @@ def _loadavg() -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--engine-worker":
         return engine_worker(*sys.argv[2:5])
-    servers = {"--serve-mock": serve_mock, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman}
+    servers = {"--serve-mock": serve_mock, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman,
+               "--serve-fastapi-floor": serve_fastapi_floor}
     if len(sys.argv) > 1 and sys.argv[1] in servers:
         return servers[sys.argv[1]](*[int(a) if a.isdigit() else a for a in sys.argv[2:]])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
