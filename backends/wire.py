@@ -3,15 +3,23 @@ over keep-alive connections pooled per upstream (plain TCP or TLS).
 
 httpx cost ~40% of the gateway's CPU per proxied request (its URL, cookie, auth and redirect layers, then h11 and
 anyio under httpcore); an OpenAI-compatible upstream needs none of it. A connection goes back to the pool only when
-its answer was read to the end and the server keeps it open; a stream left half-read is closed. Connections go
-straight to the upstream: HTTP(S)_PROXY variables (which httpx followed) are not applied.
+its answer was read to the end and the server keeps it open; a stream left half-read is closed.
+
+Proxies as httpx, requests and curl read them: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (either case, http:// proxies,
+credentials in the URL sent as Proxy-Authorization) and NO_PROXY; loopback upstreams never go through a proxy
+(it could not reach them). A plain-HTTP upstream gets absolute-form requests on a kept-alive connection to the
+proxy; an HTTPS upstream gets a CONNECT tunnel, TLS inside it end to end, and the proxy's credentials only on
+the CONNECT.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import ipaddress
 from typing import AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import httpx
 
@@ -37,8 +45,14 @@ class Pool:
         self.ssl = httpx.create_ssl_context() if self.tls else None  # httpx's CA bundle and SSL_CERT_* handling
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         host = f"[{self.host}]" if ":" in self.host else self.host
-        host = host if url.port in (None, 443 if self.tls else 80) else f"{host}:{self.port}"
+        self.authority = f"{host}:{self.port}"
+        host = host if url.port in (None, 443 if self.tls else 80) else self.authority
+        self.proxy = _proxy_for(url.scheme, self.host)
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        # A plain-HTTP request through a proxy names its whole URL and carries the proxy's credentials.
+        self.target = f"http://{host}" if self.proxy and not self.tls else ""
+        if self.target and self.proxy.auth:
+            extra += f"Proxy-Authorization: {self.proxy.auth}\r\n"
         # Everything before Content-Length is the same for every request: built once.
         self.head = (f"Host: {host}\r\nUser-Agent: ferryman\r\nAccept: */*\r\nContent-Type: application/json\r\n"
                      f"{extra}").encode("latin-1")
@@ -81,7 +95,7 @@ class Pool:
 
     def _request(self, path: str, body: bytes) -> bytes:
         return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
-            (self.path + path).encode(), self.head, len(body), body)
+            (self.target + self.path + path).encode(), self.head, len(body), body)
 
     def _release(self, conn, answer: Answer) -> None:
         if answer.headers.get("connection", "").lower() == "close":
@@ -113,10 +127,30 @@ class Pool:
     async def _connect(self):
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=1 << 20,
-                                                     server_hostname=self.host if self.tls else None)
-        except (OSError, TimeoutError) as exc:
+                if self.proxy is None:
+                    return await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=1 << 20,
+                                                         server_hostname=self.host if self.tls else None)
+                return await self._through_proxy()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise WireError(f"ConnectError {_describe(exc)}".strip()) from None
+
+    async def _through_proxy(self):
+        reader, writer = await asyncio.open_connection(self.proxy.host, self.proxy.port, limit=1 << 20)
+        if not self.tls:
+            return reader, writer
+        try:
+            auth = f"Proxy-Authorization: {self.proxy.auth}\r\n" if self.proxy.auth else ""
+            writer.write(f"CONNECT {self.authority} HTTP/1.1\r\nHost: {self.authority}\r\n{auth}\r\n".encode("latin-1"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0].decode("latin-1")
+            if status.split(" ")[1:2] != ["200"]:
+                raise OSError(f"the proxy {self.proxy.host}:{self.proxy.port} refused CONNECT {self.authority}: "
+                              f"{status[:80]}")
+            await writer.start_tls(self.ssl, server_hostname=self.host)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
 
     async def _exchange(self, conn, request: bytes) -> Answer:
         """Send the request, read the answer's head. Any failure but a clean close of a reused connection (which
@@ -168,6 +202,32 @@ class Pool:
                 return await awaitable
         except TimeoutError:
             raise WireError(f"ReadTimeout: no data from the upstream in {self.timeout_s:g} s") from None
+
+
+class Proxy:
+    def __init__(self, url: str):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http":
+            raise ValueError(f"proxy {url!r}: only http:// proxies are supported")
+        self.host, self.port = parts.hostname, parts.port or 80
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        self.auth = f"Basic {base64.b64encode(credentials.encode()).decode()}" if parts.username else None
+
+
+def _proxy_for(scheme: str, host: str) -> Proxy | None:
+    """The proxy the environment names for this upstream, or None (none set, NO_PROXY, or a loopback host)."""
+    proxies = getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or _loopback(host) or proxy_bypass_environment(host, proxies):
+        return None
+    return Proxy(url)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _describe(exc: BaseException) -> str:
