@@ -506,7 +506,9 @@ answers at once). Ferryman: one uvicorn process, a catalog with one `kind: opena
 budget, a key and rate limits (every admission check runs), the SQLite ledger (WAL), a PostgreSQL schema of
 its own, or that schema with Redis (rate limits and budget holds in Redis, usage records written to PostgreSQL in
 batches by a writer thread in the same process, whose CPU counts). LiteLLM {LITELLM_VERSION} proxy: one worker, a master key, no database (so it records no spend: less
-work than Ferryman). Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
+work than Ferryman). FastAPI floor: a FastAPI app that parses the body into Ferryman's own request model and
+forwards it with Ferryman's upstream client (backends/wire.py), nothing else: what any FastAPI gateway costs
+before doing a gateway's work. Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
 Each cell: median of {args.rounds} interleaved rounds, min-max in brackets; "added" = that server's percentile
 minus direct's in the same round. Server CPU = user + system time of every process of the server during the
 scenario (warm-up included), per request; req/s per core = 1000 / that. TTFC = time to first content chunk.

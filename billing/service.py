@@ -78,6 +78,10 @@ class Billing:
             totals["open_reservations"], totals["reserved_micros"] = self.ledger.open_holds(tenant_id)
         return totals
 
+    def unwritten(self) -> int:
+        """Settled requests whose records have not reached the database yet (only with holds in Redis)."""
+        return self.ledger.unwritten() if self.holds_in_redis else 0
+
     def writer(self, **options):
         """The Redis ledger's batch writer (billing.redis_ledger.Writer), not yet started; None without Redis."""
         if not self.holds_in_redis:

@@ -2,6 +2,9 @@
 where `ferryman router train --from-ledger` finds it."""
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -12,6 +15,9 @@ from gateway.errors import APIError, responses
 from gateway.routing import strongest
 
 router = APIRouter()
+# With holds in Redis a settled request's record reaches the database through the batch writer, within ~100 ms:
+# feedback that comes sooner waits for it (on the event loop, holding no thread) rather than answering 404.
+WRITER_WAIT_S = 1.0
 
 
 class FeedbackRequest(BaseModel):
@@ -31,6 +37,10 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
     ferry = request.app.state.ferry
     principal = await ferry.authenticate(authorization)
     graded = await ferry.ledger(grade, ferry.billing, principal, body.request_id, body.score, body.comment)
+    deadline = time.monotonic() + WRITER_WAIT_S
+    while graded is None and ferry.billing.unwritten() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        graded = await ferry.ledger(grade, ferry.billing, principal, body.request_id, body.score, body.comment)
     if graded is None:  # another tenant's request reads exactly like no request: ids are not to be probed
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")

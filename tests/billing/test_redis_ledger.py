@@ -186,8 +186,12 @@ async def client(url: str, key: str, n: int, results: list) -> None:
 async def burst(urls: list[str], key: str, proc_a: subprocess.Popen) -> list:
     results: list = []
     clients = [asyncio.create_task(client(urls[i % 2], key, 8, results)) for i in range(32)]
-    while sum(1 for url, status, _ in results if url == urls[0] and status == 200) < 32:
-        await asyncio.sleep(0.01)  # mid-burst: the killed gateway has answered some, 16 more are in flight
+    while sum(1 for url, status, _ in results if url == urls[0] and status == 200) < 16:
+        await asyncio.sleep(0.01)
+    # Mid-burst: the killed gateway has answered its first 16 and is half-way through generating the next 16
+    # (0.5 s each), so their holds are open and their answers unsent. (Killing as an answer lands can find the
+    # next requests still unread in the socket, with nothing held.)
+    await asyncio.sleep(0.25)
     os.kill(proc_a.pid, signal.SIGKILL)
     await asyncio.gather(*clients)
     return results
@@ -251,4 +255,41 @@ def test_a_served_request_makes_no_database_round_trip_nor_thread_hop(pg_url, re
         for _ in range(5):
             assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
         assert (hops, checkouts) == ([], [])
+    billing.close()
+
+
+def test_feedback_sent_before_the_writer_wrote_the_record_waits_for_it(pg_url, redis_url, prefix, monkeypatch):
+    """A record reaches PostgreSQL through the batch writer: feedback on a request that just finished waits for it
+    instead of answering 404; with nothing left to write, an unknown request is a 404 at once."""
+    from billing.redis_ledger import Writer
+    from tests.billing.helpers import gateway_app
+    from tests.util import serve
+
+    written = threading.Event()
+    commit = Writer.commit
+
+    def held_commit(self, batch):
+        written.wait(10)
+        commit(self, batch)
+
+    monkeypatch.setattr(Writer, "commit", held_commit)
+    app, billing = gateway_app(pg_url, redis_url=redis_url, redis_prefix=prefix)
+    tenant = billing.create_tenant("acme")
+    key, _ = billing.create_key(tenant["id"])
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        r = client.post("/v1/completions", json={"model": SMALL, "prompt": PROMPT[:20], "max_tokens": 5},
+                        headers=headers)
+        request_id = r.headers["x-request-id"]
+        assert billing.unwritten() == 1
+        threading.Timer(0.3, written.set).start()
+        t0 = time.monotonic()
+        r = client.post("/v1/feedback", json={"request_id": request_id, "score": 0.5}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - t0 >= 0.25
+        assert [x["feedback_score"] for x in billing.usage(tenant["id"])] == [0.5]
+        assert billing.unwritten() == 0
+        t0 = time.monotonic()
+        r = client.post("/v1/feedback", json={"request_id": "req-none", "score": 0.5}, headers=headers)
+        assert r.status_code == 404 and time.monotonic() - t0 < 0.25
     billing.close()
