@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import platform
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """A speed over interleaved rounds as every section shows one: "median (min-max)"."""
+    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def _fmt(value) -> str:

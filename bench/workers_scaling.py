@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_overhead import free_port, fresh_schema, ledger  # noqa: E402
-from bench.report import table, write_section  # noqa: E402
+from bench.report import spread, table, write_section  # noqa: E402
 from bench.vs_peers import ferryman_catalog, load, start_server, tree_cpu, wait_listening  # noqa: E402
 
 WORKERS = (1, 2)
@@ -160,10 +159,6 @@ def measure(args: argparse.Namespace) -> tuple[dict, bool, str]:
                 with contextlib.suppress(OSError):
                     group.rmdir()
     return results, bool(groups), "wrk" if generator is wrk_load else "Python"
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def report(args: argparse.Namespace, results: dict, was_capped: bool, generator: str) -> None:
