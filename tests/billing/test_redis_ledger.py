@@ -293,3 +293,34 @@ def test_feedback_sent_before_the_writer_wrote_the_record_waits_for_it(pg_url, r
         r = client.post("/v1/feedback", json={"request_id": "req-none", "score": 0.5}, headers=headers)
         assert r.status_code == 404 and time.monotonic() - t0 < 0.25
     billing.close()
+
+
+def test_redis_cut_under_the_holds_answers_503_bills_nothing_and_recovers(pg_url, redis_url, prefix):
+    """Holds in Redis over the pipelined connection (billing/resp.py): Redis cut mid-run -> 503 naming Redis, no
+    hold, no record; Redis back -> the next request reconnects and is served and billed."""
+    from urllib.parse import urlsplit
+
+    from tests.billing.helpers import gateway_app
+    from tests.gateway.test_hardening_outages import TcpProxy
+    from tests.util import serve
+
+    proxy = TcpProxy(urlsplit(redis_url).port)
+    app, billing = gateway_app(pg_url, redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_prefix=prefix)
+    tenant, principal, key = tenant_with_key(billing, limit_micros=10**9)
+    body, headers = {"model": SMALL, "prompt": PROMPT[:20], "max_tokens": 5}, {"Authorization": f"Bearer {key}"}
+    try:
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
+            proxy.cut()
+            r = client.post("/v1/completions", json=body, headers=headers)
+            assert r.status_code == 503 and "Redis" in r.json()["error"]["message"] and r.headers["retry-after"]
+            proxy.restore()
+            assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
+        billing.writer().drain()
+        records = billing.usage(tenant["id"])
+        assert [r["status"] for r in records] == ["ok", "ok"]
+        assert billing.ledger.open_holds() == (0, 0)
+        assert redis_counters(billing, principal) == {b"spent": sum(r["cost_micros"] for r in records), b"reserved": 0}
+    finally:
+        proxy.close()
+        billing.close()
