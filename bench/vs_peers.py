@@ -235,6 +235,35 @@ def serve_fastapi_floor(port: int, upstream_port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+def serve_asgi_floor(port: int, upstream_port: int) -> None:
+    """Below any framework: a bare ASGI app on the same server (uvicorn, httptools, uvloop) relaying the body as it
+    came over the same upstream client, no parsing. What a Python ASGI gateway costs before reading a request."""
+    import uvicorn
+
+    from backends.wire import Pool
+
+    pools = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if not pools:
+            pools.append(Pool(f"http://127.0.0.1:{upstream_port}/v1", {}, timeout_s=30, connect_timeout_s=5,
+                              max_connections=64))
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        async with pools[0].stream("/chat/completions", body) as (answer, chunks):
+            kind = answer.headers.get("content-type", "application/json").encode()
+            await send({"type": "http.response.start", "status": answer.status, "headers": [(b"content-type", kind)]})
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 def serve_ferryman(port: int, database_url: str, catalog_file: str, redis_url: str = "") -> None:
     import uvicorn
 
@@ -386,8 +415,8 @@ def wait_listening(proc: subprocess.Popen, port: int, seconds: float = 180) -> N
 
 
 SCENARIOS = {"c1": (1, False), "c32": (32, False), "stream c1": (1, True)}
-SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "ferryman postgres+redis", "fastapi floor", "forwarder",
-           "litellm")
+SERVERS = ("direct", "ferryman sqlite", "ferryman postgres", "ferryman postgres+redis", "fastapi floor", "asgi floor",
+           "forwarder", "litellm")
 
 
 def gateways(args: argparse.Namespace) -> None:
@@ -425,6 +454,9 @@ def gateways(args: argparse.Namespace) -> None:
                 port = free_port()
                 servers["fastapi floor"] = (start_server(["--serve-fastapi-floor", str(port), str(up)], port), port,
                                             "none")
+            if "asgi floor" in wanted:
+                port = free_port()
+                servers["asgi floor"] = (start_server(["--serve-asgi-floor", str(port), str(up)], port), port, "none")
             if "forwarder" in wanted:
                 port = free_port()
                 servers["forwarder"] = (start_server(["--serve-forwarder", str(port), str(up)], port), port, "none")
@@ -508,7 +540,8 @@ its own, or that schema with Redis (rate limits and budget holds in Redis, usage
 batches by a writer thread in the same process, whose CPU counts). LiteLLM {LITELLM_VERSION} proxy: one worker, a master key, no database (so it records no spend: less
 work than Ferryman). FastAPI floor: a FastAPI app that parses the body into Ferryman's own request model and
 forwards it with Ferryman's upstream client (backends/wire.py), nothing else: what any FastAPI gateway costs
-before doing a gateway's work. Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
+before doing a gateway's work. ASGI floor: a bare ASGI app on the same server relaying the body unread over the
+same upstream client: what Python's ASGI stack costs before any framework. Forwarder: ~40 lines of asyncio relaying bytes over a kept-alive upstream connection.
 Each cell: median of {args.rounds} interleaved rounds, min-max in brackets; "added" = that server's percentile
 minus direct's in the same round. Server CPU = user + system time of every process of the server during the
 scenario (warm-up included), per request; req/s per core = 1000 / that. TTFC = time to first content chunk.
@@ -557,6 +590,9 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
                      per_round(lambda r: added("ferryman sqlite", "c1", r) - added("fastapi floor", "c1", r)), ""])
         rows.append(["FastAPI floor added p50 / forwarder added p50, c1",
                      per_round(lambda r: added("fastapi floor", "c1", r) / added("forwarder", "c1", r)), ""])
+    if "c1" in scenarios and "asgi floor" in names:
+        rows.append(["ASGI floor added p50 / forwarder added p50, c1",
+                     per_round(lambda r: added("asgi floor", "c1", r) / added("forwarder", "c1", r)), ""])
     if "stream c1" in scenarios:
         rows.append(["Ferryman SQLite TTFC added - forwarder TTFC added, ms",
                      per_round(lambda r: added("ferryman sqlite", "stream c1", r) - added("forwarder", "stream c1", r)),
@@ -718,7 +754,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--engine-worker":
         return engine_worker(*sys.argv[2:5])
     servers = {"--serve-mock": serve_mock, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman,
-               "--serve-fastapi-floor": serve_fastapi_floor}
+               "--serve-fastapi-floor": serve_fastapi_floor, "--serve-asgi-floor": serve_asgi_floor}
     if len(sys.argv) > 1 and sys.argv[1] in servers:
         return servers[sys.argv[1]](*[int(a) if a.isdigit() else a for a in sys.argv[2:]])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
