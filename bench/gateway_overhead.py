@@ -6,9 +6,11 @@ Three servers, each its own process, all answering the same OpenAI /v1/completio
   direct    the fake backend (an echo, no model) as an OpenAI-compatible replica server
   gateway   the gateway with the echo in-process: the same HTTP stack plus everything the gateway does
   gateway→  the gateway forwarding to the `direct` replica over HTTP: the deployment with remote engines
-Added latency at a percentile = that percentile through a gateway minus the same percentile direct.
+Added latency at a percentile = that percentile through a gateway minus the same percentile direct, in the same round.
+The servers start once; each of --rounds interleaved rounds runs the load against every path at each concurrency,
+in turn, and every speed is shown as the median (min-max) over rounds.
 
-    .venv/bin/python bench/gateway_overhead.py            # writes its section of docs/BENCHMARKS.md
+    .venv/bin/python bench/gateway_overhead.py [--rounds 3]   # writes its section of docs/BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import table, write_section  # noqa: E402
+from bench.report import spread, table, write_section  # noqa: E402
 
 PROMPT = list(range(100, 164))  # 64 token ids
 MODEL = "auto"  # the router scores every request
@@ -141,11 +143,16 @@ async def worker(port: int, request: bytes, n: int, latencies: list[float]) -> N
     writer.close()
 
 
+def warmups(concurrency: int, n: int) -> int:
+    """Requests each connection sends before the measured ones."""
+    return max(5, n // (10 * concurrency))
+
+
 async def load(port: int, key: str, concurrency: int, n: int) -> tuple[list[float], float]:
     body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS}).encode()
     request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    await asyncio.gather(*[worker(port, request, max(5, n // (10 * concurrency)), []) for _ in range(concurrency)])
+    await asyncio.gather(*[worker(port, request, warmups(concurrency, n), []) for _ in range(concurrency)])
     latencies: list[float] = []
     t0 = time.perf_counter()
     await asyncio.gather(*[worker(port, request, n // concurrency, latencies) for _ in range(concurrency)])
@@ -165,13 +172,15 @@ def pct(values: list[float], q: float) -> float:
 
 # --- the measurement ---------------------------------------------------------------------------
 
-def main(n1: int, n32: int, postgres: str | None) -> None:
+def main(n1: int, n32: int, postgres: str | None, rounds: int) -> None:
     from tqdm import tqdm
 
     work = Path(tempfile.mkdtemp(prefix="ferryman-bench-"))
     database_url = f"sqlite:///{work / 'ledger.db'}"
     key = ledger(database_url)
-    targets, results, cpu = {}, {}, {}
+    loads = {1: n1, 32: n32}
+    targets = {}
+    runs = {}  # (path, concurrency) -> one (latencies, elapsed s, server CPU s) per round
     with contextlib.ExitStack() as stack:  # the schema is dropped after the servers stop
         try:
             targets["direct"] = (*start(["--serve-replica"]), key)
@@ -181,13 +190,15 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
             if postgres:  # the multi-replica ledger: every reserve and settle is a network round trip and a commit
                 pg_url = stack.enter_context(fresh_schema(postgres))
                 targets["gateway, PostgreSQL"] = (*start(["--serve-gateway", "--database-url", pg_url]), ledger(pg_url))
-            with tqdm(total=2 * len(targets), desc="gateway overhead") as progress:
-                for concurrency, n in ((1, n1), (32, n32)):
-                    for name, (proc, port, api_key) in targets.items():
-                        before = cpu_seconds(proc.pid)
-                        results[name, concurrency] = asyncio.run(load(port, api_key, concurrency, n))
-                        cpu[name, concurrency] = cpu_seconds(proc.pid) - before
-                        progress.update()
+            with tqdm(total=rounds * len(loads) * len(targets), desc="gateway overhead") as progress:
+                for _ in range(rounds):
+                    for concurrency, n in loads.items():
+                        for name, (proc, port, api_key) in targets.items():
+                            before = cpu_seconds(proc.pid)
+                            latencies, elapsed = asyncio.run(load(port, api_key, concurrency, n))
+                            runs.setdefault((name, concurrency), []).append(
+                                (latencies, elapsed, cpu_seconds(proc.pid) - before))
+                            progress.update()
         finally:
             for proc, _, _ in targets.values():
                 proc.terminate()
@@ -195,29 +206,33 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
     records = _records(database_url)
 
     rows = []
-    for concurrency in (1, 32):
-        base, _ = results["direct", concurrency]
+    for concurrency, n in loads.items():
+        base = [lat for lat, _, _ in runs["direct", concurrency]]
         for name in targets:
-            lat, elapsed = results[name, concurrency]
-            added = [pct(lat, q) - pct(base, q) for q in (50, 95, 99)]
+            lat, elapsed, cpu = zip(*runs[name, concurrency])
             # Warm-up requests ran inside the CPU window too: count them.
-            served = len(lat) + concurrency * max(5, len(lat) // (10 * concurrency))
-            cpu_ms = cpu[name, concurrency] / served * 1000
-            rows.append([name, concurrency, len(lat), round(pct(lat, 50), 2), round(pct(lat, 99), 2),
-                         *(["-"] * 3 if name == "direct" else [round(a, 2) for a in added]),
-                         round(len(lat) / elapsed), round(cpu_ms, 2), round(1000 / cpu_ms)])
-    headers = ["path", "concurrency", "requests", "p50 ms", "p99 ms", "added p50 ms", "added p95 ms",
+            cpu_ms = [c / (len(x) + concurrency * warmups(concurrency, n)) * 1000 for x, c in zip(lat, cpu)]
+            added = ["-"] * 3 if name == "direct" else [
+                spread([pct(x, q) - pct(b, q) for x, b in zip(lat, base)]) for q in (50, 95, 99)]
+            rows.append([name, concurrency, len(lat[0]), spread([pct(x, 50) for x in lat]),
+                         spread([pct(x, 99) for x in lat]), *added,
+                         spread([len(x) / e for x, e in zip(lat, elapsed)], 0), spread(cpu_ms),
+                         spread([1000 / c for c in cpu_ms], 0)])
+    headers = ["path", "concurrency", "requests per round", "p50 ms", "p99 ms", "added p50 ms", "added p95 ms",
                "added p99 ms", "requests/s", "server CPU ms/request", "requests/s per core"]
     body = table(headers, rows)
     print(body)
-    notes = (f"\nOne tenant with a budget, a key, and rate limits on both (so every admission check runs); "
+    measured = sum(len(x) for name in ("gateway", "gateway→") for c in loads for x, _, _ in runs[name, c])
+    notes = (f"\nMedian (min-max) of {rounds} interleaved rounds: the servers start once, and each round runs the load "
+             f"against every path at concurrency 1, then at 32, in turn; added latency is taken against `direct` "
+             f"in the same round. "
+             f"One tenant with a budget, a key, and rate limits on both (so every admission check runs); "
              f"SQLite ledger (WAL); non-streaming /v1/completions, {len(PROMPT)} prompt token ids, "
              f"max_tokens {MAX_TOKENS}, model `{MODEL}` (the bundled router scored each request). "
              f"Every gateway request on the SQLite ledger wrote its usage record: {records} records for "
-             f"{sum(len(results[n, c][0]) for n in ('gateway', 'gateway→') for c in (1, 32))} measured "
-             f"requests (plus warm-up). Each server is its own process; the load generator is a "
-             f"keep-alive HTTP/1.1 client in a third. `requests/s` is wall-clock and suffers from whatever else runs on "
-             f"the machine (load average {os.getloadavg()[0]:.1f} at the end of this run); `requests/s per core` "
+             f"{measured} measured requests over all rounds (plus warm-up). Each server is its own process; the load "
+             f"generator is a keep-alive HTTP/1.1 client in a third. `requests/s` is wall-clock and suffers from "
+             f"whatever else runs on the machine (load average {os.getloadavg()[0]:.1f} at the end of this run); `requests/s per core` "
              f"divides by the serving process's own CPU time (one process, one event loop, so one core). "
              f"For `gateway→` that is the gateway process only; the replica behind it spends the `direct` row's "
              f"CPU again. At concurrency 32 every server runs flat out, so its latency is mostly queueing "
@@ -229,7 +244,8 @@ def main(n1: int, n32: int, postgres: str | None) -> None:
                   "configuration). Each request reserves and settles in its own transactions, two commits that wait "
                   "for the disk; the gateway runs them in worker threads so the event loop serves other requests "
                   "meanwhile.\n")
-    command = "python bench/gateway_overhead.py" + (f" --postgres {postgres}" if postgres else "")
+    command = (f"python bench/gateway_overhead.py --rounds {rounds} --requests-c1 {n1} --requests-c32 {n32}"
+               + (f" --postgres {postgres}" if postgres else ""))
     write_section("gateway_overhead", "Gateway overhead: auth, limits, reservation, routing, settle, record",
                   command, body + "\n" + notes)
 
@@ -245,6 +261,7 @@ def _records(database_url: str) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are median (min-max)")
     parser.add_argument("--requests-c1", type=int, default=2000)
     parser.add_argument("--requests-c32", type=int, default=6400)
     parser.add_argument("--postgres", help="also measure the gateway on a PostgreSQL ledger: a database URL; the bench "
@@ -260,4 +277,4 @@ if __name__ == "__main__":
     elif args.serve_gateway:
         serve_gateway(args.port, args.database_url, args.upstream)
     else:
-        main(args.requests_c1, args.requests_c32, args.postgres)
+        main(args.requests_c1, args.requests_c32, args.postgres, args.rounds)
