@@ -4,9 +4,10 @@ Part 1 is exact arithmetic (no GPU needed): weight bytes at fp16 / int8 / int4 i
 bytes per token, what fits, decode-step lower bounds from HBM bandwidth, and the all-reduce cost of
 tensor parallelism from a stated latency + bandwidth model. Part 2 runs the bundled models/large with
 TP=1, TP=2 and PP=2 on this machine and measures, on rank 0, step time and the bytes and time of
-communication per step.
+communication per step: every layout stays started and --rounds interleaved rounds each run the workload once
+on every layout, in turn; times are median (min-max) over rounds, ratios taken within a round.
 
-    .venv/bin/python bench/sharding.py            # both parts; writes its section of docs/BENCHMARKS.md
+    .venv/bin/python bench/sharding.py --rounds 3 # both parts; writes its section of docs/BENCHMARKS.md
     .venv/bin/python bench/sharding.py --table    # part 1 only, printed
 """
 from __future__ import annotations
@@ -15,13 +16,17 @@ import argparse
 import random
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import table, write_section  # noqa: E402
+from bench.report import spread, table, write_section  # noqa: E402
 
+DEFAULT_MODEL = ROOT / "models" / "large"
 GB = 1e9
 GIB = 2**30
 # Llama 3 70B
@@ -119,8 +124,38 @@ def arithmetic_section(batch: int, context: int) -> str:
     return "\n".join(lines)
 
 
-def measure(model: str, steps_workload: int, seed: int = 0) -> list[list]:
-    """Run one fixed workload under TP=1, TP=2, PP=2 here; per step: time, comm bytes and comm time on rank 0."""
+# (TP, PP, threads): the baseline is one process on one thread, as each rank of TP=2 / PP=2 gets here; then
+# torch's default threads in one process.
+LAYOUTS = ((1, 1, 1), (1, 1, None), (2, 1, None), (1, 2, None))
+
+
+def run(engine, prompts: list[list[int]], params) -> dict:
+    """The workload once; steps, time, and the communication bytes and time on rank 0."""
+    runner = engine.model_runner
+    groups = {name: getattr(runner, name, None) for name in ("tp", "world")}
+    for g in groups.values():
+        if g is not None:
+            g.bytes, g.seconds = 0, 0.0
+    steps = 0
+    step = engine.step
+
+    def counted():
+        nonlocal steps
+        steps += 1
+        return step()
+
+    engine.step = counted
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    del engine.step  # the class's own method again
+    comm = {f"{name}_{what}": getattr(g, what) if g is not None else 0
+            for name, g in groups.items() for what in ("bytes", "seconds")}
+    return {"steps": steps, "seconds": elapsed, "tokens": [o.token_ids for o in outs], **comm}
+
+
+def measure(model: str, num_requests: int, rounds: int, seed: int = 0) -> list[list]:
+    """Run one fixed workload under every layout, interleaved over rounds; one table row per layout."""
     import torch
 
     from backends.base import SamplingParams
@@ -128,43 +163,46 @@ def measure(model: str, steps_workload: int, seed: int = 0) -> list[list]:
 
     rng = random.Random(seed)
     vocab = 4096
-    prompts = [[rng.randrange(6, vocab) for _ in range(rng.randint(32, 96))] for _ in range(steps_workload)]
+    prompts = [[rng.randrange(6, vocab) for _ in range(rng.randint(32, 96))] for _ in range(num_requests)]
     params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
-    rows, reference, base_step = [], None, None
     threads_before = torch.get_num_threads()
-    # The baseline is one process on one thread, as each rank of TP=2 / PP=2 gets here; then torch's default threads.
-    for tp, pp, threads in ((1, 1, 1), (1, 1, None), (2, 1, None), (1, 2, None)):
+    engines = {}
+    for tp, pp, threads in tqdm(LAYOUTS, desc="starting"):
+        torch.set_num_threads(threads_before)  # from torch's default, not the thread count the last layout set
+        # No prefix caching: every run repeats the same prompts, and each must prefill them in full as the first did.
         engine = LLMEngine(EngineConfig(model, num_kv_blocks=512, max_num_seqs=16, max_num_batched_tokens=256,
-                                        tensor_parallel_size=tp, pipeline_parallel_size=pp, num_threads=threads))
-        engine.generate([[6, 7, 8]], SamplingParams(max_tokens=2))  # warm-up
-        runner = engine.model_runner
-        groups = [g for g in (getattr(runner, "tp", None), getattr(runner, "world", None)) if g is not None]
-        for g in groups:
-            g.bytes, g.seconds = 0, 0.0
-        steps = [0]
-        step = engine.step
-        engine.step = lambda: steps.__setitem__(0, steps[0] + 1) or step()
-        start = time.perf_counter()
-        outs = engine.generate(prompts, params)
-        elapsed = time.perf_counter() - start
-        tokens = [o.token_ids for o in outs]
-        reference = reference or tokens
-        n = steps[0]
-        tp_group = getattr(runner, "tp", None)
-        world = getattr(runner, "world", None)
-        step_ms = elapsed / n * 1e3
-        base_step = base_step or step_ms
-        rows.append([
-            f"TP={tp} PP={pp}" + (f", {threads} thread" if threads else ""), n, step_ms, step_ms / base_step,
-            (tp_group.bytes / n / 1e3) if tp_group and tp > 1 else 0.0,
-            (tp_group.seconds / n * 1e3) if tp_group and tp > 1 else 0.0,
-            (world.bytes / n / 1e3) if world else 0.0,
-            (world.seconds / n * 1e3) if world else 0.0,
-            "yes" if tokens == reference else "NO",
-        ])
-        if hasattr(runner, "shutdown"):
-            runner.shutdown()
+                                        tensor_parallel_size=tp, pipeline_parallel_size=pp, num_threads=threads,
+                                        enable_prefix_caching=False))
+        engine.generate(prompts, params)  # warm-up: first-call allocations at every shape the workload reaches
+        # The thread count is per process and each engine sets rank 0's as it starts: set it again before its runs.
+        engines[tp, pp, threads] = engine, torch.get_num_threads()
+    runs = defaultdict(list)
+    for _ in tqdm(range(rounds), desc="rounds"):
+        for layout, (engine, threads) in engines.items():
+            torch.set_num_threads(threads)
+            runs[layout].append(run(engine, prompts, params))
+    for engine, _ in engines.values():
+        if hasattr(engine.model_runner, "shutdown"):
+            engine.model_runner.shutdown()
     torch.set_num_threads(threads_before)
+
+    base, reference = runs[LAYOUTS[0]], runs[LAYOUTS[0]][0]["tokens"]
+    rows = []
+    for layout, (_, threads) in engines.items():
+        tp, pp, rs = *layout[:2], runs[layout]
+        for key in ("steps", "tp_bytes", "world_bytes"):  # the same workload: the same steps and bytes every round
+            assert len({r[key] for r in rs}) == 1, f"TP={tp} PP={pp}: {key} differ by round: {[r[key] for r in rs]}"
+        n = rs[0]["steps"]
+        ms = [r["seconds"] / n * 1e3 for r in rs]
+        rows.append([
+            f"TP={tp} PP={pp}, {threads} thread{'s' if threads > 1 else ''}/rank", n, spread(ms, 1),
+            spread([m / (b["seconds"] / b["steps"] * 1e3) for m, b in zip(ms, base)], 2) if rs is not base else "1",
+            rs[0]["tp_bytes"] / n / 1e3 if tp > 1 else "-",
+            spread([r["tp_seconds"] / n * 1e3 for r in rs], 1) if tp > 1 else "-",
+            rs[0]["world_bytes"] / n / 1e3 if tp * pp > 1 else "-",
+            spread([r["world_seconds"] / n * 1e3 for r in rs], 1) if tp * pp > 1 else "-",
+            "yes" if all(r["tokens"] == reference for r in rs) else "NO",
+        ])
     return rows
 
 
@@ -174,8 +212,10 @@ MEASURED_HEADERS = ["layout", "steps", "ms/step", "x TP=1", "TP collectives KB/s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT / "models" / "large"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of the measured part (each runs every layout once); median and min-max")
     ap.add_argument("--batch", type=int, default=64, help="decode batch of the arithmetic table")
     ap.add_argument("--context", type=int, default=4096, help="tokens of context per sequence in the arithmetic table")
     ap.add_argument("--table", action="store_true", help="print the arithmetic only")
@@ -185,21 +225,29 @@ def main() -> None:
     print(arithmetic)
     if args.table:
         return
-    rows = measure(args.model, args.requests)
+    rows = measure(args.model, args.requests, args.rounds)
     measured = table(MEASURED_HEADERS, rows)
     print("\n" + measured)
     if not args.no_write:
         body = (
             f"### 70B on H100s (arithmetic)\n\n{arithmetic}\n\n### Measured here: `{Path(args.model).name}`, "
             f"{args.requests} requests (32-96 token prompts, 32 tokens out), gloo over loopback, one process per rank\n\n"
-            f"{measured}\n\nTP collectives: the two all-reduces per layer, the embedding's all-reduce and the logits' "
+            f"{measured}\n\nEvery layout stays started (its ranks idle while another runs); {args.rounds} interleaved "
+            "rounds each run the workload once on every layout, in turn, after one warm-up run each; prefix caching is off, "
+            "so every run prefills its prompts in full. Times are the "
+            "median (min-max) over rounds; x TP=1 is taken within each round. Steps and bytes were the same in every "
+            "round (the bench checks); same tokens: every round's equal TP=1's. "
+            "TP collectives: the two all-reduces per layer, the embedding's all-reduce and the logits' "
             "all-gather. Rank 0 also broadcasts each step's batch (token ids, positions, slots, block tables) to every "
             "rank, and with PP sends hidden states to the next stage and receives the logits back; its time there "
             "includes waiting for the other stage. On this CPU the ranks share the same cores, so neither layout can "
             "be faster than one process: the figures are the price of the communication, not a speed-up. The ratios "
             "are against one process on one thread, as each rank runs here."
         )
-        write_section("sharding", "Sharding: tensor and pipeline parallelism", "python bench/sharding.py", body)
+        model = "" if args.model == str(DEFAULT_MODEL) else f" --model {args.model}"
+        command = (f".venv/bin/python bench/sharding.py --rounds {args.rounds} --requests {args.requests} "
+                   f"--batch {args.batch} --context {args.context}{model}")
+        write_section("sharding", "Sharding: tensor and pipeline parallelism", command, body)
 
 
 if __name__ == "__main__":
