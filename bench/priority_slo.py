@@ -3,19 +3,21 @@
 Requests arrive in real time (Poisson) into one engine stepped in a loop, as the engine's worker thread
 does. Each scenario runs twice on the same arrivals: with priorities (interactive 0, batch 2) and without
 (everything class 1, i.e. FIFO). TTFT counts from the scheduled arrival, so time spent waiting for the
-current step to end is included.
+current step to end is included. Rounds interleave: each round runs every scenario in both modes, in turn;
+figures are the median (min-max) over rounds.
 
-    .venv/bin/python bench/priority_slo.py                  # models/small, about 4 minutes
+    .venv/bin/python bench/priority_slo.py                  # models/small, 3 rounds, about 12 minutes
     .venv/bin/python bench/priority_slo.py --model models/large --interactive-rate 0.5 --rates 0.1,0.2,0.4,0.8 --slo 2
 
 The default is the small model: on a shared 2-core CPU a models/large step takes 0.2-0.8 s, so a
 realistic interactive load already saturates it; the scheduling effect is the same at any model size.
-    .venv/bin/python bench/priority_slo.py --quick          # a smoke run
+    .venv/bin/python bench/priority_slo.py --quick --rounds 1 --no-write   # a smoke run
 """
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.base import SamplingParams  # noqa: E402
 from backends.engine import EngineConfig, LLMEngine  # noqa: E402
-from bench.report import table, write_section  # noqa: E402
+from bench.report import spread, table, write_section  # noqa: E402
 
 INTERACTIVE, STANDARD, BATCH = 0, 1, 2
 CHAT_PROMPT, CHAT_OUT = (16, 40), 8  # prompt length range, tokens generated
@@ -110,7 +112,14 @@ def run(engine: LLMEngine, arrivals: list[Arrival], priorities: bool, deadline: 
                   len(waiting_first))
 
 
-def plot(sweep: list[tuple[float, Result, Result]], flood: tuple[Result, Result], slo: float, path: Path) -> None:
+def median(runs: list[Result], figure) -> float:
+    """One figure (a function of a run) over the rounds."""
+    return statistics.median(figure(r) for r in runs)
+
+
+def plot(sweep: list[tuple[float, list[Result], list[Result]]], flood: tuple[list[Result], list[Result]], slo: float,
+         path: Path) -> None:
+    """Sweep curves from the medians over rounds; the flood CDF pools every round's interactive requests."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +128,8 @@ def plot(sweep: list[tuple[float, Result, Result]], flood: tuple[Result, Result]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
     rates = [r[0] for r in sweep]
     for label, idx, style in (("priorities", 1, "o-"), ("FIFO", 2, "s--")):
-        xs = [r[idx].tokens_per_s for r in sweep]
-        ys = [r[idx].p(95) for r in sweep]
+        xs = [median(r[idx], lambda run: run.tokens_per_s) for r in sweep]
+        ys = [median(r[idx], lambda run: run.p(95)) for r in sweep]
         left.plot(xs, ys, style, label=label)
         for rate, x, y in zip(rates, xs, ys):
             left.annotate(f"{rate:g}/s", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -131,15 +140,24 @@ def plot(sweep: list[tuple[float, Result, Result]], flood: tuple[Result, Result]
         ax.legend()
     left.set(xlabel="throughput (generated tokens/s, all classes)", title="latency vs throughput (labels: batch req/s)")
     middle.set(xlabel="offered batch load (requests/s)", xscale="log", title="latency vs offered load")
-    for label, result, style in (("priorities", flood[0], "-"), ("FIFO", flood[1], "--")):
-        xs = np.sort(result.ttft)
+    for label, runs, style in (("priorities", flood[0], "-"), ("FIFO", flood[1], "--")):
+        xs = np.sort([t for run in runs for t in run.ttft])
         right.plot(xs, np.arange(1, len(xs) + 1) / len(xs), style, label=label)
     right.axvline(slo, color="red", lw=1)
-    right.set(xlabel="interactive TTFT (s)", ylabel="fraction of requests", xscale="log", title="batch flood: TTFT CDF")
+    right.set(xlabel="interactive TTFT (s)", ylabel="fraction of requests", xscale="log",
+              title="batch flood: TTFT CDF (all rounds)")
     right.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+
+
+def rerun_command(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reproduces this run: --rounds, and every flag not left at its default."""
+    defaults = vars(ap.parse_args([]))
+    flags = [f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}")
+             for key, value in vars(args).items() if key == "rounds" or value != defaults[key]]
+    return " ".join(["python bench/priority_slo.py", *flags])
 
 
 def main() -> None:
@@ -151,9 +169,11 @@ def main() -> None:
     ap.add_argument("--interactive-rate", type=float, default=2.0, help="interactive requests per second")
     ap.add_argument("--flood", type=int, default=64, help="batch requests arriving at once in the flood scenario")
     ap.add_argument("--rates", default="1,2,4,8", help="batch requests per second of the load sweep")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are median (min-max)")
     ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only: leave docs/ (section and plot) alone")
     args = ap.parse_args()
+    command = rerun_command(ap, args)  # before --quick rewrites the settings it stands for
     if args.quick:
         args.seconds, args.drain, args.flood, args.rates = 5.0, 5.0, 12, "1,4"
     rates = [float(r) for r in args.rates.split(",")]
@@ -161,40 +181,55 @@ def main() -> None:
     vocab = engine.config.hf_config["vocab_size"]
     engine.generate([[6, 7, 8]], SamplingParams(max_tokens=4))  # warm-up
 
-    runs = [("flood", 0.0, args.flood)] + [("sweep", rate, 0) for rate in rates]
-    results = []
-    for scenario, rate, flood in tqdm(runs, desc="scenarios"):
-        arrivals = workload(args.seconds, args.interactive_rate, rate, flood, vocab, seed=len(results))
-        deadline = args.seconds + args.drain
-        results.append((scenario, rate, run(engine, arrivals, True, deadline), run(engine, arrivals, False, deadline)))
+    scenarios = [("flood", 0.0, args.flood)] + [("sweep", rate, 0) for rate in rates]
+    # the same arrivals every round, so rounds differ only by the machine's noise
+    arrivals = [workload(args.seconds, args.interactive_rate, rate, flood, vocab, seed=i)
+                for i, (_, rate, flood) in enumerate(scenarios)]
+    deadline = args.seconds + args.drain
+    results = {(i, mode): [] for i in range(len(scenarios)) for mode in (True, False)}  # (scenario, priorities) -> runs
+    with tqdm(total=args.rounds * len(results), desc="runs") as progress:
+        for _ in range(args.rounds):
+            for i, mode in results:
+                results[i, mode].append(run(engine, arrivals[i], mode, deadline))
+                progress.update()
 
-    headers = ["scenario", "batch req/s", "mode", "interactive p50 TTFT s", "p95 TTFT s", f"p95 <= SLO {args.slo:g} s",
-               "throughput tok/s", "batch tokens", "preemptions", "cut off unserved"]
+    headers = ["scenario", "batch req/s", "mode", "interactive p50 TTFT ms", "p95 TTFT ms",
+               f"median p95 <= SLO {args.slo:g} s", "throughput tok/s", "batch tokens", "preemptions",
+               "cut off unserved"]
     rows = []
-    for scenario, rate, on, off in results:
+    for i, (scenario, rate, _) in enumerate(scenarios):
         name = f"flood of {args.flood} + {args.interactive_rate:g} chat/s" if scenario == "flood" else f"{args.interactive_rate:g} chat/s"
-        for mode, r in (("priorities", on), ("FIFO", off)):
-            rows.append([name, rate, mode, r.p(50), r.p(95), "yes" if r.p(95) <= args.slo else "no",
-                         r.tokens_per_s, r.batch_tokens, r.preemptions, r.unserved])
-    flood_on, flood_off = results[0][2], results[0][3]
-    ratio = flood_off.p(95) / flood_on.p(95)
-    summary = (f"In the flood, priorities cut interactive p95 TTFT {ratio:.1f}x "
-               f"({flood_off.p(95):.2f} s FIFO -> {flood_on.p(95):.2f} s) at "
-               f"{flood_on.tokens_per_s / flood_off.tokens_per_s:.2f}x the FIFO throughput.")
+        for mode, runs in (("priorities", results[i, True]), ("FIFO", results[i, False])):
+            p95_ms = [r.p(95) * 1000 for r in runs]
+            rows.append([name, rate, mode, spread([r.p(50) * 1000 for r in runs], 1), spread(p95_ms, 1),
+                         "yes" if statistics.median(p95_ms) <= args.slo * 1000 else "no",
+                         spread([r.tokens_per_s for r in runs], 1), median(runs, lambda r: r.batch_tokens),
+                         median(runs, lambda r: r.preemptions), median(runs, lambda r: r.unserved)])
+    flood_on, flood_off = results[0, True], results[0, False]
+    cut = [off.p(95) / on.p(95) for on, off in zip(flood_on, flood_off)]  # per round: the same round's two runs
+    kept = [on.tokens_per_s / off.tokens_per_s for on, off in zip(flood_on, flood_off)]
+    summary = (f"In the flood, priorities cut interactive p95 TTFT {spread(cut, 1)}x "
+               f"({spread([r.p(95) * 1000 for r in flood_off], 1)} ms FIFO -> "
+               f"{spread([r.p(95) * 1000 for r in flood_on], 1)} ms) at "
+               f"{spread(kept, 2)}x the FIFO throughput (ratios taken within each round).")
     body = table(headers, rows)
     print(body + "\n\n" + summary)
-    img = ROOT / "docs" / "img" / "priority_latency_throughput.png"
-    plot([(rate, on, off) for scenario, rate, on, off in results if scenario == "sweep"], (flood_on, flood_off), args.slo, img)
     if not args.no_write:
+        img = ROOT / "docs" / "img" / "priority_latency_throughput.png"
+        plot([(rate, results[i, True], results[i, False]) for i, (scenario, rate, _) in enumerate(scenarios)
+              if scenario == "sweep"], (flood_on, flood_off), args.slo, img)
         knob_text = ", ".join(f"{k}={v}" for k, v in KNOBS.items())
         write_section(
-            "priority_slo", "Priority classes: interactive TTFT under a batch flood",
-            "python bench/priority_slo.py",
+            "priority_slo", "Priority classes: interactive TTFT under a batch flood", command,
             f"Model `{Path(args.model).name}`, engine {knob_text}. Interactive: {args.interactive_rate:g} req/s "
             f"({CHAT_PROMPT[0]}-{CHAT_PROMPT[1]} token prompts, {CHAT_OUT} tokens out, class 0); batch: "
             f"{BATCH_PROMPT[0]}-{BATCH_PROMPT[1]} token prompts, {BATCH_OUT} tokens out (class 2); "
             f"{args.seconds:g} s of arrivals per run, cut off {args.drain:g} s later (a request still without a token "
             "counts its wait so far, a lower bound). FIFO = the same arrivals all in class 1.\n\n"
+            f"{args.rounds} interleaved rounds (each round runs every scenario, priorities then FIFO, on the same "
+            "arrivals every round). TTFT and throughput are median (min-max) over rounds; \"p95 <= SLO\" is judged "
+            "on the median p95; batch tokens, preemptions and cut-off counts are medians. The plot's curves are the "
+            "medians; its CDF pools the flood's interactive requests of every round.\n\n"
             f"{body}\n\n{summary}\n\n![latency-throughput](img/{img.name})",
         )
 
