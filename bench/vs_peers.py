@@ -546,7 +546,9 @@ Each cell: median of {args.rounds} interleaved rounds, min-max in brackets; "add
 minus direct's in the same round. Server CPU = user + system time of every process of the server during the
 scenario (warm-up included), per request; req/s per core = 1000 / that. TTFC = time to first content chunk.
 The machine is shared (2 cores, load average {_loadavg()} at the end): wall-clock req/s and latencies
-suffer from other work; the CPU-per-request figures and the within-round ratios much less so.
+suffer from other work; the CPU-per-request figures and the within-round ratios much less so. The >= 0.8
+target is the scaled-out configuration's (PostgreSQL + Redis); PostgreSQL alone pays two transactions per
+request, each in a worker thread.
 
 {main_table}
 
@@ -579,7 +581,7 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
             rows.append([f"Ferryman {label} / SQLite req/s, c32", per_round(
                 lambda r: len(results[name, "c32", r]["latencies"]) / results[name, "c32", r]["seconds"]
                 / (len(results["ferryman sqlite", "c32", r]["latencies"]) / results["ferryman sqlite", "c32", r]["seconds"])),
-                ">= 0.8"])
+                ">= 0.8" if name.endswith("+redis") else ""])
     if not {"ferryman sqlite", "forwarder"} <= set(names):
         return rows
     if "c1" in scenarios:
