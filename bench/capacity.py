@@ -418,12 +418,21 @@ What the features change (the table above; same arrivals within each load):
 - **Prefix caching** (the real BlockManager; 35% of the chat mix's prompt tokens hit the shared system prompts) is
   worth the most at capacity: off, p95 TTFT rises from 535 to 868 ms and p50 ITL from 28 to 41 ms, because
   every shared prefix is prefilled again inside the decode steps; at this SLO that is roughly a third less capacity.
-- **Speculative decoding**, modelled with the acceptance rate measured in `bench/spec_decode.py` (0.45, n-gram
-  lookup on the bundled pair): the engine speculates only while at most 16 sequences decode
-  (`speculative_max_batch_size`), and at capacity a replica decodes far more, so it changes almost nothing there.
-  At a tenth of capacity it halves p50 ITL (17.6 -> 8.7 ms) and cuts GPU-seconds per request by a quarter; a
-  Llama-3-8B draft at the same acceptance makes things worse (its own steps cost more than it saves): a draft
-  pays only at a much higher acceptance rate than our bundled pair measures.
+- **Speculative decoding**, modelled with an n-gram acceptance of 0.45 (where it comes from: below): the engine
+  speculates only while at most 16 sequences decode (`speculative_max_batch_size`), and at capacity a replica
+  decodes far more, so it changes almost nothing there. At a tenth of capacity it halves p50 ITL (17.6 -> 8.7 ms)
+  and cuts GPU-seconds per request by a quarter; a Llama-3-8B draft at the same acceptance makes things worse
+  (its own steps cost more than it saves): a draft pays only at a much higher acceptance rate than our bundled
+  pair measures. The 0.45 is the n-gram batch-1 acceptance (0.452) of the 2026-11-27 `bench/spec_decode.py`
+  run, taken just after each engine started, while its adaptive k was still coming down from 4. The current run
+  (docs/BENCHMARKS.md, `spec_decode`) measures after a warm-up, k already adapted: acceptance (accepted /
+  proposed drafts) 0.58-0.60 at batch 1 and 0.46-0.52 at batch 8, fewer drafts proposed for about as many
+  accepted; the mean accepted length, about as before, is 2.13-2.21 tokens per verification at batch 1 and
+  1.82-2.05 at batch 8. The simulator keeps k = 4 and accepts each draft independently, so it emits
+  1 + p + p^2 + p^3 + p^4 tokens per verification: 1.79 at 0.45, below both measurements (and 2.22-2.31 at
+  0.58-0.60, a little above batch 1's). So these rows understate n-gram speculation where few sequences decode: a
+  higher input would lower ITL and GPU-seconds per request at a tenth of capacity further, make the draft row
+  less bad, and move the at-capacity row little.
 - **Priority classes** (the real Scheduler's) change nothing at this load: admissions rarely wait for the token
   budget or the KV cache, so there is no queue to reorder. They matter when one of those is the bottleneck, as in
   the batch-flood benchmark (`bench/priority_slo.py`, docs/SHARDING.md), and cost nothing otherwise.
@@ -502,7 +511,8 @@ concurrency; the ranking of formats and layouts is what they are for.
 - One replica's scheduler is simulated; replicas behind round robin are independent, so capacity scales with their
   number (round robin smooths Poisson arrivals, which if anything understates a replica's capacity).
 - Priority aging is off in the simulator (the Scheduler reads the wall clock for it).
-- Speculative decoding and draft cost are modelled with an i.i.d. per-token acceptance rate, not run.
+- Speculative decoding and draft cost are modelled with an i.i.d. per-token acceptance rate at a fixed k = 4
+  (the engine adapts k), not run.
 - The GPU efficiency factors are assumptions, not measurements (no GPU here); rerun the calibration on the target
   GPU with `backends/engine/capacity/calibrate.py` to replace them.
 """
