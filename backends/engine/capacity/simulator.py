@@ -31,7 +31,7 @@ CLASSES = {0: "interactive", 1: "standard", 2: "batch"}
 
 @dataclass
 class Speculation:
-    acceptance: float  # probability that each proposed token is accepted (measured: bench/spec_decode.py)
+    acceptance: float  # probability that each proposed token is accepted, independently (bench/spec_decode.py measures accepted / proposed under adaptive k: an estimate of it)
     k: int = 4
     draft: StepModel | None = None  # None: n-gram prompt lookup, whose proposals cost nothing
     max_batch: int = 16  # as EngineConfig.speculative_max_batch_size: more decoding sequences, no speculation
