@@ -31,7 +31,9 @@ CLASSES = {0: "interactive", 1: "standard", 2: "batch"}
 
 @dataclass
 class Speculation:
-    acceptance: float  # probability that each proposed token is accepted, independently (bench/spec_decode.py measures accepted / proposed under adaptive k: an estimate of it)
+    # Probability that each proposed token is accepted, independently; bench/spec_decode.py's accepted / proposed
+    # (under the engine's adaptive k) is an estimate of it.
+    acceptance: float
     k: int = 4
     draft: StepModel | None = None  # None: n-gram prompt lookup, whose proposals cost nothing
     max_batch: int = 16  # as EngineConfig.speculative_max_batch_size: more decoding sequences, no speculation
