@@ -8,6 +8,8 @@ Used when a Redis URL is configured (`FERRYMAN_REDIS_URL`); the database stays t
   period's spent and reserved, seeded once from the database's budget_spend (HSETNX: concurrent seeders agree).
 - settle: one Lua script drops the hold, moves the cost from reserved to spent and appends the usage record to
   a stream, atomically: a settled request is in the stream exactly once, and a second settle finds no hold.
+- on the request path both scripts are awaited over one pipelined connection per process (billing/resp.py, no
+  blocking round trip); operator commands and tests call them through redis-py.
 - a writer per gateway process (`Writer`) reads the stream in a consumer group and writes each batch in one
   database transaction: the records `ON CONFLICT (request_id) DO NOTHING`, and budget_spend grows by the cost
   of the records actually inserted; then XACK. A batch redelivered after a crash between commit and XACK
@@ -126,10 +128,11 @@ class RedisLedger(Ledger):
     def reserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
                 max_tokens: int) -> Hold:
         hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
-        while (i := self._held(self._reserve(keys=keys, args=self._hold_args(hold, payload, seeds)), hold,
-                               principal, prompt_tokens, max_tokens)) is not None:
+        while True:
+            answer = self._reserve(keys=keys, args=self._hold_args(hold, payload, seeds))
+            if (i := self._held(answer, hold, principal, prompt_tokens, max_tokens)) is None:
+                return hold
             seeds[i] = str(self._spent_in_database(hold.budgets[i].id, hold.period_keys[i]))
-        return hold
 
     async def areserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
                        max_tokens: int) -> Hold:
@@ -137,10 +140,11 @@ class RedisLedger(Ledger):
         if self.prices_stale():  # the database read, once every few seconds, off the loop
             await asyncio.to_thread(self.price, model)
         hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
-        while (i := self._held(await self.fast.script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds)),
-                               hold, principal, prompt_tokens, max_tokens)) is not None:
+        while True:
+            answer = await self.fast.script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds))
+            if (i := self._held(answer, hold, principal, prompt_tokens, max_tokens)) is None:
+                return hold
             seeds[i] = str(await asyncio.to_thread(self._spent_in_database, hold.budgets[i].id, hold.period_keys[i]))
-        return hold
 
     def _new_hold(self, principal: Principal, request_id: str, model: str, prompt_tokens: int, max_tokens: int):
         """The hold (worst case: every max token generated, none cached), its Redis keys, what the hold's entry
