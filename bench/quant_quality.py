@@ -18,7 +18,6 @@ import argparse
 import copy
 import csv
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from backends.engine.quant import QuantLinear, quantize_model, weight_bytes  # noqa: E402
 from backends.engine.quant.model import quantizable_linears  # noqa: E402
-from bench.report import table, write_section  # noqa: E402
+from bench.report import spread, table, write_section  # noqa: E402
 from classifier.tasks import HELDOUT_TEXT, LEVELS, Task, is_correct, make_tasks  # noqa: E402
 
 MODEL = ROOT / "models" / "large"
@@ -48,6 +47,7 @@ TASK_TOKENS = 32
 WINDOW = 256  # tokens per perplexity window, well inside max_position_embeddings
 VARIANTS = ("fp32", "bf16", "int8", "int4-g128", "int4-g64", "int4-g32")
 DEFAULT_VARIANTS = ("fp32", "bf16", "int8", "int4-g128", "int4-g32")
+ROUNDS = 7  # interleaved rounds of the QuantLinear micro-benchmark
 
 
 def build(name: str, base: nn.Module) -> nn.Module:
@@ -135,19 +135,19 @@ def quality(args: argparse.Namespace, tok, base: nn.Module) -> list[dict]:
     return results
 
 
-def time_us(paths: dict, reps: int, rounds: int = 7) -> dict[str, float]:
-    """Median microseconds per call of each path. Rounds interleave the paths so that load from other
+def time_us(paths: dict, reps: int) -> dict[str, list[float]]:
+    """Microseconds per call of each path, one figure per round. Rounds interleave the paths so that load from other
     processes on this shared CPU falls on all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in paths}
     for fn in paths.values():
         fn()
-    for _ in range(rounds):
+    for _ in range(ROUNDS):
         for name, fn in paths.items():
             start = time.perf_counter()
             for _ in range(reps):
                 fn()
             times[name].append((time.perf_counter() - start) / reps * 1e6)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 @torch.inference_mode()
@@ -169,7 +169,8 @@ def micro(shapes: list[tuple[int, int]], reps: int) -> list[list]:
                 "int8 _weight_int8pack_mm": lambda: torch._weight_int8pack_mm(x, int8.qweight, scales32),
             }, reps)
             base = us.pop("nn.Linear")
-            rows += [[f"{k}x{n}", m, name, base, t, t / base] for name, t in us.items()]
+            rows += [[f"{k}x{n}", m, name, spread(base, 1), spread(t, 1), spread([q / b for q, b in zip(t, base)])]
+                     for name, t in us.items()]
     torch.set_num_threads(threads)
     return rows
 
@@ -263,8 +264,8 @@ parameter and buffer (whole model), and of the quantized layers alone (linear we
 ![accuracy per level](img/quant_quality.png)
 
 QuantLinear on this CPU at decode shapes (the large model's layers and a 4096x4096 layer of a 7B model),
-time per call as a ratio to nn.Linear in fp32 measured in the same run (one thread, median of 7 interleaved
-rounds of {args.reps} calls).
+time per call as a ratio to nn.Linear in fp32 measured in the same run (one thread, median (min-max) of {ROUNDS}
+interleaved rounds of {args.reps} calls; the ratio is taken per round).
 On CPU int8 runs fbgemm's int8 GEMM (per-row activation quantization around it); int4 runs the torch reference
 path, which dequantizes the whole weight every call, so it is slower than fp32: the memory saving is the point
 there, and its speed comes from the fused Triton kernel on a GPU.
