@@ -218,12 +218,13 @@ class Ledger:
 
     async def areserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
                        max_tokens: int) -> Reservation:
-        return await self._on_path(self.reserve, principal, request_id, model, prompt_tokens, max_tokens)
+        return await self.blocking(self.reserve, principal, request_id, model, prompt_tokens, max_tokens)
 
     async def asettle(self, res: Reservation, **usage) -> UsageRecord:
-        return await self._on_path(self.settle, res, **usage)
+        return await self.blocking(self.settle, res, **usage)
 
-    async def _on_path(self, fn, *args, **kwargs):
+    async def blocking(self, fn, *args, **kwargs):
+        """A call that reads or writes this ledger's database, from the event loop."""
         # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked database's
         # commit waits milliseconds, which must not stall every other request on the event loop.
         if self.engine.dialect.name == "sqlite":

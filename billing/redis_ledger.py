@@ -214,11 +214,9 @@ class RedisLedger(Ledger):
                 *[r.limit_micros * r.alert_percent for r in res.budgets]]
 
     @staticmethod
-    def _charged(res: Hold, answer: list) -> bool:
+    def _charged(res: Hold, answer: list) -> None:
         if answer[0] != b"ok":
             log.warning("request %s was already settled or reaped: not charged again", res.request_id)
-            return False
-        return True
 
     def reap_expired(self, now: datetime | None = None) -> int:
         """Settle, at no cost, the holds whose replica died before settling them; safe on every replica at once."""

@@ -67,14 +67,10 @@ class Ferry:
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
         self.routing = Routing(catalog, router, models)
-        # SQLite commits in microseconds, so a thread hop costs more than it saves; a networked ledger's
-        # commit waits milliseconds, which must not stall every other request on the event loop.
-        self.ledger_in_thread = billing.engine.dialect.name != "sqlite"
 
     async def ledger(self, fn, *args, **kwargs):
-        if self.ledger_in_thread:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
+        """A blocking call on the ledger's database: inline on SQLite, else in a thread (Ledger.blocking)."""
+        return await self.billing.ledger.blocking(fn, *args, **kwargs)
 
     # --- who is asking -------------------------------------------------------------------------
 
