@@ -1,17 +1,21 @@
-"""/docs: Swagger UI from the swagger-ui-bundle package's own files, so the page works offline (FastAPI's
-default loads it from a CDN, which a gateway on a private network cannot reach)."""
+"""/docs: Swagger UI from the fastapi-offline package's own files, so the page works offline (FastAPI's
+default loads it from a CDN, which a gateway on a private network cannot reach). It is Swagger UI 5, which
+renders the OpenAPI 3.1 document FastAPI writes (swagger-ui-bundle's 3.20 could not)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS = "/docs-assets"
+SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 
 
 def install(app: FastAPI) -> None:
-    app.mount(ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount(ASSETS, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     document = app.openapi
 
     def openapi() -> dict:
@@ -32,4 +36,4 @@ def install(app: FastAPI) -> None:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
                                    swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{ASSETS}/favicon-32x32.png")
+                                   swagger_favicon_url=f"{ASSETS}/favicon.png")

@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
             await ferry.limiter.close()
 
-    # /docs serves Swagger UI from the swagger-ui-bundle package's files, so it works offline (no CDN).
+    # /docs serves Swagger UI from the fastapi-offline package's files, so it works offline (no CDN).
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.drain = health.Drain(settings.shutdown_grace_s)
