@@ -166,6 +166,15 @@ def serve_mock(port: int) -> None:
     asyncio.run(main())
 
 
+def serve_threaded(port: int, style: str) -> None:
+    """Python's http.server in one of tests/upstream_styles.py's socket habits, answering the mock's answer."""
+    from http.server import ThreadingHTTPServer
+
+    from tests.upstream_styles import handler
+
+    ThreadingHTTPServer(("127.0.0.1", port), handler(style, lambda body: ANSWER)).serve_forever()
+
+
 def serve_forwarder(port: int, upstream_port: int) -> None:
     """The minimal proxy: bytes through, one kept-alive upstream connection per client connection."""
     import asyncio
@@ -311,8 +320,8 @@ general_settings: {{master_key: {LITELLM_KEY}}}
 CONTENT = re.compile(rb'"content":\s*"[^"]')
 
 
-def chat_request(key: str, stream: bool) -> bytes:
-    body = json.dumps({"model": "mock", "messages": [{"role": "user", "content": "Say something short."}],
+def chat_request(key: str, stream: bool, model: str = "mock") -> bytes:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say something short."}],
                        "max_tokens": 16, "stream": stream}).encode()
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
@@ -361,11 +370,11 @@ async def streamed_requests(port: int, request: bytes, n: int, ttfc: list[float]
     writer.close()
 
 
-async def load(port: int, key: str, scenario: str, n: int) -> dict:
+async def load(port: int, key: str, scenario: str, n: int, model: str = "mock") -> dict:
     import asyncio
 
     concurrency, stream = SCENARIOS[scenario]
-    request = chat_request(key, stream)
+    request = chat_request(key, stream, model)
     warm = [streamed_requests(port, request, 5, [], []) if stream else whole_requests(port, request, 5, [])
             for _ in range(concurrency)]
     await asyncio.gather(*warm)
@@ -607,6 +616,127 @@ def ratios(names: list[str], scenarios: list[str], results: dict, rounds) -> lis
     return rows
 
 
+# --- the upstream matrix: Ferryman in front of upstreams of every socket habit ----------------------------
+
+# style -> (how the upstream is started, its well-behaved copy, whether a plain keep-alive client can use it as is)
+UPSTREAMS = {
+    "asyncio (TCP_NODELAY, one send)": ("mock", "mock", True),
+    "http.server, Content-Length, no TCP_NODELAY": ("nagle", "nodelay", True),
+    "http.server, chunked, no TCP_NODELAY": ("nagle-chunked", "nodelay-chunked", True),
+    "http.server, HTTP/1.0, closes": ("http10", "nodelay", False),
+    "http.server, closes idle connections": ("idle-close", "nodelay", False),
+    "LiteLLM proxy (uvicorn)": ("litellm", "litellm", True),
+}
+
+
+def start_upstream(kind: str, work: Path, mock_port: int) -> tuple[subprocess.Popen, int]:
+    from bench.gateway_overhead import free_port
+
+    port = free_port()
+    if kind == "mock":
+        return start_server(["--serve-mock", str(port)], port), port
+    if kind == "litellm":
+        proc = litellm(work, mock_port, port)
+        wait_listening(proc, port)
+        return proc, port
+    return start_server(["--serve-threaded", str(port), kind], port), port
+
+
+def upstreams(args: argparse.Namespace) -> None:
+    """Rounds of: per style, a direct keep-alive client to the well-behaved copy, the same client to the style as
+    is (where it can keep alive), and Ferryman in front of the style; c1, non-streaming."""
+    import asyncio
+    import contextlib
+    import tempfile
+
+    from bench.gateway_overhead import free_port, ledger
+
+    work, n = Path(tempfile.mkdtemp(prefix="ferryman-upstreams-")), args.requests_c1
+    styles = {s: k for s, k in UPSTREAMS.items() if not (args.no_litellm and k[0] == "litellm")}
+    procs, ports = [], {}
+    try:
+        mock = start_upstream("mock", work, 0)
+        procs.append(mock[0])
+        ports["mock"] = mock[1]
+        for kind in {k for style in styles.values() for k in style[:2]} - {"mock"}:
+            proc, ports[kind] = start_upstream(kind, work, ports["mock"])
+            procs.append(proc)
+        os.environ["BENCH_LITELLM_KEY"] = LITELLM_KEY
+        catalog = work / "catalog.yaml"
+        catalog.write_text("models:\n" + "".join(
+            f"  - {{name: u{i}, kind: openai, base_url: 'http://127.0.0.1:{ports[kind]}/v1', upstream_model: mock,"
+            f" price: {{input: 0.5, output: 1.5}}{', api_key_env: BENCH_LITELLM_KEY' if kind == 'litellm' else ''}}}\n"
+            for i, (kind, _, _) in enumerate(styles.values())))
+        url, port = f"sqlite:///{work / 'ledger.db'}", free_port()
+        key = ledger(url)
+        procs.append(start_server(["--serve-ferryman", str(port), url, str(catalog)], port))
+        results: dict = {}
+        for r in range(args.rounds):
+            for i, (style, (kind, copy, plain)) in enumerate(styles.items()):
+                direct_key = LITELLM_KEY if copy == "litellm" else "none"
+                runs = {"direct to the well-behaved copy": (ports[copy], direct_key, "mock"),
+                        "Ferryman": (port, key, f"u{i}")}
+                if plain:
+                    runs["direct to it as is"] = (ports[kind], direct_key, "mock")
+                for name, (to, auth, model) in runs.items():
+                    size = n if name != "direct to it as is" or kind == copy else max(20, n // 8)
+                    result = asyncio.run(load(to, auth, "c1", size, model))
+                    results[style, name, r] = _pct(result["latencies"], 50)
+                print(f"round {r + 1}: {style}: " + ", ".join(
+                    f"{name} {results[style, name, r]:.2f} ms" for name in runs), flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+    report_upstreams(args, styles, results)
+
+
+def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> None:
+    rounds = range(args.rounds)
+
+    def stat(style, name, fn=lambda style, name, r: results[style, name, r]):
+        values = [fn(style, name, r) for r in rounds]
+        return statistics.median(values), min(values), max(values)
+
+    def added(style, name, r):
+        return results[style, name, r] - results[style, "direct to the well-behaved copy", r]
+
+    rows = []
+    for style, (_, _, plain) in styles.items():
+        ferryman = stat(style, "Ferryman", added)
+        rows.append([style, _mm(stat(style, "direct to the well-behaved copy")),
+                     _mm(stat(style, "direct to it as is")) if plain else "- (cannot keep alive)",
+                     _mm(stat(style, "Ferryman")), _mm(ferryman), "yes" if ferryman[0] <= 2 else "NO"])
+    result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
+                    "Ferryman p50 ms", "Ferryman added p50 ms", "within 2 ms"], rows)
+    print(result)
+    if args.no_litellm:
+        print("(a filtered run: docs/BENCHMARKS.md left as it is)")
+        return
+    body = f"""
+Ferryman (one uvicorn process, SQLite ledger, a catalog with one `kind: openai` model per upstream, one tenant
+with a budget, a key and rate limits) in front of OpenAI-compatible upstreams of different socket habits, each its
+own process: the asyncio mock (TCP_NODELAY, head and body in one send); Python's `http.server` (a thread per
+connection, head and body in separate sends, no TCP_NODELAY: the Nagle / delayed-ACK stall) with a
+`Content-Length` body, with a chunked body, answering HTTP/1.0 and closing, and closing every connection once
+idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock). Non-streaming chat at
+concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
+The baseline is a direct keep-alive client (raw asyncio, one send per request) to a well-behaved copy of the
+same upstream: the same server with TCP_NODELAY, keeping connections alive. "Plain keep-alive client to it" is
+that client against the upstream as it is: the stall Ferryman's client avoids (backends/wire.py re-arms
+TCP_QUICKACK after each read and after each send, so the head's ACK goes at once). Each cell: median of
+{args.rounds} interleaved rounds (min-max); "added" = Ferryman minus the baseline in the same round. llama-cpp-python's
+server is not in the matrix: PyPI has only its source (a llama.cpp build) and no GGUF of our checkpoints ships.
+The machine is shared (2 cores, load average {_loadavg()} at the end).
+
+{result}
+"""
+    command = f"bench/vs_peers.py --upstreams --rounds {args.rounds} --requests-c1 {args.requests_c1}"
+    write_section("vs_peers_upstreams", "Ferryman in front of upstreams of every socket habit", command, body)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
@@ -755,7 +885,7 @@ def _loadavg() -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--engine-worker":
         return engine_worker(*sys.argv[2:5])
-    servers = {"--serve-mock": serve_mock, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman,
+    servers = {"--serve-mock": serve_mock, "--serve-threaded": serve_threaded, "--serve-forwarder": serve_forwarder, "--serve-ferryman": serve_ferryman,
                "--serve-fastapi-floor": serve_fastapi_floor, "--serve-asgi-floor": serve_asgi_floor}
     if len(sys.argv) > 1 and sys.argv[1] in servers:
         return servers[sys.argv[1]](*[int(a) if a.isdigit() else a for a in sys.argv[2:]])
@@ -776,8 +906,10 @@ def main() -> None:
     parser.add_argument("--requests-c1", type=int, default=400)
     parser.add_argument("--requests-c32", type=int, default=1600)
     parser.add_argument("--requests-stream", type=int, default=200)
+    parser.add_argument("--upstreams", action="store_true", help="Ferryman in front of upstreams of every socket "
+                        "habit, against a direct client to a well-behaved copy of each")
     args = parser.parse_args()
-    engines(args) if args.engines else gateways(args)
+    engines(args) if args.engines else upstreams(args) if args.upstreams else gateways(args)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import pytest
 
 from backends.openai_upstream import _lines
 from backends.wire import Pool, WireError
+from tests.upstream_styles import STYLES, upstream
 
 
 async def serve(answer: bytes, *, close_after: bool = False, silent: bool = False):
@@ -176,3 +178,25 @@ def test_implausible_reported_usage_is_replaced_by_an_estimate(usage):
     [delta] = _ask(_http(body), stream=False)
     assert delta.text == "four byte" and delta.usage.estimated
     assert delta.usage.prompt_tokens > 0 and delta.usage.completion_tokens == 3  # 9 bytes at ~4 bytes a token
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_upstream_socket_habit_answers_without_the_delayed_ack_stall(style):
+    """http.server without TCP_NODELAY sends the body only once the head is ACKed; a kernel that delays that ACK
+    (40 ms at least on Linux) would make 25 requests take a second or more. Ours acknowledges at once."""
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+
+    async def main(url):
+        p = Pool(url, {}, timeout_s=5.0, connect_timeout_s=1.0, max_connections=4)
+        start = time.perf_counter()
+        bodies = [json.loads((await p.post("/chat/completions", b"{}"))[1]) for _ in range(25)]
+        elapsed = time.perf_counter() - start
+        pooled = len(p.idle)
+        p.close()
+        return bodies, elapsed, pooled
+
+    with upstream(style, lambda body: answer) as url:
+        bodies, elapsed, pooled = asyncio.run(main(url))
+    assert bodies == [answer] * 25
+    assert elapsed < 25 * 0.040
+    assert pooled == (0 if style == "http10" else 1)  # an HTTP/1.0 answer closes its connection
