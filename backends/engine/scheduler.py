@@ -4,7 +4,11 @@ Running decodes never wait behind a long prompt: the prompt is prefilled a budge
 alongside them. Priority classes (0 interactive, 1 standard, 2 batch) are served in order: a class's
 decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
 seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
-time, so no class starves forever. When the cache runs out of blocks, the lowest-priority,
+time, so no class starves forever. Within a class, seats are shared fairly between tenants (the
+`cache_salt` the gateway sets per tenant; equal weights): prefill chunks and admissions go to the tenant
+holding the fewest seats of that class first, and while every seat is taken, a tenant holding two or more
+seats more than a waiting request's tenant gives up its latest one, so one tenant's flood of long
+generations cannot keep another tenant waiting for a seat. When the cache runs out of blocks, the lowest-priority,
 latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
 later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
 memory and copied back when it resumes).
@@ -16,6 +20,7 @@ a block another copy of the same step writes.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
@@ -52,10 +57,13 @@ class Scheduler:
         self.block_manager.release_swapped_in()
         self._age_waiting()
         self._make_room_for_higher_class()
+        self._share_seats()
         preemptions_before = self.num_preemptions
         admitting = True
-        # Class by class: decodes, then running prefill chunks, then admissions (FIFO within the class).
-        for seq in sorted(self.running + self.waiting, key=_schedule_order):
+        seats = self._seats()
+        # Class by class: decodes, then running prefill chunks, then admissions (fewest seats' tenant first,
+        # then FIFO).
+        for seq in sorted(self.running + self.waiting, key=lambda s: _schedule_order(s, seats)):
             if not budget:
                 break
             if seq.status == SequenceStatus.RUNNING:
@@ -128,6 +136,23 @@ class Scheduler:
                 return
             self._preempt(self.running[-1])
 
+    def _seats(self) -> Counter:
+        return Counter((s.priority, s.cache_salt) for s in self.running)
+
+    def _share_seats(self) -> None:
+        """All seats taken: the first waiting request of the best class whose tenant holds the fewest seats in that
+        class takes the latest seat of the same class's tenant holding the most, if that one holds 2+ more."""
+        if not self.waiting or len(self.running) < self.max_num_seqs:
+            return
+        seats = self._seats()
+        seq = min(self.waiting, key=lambda s: (s.priority, seats[s.priority, s.cache_salt], s.seq_id))
+        peers = [s for s in self.running if s.priority == seq.priority]
+        if not peers:
+            return
+        victim = max(peers, key=lambda s: (seats[s.priority, s.cache_salt], s.seq_id))
+        if seats[victim.priority, victim.cache_salt] >= seats[seq.priority, seq.cache_salt] + 2:
+            self._preempt(victim)
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         if self.preemption_mode == "swap" and self.block_manager.can_swap_out(seq):
@@ -141,5 +166,8 @@ class Scheduler:
         self.num_preemptions += 1
 
 
-def _schedule_order(seq: Sequence) -> tuple[int, bool, bool]:
-    return seq.priority, seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1
+def _schedule_order(seq: Sequence, seats: Counter) -> tuple[int, bool, int, bool]:
+    # Decodes first (share 0), then prefill chunks and admissions by their tenant's seats in the class.
+    waiting, prefill = seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1
+    share = seats[seq.priority, seq.cache_salt] if prefill or waiting else 0
+    return seq.priority, waiting, share, prefill
