@@ -122,11 +122,13 @@ def test_tensor_parallel_2_equals_hf(checkpoints, family):
 # int8 weights (per output row absmax scales) err by at most half a step, 1/254 of the row's largest weight; the
 # CPU int8 GEMM also quantizes activations per row (7 bits). Through these random two-layer models (whose logits
 # are flat: many near-ties) that moves the logits by up to 11% of their largest magnitude (measured on these six:
-# 8-11% with activation quantization, 3-4% weight-only), so INT8_TOL = 15%. If every int8 logit is within
+# 8-11% with activation quantization, 3-4% weight-only) on the machine where it was first written. If every int8 logit is within
 # eps = INT8_TOL * max|logit| of the float one, the int8 argmax scores within 2 * eps of the float best: the test
 # checks exactly that at every decode step (teacher-forced on the engine's own int8 output). Exact tokens would
 # flip on near-ties; quant/ tests (test_quant_model.py) show exact greedy agreement on a trained model.
-INT8_TOL = 0.15
+# The error depends on which int8 GEMM kernels the CPU gets: on an AVX2-only AMD EPYC (no AVX-512 / VNNI) phi3's
+# prefill logits moved by 15.7% of their largest magnitude (the other five stayed under 11%), so INT8_TOL = 20%.
+INT8_TOL = 0.20
 
 
 @pytest.mark.parametrize("family", FAMILIES)
