@@ -16,12 +16,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from billing import Billing
 from billing.operators import MAX_ID, MAX_LIMIT, MAX_MICROS
 from billing.reports import to_csv, totals
+from gateway import metrics
 from gateway.errors import APIError, invalid, responses
 
 router = APIRouter()
@@ -422,10 +423,11 @@ ENGINE_SAMPLES = {"ferryman_engine_kv_cache_usage_ratio": "kv_cache_usage",
                   "ferryman_engine_generation_tokens_total": "generated_tokens"}
 
 
-def registry_snapshot(registry: CollectorRegistry = REGISTRY) -> dict:
-    """The cumulative figures the live view needs, summed over routes: latency buckets, outcomes, engine state."""
+def registry_snapshot(registry: CollectorRegistry | None = None) -> dict:
+    """The cumulative figures the live view needs, summed over routes: latency buckets, outcomes, engine state.
+    A refused request (429, 402, 403, 400, 503 before any work) counts as a request and an error."""
     snap = {"buckets": {}, "requests": 0.0, "errors": 0.0, "engines": {}}
-    for family in registry.collect():
+    for family in (registry or metrics.registry()).collect():
         for s in family.samples:
             if s.name == "ferryman_request_seconds_bucket":
                 le = float(s.labels["le"])
@@ -433,6 +435,9 @@ def registry_snapshot(registry: CollectorRegistry = REGISTRY) -> dict:
             elif s.name == "ferryman_requests_total":
                 snap["requests"] += s.value
                 snap["errors"] += s.value if s.labels["status"] != "ok" else 0.0
+            elif s.name == "ferryman_rejected_total":
+                snap["requests"] += s.value
+                snap["errors"] += s.value
             elif s.name in ENGINE_SAMPLES:
                 engine = snap["engines"].setdefault(s.labels["model"], {})
                 engine[ENGINE_SAMPLES[s.name]] = s.value

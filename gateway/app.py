@@ -6,14 +6,14 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, admin_ui, api_docs, errors, feedback, health, openai_api
+from gateway import admin, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
-from gateway.ferry import Ferry
+from gateway.ferry import Ferry, bearer_is
 from gateway.served import served_model
 from gateway.middleware import BodyLimit, DrainGate
 
@@ -64,9 +64,12 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.include_router(health.router)
     api_docs.install(app)
 
-    @app.get("/metrics")
-    async def prometheus_metrics():
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", responses=errors.responses(401))
+    async def prometheus_metrics(authorization: str | None = Header(None)):
+        """Closed like the admin API: the admin key, or FERRYMAN_METRICS_KEY for the monitoring."""
+        if not (settings.metrics_key and bearer_is(authorization, settings.metrics_key)):
+            app.state.ferry.check_admin(authorization)
+        return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

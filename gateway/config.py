@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # larger request bodies get 413 before they are read
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     admin_key: str | None = None  # when unset, `serve` mints one per start and prints it
+    # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).
+    metrics_key: str | None = None
+    metrics_tenants: bool = False  # per-tenant series (router share, feedback) on /metrics, labelled by tenant name
 
     # The model catalog (gateway/catalog.py); None = the embedded default: the bundled pair, which the settings
     # below shape (paths, replicas, quantization, speculation, scale-to-zero, cascade).

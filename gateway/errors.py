@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from gateway import metrics
+
 log = logging.getLogger("ferryman")
 
 RETRY_AFTER_S = 5  # how soon a client may try again after a dependency outage or during a restart
@@ -101,12 +103,20 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, handle_unexpected)
 
 
-async def handle_api_error(_: Request, exc: APIError) -> JSONResponse:
-    return exc.response()
+def refusal(request: Request, error: APIError) -> JSONResponse:
+    """The answer to a tenant request refused before any work, counted by reason (ferryman_rejected_total). An
+    error after admission (the request has a ticket: it was settled and counted as such) is no refusal."""
+    if request.url.path.startswith("/v1/") and not getattr(request.state, "admitted", False):
+        metrics.refused(error.status, error.code, getattr(request.state, "model", ""))
+    return error.response()
 
 
-async def handle_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return validation_error(exc.errors()).response()
+async def handle_api_error(request: Request, exc: APIError) -> JSONResponse:
+    return refusal(request, exc)
+
+
+async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return refusal(request, validation_error(exc.errors()))
 
 
 def validation_error(problems) -> APIError:
@@ -153,12 +163,12 @@ async def handle_http_error(request: Request, exc: HTTPException) -> JSONRespons
     else:
         message = str(exc.detail)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})).response()
+    return refusal(request, APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
 
 
 async def handle_outage(request: Request, exc: Exception) -> JSONResponse:
     log.warning("%s %s: dependency outage: %s", request.method, request.url.path, exc.__class__.__name__)
-    return outage(exc).response()
+    return refusal(request, outage(exc))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -45,12 +45,14 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")
     group, route = graded
-    tenant = str(principal.tenant_id)
-    metrics.FEEDBACK.labels(group or "", tenant).observe(body.score)
+    tenant, per_tenant = str(principal.tenant_id), ferry.routing.tenant_metrics
+    metrics.FEEDBACK.labels(group or "", principal.tenant_name if per_tenant else "").observe(body.score)
     if group:  # a request that named a model belongs to no route group's target
         live = ferry.routing.live
         live.record_feedback(group, tenant, strong=strongest(route), score=body.score)
-        metrics.FEEDBACK_QUALITY.labels(group, tenant).set(live.window(group, tenant).feedback_quality())
+        if per_tenant:
+            quality = live.window(group, tenant).feedback_quality()
+            metrics.FEEDBACK_QUALITY.labels(group, principal.tenant_name).set(quality)
     return FeedbackResponse(request_id=body.request_id, score=body.score)
 
 

@@ -66,7 +66,7 @@ class Ferry:
         self.settings, self.billing, self.limiter, self.router = settings, billing, limiter, router
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
-        self.routing = Routing(catalog, router, models)
+        self.routing = Routing(catalog, router, models, settings.metrics_tenants)
 
     async def ledger(self, fn, *args, **kwargs):
         """A blocking call on the ledger's database: inline on SQLite, else in a thread (Ledger.blocking)."""
@@ -90,8 +90,7 @@ class Ferry:
         return principal
 
     def check_admin(self, authorization: str | None) -> None:
-        key, admin = _bearer(authorization), self.settings.admin_key
-        if not (key and admin and hmac.compare_digest(key.encode(), admin.encode())):
+        if not bearer_is(authorization, self.settings.admin_key):
             raise APIError(401, "This endpoint needs the admin key.", "invalid_request_error", "invalid_api_key")
 
     # --- routing and admission -----------------------------------------------------------------
@@ -285,6 +284,12 @@ async def _prepend(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncI
 async def _empty() -> AsyncIterator[TokenDelta]:
     return
     yield
+
+
+def bearer_is(authorization: str | None, secret: str | None) -> bool:
+    """Whether the bearer key is `secret` (compared in constant time); never when no secret is set."""
+    key = _bearer(authorization)
+    return bool(key and secret and hmac.compare_digest(key.encode(), secret.encode()))
 
 
 def _bearer(authorization: str | None) -> str | None:

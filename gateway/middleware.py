@@ -5,6 +5,7 @@ through untouched.
 """
 from __future__ import annotations
 
+from gateway import metrics
 from gateway.errors import APIError, unavailable
 
 ALWAYS_OPEN = {"/health", "/ready", "/metrics"}  # probes keep answering while the gateway drains
@@ -25,7 +26,7 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if _content_length(scope) > self.max_bytes:
-            return await too_large(self.max_bytes).response()(scope, receive, send)
+            return await _refuse(too_large(self.max_bytes), scope, receive, send)
         received, refused = 0, False
 
         async def counted_receive():
@@ -34,7 +35,7 @@ class BodyLimit:
             received += len(message.get("body", b""))
             if received > self.max_bytes and not refused:
                 refused = True
-                await too_large(self.max_bytes).response()(scope, receive, send)
+                await _refuse(too_large(self.max_bytes), scope, receive, send)
             # The app sees a client that left: it stops reading and its own answer goes nowhere.
             return {"type": "http.disconnect"} if refused else message
 
@@ -43,6 +44,13 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, counted_receive, guarded_send)
+
+
+async def _refuse(error: APIError, scope, receive, send) -> None:
+    """Answer before any route ran; a tenant request's refusal is counted (gateway/errors.py counts the rest)."""
+    if scope["path"].startswith("/v1/"):
+        metrics.refused(error.status, error.code)
+    await error.response()(scope, receive, send)
 
 
 def _content_length(scope) -> int:
@@ -63,7 +71,7 @@ class DrainGate:
             return await self.app(scope, receive, send)
         if self.drain.draining:
             refusal = unavailable("The gateway is restarting; retry the request.", "shutting_down")
-            return await refusal.response()(scope, receive, send)
+            return await _refuse(refusal, scope, receive, send)
         self.drain.in_flight += 1
         try:
             await self.app(scope, receive, send)

@@ -42,8 +42,10 @@ async def completions(body: CompletionRequest, request: Request, authorization: 
 
 async def _complete(request: Request, body, authorization: str | None, chat: bool):
     ferry = ferry_of(request)
+    request.state.model = ferry.routing.known(body.model)  # a refusal is counted under it
     principal = await ferry.authenticate(authorization)
     ticket, deltas = await ferry.complete(principal, body)
+    request.state.admitted = True  # an error from here on is the answer's, not a refusal
     deltas = request.app.state.drain.guard(deltas)
     shape = ChatShape(ticket) if chat else CompletionShape(ticket)
     if body.stream:

@@ -54,24 +54,25 @@ def router_tier(router, principal, query: str, tiers: list[str], live=None, grou
     passed = router.tier_for(score, cuts)
     index = len(tiers) - 1 if passed == len(cuts) else passed
     if live is not None:
-        tenant = str(principal.tenant_id)
-        live.record(group, tenant, index == len(tiers) - 1)
-        window = live.window(group, tenant)
-        metrics.STRONG_SHARE.labels(group, tenant).set(window.realised_share())
-        metrics.STRONG_TARGET.labels(group, tenant).set(window.target)
+        live.record(group, str(principal.tenant_id), index == len(tiers) - 1)
     return index, score
 
 
 class Routing:
-    def __init__(self, catalog: Catalog, router, models: dict):
+    def __init__(self, catalog: Catalog, router, models: dict, tenant_metrics: bool = False):
         self.catalog, self.router, self.models = catalog, router, models
         self.live = LiveTargets()  # recent scores per route group and tenant: targets hold on live traffic
+        self.tenant_metrics = tenant_metrics  # FERRYMAN_METRICS_TENANTS: each tenant's window on /metrics
 
     def visible(self, principal) -> list[str]:
         """Route groups and models the caller may name, groups first."""
         names = [g.name for g in self.catalog.routes] + list(self.models)
         allowed = principal.allowed_models
         return names if allowed is None else [n for n in names if n in allowed]
+
+    def known(self, name: str) -> str:
+        """`name` when it is a route group or model of the catalog, else "" (a metric label stays bounded)."""
+        return name if self.catalog.route(name) or name in self.models else ""
 
     def plan(self, principal, body, query: str) -> Plan:
         self._check_allowed(principal, body.model)
@@ -83,6 +84,9 @@ class Routing:
         plan = Plan(group.name, tiers[:1], labels, baseline=group.tiers[-1])
         if group.policy == "router" and len(tiers) > 1:
             index, plan.difficulty = router_tier(self.router, principal, query, tiers, self.live, group.name)
+            if self.tenant_metrics and isinstance(self.router, Router):
+                window = self.live.window(group.name, str(principal.tenant_id))
+                metrics.router_window(group.name, principal.tenant_name, window)
             plan.order = [tiers[index]]
         if group.policy == "cascade" and len(tiers) > 1:
             plan.cascade_to = tiers[-1]

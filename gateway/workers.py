@@ -14,11 +14,14 @@ Each worker builds its app from the environment (FERRYMAN_*), which serve() fill
 from __future__ import annotations
 
 import os
+import tempfile
 
 import uvicorn
 
 from gateway.catalog import Catalog, EngineEntry
 from gateway.config import Settings
+
+HEALTHCHECK_TIMEOUT_S = 60
 
 
 def refusal(settings: Settings, catalog: Catalog, workers: int) -> str | None:
@@ -35,12 +38,20 @@ def refusal(settings: Settings, catalog: Catalog, workers: int) -> str | None:
 
 
 def serve(settings: Settings, workers: int) -> None:
-    """Run `workers` processes until SIGTERM/SIGINT; uvicorn's supervisor restarts a worker that dies."""
+    """Run `workers` processes until SIGTERM/SIGINT; uvicorn's supervisor restarts a worker that dies.
+    Metrics: each worker writes its samples to files in one directory (prometheus_client's multiprocess mode,
+    chosen by PROMETHEUS_MULTIPROC_DIR when a worker imports it), and any worker's /metrics sums them all; a
+    restarted worker's counters keep what the dead one had counted."""
     os.environ.update({"FERRYMAN_ADMIN_KEY": settings.admin_key, "FERRYMAN_DATABASE_URL": settings.database_url})
     if settings.config:
         os.environ["FERRYMAN_CONFIG"] = str(settings.config)
-    uvicorn.run("gateway.workers:app", factory=True, host=settings.host, port=settings.port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    with tempfile.TemporaryDirectory(prefix="ferryman-metrics-") as samples:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = samples
+        # A worker importing torch on busy cores can leave uvicorn's 5 s health ping unanswered, be killed, and
+        # be started again forever: give the ping the time a slow start takes.
+        uvicorn.run("gateway.workers:app", factory=True, host=settings.host, port=settings.port, workers=workers,
+                    log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                    timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S)
 
 
 def app():

@@ -26,7 +26,7 @@ def sample(name, **labels):
 
 def test_feedback_is_stored_with_the_usage_record(gateway):
     request_id = complete(gateway)
-    per_group = {"group": "auto", "tenant": str(gateway.tenant_id)}
+    per_group = {"group": "auto", "tenant": ""}  # every tenant together: per-tenant series are off by default
     before = sample("ferryman_feedback_score_count", **per_group), sample("ferryman_feedback_score_sum", **per_group)
     r = feedback(gateway, gateway.api_key, request_id=request_id, score=0.75, comment="close, but terse")
     assert r.status_code == 200, r.text
@@ -34,11 +34,12 @@ def test_feedback_is_stored_with_the_usage_record(gateway):
     [record] = [x for x in gateway.records() if x["request_id"] == request_id]
     assert record["feedback_score"] == 0.75 and record["feedback_comment"] == "close, but terse"
     assert record["route_group"] == "auto"
-    metrics = httpx.get(f"{gateway.url}/metrics").text
-    labels = f'group="auto",tenant="{gateway.tenant_id}"'
+    metrics = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+    labels = 'group="auto",tenant=""'
     assert f"ferryman_feedback_score_count{{{labels}}} {before[0] + 1}" in metrics
     assert f"ferryman_feedback_score_sum{{{labels}}} {before[1] + 0.75}" in metrics
-    assert f"ferryman_router_feedback_quality{{{labels}}} 0.75" in metrics  # this gateway's window: one grade
+    assert 'tenant="acme"' not in metrics
+    assert f'tenant="{gateway.tenant_id}"' not in metrics
 
 
 def test_another_tenants_request_is_a_404_and_changes_nothing(gateway):
@@ -61,7 +62,7 @@ def test_bad_feedback_is_refused(gateway):
 
 
 @contextmanager
-def general_gateway(tmp_path, tokenizer, **target):
+def general_gateway(tmp_path, tokenizer, metrics_tenants=False, **target):
     """A served gateway routing `auto` with the shipped general router; one tenant with the given target."""
     from backends.echo import EchoBackend
     from billing import Billing, RateLimiter
@@ -70,7 +71,7 @@ def general_gateway(tmp_path, tokenizer, **target):
     from gateway.config import Settings
     from tests.util import serve
 
-    config = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}", admin_key=ADMIN_KEY)
+    config = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}", admin_key=ADMIN_KEY, metrics_tenants=metrics_tenants)
     billing = Billing(config.database_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
@@ -88,7 +89,7 @@ def targets(url):
 
 
 def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokenizer):
-    with general_gateway(tmp_path, tokenizer, large_share=0.25) as (gw, billing, tenant):
+    with general_gateway(tmp_path, tokenizer, metrics_tenants=True, large_share=0.25) as (gw, billing, tenant):
         url, key = gw.url, gw.api_key
         ids = [complete(gw, prompt=f"What is {i} times {i * 7}?") for i in range(8)]
         pinned = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
@@ -97,16 +98,18 @@ def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokeniz
             assert feedback(gw, key, request_id=request_id, score=score).status_code == 200
         [row] = targets(url)
         assert httpx.get(f"{url}/admin/router/targets").status_code == 401
-        metrics = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
     assert row["group"] == "auto" and row["tenant_id"] == str(tenant["id"]) and row["window"] == 8
     routed = [r["route"] for r in billing.usage(tenant["id"]) if r["route_group"] == "auto"]
     assert row["target_share"] == 0.25 and row["realised_share"] == routed.count("large") / 8 and len(routed) == 8
     # the pinned request's grade belongs to no route group: not in the group's quality
     assert (row["feedback_quality"], row["feedback_count"]) == (0.375, 2)
-    labels = f'group="auto",tenant="{tenant["id"]}"'
+    labels = 'group="auto",tenant="acme"'  # FERRYMAN_METRICS_TENANTS=true: the tenant's name, never its id
     assert f"ferryman_router_strong_share_target{{{labels}}} 0.25" in metrics
+    assert f"ferryman_router_strong_share{{{labels}}} {row['realised_share']}" in metrics
     assert f"ferryman_router_feedback_quality{{{labels}}} 0.375" in metrics
-    assert f'ferryman_feedback_score_count{{group="",tenant="{tenant["id"]}"}}' in metrics
+    assert 'ferryman_feedback_score_count{group="",tenant="acme"}' in metrics
 
 
 def test_feedback_joins_its_groups_window_marked_by_the_tier_that_answered(tmp_path, tokenizer):

@@ -7,6 +7,8 @@ import httpx
 import openai
 import pytest
 
+from tests.gateway.conftest import ADMIN_KEY
+
 
 
 def client(gw, key=None) -> openai.OpenAI:
@@ -161,5 +163,7 @@ def test_client_disconnect_mid_stream_settles_once(slow_gateway):
 def test_metrics_endpoint(gateway):
     client(gateway).chat.completions.create(model="ferryman-small", messages=[{"role": "user", "content": "hi"}],
                                             max_tokens=1)
-    text = httpx.get(gateway.url + "/metrics").text
+    assert httpx.get(gateway.url + "/metrics").status_code == 401  # closed: the admin key or the metrics key
+    assert httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {gateway.api_key}"}).status_code == 401
+    text = httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
     assert 'ferryman_requests_total{route="small",status="ok"}' in text

@@ -4,7 +4,6 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from prometheus_client import REGISTRY
 
 from classifier.labelfile import Example, Labels
 from classifier.live import LiveTargets
@@ -54,6 +53,3 @@ def test_the_live_window_holds_a_large_share_on_traffic_unlike_the_calibration_s
     assert sum(picks[-1000:]) / 1000 == pytest.approx(0.3, abs=0.03)
     assert live.window("auto", "1").realised_share() == pytest.approx(0.3, abs=0.03)
     assert abs(sum(fixed) / len(fixed) - 0.3) > 0.03  # the calibrated threshold alone misses it here
-    shown = {m.name: s.value for m in REGISTRY.collect() for s in m.samples if s.labels == {"group": "auto", "tenant": "1"}}
-    assert shown["ferryman_router_strong_share"] == pytest.approx(0.3, abs=0.03)
-    assert shown["ferryman_router_strong_share_target"] == 0.3
