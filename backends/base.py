@@ -19,6 +19,19 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0  # the most likely alternatives to report with each token's logprob
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was already generated
+    repetition_penalty: float = 1.0  # HF's: a seen token's (prompt or output) logit divided by it (times, if < 0)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    # Grammar the answer must follow, vLLM's `structured_outputs`: {"json": schema} ({"json": {}} any JSON
+    # object) or {"grammar": EBNF}; enforced by masking the logits each step (backends/engine/structured.py).
+    structured: dict | None = None
+
+    def shapes_logits(self) -> bool:
+        """True when the logits are changed before sampling (speculative decoding does not verify those)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.structured)
 
 
 @dataclass
@@ -58,6 +71,7 @@ class TokenDelta:
     logprobs: list[float] | None = None
     tool_calls: list[dict] | None = None  # OpenAI tool-call deltas (a text upstream's), passed on as they came
     choice_logprobs: dict | None = None  # an upstream's OpenAI `logprobs` object for this delta, passed on
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the best alternatives (id, logprob)
 
 
 class Backend(Protocol):

@@ -1,4 +1,4 @@
-"""An engine replica as its own server: OpenAI-compatible /v1/completions over any Backend.
+"""An engine replica as its own server: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) over any Backend.
 
 The gateway's RemoteBackend talks to it. Each streamed choice carries the new `token_ids` (an extension vLLM
 also offers) so that, if this replica dies mid-stream, another can continue from exactly the tokens sent.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -23,27 +24,16 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from typing import AsyncIterator
 
-from backends.base import Backend, GenerationRequest, SamplingParams
-from backends.engine.chat import encode_text
-
-
-class ReplicaCompletion(BaseModel):
-    model: str | None = None
-    prompt: list[int] | str
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: list[str] | str | None = None
-    stream: bool = False
-    priority: int = 1
-    cache_salt: str | None = None
-    public_prefix_len: int = Field(0, ge=0)
+from backends.base import Backend, GenerationRequest, SamplingParams, TokenDelta
+from backends.server_answer import ChatAnswer, CompletionAnswer
+from backends.server_api import ChatBody, CompletionBody, RequestError
 
 
-def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.0) -> FastAPI:
+def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.0,
+                       context_length: int | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         await backend.start()
         yield
@@ -52,6 +42,7 @@ def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.
     app = FastAPI(title=f"Ferryman engine replica: {backend.name}", lifespan=lifespan)
     app.state.draining, app.state.in_flight = False, 0
     app.add_middleware(_CountInFlight, state=app.state)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
 
     @app.get("/health")
     @app.get("/ready")
@@ -66,29 +57,88 @@ def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": backend.name, "object": "model", "owned_by": "ferryman"}]}
+        card = {"id": backend.name, "object": "model", "created": 0, "owned_by": "ferryman",
+                "max_model_len": context_length}
+        return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions")
-    async def completions(body: ReplicaCompletion):
-        if app.state.draining:
-            return JSONResponse({"error": {"message": "this replica is shutting down", "type": "server_error",
-                                           "param": None, "code": "draining"}}, 503, headers={"retry-after": "1"})
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            if tokenizer is None:
-                return JSONResponse({"error": {"message": "this replica takes token-id prompts only",
-                                               "type": "invalid_request_error", "param": "prompt", "code": None}}, 400)
-            prompt = encode_text(tokenizer, prompt)  # special tokens typed in the text stay text
-        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=stop)
-        request = GenerationRequest(f"cmpl-{uuid.uuid4().hex}", list(prompt), params, body.priority,
-                                    body.cache_salt, body.public_prefix_len)
-        if body.stream:
-            return StreamingResponse(_stream(backend, request, heartbeat_s), media_type="text/event-stream")
-        return await _whole(backend, request)
+    async def completions(body: CompletionBody):
+        def requests(request_id: str) -> list[GenerationRequest]:
+            prompt = body.prompt_ids(tokenizer)
+            return _choices(body, request_id, prompt, body.sampling(_room(context_length, prompt)),
+                            body.public_prefix_len)
+
+        return await _serve(app, backend, body, "cmpl", requests, CompletionAnswer(tokenizer, backend.name),
+                            heartbeat_s)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody):
+        fmt = None
+
+        def requests(request_id: str) -> list[GenerationRequest]:
+            nonlocal fmt
+            fmt = body.tool_format(tokenizer)
+            prompt = body.prompt_ids(tokenizer)
+            return _choices(body, request_id, prompt, body.sampling(_room(context_length, prompt), fmt), 0)
+
+        answer = ChatAnswer(tokenizer, backend.name, lambda: fmt)
+        return await _serve(app, backend, body, "chatcmpl", requests, answer, heartbeat_s)
 
     return app
+
+
+async def _serve(app: FastAPI, backend: Backend, body, kind: str, requests, answer, heartbeat_s: float):
+    """Turn the body into one generation request per choice, and answer as a stream or whole."""
+    if app.state.draining:
+        return JSONResponse({"error": {"message": "this replica is shutting down", "type": "server_error",
+                                       "param": None, "code": "draining"}}, 503, headers={"retry-after": "1"})
+    request_id = f"{kind}-{uuid.uuid4().hex}"
+    try:
+        choices = requests(request_id)
+        for request in choices:
+            check = getattr(backend, "check", None)
+            if check is not None:
+                check(request)
+    except RequestError as exc:
+        return _error(str(exc), exc.param)
+    except ValueError as exc:  # the engine refused the parameters (a grammar that does not compile, ...)
+        return _error(str(exc), None)
+    answer.start(request_id, len(choices))
+    if body.stream:
+        deltas = _fan_out(backend, choices)
+        return StreamingResponse(_stream(answer, deltas, body.include_usage(), heartbeat_s, backend, choices),
+                                 media_type="text/event-stream")
+    try:
+        async for i, delta in _fan_out(backend, choices):
+            answer.add(i, delta)
+    except ValueError as exc:
+        return _error(str(exc), None)
+    return answer.whole()
+
+
+def _choices(body, request_id: str, prompt: list[int], params: SamplingParams,
+             public_prefix_len: int) -> list[GenerationRequest]:
+    """One request per choice (n of them), each with its own seed; all share the prompt's cached blocks."""
+    return [GenerationRequest(request_id if body.n == 1 else f"{request_id}-{i}", list(prompt),
+                              dataclasses.replace(params, seed=body.choice_seed(i)), body.priority,
+                              body.cache_salt, public_prefix_len)
+            for i in range(body.n)]
+
+
+def _room(context_length: int | None, prompt: list[int]) -> int:
+    """max_tokens when the request names none: the rest of the context (vLLM's default)."""
+    return max(1, (context_length or 16 + len(prompt)) - len(prompt))
+
+
+def _error(message: str, param: str | None, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                   "code": None}}, status)
+
+
+async def _invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    return _error(f"{where or 'body'}: {first.get('msg', 'invalid request')}", where)
 
 
 class _CountInFlight:
@@ -99,7 +149,7 @@ class _CountInFlight:
         self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/completions":
+        if scope["type"] != "http" or scope["path"] not in ("/v1/completions", "/v1/chat/completions"):
             return await self.app(scope, receive, send)
         self.state.in_flight += 1
         try:
@@ -141,28 +191,72 @@ class _DrainingServer(uvicorn.Server):
         self.should_exit = True  # streams still running are cut; the gateway continues them elsewhere
 
 
-def _choice(text: str, token_ids: list[int], finish: str | None) -> dict:
-    return {"index": 0, "text": text, "token_ids": token_ids, "logprobs": None, "finish_reason": finish}
+async def _fan_out(backend: Backend, choices: list[GenerationRequest]) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """Every choice's deltas, tagged with its index. Choices after the first start once the first has its first
+    token: by then the prompt's blocks are in the prefix cache, so the others take them instead of computing
+    the prompt again (n choices, one prefill)."""
+    first = aiter(backend.generate(choices[0]))
+    try:
+        head = await anext(first)
+    except StopAsyncIteration:
+        return
+    yield 0, head
+    streams = [first] + [aiter(backend.generate(c)) for c in choices[1:]]
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int) -> None:
+        try:
+            async for delta in streams[i]:
+                await merged.put((i, delta))
+        except Exception as exc:  # raised to the reader, which ends the whole answer
+            await merged.put((i, exc))
+        await merged.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(streams))]
+    try:
+        running = {i for i in range(len(streams)) if not (i == 0 and head.finish_reason)}
+        while running:
+            i, item = await merged.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is None:
+                running.discard(i)
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()  # a client that left: each stream's own `finally` aborts its request in the engine
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
 
 
-async def _stream(backend: Backend, request: GenerationRequest, heartbeat_s: float):
-    base = {"id": request.request_id, "object": "text_completion", "created": int(time.time()), "model": backend.name}
-    finished = False
+async def _stream(answer, deltas, include_usage: bool, heartbeat_s: float, backend: Backend,
+                  choices: list[GenerationRequest]):
+    finished = set()
     yield ": started\n\n"  # at once, so that from here on the gateway may read silence as a hung replica
     try:
-        async for delta in _with_heartbeats(backend.generate(request), heartbeat_s):
-            if delta is None:
+        async for item in _with_heartbeats(deltas, heartbeat_s):
+            if item is None:
                 yield ": waiting\n\n"  # an SSE comment: clients skip it; the gateway sees a live replica
                 continue
-            finished = delta.finish_reason is not None
-            chunk = {**base, "choices": [_choice(delta.text, delta.token_ids, delta.finish_reason)]}
-            if delta.usage:
-                chunk["usage"] = _usage(delta.usage)
-            yield f"data: {json.dumps(chunk)}\n\n"
+            i, delta = item
+            if delta.finish_reason:
+                finished.add(i)
+            for chunk in answer.chunks(i, delta):
+                yield _event(chunk)
+        if include_usage:
+            yield _event(answer.usage_chunk())
+    except ValueError as exc:  # refused once streaming began (the engine's own check): an error event
+        yield _event({"error": {"message": str(exc), "type": "invalid_request_error", "param": None, "code": None}})
     finally:
-        if not finished:  # the client went away: free the engine's slot and KV blocks now
-            await backend.abort(request.request_id)
+        for i, request in enumerate(choices):
+            if i not in finished:  # the client went away: free the engine's slot and KV blocks now
+                await backend.abort(request.request_id)
     yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
 
 
 async def _with_heartbeats(deltas, every_s: float):
@@ -185,18 +279,3 @@ async def _with_heartbeats(deltas, every_s: float):
         pending.cancel()
         await asyncio.wait({pending})  # the generator must stop running before it can be closed
         await it.aclose()
-
-
-async def _whole(backend: Backend, request: GenerationRequest) -> dict:
-    text, ids, finish, usage = "", [], None, None
-    async for delta in backend.generate(request):
-        text, ids = text + delta.text, ids + delta.token_ids
-        finish, usage = delta.finish_reason or finish, delta.usage or usage
-    return {"id": request.request_id, "object": "text_completion", "created": int(time.time()), "model": backend.name,
-            "choices": [_choice(text, ids, finish)], "usage": _usage(usage) if usage else None}
-
-
-def _usage(usage) -> dict:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}

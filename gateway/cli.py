@@ -132,4 +132,5 @@ def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkp
 
     _logging()
     backend = EngineBackend(name, EngineConfig(model=model, name=name, quantization=quantization))
-    serve_replica(create_replica_app(backend, backend.tokenizer), host, port, grace_s)
+    app = create_replica_app(backend, backend.tokenizer, context_length=backend.engine.config.max_model_len)
+    serve_replica(app, host, port, grace_s)

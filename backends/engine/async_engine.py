@@ -38,8 +38,12 @@ class EngineBackend:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ValueError for a request the engine would refuse, before anything is sent for it."""
         self.engine.check_request(request.prompt_token_ids, request.params)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        self.check(request)
         if request.request_id in self._streams:
             raise ValueError(f"request id {request.request_id!r} is already running")
         await self.start()
@@ -108,5 +112,5 @@ class EngineBackend:
 
 def _delta(out: RequestOutput) -> TokenDelta:
     usage = Usage(out.prompt_tokens, out.completion_tokens, out.cached_tokens, gpu_seconds=out.gpu_seconds) if out.finished else None
-    return TokenDelta(out.text, out.token_ids, out.finish_reason, usage, out.logprobs)
+    return TokenDelta(out.text, out.token_ids, out.finish_reason, usage, out.logprobs, top_logprobs=out.top_logprobs)
 

@@ -13,7 +13,9 @@ from backends.engine.detokenizer import IncrementalDetokenizer
 from backends.engine.metrics import EngineMetrics
 from backends.engine.model_runner import ModelRunner, Sampled
 from backends.engine.scheduler import ScheduledBatch, Scheduler
+from backends.engine.sampling import Logprob
 from backends.engine.sequence import Sequence
+from backends.engine.structured import Grammars
 
 
 @dataclass
@@ -26,6 +28,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -41,6 +44,7 @@ class Completion:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     cached_tokens: int = 0
 
 
@@ -68,6 +72,7 @@ class LLMEngine:
         self.busy_seconds = 0.0  # device-seconds of every step (all ranks): what the requests' gpu_seconds add up to
         eos = config.hf_config.get("eos_token_id")
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.grammars: Grammars | None = None  # made on the first structured request
         self.seqs: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
 
@@ -89,6 +94,24 @@ class LLMEngine:
             )
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need the model's tokenizer, and this checkpoint has none")
+        self._check_shaping(params, vocab)
+
+    def _check_shaping(self, params: SamplingParams, vocab: int) -> None:
+        if params.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+        if any(not 0 <= t < vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must lie in [0, {vocab})")
+        if not 0 <= params.top_logprobs <= vocab:
+            raise ValueError(f"top_logprobs must lie in [0, {vocab}]")
+        if params.structured is not None:
+            self._grammars().compile(params.structured)  # compiled once: add_request finds it in the cache
+
+    def _grammars(self) -> Grammars:
+        if self.tokenizer is None:
+            raise ValueError("structured output needs the model's tokenizer, and this checkpoint has none")
+        if self.grammars is None:
+            self.grammars = Grammars(self.tokenizer, self.config.hf_config["vocab_size"], sorted(self.eos_token_ids))
+        return self.grammars
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1,
@@ -98,6 +121,8 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already running")
         self.check_request(prompt_token_ids, params)
         seq = Sequence(request_id, prompt_token_ids, params, priority, cache_salt, public_prefix_len)
+        if params.structured is not None:
+            seq.matcher = self._grammars().matcher(params.structured)
         self.seqs[request_id] = seq
         if self.tokenizer is not None:
             self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop)
@@ -144,6 +169,7 @@ class LLMEngine:
                 done.token_ids += out.token_ids
                 done.text += out.text
                 done.logprobs += out.logprobs or []
+                done.top_logprobs += out.top_logprobs or []
                 done.finish_reason, done.cached_tokens = out.finish_reason, out.cached_tokens
         return list(results.values())
 
@@ -181,13 +207,15 @@ class LLMEngine:
         detok = self.detokenizers.get(seq.request_id)
         if detok is not None and detok.add(token):
             return "stop"
+        if seq.matcher is not None and (not seq.matcher.accept_token(token) or seq.matcher.is_terminated()):
+            return "stop"  # the grammar is complete (a rejected token cannot be: the mask allowed only valid ones)
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
             return "stop"
         if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.config.max_model_len:
             return "length"
         return None
 
-    def _output(self, seq: Sequence, tokens: list[int], logprob: float | None, reason: str | None) -> RequestOutput:
+    def _output(self, seq: Sequence, tokens: list[int], logprob: Logprob | None, reason: str | None) -> RequestOutput:
         detok = self.detokenizers.pop(seq.request_id, None) if reason else self.detokenizers.get(seq.request_id)
         return RequestOutput(
             request_id=seq.request_id,
@@ -195,7 +223,8 @@ class LLMEngine:
             text=detok.take_delta(finished=reason is not None) if detok else "",
             finished=reason is not None,
             finish_reason=reason,
-            logprobs=None if logprob is None else [logprob],
+            logprobs=None if logprob is None else [logprob.logprob],
+            top_logprobs=None if logprob is None or not seq.params.top_logprobs else [logprob.top],
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_output_tokens,
             cached_tokens=seq.num_cached_tokens or 0,

@@ -7,11 +7,11 @@ from backends.engine.config import EngineConfig
 from backends.engine.layers.attention import AttentionMetadata, DecodeGroup, PrefillChunk
 from backends.engine.models.llama import LlamaForCausalLM, load_weights
 from backends.engine.offload import HostKVCache, WeightOffloader
-from backends.engine.sampling import sample
+from backends.engine.sampling import Logprob, sample
 from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
 
-Sampled = list[tuple[Sequence, int, float | None]]  # (sequence, next token, its logprob if asked)
+Sampled = list[tuple[Sequence, int, Logprob | None]]  # (sequence, next token, its logprob if asked)
 DECODE_GROUP = 8  # decodes per attention call on CPU: short contexts are not padded to the longest in the batch
 
 

@@ -38,6 +38,7 @@ class Sequence:
         self.cpu_block_table: list[int] = []  # host-memory blocks holding its cache while swapped out
         self.num_hashed_blocks = 0  # leading full blocks already registered in the prefix cache
         self.finish_reason: str | None = None
+        self.matcher = None  # its grammar's xgrammar GrammarMatcher (structured output), else None
         self.generator = torch.Generator()
         if params.seed is None:
             self.generator.seed()  # fresh entropy, leaving torch's global generator alone

@@ -24,7 +24,7 @@ import torch
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
 from backends.engine.model_runner import ModelRunner, Sampled
-from backends.engine.sampling import _filtered_probs, sample
+from backends.engine.sampling import Logprob, _filtered_probs, sample
 from backends.engine.scheduler import ScheduledBatch
 from backends.engine.sequence import Sequence
 
@@ -167,11 +167,15 @@ def rejection_sample(p: torch.Tensor, q: torch.Tensor, draft: list[int], generat
     return draft + [int(torch.multinomial(p[len(draft)], 1, generator=generator))]
 
 
-def _logprobs(logits: torch.Tensor, tokens: list[int], seq: Sequence) -> list[float | None]:
+def _reshaped(params) -> bool:
+    return params.shapes_logits() or params.top_logprobs > 0
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], seq: Sequence) -> list[Logprob | None]:
     if not seq.params.logprobs:
         return [None] * len(tokens)
     logprobs = torch.log_softmax(logits[: len(tokens)].float(), dim=-1)
-    return logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    return [Logprob(x, []) for x in logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()]
 
 
 def _one_hot(tokens: list[int], vocab: int) -> torch.Tensor:
@@ -208,7 +212,9 @@ class SpeculativeDecoder:
         """Like ModelRunner.run; each verified sequence's entry counts its accepted tokens and it yields several."""
         self.num_steps += 1
         self.proposer.release({s.seq_id for s, _ in batch})
-        decodes = [s for s, n in batch if n == s.num_uncomputed_tokens == 1]
+        # Drafts are verified against the model's own distribution: a request that reshapes it (penalties, bias,
+        # grammar) or asks for alternatives is decoded plainly.
+        decodes = [s for s, n in batch if n == s.num_uncomputed_tokens == 1 and not _reshaped(s.params)]
         if not self._pays(len(decodes)):
             return batch, self.runner.run(batch)
         ks = [max(0, min(self.k, s.params.max_tokens - s.num_output_tokens - 1, self.max_model_len - len(s) - 1)) for s in decodes]
