@@ -22,8 +22,7 @@ class Grammars:
         """The compiled grammar of vLLM-style `structured_outputs`; ValueError naming what is wrong with it."""
         try:
             if set(spec) == {"json"}:
-                schema = spec["json"] or {"type": "object"}  # {}: json_object mode, any JSON object
-                return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+                return self.compiler.compile_grammar(json_ebnf(spec["json"] or {"type": "object"}))  # {}: any object
             if set(spec) == {"grammar"}:
                 return self.compiler.compile_grammar(spec["grammar"])
         except (RuntimeError, ValueError, TypeError) as exc:
@@ -34,3 +33,13 @@ class Grammars:
         import xgrammar
 
         return xgrammar.GrammarMatcher(self.compile(spec))
+
+
+def json_ebnf(schema: dict) -> str:
+    """The EBNF of compact JSON valid under `schema`."""
+    import xgrammar
+
+    ebnf = str(xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True))
+    # xgrammar 0.2.9 lets a length-bounded string hold raw control characters, which JSON forbids (json.loads
+    # refuses them): its characters take the same class as its unbounded strings.
+    return ebnf.replace(r'[^\"\\\r\n]', r'[^\0-\x1f\"\\]')

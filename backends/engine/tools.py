@@ -63,9 +63,9 @@ def call_schema(fmt: ToolFormat, tools: list[dict]) -> dict:
 
 def grammar(fmt: ToolFormat, tools: list[dict], parallel: bool) -> str:
     """EBNF admitting one call (or, with `parallel`, one or more) to `tools` and nothing else."""
-    import xgrammar
+    from backends.engine.structured import json_ebnf
 
-    call = str(xgrammar.Grammar.from_json_schema(json.dumps(call_schema(fmt, tools)), any_whitespace=False))
+    call = json_ebnf(call_schema(fmt, tools))
     call = call.replace("root ::=", "call ::=", 1)  # the call's rules, renamed: `root` is ours
     calls = f"call ({json.dumps(fmt.separator)} call)*" if parallel else "call"
     root = " ".join([json.dumps(fmt.prefix)] * bool(fmt.prefix) + [calls] + [json.dumps(fmt.suffix)] * bool(fmt.suffix))
