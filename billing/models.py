@@ -27,6 +27,8 @@ tenants = Table(
     Column("created_at", DateTime, nullable=False),
     Column("allowed_models", JSON),  # model and route group names this tenant may call; NULL = all of them
     Column("store_prompts", Boolean, nullable=False, default=False, server_default=false()),  # opted in to training
+    # Our own use (e.g. `ferryman-operator`'s labelling calls): reported apart from customers.
+    Column("internal", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 api_keys = Table(
@@ -132,5 +134,8 @@ budget_alerts = Table(
     Column("spent_micros", BigInteger, nullable=False),
     Column("limit_micros", BigInteger, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # Webhook delivery (gateway/alerts.py): taken by one replica until `claimed_until`, done at `sent_at`.
+    Column("claimed_until", DateTime),
+    Column("sent_at", DateTime),
     UniqueConstraint("budget_id", "period_key", name="uq_budget_alerts_period"),
 )

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from types import EllipsisType
 from typing import Callable
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -163,9 +163,22 @@ class Operators:
         return rows
 
     def list_alerts(self, tenant_id: int | None = None) -> list[dict]:
-        query = (select(budget_alerts, budgets.c.tenant_id, budgets.c.key_id)
-                 .join(budgets, budgets.c.id == budget_alerts.c.budget_id).order_by(budget_alerts.c.id))
-        return self._all(query if tenant_id is None else query.where(budgets.c.tenant_id == tenant_id))
+        return self._all(_alerts() if tenant_id is None else _alerts().where(budgets.c.tenant_id == tenant_id))
+
+    def claim_alerts(self, claim_s: float, limit: int = 20) -> list[dict]:
+        """Unsent alerts this replica now sends (each taken for `claim_s`, so no other replica sends it meanwhile;
+        one whose claim lapsed, its sender having failed or died, is taken again)."""
+        a, now = budget_alerts.c, self.clock()
+        free = (a.sent_at.is_(None), or_(a.claimed_until.is_(None), a.claimed_until < now))
+        with self.engine.begin() as conn:
+            ids = conn.execute(select(a.id).where(*free).order_by(a.id).limit(limit)).scalars().all()
+            taken = [i for i in ids if conn.execute(update(budget_alerts).where(a.id == i, *free).values(
+                claimed_until=now + timedelta(seconds=claim_s))).rowcount == 1]
+        return self._all(_alerts().where(budget_alerts.c.id.in_(taken))) if taken else []
+
+    def mark_alert_sent(self, alert_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(budget_alerts).where(budget_alerts.c.id == alert_id).values(sent_at=self.clock()))
 
     # --- prices ------------------------------------------------------------------------------------
 
@@ -252,9 +265,17 @@ def _limit_fields(fields: dict) -> dict:
     return dict(fields)
 
 
+def _alerts():
+    """Budget alerts with their budget's tenant, key and threshold."""
+    return (select(budget_alerts, budgets.c.tenant_id, budgets.c.key_id, budgets.c.alert_percent,
+                   tenants.c.name.label("tenant"))
+            .join(budgets, budgets.c.id == budget_alerts.c.budget_id)
+            .join(tenants, tenants.c.id == budgets.c.tenant_id).order_by(budget_alerts.c.id))
+
+
 def _tenant_fields(fields: dict) -> dict:
     routing = {k: fields.pop(k) for k in ("priority", "quality_floor", "large_share", "allowed_models",
-                                          "store_prompts") if k in fields}
+                                          "store_prompts", "internal") if k in fields}
     if "priority" in routing and routing["priority"] not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}")
     for name in ("quality_floor", "large_share"):
@@ -266,6 +287,7 @@ def _tenant_fields(fields: dict) -> dict:
         if isinstance(models, str):
             raise ValueError("allowed_models must be a list of model or route group names, or null for all")
         routing["allowed_models"] = sorted({_name(m, "model or route group") for m in models})
-    if not isinstance(routing.get("store_prompts", False), bool):
-        raise ValueError("store_prompts must be true or false")
+    for flag in ("store_prompts", "internal"):
+        if not isinstance(routing.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false")
     return {**routing, **_limit_fields(fields)}

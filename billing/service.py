@@ -47,6 +47,7 @@ class Billing:
         self.update_key, self.revoke_key, self.issue_demo_key = ops.update_key, ops.revoke_key, ops.issue_demo_key
         self.set_budget, self.delete_budget = ops.set_budget, ops.delete_budget
         self.list_budgets, self.list_alerts = ops.list_budgets, ops.list_alerts
+        self.claim_alerts, self.mark_alert_sent = ops.claim_alerts, ops.mark_alert_sent
         self.set_price, self.set_prices_from_catalog = ops.set_price, ops.set_prices_from_catalog
         self.list_prices, self.ensure_admin_defaults = ops.list_prices, ops.ensure_default_prices
 

@@ -51,6 +51,7 @@ class TenantBase(BaseModel):
     max_concurrent: Count = None
     allowed_models: list[Name] | None = None  # model and route group names; None: every one
     store_prompts: bool = False  # keep this tenant's prompts for router training (off unless it opts in)
+    internal: bool = False  # our own use, not a customer: reported apart, never among the top tenants
 
 
 class TenantCreate(TenantBase):
@@ -60,6 +61,7 @@ class TenantCreate(TenantBase):
 class TenantUpdate(TenantBase):
     priority: Priority | None = None
     store_prompts: bool | None = None
+    internal: bool | None = None
 
 
 class TenantPublic(TenantBase):
@@ -126,11 +128,14 @@ class AlertPublic(BaseModel):
     id: int
     budget_id: int
     tenant_id: int
+    tenant: str
     key_id: int | None
     period_key: str
     spent_micros: int
     limit_micros: int
+    alert_percent: int  # the budget's threshold that was crossed
     created_at: datetime
+    sent_at: datetime | None  # delivered to the alert webhook; None: not (yet), or no webhook set
 
 
 class PriceBase(BaseModel):
@@ -380,6 +385,7 @@ class SpendRow(BaseModel):
     requests: int
     cost_micros: int
     savings_micros: int  # against each record's own baseline
+    internal: bool  # our own use, shown apart from customers
     budget: BudgetPublic | None
 
 
@@ -398,7 +404,8 @@ def spend(billing: Admin) -> list[SpendRow]:
         usage = spent[period].get(tenant["id"], {})
         rows.append({"tenant_id": tenant["id"], "tenant": tenant["name"], "period": period, "since": starts[period],
                      "requests": usage.get("requests", 0), "cost_micros": usage.get("cost_micros", 0),
-                     "savings_micros": usage.get("savings_micros", 0), "budget": budget})
+                     "savings_micros": usage.get("savings_micros", 0), "internal": tenant["internal"],
+                     "budget": budget})
     return rows
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
+from gateway.alerts import send_forever
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.ferry import Ferry, bearer_is
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         if on_ready:
             on_ready()
         reaper = asyncio.create_task(reap_forever(ferry.billing))
+        alerts = (asyncio.create_task(send_forever(ferry.billing, settings.alert_webhook_url, settings.alert_poll_s))
+                  if settings.alert_webhook_url else None)
         writer = ferry.billing.writer() if getattr(ferry.billing, "holds_in_redis", False) else None
         if writer:
             writer.start()
@@ -43,6 +46,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         yield
         gc.unfreeze()  # collectable again at exit (and for the next app a test process makes)
         reaper.cancel()
+        if alerts:
+            alerts.cancel()
         if writer:  # what this process settled reaches the database before it exits
             await asyncio.to_thread(writer.stop)
         for backend in ferry.backends.values():

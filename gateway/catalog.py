@@ -82,15 +82,42 @@ Entry = Annotated[EngineEntry | ReplicasEntry | OpenAIEntry, Field(discriminator
 
 
 class RouteGroup(Strict):
-    """Named group of models: `tiers` from cheapest to strongest, and the policy that chooses among them."""
+    """Named group of models and the policy that chooses among them. Each list means one thing whatever the
+    policy: `tiers` run from cheapest to strongest (the last is the strongest, the savings baseline); `fallbacks`
+    is an order of preference."""
 
     name: str = Field(min_length=1)
-    tiers: list[str] = Field(min_length=1)
-    # router: the router's difficulty score picks the tier; cascade: the cheapest answers first and a
-    # low-confidence answer is escalated to the strongest; pinned: always the first tier; fallback: the first
-    # tier, the others only when it is unavailable.
+    # router: the router's difficulty score picks a tier; cascade: the cheapest answers first and a
+    # low-confidence answer is escalated to the strongest; pinned: its one tier, never another; fallback: the
+    # first of `fallbacks` that is available.
     policy: Literal["router", "cascade", "pinned", "fallback"] = "router"
-    fallbacks: bool = True  # an unavailable model's request goes to the next eligible tier
+    tiers: list[str] = []  # cheapest to strongest (router, cascade); the one model (pinned); none (fallback)
+    # Who serves when the chosen model is unavailable before its first token: true = the other tiers, nearest
+    # first; false = nobody; a list = those models in that order (for `fallback`, the whole group).
+    fallbacks: bool | list[str] = True
+
+    def misfit(self) -> tuple[str, str] | None:
+        """(key, problem) when the lists do not fit the policy."""
+        if self.policy in ("router", "cascade") and not self.tiers:
+            return "tiers", f"a {self.policy} group lists its models from cheapest to strongest"
+        if self.policy == "pinned" and len(self.tiers) != 1:
+            return "tiers", "a pinned group serves exactly one model; list only it"
+        if self.policy == "pinned" and "fallbacks" in self.model_fields_set and self.fallbacks:
+            return "fallbacks", "a pinned group never falls back; use policy: fallback for that"
+        if self.policy == "fallback" and (not isinstance(self.fallbacks, list) or not self.fallbacks):
+            return "fallbacks", "a fallback group lists its models here, most preferred first"
+        if self.policy == "fallback" and self.tiers:
+            return "tiers", "a fallback group has no tiers: its order of preference is fallbacks"
+        return None
+
+    def strongest(self) -> str | None:
+        """The tier savings are counted against; None where the policy never chooses a cheaper tier to save."""
+        return self.tiers[-1] if self.policy in ("router", "cascade") else None
+
+    def members(self) -> list[str]:
+        """Every model the group may serve."""
+        extra = self.fallbacks if isinstance(self.fallbacks, list) else []
+        return list(dict.fromkeys(self.tiers + extra))
 
 
 class Catalog(Strict):
@@ -108,8 +135,15 @@ class Catalog(Strict):
         for i, group in enumerate(self.routes):
             if group.name in names:
                 raise ValueError(f"routes[{i}].name: {group.name!r} is already a model's name")
-            if missing := [t for t in group.tiers if t not in names]:
-                raise ValueError(f"routes[{i}].tiers: no model named {missing[0]!r} in models")
+            if misfit := group.misfit():
+                raise ValueError(f"routes[{i}].{misfit[0]}: {misfit[1]}")
+            for field in ("tiers", "fallbacks"):
+                listed = getattr(group, field)
+                if missing := [t for t in (listed if isinstance(listed, list) else []) if t not in names]:
+                    raise ValueError(f"routes[{i}].{field}: no model named {missing[0]!r} in models")
+            if pair := self._cheaper_later(group.tiers):
+                raise ValueError(f"routes[{i}].tiers: {pair[1]!r} costs less than {pair[0]!r} before it; tiers run "
+                                 f"from cheapest to strongest (an order of preference goes in fallbacks)")
         for i, m in enumerate(self.models):
             if isinstance(m, EngineEntry) and m.speculation not in (None, "ngram") and not self._is_engine(m.speculation):
                 raise ValueError(f"models[{i}].speculation: expected 'ngram' or the name of an engine model, "
@@ -120,6 +154,15 @@ class Catalog(Strict):
             if isinstance(m, OpenAIEntry) and m.api_key_env and m.api_key_env not in os.environ:
                 raise ValueError(f"models[{i}].api_key_env: the environment variable {m.api_key_env} is not set")
         return self
+
+    def _cheaper_later(self, tiers: list[str]) -> tuple[str, str] | None:
+        """Two tiers out of order: a later one priced below an earlier one for input and output alike."""
+        priced = [(n, self.model(n).price) for n in tiers if self.model(n).price is not None]
+        for i, (early, a) in enumerate(priced):
+            for later, b in priced[i + 1:]:
+                if b.input < a.input and b.output < a.output:
+                    return early, later
+        return None
 
     def _is_engine(self, name: str) -> bool:
         return any(m.name == name and isinstance(m, EngineEntry) for m in self.models)

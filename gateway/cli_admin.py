@@ -79,6 +79,7 @@ def db_current(url: str = URL) -> None:
 
 ALLOWED = typer.Option(None, "--allowed-models", help="Comma-separated model / route group names, or 'all'")
 STORE = typer.Option(None, "--store-prompts/--no-store-prompts", help="Keep this tenant's prompts for router training")
+INTERNAL = typer.Option(None, "--internal/--customer", help="Our own use: reported apart from customers")
 
 
 def allowed_models(value: str | None) -> list[str] | None:
@@ -89,12 +90,14 @@ def allowed_models(value: str | None) -> list[str] | None:
 def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Option(None, help="Requests per minute"),
                    tpm: int = typer.Option(None, help="Tokens (prompt + max_tokens) per minute"),
                    max_concurrent: int = None, quality_floor: float = None, large_share: float = None,
-                   allowed: str = ALLOWED, store_prompts: bool = STORE, url: str = URL) -> None:
+                   allowed: str = ALLOWED, store_prompts: bool = STORE, internal: bool = INTERNAL,
+                   url: str = URL) -> None:
     billing = ledger(url)
     try:
         t = billing.create_tenant(name, priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
                                   quality_floor=quality_floor, large_share=large_share,
-                                  allowed_models=allowed_models(allowed), store_prompts=bool(store_prompts))
+                                  allowed_models=allowed_models(allowed), store_prompts=bool(store_prompts),
+                                  internal=bool(internal))
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"tenant {t['name']} (id {t['id']}) created")
@@ -103,12 +106,12 @@ def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Optio
 @tenants_app.command("update")
 def tenants_update(tenant: str, priority: str = None, rpm: int = None, tpm: int = None, max_concurrent: int = None,
                    quality_floor: float = None, large_share: float = None, allowed: str = ALLOWED,
-                   store_prompts: bool = STORE, url: str = URL) -> None:
+                   store_prompts: bool = STORE, internal: bool = INTERNAL, url: str = URL) -> None:
     """Change only the options given; `--allowed-models all` lifts the allow-list."""
     billing = ledger(url)
     given = {k: v for k, v in dict(priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
                                    quality_floor=quality_floor, large_share=large_share,
-                                   store_prompts=store_prompts).items() if v is not None}
+                                   store_prompts=store_prompts, internal=internal).items() if v is not None}
     if allowed is not None:
         given["allowed_models"] = allowed_models(allowed)
     try:
@@ -121,7 +124,7 @@ def tenants_update(tenant: str, priority: str = None, rpm: int = None, tpm: int 
 @tenants_app.command("list")
 def tenants_list(url: str = URL) -> None:
     show(ledger(url).list_tenants(), ["id", "name", "priority", "quality_floor", "large_share", "rpm", "tpm",
-                                      "max_concurrent", "allowed_models", "store_prompts"])
+                                      "max_concurrent", "allowed_models", "store_prompts", "internal"])
 
 
 @tenants_app.command("budget")

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).
     metrics_key: str | None = None
     metrics_tenants: bool = False  # per-tenant series (router share, feedback) on /metrics, labelled by tenant name
+    # Budget alerts are POSTed here as Slack-compatible JSON (gateway/alerts.py); None: page and /admin/alerts only.
+    alert_webhook_url: str | None = None
+    alert_poll_s: float = Field(5.0, gt=0)  # how often each gateway looks for alerts to send
 
     # The model catalog (gateway/catalog.py); None = the embedded default: the bundled pair, which the settings
     # below shape (paths, replicas, quantization, speculation, scale-to-zero, cascade).

@@ -12,7 +12,6 @@ from sqlalchemy import select
 from billing.models import usage_records
 from gateway import metrics
 from gateway.errors import APIError, responses
-from gateway.routing import strongest
 
 router = APIRouter()
 # With holds in Redis a settled request's record reaches the database through the batch writer, within ~100 ms:
@@ -44,12 +43,14 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
     if graded is None:  # another tenant's request reads exactly like no request: ids are not to be probed
         raise APIError(404, f"No request '{body.request_id}' of yours was found.", "invalid_request_error",
                        "request_not_found", "request_id")
-    group, route = graded
+    group, model = graded
     tenant, per_tenant = str(principal.tenant_id), ferry.routing.tenant_metrics
     metrics.FEEDBACK.labels(group or "", principal.tenant_name if per_tenant else "").observe(body.score)
-    if group:  # a request that named a model belongs to no route group's target
+    entry = ferry.catalog.route(group) if group else None
+    if entry and entry.strongest():  # a named model or a group that does not route by cost has no target
         live = ferry.routing.live
-        live.record_feedback(group, tenant, strong=strongest(route), score=body.score)
+        # The grade counts for the tier of the model that answered, whatever its place in the catalog's lists.
+        live.record_feedback(group, tenant, strong=model == entry.strongest(), score=body.score)
         if per_tenant:
             quality = live.window(group, tenant).feedback_quality()
             metrics.FEEDBACK_QUALITY.labels(group, principal.tenant_name).set(quality)
@@ -57,13 +58,13 @@ async def feedback(body: FeedbackRequest, request: Request, authorization: str |
 
 
 def grade(billing, principal, request_id: str, score: float, comment: str | None) -> tuple[str | None, str | None] | None:
-    """Store the grade on the tenant's record; the record's route group and route label (which tier answered),
-    or None when the tenant has no such request. Blocking: it writes the ledger."""
+    """Store the grade on the tenant's record; the record's route group and the model that answered, or None when
+    the tenant has no such request. Blocking: it writes the ledger."""
     if not billing.record_feedback(principal, request_id, score, comment):
         return None
     r = usage_records.c
     with billing.engine.connect() as conn:
-        return tuple(conn.execute(select(r.route_group, r.route).where(
+        return tuple(conn.execute(select(r.route_group, r.model).where(
             r.request_id == request_id, r.tenant_id == principal.tenant_id)).one())
 
 

@@ -38,7 +38,7 @@ class Ticket:
     request_id: str
     principal: Principal
     model: str
-    route: str  # the served tier's label: "small", "large", "cascade-small", ...
+    route: str  # the serving model's name; a cascade's tries "cascade-<model>"
     difficulty: float | None
     request: GenerationRequest
     reservation: Reservation
@@ -52,6 +52,7 @@ class Ticket:
     cost_micros: int | None = None
     logprobs: list[float] = field(default_factory=list)
     earlier_cost_micros: int = 0  # what an escalated request's first try already cost
+    escalated: bool = False  # a cascade's first try whose answer goes to the strongest tier instead
 
     def total_cost_micros(self) -> int:
         return (self.cost_micros or 0) + self.earlier_cost_micros
@@ -234,12 +235,14 @@ class Ferry:
         if status in ("unavailable", "rejected") and ticket.first_token_at is None:
             usage = Usage(0, 0)  # the model never started on it: nothing to charge, the whole hold goes back
         p = ticket.principal
+        if ticket.plan.cascade_to not in (None, ticket.model) and status == "ok":  # a cascade's first try, whole
+            ticket.escalated = self.routing.escalates(ticket)
         try:
             record = await self.billing.asettle(
                 ticket.reservation, prompt_tokens=usage.prompt_tokens,
                 cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
                 latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,
-                estimated=usage.estimated, route_group=ticket.plan.group, baseline_model=ticket.plan.baseline,
+                estimated=usage.estimated, route_group=ticket.plan.group, baseline_model=None if ticket.escalated else ticket.plan.baseline(ticket.model),
                 gpu_seconds=usage.gpu_seconds, prompt_text=ticket.prompt.query if p.store_prompts else None)
             ticket.cost_micros = record.cost_micros
         finally:

@@ -52,7 +52,7 @@ def operator_principal(billing):
     try:
         tenant = billing.tenant_by_name(OPERATOR)
     except LookupError:
-        tenant = billing.create_tenant(OPERATOR)
+        tenant = billing.create_tenant(OPERATOR, internal=True)  # our cost, reported apart from customers
     key, _ = billing.create_key(tenant["id"], "router-label", expires_at=billing.clock() + timedelta(days=1))
     return billing.authenticate(key)
 
@@ -67,7 +67,7 @@ class Labeller:
 
     async def ask(self, model: str, prompt: str, max_tokens: int) -> str:
         body, served = self.body(model, prompt, max_tokens), self.ferry.models[model]
-        plan = Plan(self.group.name, [model], {model: "label"}, baseline=self.group.tiers[-1])
+        plan = Plan(self.group.name, [model])  # labelling chooses no tier to save: no savings baseline
         ticket = await self.ferry.admit(self.principal, body, served, served.prompt(body), plan, "label")
         return "".join([delta.text async for delta in self.ferry.run(ticket)])
 

@@ -1,9 +1,15 @@
 """Which model serves a request: the routing policy of its route group, and the fallbacks when it is unavailable.
 
-A request names a route group (`auto`) or a model. A group's policy picks the first choice among the tiers that can
-honour the request (tools, images, ...); with `fallbacks`, the other tiers follow it, nearest tier first, in case
-it is unavailable (down, breaker open, 429/5xx/timeout before its first token). The cascade, too, lives here:
-the cheapest tier answers, and an answer it is unsure of is asked again of the strongest tier.
+A request names a route group (`auto`) or a model. A group's policy picks the first choice among the models that can
+honour the request (tools, images, ...); its `fallbacks` follow in case it is unavailable (down, breaker open,
+429/5xx/timeout before its first token). The cascade, too, lives here: the cheapest tier answers, and an answer it
+is unsure of is asked again of the strongest tier.
+
+Savings mean routing: only a router or cascade group's choice of a tier cheaper than its strongest earns any.
+Each record's baseline says what the request would have cost at the strongest tier; a pinned model, a fallback
+group and the strongest tier itself have none (savings 0), a fallback to a dearer model costs more than its
+baseline, and an escalated cascade's first try has a baseline of 0 (the strongest tier alone would not have made
+it), so its cost shows as a loss.
 """
 from __future__ import annotations
 
@@ -31,10 +37,14 @@ class ModelUnavailable(APIError):
 class Plan:
     group: str | None  # the route group, None when the request named a model
     order: list[str]  # the first choice, then the models that serve if the one before is unavailable
-    labels: dict[str, str]  # model -> its route label in records and metrics ("small", "large", "tier2", ...)
     difficulty: float | None = None
-    baseline: str | None = None  # the group's strongest tier: savings are counted against it
+    strongest: str | None = None  # router/cascade: the group's strongest eligible tier, the savings baseline
     cascade_to: str | None = None  # cascade: the tier that answers when the first one is unsure
+
+    def baseline(self, model: str) -> str | None:
+        """The model whose price is `model`'s baseline: the strongest tier, or None (no savings) for the strongest
+        tier itself, a pinned model or a group that does not route by cost."""
+        return None if model == self.strongest else self.strongest
 
 
 def router_tier(router, principal, query: str, tiers: list[str], live=None, group: str = "") -> tuple[int, float]:
@@ -79,9 +89,10 @@ class Routing:
         group = self.catalog.route(body.model)
         if group is None:
             return self._pinned(body.model, body)
+        if group.policy == "fallback":
+            return Plan(group.name, self._eligible(group.fallbacks, body))
         tiers = self._eligible(group.tiers, body)
-        labels = {t: _label(group.tiers, t) for t in tiers}
-        plan = Plan(group.name, tiers[:1], labels, baseline=group.tiers[-1])
+        plan = Plan(group.name, tiers[:1], strongest=tiers[-1] if group.strongest() else None)
         if group.policy == "router" and len(tiers) > 1:
             index, plan.difficulty = router_tier(self.router, principal, query, tiers, self.live, group.name)
             if self.tenant_metrics and isinstance(self.router, Router):
@@ -90,21 +101,21 @@ class Routing:
             plan.order = [tiers[index]]
         if group.policy == "cascade" and len(tiers) > 1:
             plan.cascade_to = tiers[-1]
-        if group.fallbacks:
-            plan.order += _nearest_first(tiers, plan.order[0])
+        plan.order += self._fallbacks(group, tiers, plan.order[0], body)
         return plan
+
+    def _fallbacks(self, group: RouteGroup, tiers: list[str], chosen: str, body) -> list[str]:
+        if group.policy == "pinned" or group.fallbacks is False:
+            return []
+        if group.fallbacks is True:
+            return _nearest_first(tiers, chosen)
+        return [m for m in group.fallbacks if m != chosen and self.models[m].refusal(body) is None]
 
     def _pinned(self, name: str, body) -> Plan:
         if name not in self.models:
             raise APIError(404, f"The model '{name}' does not exist.", "invalid_request_error", "model_not_found",
                            "model")
-        [name] = self._eligible([name], body)
-        group = self._group_of(name)
-        label = _label(group.tiers, name) if group else "pinned"
-        return Plan(None, [name], {name: label}, baseline=group.tiers[-1] if group else name)
-
-    def _group_of(self, model: str) -> RouteGroup | None:
-        return next((g for g in self.catalog.routes if model in g.tiers), None)
+        return Plan(None, self._eligible([name], body))
 
     def _check_allowed(self, principal, name: str) -> None:
         allowed = principal.allowed_models
@@ -132,19 +143,24 @@ class Routing:
         ticket, deltas = await self._first_available(plan, plan.order, attempt, cascade=plan.cascade_to is not None)
         if plan.cascade_to is None or ticket.model == plan.cascade_to:
             return ticket, deltas
-        kept = [delta async for delta in deltas]
-        if not self.router.cascade_escalate(ticket.logprobs, principal.quality_floor, principal.large_share):
+        kept = [delta async for delta in deltas]  # its end settles it, deciding `escalated` (escalates, below)
+        if not ticket.escalated:
             return ticket, _replay(kept)
         strong, deltas = await self._first_available(plan, [plan.cascade_to], attempt, escalated=True)
         strong.earlier_cost_micros = ticket.cost_micros or 0
         strong.headers["x-ferryman-escalated-from"] = ticket.request_id
         return strong, deltas
 
+    def escalates(self, ticket) -> bool:
+        """Whether a cascade's first try, whole, is too unsure to keep: asked as it settles, so that its record
+        already says so."""
+        p = ticket.principal
+        return self.router.cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share)
+
     async def _first_available(self, plan: Plan, order: list[str], attempt, cascade=False, escalated=False):
         failed: list[str] = []
         for i, model in enumerate(order):
-            label = plan.labels[model]
-            route = f"cascade-{label}" if (cascade and model != plan.cascade_to) or escalated else label
+            route = f"cascade-{model}" if (cascade and model != plan.cascade_to) or escalated else model
             try:
                 ticket, deltas = await attempt(model, route, plan, logprobs=cascade and model != plan.cascade_to)
             except ModelUnavailable:
@@ -155,22 +171,6 @@ class Routing:
             if failed:
                 ticket.headers["x-ferryman-fallback-from"] = ",".join(failed)
             return ticket, deltas
-
-
-STRONGEST = "large"  # the route label of a group's strongest tier
-
-
-def strongest(route: str | None) -> bool:
-    """Whether a record's route label says the group's strongest tier answered (directly or by cascade)."""
-    return (route or "").removeprefix("cascade-") == STRONGEST
-
-
-def _label(tiers: list[str], model: str) -> str:
-    """A tier's name in records and metrics: cheapest "small", strongest "large", the ones between "tier<n>"."""
-    if len(tiers) == 1:
-        return "pinned"
-    i = tiers.index(model)
-    return "small" if i == 0 else STRONGEST if i == len(tiers) - 1 else f"tier{i + 1}"
 
 
 def _nearest_first(tiers: list[str], chosen: str) -> list[str]:

@@ -126,6 +126,8 @@ def test_served_request_on_a_gpu_priced_model_and_both_reports(sqlite_url):
     assert (row["cost_micros"], row["token_cost_micros"], row["gpu_cost_micros"], row["gpu_seconds"]) == (
         173, per_token, 173, 0.25)
     assert (report["totals"]["token_cost_micros"], report["totals"]["gpu_cost_micros"]) == (per_token, 173)
+    # the request named its model: no routing, so no savings, though its per-token cost differs from its GPU cost
+    assert (row["baseline_cost_micros"], row["savings_micros"]) == (173, 0)
     line = next(csv.DictReader(io.StringIO(sheet)))
     assert (line["cost_usd"], line["gpu_cost_usd"], line["token_cost_usd"]) == (
         "0.000173", "0.000173", f"0.{per_token:06d}")

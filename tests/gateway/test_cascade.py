@@ -56,10 +56,13 @@ def test_confident_small_answer_is_kept(cascade_gateway, stream):
             model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=stream)
         text = ("".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices) if stream
                 else raw.parse().choices[0].message.content)
-    assert raw.headers["x-ferryman-route"] == "cascade-small" and text == "small!"
+    assert raw.headers["x-ferryman-route"] == "cascade-ferryman-small" and text == "small!"
     assert backends["ferryman-small"].seen == [True] and backends["ferryman-large"].seen == []
     [record] = billing.usage(tenant_id)
-    assert record["route"] == "cascade-small" and record["completion_tokens"] == 2
+    assert record["route"] == "cascade-ferryman-small" and record["completion_tokens"] == 2
+    # kept: the strongest tier was not needed, so the saving is real
+    assert record["baseline_cost_micros"] == billing.cost_micros("ferryman-large", record["prompt_tokens"], 0, 2)
+    assert record["baseline_cost_micros"] > record["cost_micros"]
 
 
 def test_unsure_small_answer_is_escalated_and_both_tries_billed(cascade_gateway):
@@ -69,10 +72,14 @@ def test_unsure_small_answer_is_escalated_and_both_tries_billed(cascade_gateway)
         raw = c.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert raw.parse().choices[0].message.content == "large!"
-    assert raw.headers["x-ferryman-route"] == "cascade-large"
+    assert raw.headers["x-ferryman-route"] == "cascade-ferryman-large"
     records = {r["route"]: r for r in billing.usage(tenant_id)}
-    assert set(records) == {"cascade-small", "cascade-large"}
-    assert raw.headers["x-ferryman-escalated-from"] == records["cascade-small"]["request_id"]
-    total = records["cascade-small"]["cost_micros"] + records["cascade-large"]["cost_micros"]
+    assert set(records) == {"cascade-ferryman-small", "cascade-ferryman-large"}
+    small, large = records["cascade-ferryman-small"], records["cascade-ferryman-large"]
+    assert raw.headers["x-ferryman-escalated-from"] == small["request_id"]
+    total = small["cost_micros"] + large["cost_micros"]
     assert raw.headers["x-ferryman-cost-usd"] == f"{total / 1e6:.6f}"
+    # Escalated: no saving is claimed on either try.
+    assert small["baseline_cost_micros"] is None
+    assert large["baseline_cost_micros"] is None
     assert billing.ledger_totals(tenant_id)["open_reservations"] == 0

@@ -76,6 +76,46 @@ def test_speculation_must_name_an_engine_model(tmp_path):
         load(_write(tmp_path, text))
 
 
+ROUTES = "routes:\n  - name: auto\n    tiers: [ferryman-small, ext-big]   # cheapest first; the router chooses\n    fallbacks: true\n"
+
+
+@pytest.mark.parametrize("group, line", [
+    # the shape examples/small-plus-cluster.yaml had: an order of preference written as tiers
+    ("{name: big, tiers: [ext-big, ferryman-small]}",
+     "routes[0].tiers: 'ferryman-small' costs less than 'ext-big' before it; tiers run from cheapest to strongest"),
+    ("{name: one, tiers: [ferryman-small, ext-big], policy: pinned}",
+     "routes[0].tiers: a pinned group serves exactly one model"),
+    ("{name: one, tiers: [ext-big], policy: pinned, fallbacks: true}",
+     "routes[0].fallbacks: a pinned group never falls back"),
+    ("{name: one, tiers: [ext-big], policy: pinned, fallbacks: [ferryman-small]}",
+     "routes[0].fallbacks: a pinned group never falls back"),
+    ("{name: backup, tiers: [ferryman-small, ext-big], policy: fallback}",
+     "routes[0].fallbacks: a fallback group lists its models here, most preferred first"),
+    ("{name: backup, tiers: [ferryman-small], policy: fallback, fallbacks: [ext-big]}",
+     "routes[0].tiers: a fallback group has no tiers"),
+    ("{name: backup, policy: fallback, fallbacks: [ext-big, ext-huge]}",
+     "routes[0].fallbacks: no model named 'ext-huge'"),
+    ("{name: auto, policy: cascade}", "routes[0].tiers: a cascade group lists its models from cheapest to strongest"),
+])
+def test_each_list_means_one_thing_whatever_the_policy(tmp_path, monkeypatch, group, line):
+    monkeypatch.setenv("EXT_BIG_KEY", "sk-test")
+    with pytest.raises(CatalogError) as err:
+        load(_write(tmp_path, ISSUE_EXAMPLE.replace(ROUTES, f"routes:\n  - {group}\n")))
+    assert line in str(err.value)
+
+
+def test_the_strongest_tier_is_the_last_of_tiers_and_only_routing_policies_have_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXT_BIG_KEY", "sk-test")
+    groups = ("routes:\n  - {name: auto, tiers: [ferryman-small, ext-big], fallbacks: [ferryman-small]}\n"
+              "  - {name: one, tiers: [ext-big], policy: pinned}\n"
+              "  - {name: backup, policy: fallback, fallbacks: [ext-big, ferryman-small]}\n")
+    catalog = load(_write(tmp_path, ISSUE_EXAMPLE.replace(ROUTES, groups)))
+    assert catalog.route("auto").strongest() == "ext-big"
+    assert catalog.route("one").strongest() is None
+    assert catalog.route("backup").strongest() is None
+    assert catalog.route("backup").fallbacks == ["ext-big", "ferryman-small"]
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "ferryman.yaml"
     path.write_text(text)

@@ -93,7 +93,7 @@ def _catalog(urls: dict) -> Catalog:
             {"name": "dead-large", "kind": "replicas", "urls": [f"http://127.0.0.1:{_free_port()}"],
              "tokenizer": str(SMALL), "price": {"input": 2.0, "output": 8.0}}],
         "routes": [{"name": "auto", "tiers": ["local", "ext-big"]},
-                   {"name": "limited", "tiers": ["ext-limited", "ext-big"], "policy": "fallback"},
+                   {"name": "limited", "policy": "fallback", "fallbacks": ["ext-limited", "ext-big"]},
                    {"name": "all-down", "tiers": ["local", "dead-large"]},
                    {"name": "doomed", "tiers": ["local", "ext-doomed"]}]})
 
@@ -220,8 +220,8 @@ def test_mixed_group_routes_by_difficulty_and_counts_savings_against_its_stronge
         model="auto", messages=[{"role": "user", "content": "copy: a b"}], max_tokens=4, temperature=0)
     hard = client(gw).chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": HARD}], max_tokens=40)
-    assert (easy.headers["x-ferryman-model"], easy.headers["x-ferryman-route"]) == ("local", "small")
-    assert (hard.headers["x-ferryman-model"], hard.headers["x-ferryman-route"]) == ("ext-big", "large")
+    assert (easy.headers["x-ferryman-model"], easy.headers["x-ferryman-route"]) == ("local", "local")
+    assert (hard.headers["x-ferryman-model"], hard.headers["x-ferryman-route"]) == ("ext-big", "ext-big")
     cheap = record(gw, easy.headers["x-request-id"])
     assert cheap["route_group"] == "auto" and cheap["model"] == "local"
     u = easy.parse().usage

@@ -102,7 +102,7 @@ def test_admin_sees_realised_share_against_target_and_feedback(tmp_path, tokeniz
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
     assert row["group"] == "auto" and row["tenant_id"] == str(tenant["id"]) and row["window"] == 8
     routed = [r["route"] for r in billing.usage(tenant["id"]) if r["route_group"] == "auto"]
-    assert row["target_share"] == 0.25 and row["realised_share"] == routed.count("large") / 8 and len(routed) == 8
+    assert row["target_share"] == 0.25 and row["realised_share"] == routed.count("ferryman-large") / 8 and len(routed) == 8
     # the pinned request's grade belongs to no route group: not in the group's quality
     assert (row["feedback_quality"], row["feedback_count"]) == (0.375, 2)
     labels = 'group="auto",tenant="acme"'  # FERRYMAN_METRICS_TENANTS=true: the tenant's name, never its id
@@ -135,12 +135,12 @@ def test_feedback_on_weak_answers_raises_a_quality_floors_strong_share(tmp_path,
         for i in range(160):
             complete(gw, prompt=f"Question {i}: what is {i * 37} plus {i * i}?" + " Show every step." * (i % 4))
         [before] = targets(gw.url)
-        graded = {"small": 0, "large": 0}
+        graded = {"ferryman-small": 0, "ferryman-large": 0}
         for record in billing.usage(tenant["id"], limit=1000):  # tenants rate the small model's answers poorly
-            graded[record["route"]] += 1
-            score = 0.9 if record["route"] == "large" else 0.3
+            graded[record["model"]] += 1
+            score = 0.9 if record["model"] == "ferryman-large" else 0.3
             assert feedback(gw, gw.api_key, request_id=record["request_id"], score=score).status_code == 200
-        assert graded["small"] >= MIN_WEAK_FEEDBACK and graded["large"] >= MIN_STRONG_FEEDBACK
+        assert graded["ferryman-small"] >= MIN_WEAK_FEEDBACK and graded["ferryman-large"] >= MIN_STRONG_FEEDBACK
         complete(gw, prompt="One more question, routed with the feedback in hand.")
         [after] = targets(gw.url)
     assert before["target_share"] == pytest.approx(calibrated)

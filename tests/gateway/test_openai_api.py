@@ -19,7 +19,7 @@ def test_chat_routes_by_difficulty_and_records_usage(gateway, tokenizer):
     raw = client(gateway).chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "reverse abcd"}], max_tokens=5)
     reply = raw.parse()
-    assert raw.headers["x-ferryman-route"] == "small"
+    assert raw.headers["x-ferryman-route"] == "ferryman-small"
     assert float(raw.headers["x-ferryman-difficulty"]) == pytest.approx(0.12, abs=1e-4)
     prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": "reverse abcd"}],
                                                add_generation_prompt=True, tokenize=False)
@@ -31,7 +31,7 @@ def test_chat_routes_by_difficulty_and_records_usage(gateway, tokenizer):
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (len(prompt_ids), 5)
     [record] = gateway.records()
     assert record["request_id"] == raw.headers["x-request-id"]
-    assert (record["model"], record["route"], record["status"]) == ("ferryman-small", "small", "ok")
+    assert (record["model"], record["route"], record["status"]) == ("ferryman-small", "ferryman-small", "ok")
     assert (record["prompt_tokens"], record["completion_tokens"]) == (len(prompt_ids), 5)
     expected = gateway.billing.cost_micros("ferryman-small", len(prompt_ids), 0, 5)
     assert record["cost_micros"] == expected > 0
@@ -42,10 +42,10 @@ def test_hard_query_goes_large_and_named_model_pins(gateway):
     hard = "explain " + "x" * 120
     raw = client(gateway).chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": hard}], max_tokens=2)
-    assert raw.headers["x-ferryman-route"] == "large" and raw.parse().model == "ferryman-large"
+    assert raw.headers["x-ferryman-route"] == "ferryman-large" and raw.parse().model == "ferryman-large"
     pinned = client(gateway).chat.completions.with_raw_response.create(
         model="ferryman-large", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    assert pinned.headers["x-ferryman-route"] == "large"
+    assert pinned.headers["x-ferryman-route"] == "ferryman-large"
     assert "x-ferryman-difficulty" not in pinned.headers
 
 
@@ -166,4 +166,4 @@ def test_metrics_endpoint(gateway):
     assert httpx.get(gateway.url + "/metrics").status_code == 401  # closed: the admin key or the metrics key
     assert httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {gateway.api_key}"}).status_code == 401
     text = httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
-    assert 'ferryman_requests_total{route="small",status="ok"}' in text
+    assert 'ferryman_requests_total{route="ferryman-small",status="ok"}' in text
