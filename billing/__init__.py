@@ -3,7 +3,7 @@
 Knows nothing of HTTP or models. Money is integer micro-USD (1 USD = 1_000_000) everywhere.
 """
 from billing.auth import Limit, Principal
-from billing.ledger import BillingError, BudgetExceeded, DuplicateRequest, Reservation, UnknownPrice, UsageRecord
+from billing.rules import BillingError, BudgetExceeded, DuplicateRequest, Reservation, UnknownPrice, UsageRecord
 from billing.limits import RateLimited, RateLimiter
 from billing.pricing import Price
 from billing.service import Billing

@@ -15,7 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from billing.auth import hash_key
-from billing.ledger import period_key
+from billing.ledger import open_period
+from billing.rules import period_key
 from billing.models import api_keys, budget_alerts, budget_spend, budgets, prices, tenants
 from billing.pricing import DEFAULT_PRICES, Price, micros
 
@@ -138,6 +139,8 @@ class Operators:
                 ).returning(budgets.c.id)).scalar_one()
             else:
                 conn.execute(update(budgets).where(budgets.c.id == budget_id).values(**values))
+            # Its period's counters start now, at what that period's records already spent.
+            open_period(conn, budget_id, period_key(period, self.clock()))
         self.on_change()
         return next(b for b in self.list_budgets(tenant_id) if b["id"] == budget_id)
 

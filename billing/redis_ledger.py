@@ -5,20 +5,22 @@ Used when a Redis URL is configured (`FERRYMAN_REDIS_URL`); the database stays t
 - reserve: one Lua script checks `spent + reserved + amount <= limit` on the tenant's and the key's budget
   together and takes both holds, or neither; Redis runs scripts one at a time, so any number of replicas can
   never hold past a budget. Limits come with the principal (cached from the database); Redis keeps each budget
-  period's spent and reserved, seeded once from the database's budget_spend (HSETNX: concurrent seeders agree).
+  period's spent and reserved, seeded once from that period's records, written and unwritten (HSETNX: concurrent
+  seeders agree).
 - settle: one Lua script drops the hold, moves the cost from reserved to spent and appends the usage record to
   a stream, atomically: a settled request is in the stream exactly once, and a second settle finds no hold.
-- on the request path both scripts are awaited over one pipelined connection per process (billing/resp.py, no
-  blocking round trip); operator commands and tests call them through redis-py.
+- both scripts are awaited over one pipelined connection per event loop (billing/resp.py, no blocking round
+  trip); the writer, `open_holds` and `unwritten` use redis-py.
 - a writer per gateway process (`Writer`) reads the stream in a consumer group and writes each batch in one
   database transaction: the records `ON CONFLICT (request_id) DO NOTHING`, and budget_spend grows by the cost
   of the records actually inserted; then XACK. A batch redelivered after a crash between commit and XACK
   inserts nothing and adds nothing. A dead writer's pending entries are claimed by a live one (XAUTOCLAIM).
-- a replica that dies mid-request leaves its holds; any replica reaps them once expired (`reap_expired`), through
+- a replica that dies mid-request leaves its holds; any replica reaps them once expired (`reap`), through
   the same settle script, so each becomes exactly one zero-cost 'expired' record.
 
 Finance reads the database: it lags the settlements by the writer's interval plus one transaction (50 ms + a few
 ms while a writer runs; under 100 ms). If Redis loses its data, budgets re-seed from the database, which lacks the unwritten batch.
+What is charged is decided by billing.rules, as in the SQL ledger (billing.ledger); the two share no base class.
 """
 from __future__ import annotations
 
@@ -30,18 +32,20 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from billing import resp
+from billing import resp, rules
 from billing.auth import BudgetRef, Principal
-from billing.ledger import DuplicateRequest, Ledger, Reservation, UsageRecord, exceeded, period_key
+from billing.ledger import Prices, open_period, records_spend, stored_record
 from billing.models import budget_alerts, budget_spend, budgets, usage_records
 from billing.pricing import FREE, usd
+from billing.rules import DuplicateRequest, Reservation, UsageRecord
 
 log = logging.getLogger("ferryman.billing")
 
@@ -104,66 +108,78 @@ class Hold(Reservation):
 
     budgets: tuple[BudgetRef, ...] = ()
     period_keys: tuple[str, ...] = ()
+    on_tenant: bool = False  # it holds on the tenant's budget (what `holds` sums)
+
+    def entry(self) -> str:
+        """What Redis keeps of the hold, for reaping it and for `holds`."""
+        return json.dumps({"t": self.tenant_id, "k": self.key_id, "m": self.model, "a": self.amount_micros,
+                           "d": self.day, "b": [list(ref) for ref in self.budgets], "p": self.period_keys,
+                           "tb": self.on_tenant})
+
+    @classmethod
+    def from_entry(cls, request_id: str, payload: bytes) -> Hold:
+        h = json.loads(payload)
+        return cls(request_id, h["t"], h["k"], h["m"], h["a"], FREE, h["d"], False,
+                   tuple(BudgetRef(*b) for b in h["b"]), tuple(h["p"]), h["tb"])
 
 
-class RedisLedger(Ledger):
+class RedisLedger:
+    """billing.rules.Ledger with holds in Redis and records written to the database in batches (`Writer`)."""
+
     def __init__(self, engine, clock, cache_ttl_s: float, reservation_ttl_s: float, redis_url: str,
                  prefix: str = "ferryman"):
-        super().__init__(engine, clock, cache_ttl_s, reservation_ttl_s)
-        # Short timeouts: these calls run on the event loop (one loopback round trip is cheaper than a thread hop),
-        # so a Redis that stops answering must fail the request (503), not stall every other one.
+        self.engine, self.clock, self.redis_url = engine, clock, redis_url
+        self.prices = Prices(engine, cache_ttl_s)
+        self.reservation_ttl_s = reservation_ttl_s
+        # For the writer thread, operator commands and tests. Short timeouts: a Redis that stops answering must
+        # fail the call, not hang it.
         self.redis = redis.Redis.from_url(url=redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.prefix = f"{prefix}:ledger"
         self.holds_key, self.expiry_key, self.stream = (f"{self.prefix}:holds", f"{self.prefix}:expiry",
                                                         f"{self.prefix}:settled")
-        self._reserve = self.redis.register_script(RESERVE)
-        self._settle = self.redis.register_script(SETTLE)
-        self.fast = resp.Redis(redis_url)  # the same scripts from the event loop, pipelined
+        # The request path's pipelined client (billing.resp), one per event loop: a connection belongs to its loop,
+        # and billing.Billing's synchronous calls run on a loop of their own.
+        self._fast: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def fast(self) -> resp.Redis:
+        loop = asyncio.get_running_loop()
+        client = self._fast.get(loop)
+        if client is None:
+            client = self._fast[loop] = resp.Redis(self.redis_url)
+        return client
 
     def budget_key(self, budget_id: int, period: str) -> str:
         return f"{self.prefix}:budget:{budget_id}:{period}"
 
     # --- reserve -----------------------------------------------------------------------------------
 
-    def reserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
-                max_tokens: int) -> Hold:
-        hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
+    async def reserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
+                      max_tokens: int) -> Hold:
+        """One pipelined round trip to Redis (two the first time a budget period is used since Redis started)."""
+        if self.prices.stale():  # the database read, once every few seconds, off the loop
+            await asyncio.to_thread(self.prices, model)
+        hold = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
+        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(hold.budgets,
+                                                                                             hold.period_keys)]]
+        seeds, payload = [""] * len(hold.budgets), hold.entry()
         while True:
-            answer = self._reserve(keys=keys, args=self._hold_args(hold, payload, seeds))
+            answer = await self.fast().script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds))
             if (i := self._held(answer, hold, principal, prompt_tokens, max_tokens)) is None:
                 return hold
-            seeds[i] = str(self._spent_in_database(hold.budgets[i].id, hold.period_keys[i]))
+            seeds[i] = str(await asyncio.to_thread(self._period_spend, hold, i))
 
-    async def areserve(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
-                       max_tokens: int) -> Hold:
-        """reserve, on the event loop: one pipelined round trip to Redis (billing.resp)."""
-        if self.prices_stale():  # the database read, once every few seconds, off the loop
-            await asyncio.to_thread(self.price, model)
-        hold, keys, payload, seeds = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
-        while True:
-            answer = await self.fast.script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds))
-            if (i := self._held(answer, hold, principal, prompt_tokens, max_tokens)) is None:
-                return hold
-            seeds[i] = str(await asyncio.to_thread(self._spent_in_database, hold.budgets[i].id, hold.period_keys[i]))
-
-    def _new_hold(self, principal: Principal, request_id: str, model: str, prompt_tokens: int, max_tokens: int):
-        """The hold (worst case: every max token generated, none cached), its Redis keys, what the hold's entry
-        in Redis says (for reaping and open_holds), and no seeds yet."""
-        price = self.price(model)
-        amount = price.cost_micros(prompt_tokens, 0, max_tokens)
+    def _new_hold(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
+                  max_tokens: int) -> Hold:
+        price = self.prices(model)
         now = self.clock()
         refs = tuple(ref for ref in (principal.tenant_budget, principal.key_budget) if ref is not None)
-        periods = tuple(period_key(ref.period, now) for ref in refs)
-        hold = Hold(request_id, principal.tenant_id, principal.key_id, model, amount, price, None, None,
-                    principal.store_prompts, refs, periods)
-        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(refs, periods)]]
-        payload = json.dumps({"t": hold.tenant_id, "k": hold.key_id, "m": model, "a": amount,
-                              "b": [list(ref) for ref in refs], "p": periods, "s": hold.store_prompts,
-                              "tb": principal.tenant_budget is not None})
-        return hold, keys, payload, [""] * len(refs)
+        return Hold(request_id, principal.tenant_id, principal.key_id, model,
+                    rules.worst_case(price, prompt_tokens, max_tokens), price, now.strftime("%Y-%m-%d"),
+                    principal.store_prompts, refs, tuple(rules.period_key(ref.period, now) for ref in refs),
+                    principal.tenant_budget is not None)
 
     def _hold_args(self, hold: Hold, payload: str, seeds: list[str]) -> list:
-        expires_ms = round((time.time() + self.reservation_ttl.total_seconds()) * 1000)
+        expires_ms = round((_epoch_s(self.clock()) + self.reservation_ttl_s) * 1000)
         args = [hold.request_id, hold.amount_micros, expires_ms, payload]
         for ref, seed in zip(hold.budgets, seeds):
             args += [ref.limit_micros, seed]
@@ -177,31 +193,49 @@ class RedisLedger(Ledger):
         if answer[0] == "dup":
             raise DuplicateRequest(f"request id '{hold.request_id}' already has an open reservation")
         i = int(answer[1]) - 1
-        if answer[0] == "seed":  # first use of this budget period since Redis started: what the database says
+        if answer[0] == "seed":  # first use of this budget period since Redis started
             return i
         ref = hold.budgets[i]
-        raise exceeded("tenant" if ref is principal.tenant_budget else "key", ref.period, hold.period_keys[i],
-                       ref.limit_micros, int(answer[2]), int(answer[3]), hold.amount_micros, hold.model,
-                       prompt_tokens, max_tokens)
+        raise rules.exceeded("tenant" if ref is principal.tenant_budget else "key", ref.period, hold.period_keys[i],
+                             ref.limit_micros, int(answer[2]), int(answer[3]), hold.amount_micros, hold.model,
+                             prompt_tokens, max_tokens)
 
-    def _spent_in_database(self, budget_id: int, key: str) -> int:
+    def _period_spend(self, hold: Hold, i: int) -> int:
+        """A budget period's spend as the records say: those in the database plus those settled but not written yet
+        (the stream is read first, so a record the writer moves meanwhile is in one of the two, counted once)."""
+        ref, key = hold.budgets[i], hold.period_keys[i]
+        first, last = rules.period_days(key)
+        key_id = None if i == 0 and hold.on_tenant else hold.key_id  # a tenant budget covers all its keys
+        pending = {r["request_id"]: r["cost_micros"] for r in self._unwritten_records()
+                   if r["tenant_id"] == hold.tenant_id and key_id in (None, r["key_id"]) and first <= r["day"] <= last}
         with self.engine.connect() as conn:
-            return conn.execute(select(budget_spend.c.spent_micros).where(
-                budget_spend.c.budget_id == budget_id, budget_spend.c.period_key == key)).scalar() or 0
+            written = conn.execute(select(records_spend(ref.id, first, last))).scalar_one()
+            if pending:
+                written -= conn.execute(select(func.coalesce(func.sum(usage_records.c.cost_micros), 0)).where(
+                    usage_records.c.request_id.in_(list(pending)))).scalar_one()
+        return int(written) + sum(pending.values())
 
     # --- settle ------------------------------------------------------------------------------------
 
-    def settle(self, res: Hold, **usage) -> UsageRecord:
-        """Charge the actual cost and queue the record for the writer, atomically; a second settle charges nothing."""
-        record = self.usage_record(res, **usage)
-        self._charged(res, self._settle(keys=self._settle_keys(res), args=self._settle_args(res, record)))
-        return record
+    def usage_record(self, res: Reservation, *, baseline_model: str | None = None, **usage) -> UsageRecord:
+        """The record billing.rules.usage_record makes of `usage`, now; writes nothing."""
+        return rules.usage_record(res, self.clock(), rules.baseline_price(self.prices, baseline_model), **usage)
 
-    async def asettle(self, res: Hold, **usage) -> UsageRecord:
-        """settle, on the event loop: one pipelined round trip to Redis (billing.resp)."""
+    async def settle(self, res: Hold, **usage) -> UsageRecord:
+        """Charge the actual cost and queue the record for the writer, atomically, in one pipelined round trip.
+        A second settle, or one after the hold was reaped, charges nothing and returns the record stored first."""
         record = self.usage_record(res, **usage)
-        self._charged(res, await self.fast.script(SETTLE_SCRIPT, self._settle_keys(res), self._settle_args(res, record)))
-        return record
+        answer = await self.fast().script(SETTLE_SCRIPT, self._settle_keys(res), self._settle_args(res, record))
+        if answer[0] == b"ok":
+            return record
+        log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+        stored = await self.record(res.request_id)
+        if stored is None:
+            raise LookupError(f"request '{res.request_id}' has no open hold and no record")
+        return stored
+
+    async def release(self, res: Hold, status: str = "error") -> UsageRecord:
+        return await self.settle(res, prompt_tokens=0, completion_tokens=0, status=status)
 
     def _settle_keys(self, res: Hold) -> list[str]:
         return [self.holds_key, self.expiry_key, self.stream,
@@ -213,28 +247,33 @@ class RedisLedger(Ledger):
         return [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
                 *[r.limit_micros * r.alert_percent for r in res.budgets]]
 
-    @staticmethod
-    def _charged(res: Hold, answer: list) -> None:
-        if answer[0] != b"ok":
-            log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+    async def record(self, request_id: str) -> UsageRecord | None:
+        """The stored record: in the stream while unwritten, else in the database (looked up in that order, so a
+        record the writer moves meanwhile is found in one of the two)."""
+        for r in await asyncio.to_thread(self._unwritten_records):
+            if r["request_id"] == request_id:
+                return UsageRecord(**r)
+        return await asyncio.to_thread(stored_record, self.engine, request_id)
 
-    def reap_expired(self, now: datetime | None = None) -> int:
+    async def reap(self, now: datetime | None = None) -> int:
         """Settle, at no cost, the holds whose replica died before settling them; safe on every replica at once."""
-        now_ms = (now.replace(tzinfo=UTC).timestamp() if now else time.time()) * 1000
-        due = [rid.decode() for rid in self.redis.zrangebyscore(self.expiry_key, "-inf", now_ms, start=0, num=1000)]
+        now_ms = _epoch_s(now or self.clock()) * 1000
+        fast = self.fast()
+        due = await fast.call("ZRANGEBYSCORE", self.expiry_key, "-inf", now_ms, "LIMIT", 0, 1000)
         reaped = 0
-        for rid, payload in zip(due, self.redis.hmget(self.holds_key, due) if due else []):
+        for rid, payload in zip(due, await fast.call("HMGET", self.holds_key, *due) if due else []):
             if payload is None:
                 continue
-            h = json.loads(payload)
-            hold = Hold(rid, h["t"], h["k"], h["m"], h["a"], FREE, None, None, h["s"],
-                        tuple(BudgetRef(*b) for b in h["b"]), tuple(h["p"]))
-            record = self.usage_record(hold, prompt_tokens=0, completion_tokens=0, status="expired")
-            answer = self._settle(keys=self._settle_keys(hold), args=self._settle_args(hold, record))
+            hold = Hold.from_entry(rid.decode(), payload)
+            record = rules.reaped_record(hold, self.clock())
+            answer = await fast.script(SETTLE_SCRIPT, self._settle_keys(hold), self._settle_args(hold, record))
             reaped += answer[0] == b"ok"
         return reaped
 
     # --- what is in flight ---------------------------------------------------------------------------
+
+    async def holds(self, tenant_id: int | None = None) -> tuple[int, int]:
+        return self.open_holds(tenant_id)
 
     def open_holds(self, tenant_id: int | None = None) -> tuple[int, int]:
         """(how many holds are open, micro-USD they hold on tenant budgets), optionally for one tenant."""
@@ -249,6 +288,9 @@ class RedisLedger(Ledger):
     def unwritten(self) -> int:
         """Settlements in the stream the database does not have yet (acknowledged entries are deleted)."""
         return self.redis.xlen(self.stream)
+
+    def _unwritten_records(self) -> list[dict]:
+        return [_decode(fields)["record"] for _, fields in self.redis.xrange(self.stream)]
 
 
 class Writer:
@@ -357,10 +399,7 @@ class Writer:
             ids = {budget_id for budget_id, _ in spend} | {ref[0] for ref, _ in alerts}
             # A budget deleted since the hold was taken has no counters to add to: its records still count.
             live = set(conn.execute(select(budgets.c.id).where(budgets.c.id.in_(ids))).scalars()) if ids else set()
-            rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted": False}
-                    for (b, k), c in sorted(spend.items()) if b in live]
-            if rows:
-                conn.execute(self._add_spend, rows)
+            self._add_spend_of(conn, {bk: c for bk, c in spend.items() if bk[0] in live})
             for (budget_id, key, limit), spent in alerts:
                 if budget_id not in live:
                     continue
@@ -373,11 +412,28 @@ class Writer:
                     log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key,
                                 usd(spent), usd(limit))
 
+    def _add_spend_of(self, conn, spend: dict[tuple[int, str], int]) -> None:
+        """Add each budget period's cost; a period with no row yet starts at the sum of its records (this batch's
+        included), as in the SQL ledger, so a budget made mid-period counts the spend already made."""
+        s = budget_spend.c
+        have = set(conn.execute(select(s.budget_id, s.period_key).where(
+            tuple_(s.budget_id, s.period_key).in_(list(spend))))) if spend else set()
+        opened = {bk for bk in sorted(spend) if bk not in have and open_period(conn, *bk)}
+        rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted": False}
+                for (b, k), c in sorted(spend.items()) if (b, k) not in opened]
+        if rows:
+            conn.execute(self._add_spend, rows)
+
     def _insert_new(self, conn, rows: list[dict]) -> set[str]:
         """Insert the records not there yet; the request ids of those inserted."""
         if self._unnest is None:
             return set(conn.execute(self._new_records, rows).scalars())
         return set(conn.exec_driver_sql(self._unnest, {c: [r[c] for r in rows] for c in self._columns}).scalars())
+
+
+def _epoch_s(now: datetime) -> float:
+    """The ledger clock's naive UTC time as seconds since the epoch: hold expiry is kept and compared in these."""
+    return now.replace(tzinfo=UTC).timestamp()
 
 
 def _unnest_insert(columns: list[str]) -> str:

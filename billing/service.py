@@ -1,20 +1,29 @@
 """Billing: one ledger database and its jobs, behind one handle for the gateway and the operator commands.
 
 - who is asking: `billing.auth.Keys` (API key -> principal, cached a few seconds)
-- the money path: `billing.ledger.Ledger` (prices, reserve, settle, release, reap, feedback)
+- the money path: a ledger (billing.rules.Ledger: reserve, settle, release, reap, record, holds), SQL
+  (`billing.ledger.SqlLedger`) or holds in Redis (`billing.redis_ledger.RedisLedger`); the rules in billing.rules
+- the same calls, synchronous, for operator commands and tests (`reserve`, `settle`, ...: run on a private loop)
 - the operator's CRUD: `billing.operators.Operators` (tenants, keys, budgets, prices)
 - reports: `billing.reports` (usage records, grouped reports, ledger totals)
 """
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from datetime import datetime
 from typing import Callable
 
+from sqlalchemy import update
+
 from billing.auth import Keys
 from billing.db import make_engine, upgrade
-from billing.ledger import Ledger, utcnow
+from billing.ledger import SqlLedger, blocking, utcnow
+from billing.models import usage_records
 from billing.operators import Operators
 from billing.reports import ledger_totals, recent_usage, usage_report
+from billing.rules import Ledger, Reservation, UsageRecord, storable
 
 
 class Billing:
@@ -26,26 +35,26 @@ class Billing:
         self.keys = Keys(self.engine, clock, cache_ttl_s)
         # With Redis: budget holds there, records written in batches by a writer (billing.redis_ledger).
         self.holds_in_redis = redis_url is not None
+        self.ledger: Ledger
         if redis_url:
             from billing.redis_ledger import RedisLedger
 
             self.ledger = RedisLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s, redis_url, redis_prefix)
         else:
-            self.ledger = Ledger(self.engine, clock, cache_ttl_s, reservation_ttl_s)
+            self.ledger = SqlLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s)
         self.operators = Operators(self.engine, clock, on_change=self._invalidate)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
         # The gateway's path.
         self.authenticate = self.keys.authenticate
-        self.price, self.cost_micros = self.ledger.price, self.ledger.cost_micros
-        self.reserve, self.settle, self.release = self.ledger.reserve, self.ledger.settle, self.ledger.release
-        self.areserve, self.asettle = self.ledger.areserve, self.ledger.asettle  # the same, awaited on the request path
-        self.reap_expired, self.record_feedback = self.ledger.reap_expired, self.ledger.record_feedback
+        self.price = self.ledger.prices
         # The operator's.
         ops = self.operators
         self.create_tenant, self.update_tenant, self.tenant = ops.create_tenant, ops.update_tenant, ops.tenant
         self.tenant_by_name, self.list_tenants = ops.tenant_by_name, ops.list_tenants
         self.create_key, self.key, self.list_keys = ops.create_key, ops.key, ops.list_keys
         self.update_key, self.revoke_key, self.issue_demo_key = ops.update_key, ops.revoke_key, ops.issue_demo_key
-        self.set_budget, self.delete_budget = ops.set_budget, ops.delete_budget
+        self.delete_budget = ops.delete_budget
         self.list_budgets, self.list_alerts = ops.list_budgets, ops.list_alerts
         self.claim_alerts, self.mark_alert_sent = ops.claim_alerts, ops.mark_alert_sent
         self.set_price, self.set_prices_from_catalog = ops.set_price, ops.set_prices_from_catalog
@@ -57,13 +66,63 @@ class Billing:
         upgrade(self.database_url)
 
     def close(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
         if self.holds_in_redis:
-            self.ledger.redis.close()  # (the ledger's pipelined connection closes with its event loop)
+            self.ledger.redis.close()  # (the pipelined connections close with their event loops)
         self.engine.dispose()
 
     def _invalidate(self) -> None:
         self.keys.forget()
-        self.ledger.forget_prices()
+        self.ledger.prices.forget()
+
+    # --- the ledger's calls, synchronous (operator commands, tests, seed scripts; never the event loop) ----------
+
+    def _wait(self, call):
+        """Run a ledger coroutine to its end on this object's own event loop (a thread), from any thread."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="billing-sync", daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
+    def reserve(self, principal, request_id: str, model: str, prompt_tokens: int, max_tokens: int) -> Reservation:
+        return self._wait(self.ledger.reserve(principal, request_id, model, prompt_tokens, max_tokens))
+
+    def settle(self, res: Reservation, **usage) -> UsageRecord:
+        return self._wait(self.ledger.settle(res, **usage))
+
+    def release(self, res: Reservation, status: str = "error") -> UsageRecord:
+        return self._wait(self.ledger.release(res, status))
+
+    def reap_expired(self, now: datetime | None = None) -> int:
+        return self._wait(self.ledger.reap(now))
+
+    async def blocking(self, fn, *args, **kwargs):
+        """A blocking call on the database from the event loop: inline on SQLite, else in a thread."""
+        return await blocking(self.engine, fn, *args, **kwargs)
+
+    def set_budget(self, tenant_id: int, **budget) -> dict:
+        """Operators.set_budget. Its period starts at the sum of the period's records; with holds in Redis, records
+        still on their way to the database are waited for first (up to 2 s, while a writer runs)."""
+        deadline = time.monotonic() + 2.0
+        while self.unwritten() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.operators.set_budget(tenant_id, **budget)
+
+    def cost_micros(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> int:
+        return self.price(model).cost_micros(prompt_tokens, cached_tokens, completion_tokens)
+
+    def record_feedback(self, principal, request_id: str, score: float, comment: str | None = None) -> bool:
+        """Store a tenant's score (0..1) on one of its own requests; False when it has no such request."""
+        if not 0.0 <= score <= 1.0:
+            raise ValueError("score must be between 0 and 1")
+        if "\x00" in request_id:
+            return False  # no request id holds a NUL byte (and PostgreSQL text cannot carry one)
+        with self.engine.begin() as conn:
+            return conn.execute(update(usage_records).where(
+                usage_records.c.request_id == request_id, usage_records.c.tenant_id == principal.tenant_id
+            ).values(feedback_score=score, feedback_comment=storable(comment))).rowcount == 1
 
     def usage(self, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
               limit: int = 100) -> list[dict]:

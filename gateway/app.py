@@ -84,7 +84,7 @@ async def reap_forever(billing, every_s: float = 60.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            await asyncio.to_thread(billing.reap_expired)
+            await billing.ledger.reap()
         except Exception:  # a database hiccup must not end the loop: the next round retries
             log.exception("reaping expired reservations failed")
 

@@ -70,8 +70,8 @@ class Ferry:
         self.routing = Routing(catalog, router, models, settings.metrics_tenants)
 
     async def ledger(self, fn, *args, **kwargs):
-        """A blocking call on the ledger's database: inline on SQLite, else in a thread (Ledger.blocking)."""
-        return await self.billing.ledger.blocking(fn, *args, **kwargs)
+        """A blocking call on the ledger's database: inline on SQLite, else in a thread (Billing.blocking)."""
+        return await self.billing.blocking(fn, *args, **kwargs)
 
     # --- who is asking -------------------------------------------------------------------------
 
@@ -123,7 +123,8 @@ class Ferry:
         request_id = f"req-{uuid.uuid4().hex}"
         rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens)
         try:
-            reservation = await self.billing.areserve(principal, request_id, served.name, prompt.tokens, max_tokens)
+            reservation = await self.billing.ledger.reserve(principal, request_id, served.name, prompt.tokens,
+                                                            max_tokens)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
             # Spent: no retry helps. Only held by requests in flight: the same request fits once they settle.
@@ -238,7 +239,7 @@ class Ferry:
         if ticket.plan.cascade_to not in (None, ticket.model) and status == "ok":  # a cascade's first try, whole
             ticket.escalated = self.routing.escalates(ticket)
         try:
-            record = await self.billing.asettle(
+            record = await self.billing.ledger.settle(
                 ticket.reservation, prompt_tokens=usage.prompt_tokens,
                 cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
                 latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,

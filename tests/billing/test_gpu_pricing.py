@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from backends.echo import EchoBackend
-from billing.ledger import BudgetExceeded
+from billing.rules import BudgetExceeded
 from billing.pricing import Price
 from gateway.catalog import Catalog
 from gateway.cli import app as cli

@@ -78,7 +78,7 @@ def test_holds_never_pass_the_budget_and_a_second_settle_charges_nothing(billing
 
 
 def test_the_written_record_is_the_settled_one_field_for_field(billing):
-    """Through the request path's calls (areserve/asettle on the pipelined client) and the writer's batch insert
+    """Through the request path's calls (the ledger's reserve/settle on the pipelined client) and the writer's batch insert
     (one array per column on PostgreSQL): every field arrives as settled, NULLs and an opted-in prompt included."""
     from billing.models import usage_records
 
@@ -91,8 +91,8 @@ def test_the_written_record_is_the_settled_one_field_for_field(billing):
         for i, extra in enumerate([{}, {"difficulty": 0.25, "route": "large", "route_group": "auto",
                                         "latency_ms": 12.5, "prompt_text": "2 + 2 = ?"},
                                    {"status": "timeout", "estimated": True, "cached_tokens": 3}]):
-            hold = await billing.areserve(principal, f"f{i}", SMALL, 10, 100)
-            out.append(await billing.asettle(hold, prompt_tokens=10, completion_tokens=7 + i, **extra))
+            hold = await billing.ledger.reserve(principal, f"f{i}", SMALL, 10, 100)
+            out.append(await billing.ledger.settle(hold, prompt_tokens=10, completion_tokens=7 + i, **extra))
         return out
 
     settled = asyncio.run(serve_three())
