@@ -88,16 +88,27 @@ class Backend(Protocol):
 
 class BackendUnavailable(Exception):
     """No replica could serve the request (all down, breakers open, retries spent), or an upstream turned it away
-    for now (HTTP 429 or 5xx, no answer in time): another model may serve it. `status` 429 = rate limited."""
+    for now (HTTP 429 or 5xx, no answer in time): another model may serve it. `status` 429 = rate limited;
+    `code` is the error code the tenant sees when no other model serves."""
 
-    def __init__(self, message: str, status: int = 503, retry_after_s: float | None = None):
+    def __init__(self, message: str, status: int = 503, retry_after_s: float | None = None,
+                 code: str = "model_unavailable"):
         super().__init__(message)
-        self.status, self.retry_after_s = status, retry_after_s
+        self.status, self.retry_after_s, self.code = status, retry_after_s, code
+
+
+class UpstreamAuthFailed(BackendUnavailable):
+    """The upstream refused the operator's credentials (HTTP 401/403): the operator's problem, never the tenant's.
+    The model is taken out of service until a health probe gets through; other models may serve."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 503, None, "upstream_auth_failed")
 
 
 class BackendRejected(Exception):
-    """An upstream refused the request itself (HTTP 4xx other than 429): the caller's error, not the model's."""
+    """An upstream refused the request itself (HTTP 4xx other than 401/403/404/408/429): the caller's error. The
+    upstream's own error type, code and param go to the tenant as they came."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, type: str | None = None, code=None, param=None):
         super().__init__(message)
-        self.status = status
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param

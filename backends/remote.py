@@ -81,6 +81,8 @@ class RemoteBackend:
         failed: set[str] = set()
         for attempt in range(self.max_attempts):
             replica = self._pick(avoid=failed)
+            if replica is None and attempt == 0:  # every replica down or open: skip this model at once
+                raise BackendUnavailable(f"no replica of {self.name} is up: {self.state()['reason']}")
             if replica is None:
                 await asyncio.sleep(self.backoff_s * 2**attempt)
                 continue
@@ -100,6 +102,14 @@ class RemoteBackend:
                 if not sent:
                     await asyncio.sleep(self.backoff_s * 2**attempt)
         raise BackendUnavailable(f"no replica of {self.name} could serve the request")
+
+    def state(self) -> dict:
+        """What /ready reports: up while any replica may take traffic; else down, with each replica's reason."""
+        now = time.monotonic()
+        if any(r.available(now) for r in self.replicas):
+            return {"state": "up"}
+        reasons = [f"{r.url} {'fails its health check' if not r.healthy else 'circuit open'}" for r in self.replicas]
+        return {"state": "down", "reason": "; ".join(reasons)}
 
     def _pick(self, avoid: set[str]) -> Replica | None:
         """The least busy available replica, preferring ones that have not failed this request."""

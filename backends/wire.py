@@ -29,6 +29,10 @@ class WireError(Exception):
     """The upstream could not be reached, did not answer in time, or answered something that is not HTTP/1.1."""
 
 
+class WireTimeout(WireError):
+    """No data from the upstream within the read time-out."""
+
+
 class Answer:
     """An upstream's status and headers (names lower-case); the body is read through the pool that made it."""
 
@@ -103,10 +107,10 @@ class Pool:
         while self.idle:
             self.idle.pop()[1].close()
 
-    async def post(self, path: str, body: bytes) -> tuple[Answer, bytes]:
+    async def post(self, path: str, body: bytes, method: str = "POST") -> tuple[Answer, bytes]:
         """The whole answer: status, headers and body."""
         async with self.slots:
-            conn, answer = await self._send(self._request(path, body))
+            conn, answer = await self._send(self._request(path, body, method))
             try:
                 data = b"".join([chunk async for chunk in self._body(conn[0], answer)])
             except BaseException:
@@ -133,9 +137,9 @@ class Pool:
             finally:
                 self._release(conn, answer) if done else conn[1].close()
 
-    def _request(self, path: str, body: bytes) -> bytes:
-        return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
-            (self.target + self.path + path).encode(), self.head, len(body), body)
+    def _request(self, path: str, body: bytes, method: str = "POST") -> bytes:
+        return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            method.encode(), (self.target + self.path + path).encode(), self.head, len(body), body)
 
     def _release(self, conn, answer: Answer) -> None:
         if answer.headers.get("connection", "").lower() == "close":
@@ -244,7 +248,7 @@ class Pool:
             async with asyncio.timeout(self.timeout_s):
                 return await awaitable
         except TimeoutError:
-            raise WireError(f"ReadTimeout: no data from the upstream in {self.timeout_s:g} s") from None
+            raise WireTimeout(f"ReadTimeout: no data from the upstream in {self.timeout_s:g} s") from None
 
 
 class Proxy:

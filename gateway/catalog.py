@@ -36,6 +36,16 @@ class Price(Strict):
         return prices if self.gpu_hour is None else {**prices, "gpu_hour": self.gpu_hour}
 
 
+class Defaults(Strict):
+    """Sampling parameters a model gets when the request omits them (an upstream otherwise keeps its own)."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = None
+
+
 class ModelEntry(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
     price: Price | None = None  # None: the price table keeps what an operator set
@@ -43,8 +53,16 @@ class ModelEntry(Strict):
     max_concurrency: int | None = Field(None, ge=1)  # requests in flight at once; more wait
     timeout_s: float = Field(120.0, gt=0)  # the whole request
     connect_timeout_s: float = Field(5.0, gt=0)
+    # A remote model (openai, replicas) that sends no first token in this long has failed this request (it goes
+    # to the group's next tier) and counts against the model's circuit breaker. A whole (non-streamed) answer's
+    # first byte comes with the answer: it is bounded by timeout_s and the health probes.
+    first_token_timeout_s: float = Field(30.0, gt=0)
     vision: bool = False  # accepts image parts
     tokenizer: Path | None = None  # an HF tokenizer directory: counts (openai) or renders (replicas) prompts
+    defaults: Defaults = Defaults()
+    # A request that names no max_tokens may generate this many (an upstream is sent it as max_tokens); it bounds
+    # the budget hold. None: FERRYMAN_DEFAULT_MAX_TOKENS bounds the hold and an upstream keeps its own limit.
+    max_output_tokens: int | None = Field(None, ge=1)
 
 
 class EngineEntry(ModelEntry):
@@ -73,6 +91,10 @@ class OpenAIEntry(ModelEntry):
     base_url: str = Field(pattern=r"^https?://")
     api_key_env: str | None = None  # the environment variable holding the key; never the key itself
     upstream_model: str | None = None  # the name the upstream knows the model by; default: `name`
+    # Probed with a GET this often (relative to base_url; null: no probes): no answer or 5xx marks the model
+    # down, 401/403 marks its key refused, until a probe gets through.
+    health_path: str | None = "/models"
+    health_interval_s: float = Field(2.0, gt=0)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

@@ -103,8 +103,9 @@ class Ferry:
 
         async def attempt(model: str, route: str, plan: Plan, logprobs: bool):
             served = self.models[model]
-            prompt = await _off_loop(size, served.prompt, body)
-            ticket = await self.admit(principal, body, served, prompt, plan, route, logprobs)
+            asked = served.with_defaults(body)
+            prompt = await _off_loop(size, served.prompt, asked)
+            ticket = await self.admit(principal, asked, served, prompt, plan, route, logprobs)
             return ticket, await self.start(ticket)
 
         return await self.routing.serve(plan, attempt, principal)
@@ -153,8 +154,9 @@ class Ferry:
 
     def _max_tokens(self, body: SamplingFields, served: ServedModel, prompt: Prompt) -> int:
         asked, context = body.requested_max_tokens(), served.context_length
+        default = served.entry.max_output_tokens or self.settings.default_max_tokens
         if context is None:  # an upstream of unknown context length: it says so itself when the prompt is too long
-            return asked or self.settings.default_max_tokens
+            return asked or default
         room = context - prompt.tokens
         if room < 1 and not prompt.estimated:
             raise invalid(f"This model's maximum context length is {context} tokens; the prompt has "
@@ -162,7 +164,7 @@ class Ferry:
         if asked and asked > room and not prompt.estimated:
             raise invalid(f"max_tokens is too large: the prompt has {prompt.tokens} tokens and this model's "
                           f"context length is {context}, so at most {room} may be generated.", "max_tokens")
-        return asked or max(1, min(room, self.settings.default_max_tokens))
+        return asked or max(1, min(room, default))
 
     async def _admit_rate(self, principal: Principal, tokens: int) -> dict[str, str]:
         try:
@@ -202,11 +204,13 @@ class Ferry:
         except BackendUnavailable as exc:
             status = "unavailable"
             if ticket.first_token_at is None:
-                raise ModelUnavailable(ticket.model, str(exc), exc.status, exc.retry_after_s) from None
+                raise ModelUnavailable(ticket.model, str(exc), exc.status, exc.retry_after_s, exc.code) from None
             raise APIError(503, f"The model is unavailable right now: {exc}", "server_error", "model_unavailable")
         except BackendRejected as exc:
             status = "rejected"
-            raise APIError(exc.status, str(exc), "invalid_request_error", "upstream_refused") from None
+            # The upstream's own error object, as it came: the request is at fault, and the upstream says why.
+            raise APIError(exc.status, exc.message, exc.type or "invalid_request_error", exc.code or "upstream_refused",
+                           exc.param) from None
         except ValueError as exc:  # the engine refused the request (e.g. a stop or seed it cannot take)
             status = "rejected"
             raise invalid(str(exc)) from None

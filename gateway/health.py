@@ -2,8 +2,9 @@
 
 - `/health` is liveness: the process answers. It stays 200 while dependencies are down or while draining, so
   an orchestrator does not kill a gateway that is merely waiting for its database.
-- `/ready` is readiness: the ledger database answers, Redis answers (when configured), each model has a
-  reachable backend, and the gateway is not draining. Otherwise 503, naming what is wrong, with Retry-After.
+- `/ready` is readiness: the ledger database answers, Redis answers (when configured), each remote model is up
+  (its health probes pass, its circuit breaker is closed, its key is accepted), and the gateway is not draining.
+  Otherwise 503, naming what is wrong, with Retry-After. Either way `upstreams` lists each model's state.
 - SIGTERM drains (`serve`): /ready turns 503, new requests get 503 + Retry-After, requests in flight finish
   within `shutdown_grace_s`; streams still running then end with an SSE error event and are settled for what
   was sent; the process exits 0 once nothing is in flight.
@@ -78,10 +79,13 @@ async def health():
                                  503: {"description": "Draining, or a dependency is down (the body says which)."}})
 async def ready(request: Request):
     problems = await readiness_problems(request.app)
+    ferry = getattr(request.app.state, "ferry", None)
+    upstreams = {name: backend_state(b) for name, b in ferry.backends.items()} if ferry else {}
     if not problems:
-        return {"status": "ready"}
+        return {"status": "ready", "upstreams": upstreams}
     refusal = unavailable("Not ready: " + "; ".join(problems), "not_ready")
-    return JSONResponse({**refusal.body(), "status": "not ready", "problems": problems}, 503, refusal.headers)
+    return JSONResponse({**refusal.body(), "status": "not ready", "problems": problems, "upstreams": upstreams}, 503,
+                        refusal.headers)
 
 
 async def readiness_problems(app) -> list[str]:
@@ -93,8 +97,9 @@ async def readiness_problems(app) -> list[str]:
     checks = {"database": _database(ferry.billing), "redis": _redis(ferry.limiter)}
     problems = [f"{name} unreachable ({error})" for name, error in zip(checks, await asyncio.gather(*checks.values()))
                 if error]
-    return problems + [f"model {name} has no reachable backend" for name, b in ferry.backends.items()
-                       if not backend_reachable(b)]
+    states = {name: backend_state(b) for name, b in ferry.backends.items()}
+    return problems + [f"model {name} is {state['state']} ({state.get('reason', '')})"
+                       for name, state in states.items() if state["state"] != "up"]
 
 
 async def _database(billing) -> str | None:
@@ -118,11 +123,11 @@ async def _error_of(check) -> str | None:
     return None
 
 
-def backend_reachable(backend) -> bool:
-    """A backend of remote replicas needs one replica passing its health check; in-process engines are up
-    once started (a scale-to-zero engine loads on demand)."""
-    replicas = getattr(backend, "replicas", None)
-    return replicas is None or any(r.healthy for r in replicas)
+def backend_state(backend) -> dict:
+    """A remote model's state as its health probes and circuit breaker see it (up, open, down, with the reason);
+    in-process engines are up once started (a scale-to-zero engine loads on demand)."""
+    state = getattr(backend, "state", None)
+    return state() if state else {"state": "up"}
 
 
 class RedisOutagePolicy:

@@ -26,8 +26,9 @@ from gateway.errors import APIError
 class ModelUnavailable(APIError):
     """The model could not start the answer; the route group's next tier may serve instead."""
 
-    def __init__(self, model: str, reason: str, status: int = 503, retry_after_s: float | None = None):
-        code = "upstream_rate_limited" if status == 429 else "model_unavailable"
+    def __init__(self, model: str, reason: str, status: int = 503, retry_after_s: float | None = None,
+                 code: str | None = None):
+        code = code or ("upstream_rate_limited" if status == 429 else "model_unavailable")
         headers = {"retry-after": str(max(1, round(retry_after_s or 1)))}
         super().__init__(status, f"The model '{model}' is unavailable right now: {reason}",
                          "rate_limit_exceeded" if status == 429 else "server_error", code, headers=headers)

@@ -26,7 +26,10 @@ log = logging.getLogger("ferryman")
 
 # Parameters only a text upstream can honour; our engine would have to drop them (so it refuses them).
 UPSTREAM_ONLY = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty")
-PASS_THROUGH = (*UPSTREAM_ONLY, "tool_choice", "parallel_tool_calls", "user", "max_completion_tokens")
+# What a text upstream gets, each only when the request sent it (or the catalog's `defaults:` set it): an
+# upstream's own defaults are not ours to replace.
+PASS_THROUGH = (*UPSTREAM_ONLY, "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
+                "temperature", "top_p", "seed", "stop")
 
 
 @dataclass
@@ -111,11 +114,22 @@ class ServedModel:
                    else len(json.dumps(m, ensure_ascii=False)) for m in messages)
         return size + 8 * len(messages) + (len(json.dumps(tools)) if tools else 0)
 
+    def with_defaults(self, body):
+        """The request with the catalog's `defaults:` for the sampling parameters it did not send."""
+        unset = {k: v for k, v in self.entry.defaults.model_dump(exclude_none=True).items()
+                 if k not in body.model_fields_set}
+        return body.model_copy(update=unset) if unset else body
+
     def extra(self, body) -> dict:
-        """The OpenAI parameters a text upstream gets as they came."""
+        """The OpenAI parameters a text upstream gets: those the request sent, as they came; and the model's
+        `max_output_tokens` as max_tokens when the request named no limit."""
         if not self.text_only:
             return {}
-        return {k: v for k in PASS_THROUGH if (v := getattr(body, k, None)) is not None}
+        sent = body.model_fields_set
+        extra = {k: v for k in PASS_THROUGH if k in sent and (v := getattr(body, k, None)) is not None}
+        if self.entry.max_output_tokens and body.requested_max_tokens() is None:
+            extra["max_tokens"] = self.entry.max_output_tokens
+        return extra
 
     @contextlib.asynccontextmanager
     async def slot(self):
@@ -140,7 +154,8 @@ def served_model(entry: Entry, catalog: Catalog, backend=None, tokenizer=None) -
         backend = backend or OpenAIUpstream(
             entry.name, entry.base_url, api_key=entry.api_key(), upstream_model=entry.upstream_model,
             tokenizer=counter, timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s,
-            max_connections=entry.max_concurrency or 256)
+            first_token_timeout_s=entry.first_token_timeout_s, max_connections=entry.max_concurrency or 256,
+            health_path=entry.health_path, health_interval_s=entry.health_interval_s)
         return ServedModel(entry, backend, counter)
     checkpoint = _local(entry.path if isinstance(entry, EngineEntry) else entry.tokenizer)
     if backend is None:
@@ -175,7 +190,8 @@ def _replicas(entry):
     from backends.remote import RemoteBackend
 
     return RemoteBackend(entry.name, entry.urls, connect_timeout_s=entry.connect_timeout_s,
-                         read_timeout_s=entry.timeout_s, inter_token_timeout_s=entry.inter_token_timeout_s)
+                         read_timeout_s=min(entry.first_token_timeout_s, entry.timeout_s),
+                         inter_token_timeout_s=entry.inter_token_timeout_s)
 
 
 def _tokenizer(path: Path):

@@ -12,13 +12,18 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 STYLES = ("nagle", "nagle-chunked", "http10", "idle-close", "nodelay", "nodelay-chunked")
 
 
-def handler(style: str, answer: Callable[[dict], dict | list[dict]]):
+def handler(style: str, answer: Callable[[dict], dict | list[dict] | tuple[int, dict]], key: str | None = None,
+            hang: threading.Event | None = None):
+    """`answer` may also give (status, error body); `key`: requests without it get 401; while `hang` is set, chat
+    requests get no answer at all (a hung server whose health endpoint still answers)."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0" if style == "http10" else "HTTP/1.1"
 
@@ -27,8 +32,34 @@ def handler(style: str, answer: Callable[[dict], dict | list[dict]]):
             if style.startswith("nodelay"):
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+        def refused(self) -> bool:
+            if key is None or self.headers.get("authorization") == f"Bearer {key}":
+                return False
+            self.reply(401, {"error": {"message": "Incorrect API key provided: sk-wr***", "type": "invalid_request_error",
+                                       "param": None, "code": "invalid_api_key"}})
+            return True
+
+        def reply(self, status: int, result: dict) -> None:
+            whole = json.dumps(result).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(whole)))
+            self.end_headers()
+            self.wfile.write(whole)
+
+        def do_GET(self):
+            if not self.refused():
+                self.reply(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+
         def do_POST(self):
-            result = answer(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if self.refused():
+                return
+            while hang is not None and hang.is_set():
+                time.sleep(0.05)
+            result = answer(body)
+            if isinstance(result, tuple):
+                return self.reply(*result)
             if isinstance(result, list):  # a stream: SSE events, one send each
                 parts = [b"data: %s\n\n" % json.dumps(e).encode() for e in result] + [b"data: [DONE]\n\n"]
                 kind, length = "text/event-stream", None
@@ -57,9 +88,9 @@ def handler(style: str, answer: Callable[[dict], dict | list[dict]]):
 
 
 @contextlib.contextmanager
-def upstream(style: str, answer: Callable[[dict], dict | list[dict]], port: int = 0):
+def upstream(style: str, answer: Callable, port: int = 0, key: str | None = None, hang: threading.Event | None = None):
     """A running upstream of that style on loopback; yields its base URL (…/v1)."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler(style, answer))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler(style, answer, key, hang))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -196,7 +196,9 @@ def test_ready_names_a_model_whose_replicas_are_all_down(tmp_path, tokenizer):
             time.sleep(0.1)  # until the first health check has failed
         r = httpx.get(url + "/ready")
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
-        assert r.json()["problems"] == ["model ferryman-large has no reachable backend"]
+        [problem] = r.json()["problems"]
+        assert problem.startswith("model ferryman-large is down (") and "fails its health check" in problem
+        assert r.json()["upstreams"]["ferryman-large"]["state"] == "down"
         assert httpx.get(url + "/health").status_code == 200
 
 

@@ -46,7 +46,11 @@ class CountingUpstream:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                body = json.loads(await reader.readexactly(length))
+                data = await reader.readexactly(length)
+                if head.startswith(b"GET "):  # the gateway's health probe (GET /v1/models)
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    continue
+                body = json.loads(data)
                 self.bodies.append(body)
                 writer.write(_streamed() if body.get("stream") else _whole())
                 await writer.drain()

@@ -1,0 +1,141 @@
+"""The gateway against OpenAI-compatible upstreams of every socket habit (tests/upstream_styles.py, threaded
+http.server processes' way of writing, no network): what goes upstream is only what the client sent (and the
+catalog's `defaults:`), an upstream's 4xx reaches the tenant as it came, a refused upstream key is the operator's
+503 and falls back, and a hung upstream costs one first-token time-out, then nothing while its breaker is open."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from billing import Billing, RateLimiter
+from gateway.app import create_app
+from gateway.catalog import Catalog
+from gateway.config import Settings
+from tests.upstream_styles import STYLES, upstream
+from tests.util import LengthRouter, serve
+
+CONTEXT_ERROR = {"message": "This model's maximum context length is 8 tokens. However, your messages resulted in 9.",
+                 "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+
+
+def echo(body: dict):
+    """Answers with the parameters it was sent (all but the messages and the stream switches), as JSON text."""
+    if body["messages"][-1]["content"] == "too long":
+        return 400, {"error": CONTEXT_ERROR}
+    text = json.dumps({k: v for k, v in body.items() if k not in ("messages", "stream", "stream_options")},
+                      sort_keys=True)
+    if body.get("stream"):
+        chunk = {"id": "c", "object": "chat.completion.chunk", "model": body["model"]}
+        return [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+                {**chunk, "choices": [{"index": 0, "delta": {"content": text}}]},
+                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {**chunk, "choices": [], "usage": USAGE}]
+    return {"id": "c", "object": "chat.completion", "model": body["model"], "usage": USAGE,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    hang = threading.Event()
+    os.environ["INTEROP_WRONG_KEY"] = "sk-wrong"
+    with upstream("nagle", echo) as plain, upstream("nodelay", echo, key="sk-right") as locked, \
+            upstream("nagle", echo, hang=hang) as hung:
+        price = {"input": 1.0, "output": 2.0}
+
+        def model(name, url, **more):
+            return {"name": name, "kind": "openai", "base_url": url, "upstream_model": "m", "price": price, **more}
+
+        catalog = Catalog.model_validate({
+            "models": [model("plain", plain), model("tuned", plain, defaults={"temperature": 0.25}, max_output_tokens=64),
+                       model("locked", locked, api_key_env="INTEROP_WRONG_KEY", health_interval_s=0.2),
+                       model("hung", hung, first_token_timeout_s=1.0)],
+            "routes": [{"name": "keyed", "tiers": ["locked", "plain"], "policy": "fallback"},
+                       {"name": "hung-first", "tiers": ["hung", "plain"], "policy": "fallback"}]})
+        tmp = tmp_path_factory.mktemp("interop")
+        settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
+        billing = Billing(settings.database_url)
+        billing.create_schema()
+        billing.ensure_admin_defaults()
+        tenant = billing.create_tenant("acme")
+        key, _ = billing.create_key(tenant["id"])
+        app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=catalog)
+        with serve(app) as url:
+            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "hang": hang}
+        hang.clear()
+
+
+def client(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw["url"] + "/v1", api_key=gw["key"], max_retries=0)
+
+
+def sent(gw, model: str, stream: bool = False, **params) -> dict:
+    messages = [{"role": "user", "content": "which parameters?"}]
+    if not stream:
+        return json.loads(client(gw).chat.completions.create(model=model, messages=messages, **params)
+                          .choices[0].message.content)
+    chunks = client(gw).chat.completions.create(model=model, messages=messages, stream=True, **params)
+    return json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_only_what_the_client_sent_goes_upstream(gw, stream):
+    assert sent(gw, "plain", stream) == {"model": "m"}  # no temperature, top_p or max_tokens of ours
+    assert sent(gw, "plain", stream, temperature=0.3, max_tokens=12, stop=["zz"]) == {
+        "model": "m", "temperature": 0.3, "max_tokens": 12, "stop": ["zz"]}
+
+
+def test_the_catalogs_defaults_apply_only_to_what_the_client_left_out(gw):
+    assert sent(gw, "tuned") == {"model": "m", "temperature": 0.25, "max_tokens": 64}
+    assert sent(gw, "tuned", temperature=1.5, max_completion_tokens=9) == {
+        "model": "m", "temperature": 1.5, "max_completion_tokens": 9}
+
+
+def test_an_upstream_4xx_reaches_the_tenant_unchanged_and_costs_nothing(gw):
+    with pytest.raises(openai.BadRequestError) as err:
+        client(gw).chat.completions.create(model="plain", messages=[{"role": "user", "content": "too long"}])
+    assert err.value.body == CONTEXT_ERROR
+    assert gw["billing"].ledger_totals(gw["tenant"])["open_reservations"] == 0
+
+
+def test_a_refused_upstream_key_is_the_operators_503_and_the_group_falls_back(gw):
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="keyed", messages=[{"role": "user", "content": "which parameters?"}])
+    assert raw.headers["x-ferryman-model"] == "plain"
+    assert raw.headers["x-ferryman-fallback-from"] == "locked"
+    with pytest.raises(openai.InternalServerError) as err:
+        client(gw).chat.completions.create(model="locked", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 503
+    assert err.value.body["code"] == "upstream_auth_failed"
+    assert "sk-wrong" not in err.value.body["message"]
+    ready = httpx.get(gw["url"] + "/ready")
+    assert ready.status_code == 503
+    assert ready.json()["upstreams"]["locked"]["state"] == "down"
+    assert "credentials" in ready.json()["upstreams"]["locked"]["reason"]
+    assert ready.json()["upstreams"]["plain"] == {"state": "up"}
+
+
+def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw):
+    gw["hang"].set()
+    try:
+        took = []
+        for _ in range(3):
+            start = time.perf_counter()
+            raw = client(gw).chat.completions.with_raw_response.create(
+                model="hung-first", messages=[{"role": "user", "content": "which parameters?"}], stream=True)
+            assert [c for c in raw.parse()]  # the whole stream, from the model that served
+            took.append(time.perf_counter() - start)
+            assert raw.headers["x-ferryman-model"] == "plain"
+            assert raw.headers["x-ferryman-fallback-from"] == "hung"
+        state = httpx.get(gw["url"] + "/ready").json()["upstreams"]["hung"]
+    finally:
+        gw["hang"].clear()
+    assert took[0] >= 1.0  # the first request waited one first-token time-out
+    assert max(took[1:]) < 1.0  # the breaker is open: the next ones go straight to the next tier
+    assert state["state"] == "open"
