@@ -36,12 +36,11 @@ NOT_AN_ANSWER = (ValueError, KeyError, IndexError, TypeError, AttributeError)
 
 class OpenAIUpstream:
     def __init__(self, name: str, base_url: str, *, api_key: str | None = None, upstream_model: str | None = None,
-                 tokenizer=None, timeout_s: float = 120.0, connect_timeout_s: float = 5.0,
+                 timeout_s: float = 120.0, connect_timeout_s: float = 5.0,
                  first_token_timeout_s: float = 30.0, max_connections: int = 256, health_path: str | None = "/models",
                  health_interval_s: float = 2.0, breaker_threshold: int = 3, cooldown_s: float = 5.0):
         self.name, self.base_url = name, base_url.rstrip("/")
         self.upstream_model = upstream_model or name
-        self.tokenizer = tokenizer  # only to count when the upstream reports no usage
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeouts = {"timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s,
                          "max_connections": max_connections}
@@ -136,14 +135,14 @@ class OpenAIUpstream:
             delta = TokenDelta(text, [], choice.get("finish_reason") or "stop", None, None,
                                message.get("tool_calls") or None, choice.get("logprobs"))
             delta.logprobs = _floats(choice.get("logprobs")) if request.params.logprobs else None
-            delta.usage = self._usage(answer.get("usage"), request, [text])
+            delta.usage = self._usage(answer.get("usage"))
         except NOT_AN_ANSWER as exc:
             raise self._garbled(exc) from None
         yield delta
 
     async def _streamed(self, request: GenerationRequest, body: dict) -> AsyncIterator[TokenDelta]:
         """Deltas as they come; the finish delta is held until the body ends, so it carries the usage."""
-        texts, finish, usage = [], None, None
+        answered, finish, usage = False, None, None
         first = asyncio.get_running_loop().time() + self.first_token_timeout_s  # until the first delta
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -153,7 +152,7 @@ class OpenAIUpstream:
                     if response.status != 200:
                         _raise_for(self.name, response.status, response.headers, b"".join([c async for c in chunks]))
                 lines = _lines(chunks)
-                while (line := await _next(lines, first if not texts else None)) is not None:
+                while (line := await _next(lines, None if answered else first)) is not None:
                     if not line.startswith(b"data:") or line == b"data: [DONE]":
                         continue
                     chunk = json.loads(line[5:])
@@ -162,7 +161,7 @@ class OpenAIUpstream:
                         delta = self._delta(choice, request)
                         finish = choice.get("finish_reason") or finish
                         if delta.text or delta.tool_calls or delta.choice_logprobs:
-                            texts.append(delta.text)
+                            answered = True
                             yield delta
         except TimeoutError:
             raise TimedOut(f"{self.name}: no first token in {self.first_token_timeout_s:g} s") from None
@@ -170,7 +169,7 @@ class OpenAIUpstream:
             raise BackendUnavailable(f"{self.name}: {exc}") from None
         except NOT_AN_ANSWER as exc:
             raise self._garbled(exc) from None
-        yield TokenDelta("", [], finish or "stop", self._usage(usage, request, texts))
+        yield TokenDelta("", [], finish or "stop", self._usage(usage))
 
     def _garbled(self, exc: Exception) -> BackendUnavailable:
         """An upstream's malformed answer is its fault, not the caller's: never a 400 or a 500 to the tenant."""
@@ -184,18 +183,12 @@ class OpenAIUpstream:
         floats = _floats(logprobs) if request.params.logprobs else None
         return TokenDelta(d.get("content") or "", [], None, None, floats, d.get("tool_calls") or None, logprobs)
 
-    def _usage(self, reported: dict | None, request: GenerationRequest, texts: list[str]) -> Usage:
+    @staticmethod
+    def _usage(reported: dict | None) -> Usage | None:
+        """The upstream's own count; None when it sent none (or nothing plausible): the gateway then counts, by one
+        rule however the request ended (gateway/served.py, ServedModel.count_usage)."""
         counts = _counts(reported)
-        if counts is not None:
-            return Usage(*counts)
-        # No usable usage from the upstream: count with the model's tokenizer when configured, else estimate.
-        prompt = json.dumps(request.messages, ensure_ascii=False)
-        return Usage(self.count(prompt), self.count("".join(texts)), 0, estimated=True)
-
-    def count(self, text: str) -> int:
-        if self.tokenizer is not None:
-            return len(self.tokenizer.encode(text, add_special_tokens=False))
-        return -(-len(text.encode()) // 4)  # about four bytes a token in English BPE vocabularies
+        return None if counts is None else Usage(*counts)
 
 
 async def _next(lines: AsyncIterator[bytes], deadline: float | None) -> bytes | None:

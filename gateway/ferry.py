@@ -47,6 +47,9 @@ class Ticket:
     headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     completion_tokens: int = 0  # counted from the deltas, for a stream that ends without usage
+    texts: list[str] = field(default_factory=list)  # a text upstream's answer, counted if it reports no usage
+    calls: list[str] = field(default_factory=list)  # and its tool calls' names and arguments
+    served: ServedModel | None = None
     usage: Usage | None = None
     first_token_at: float | None = None
     cost_micros: int | None = None
@@ -58,6 +61,10 @@ class Ticket:
         return (self.cost_micros or 0) + self.earlier_cost_micros
 
     def final_usage(self) -> Usage:
+        """The backend's own count; else, for token ids, the ids as they went; for a text upstream that reported
+        none, its model's counting rule (the same whether the request finished, failed or was cancelled)."""
+        if self.usage is None and self.prompt.messages is not None and self.served is not None:
+            self.usage = self.served.count_usage(self.prompt, "".join(self.texts), self.calls)
         return self.usage or Usage(self.prompt.tokens, self.completion_tokens, estimated=self.prompt.estimated)
 
 
@@ -150,7 +157,7 @@ class Ferry:
         if plan.difficulty is not None:
             headers["x-ferryman-difficulty"] = f"{plan.difficulty:.4f}"
         return Ticket(request_id, principal, served.name, route, plan.difficulty, request, reservation, prompt, plan,
-                      headers)
+                      headers, served=served)
 
     def _max_tokens(self, body: SamplingFields, served: ServedModel, prompt: Prompt) -> int:
         asked, context = body.requested_max_tokens(), served.context_length
@@ -230,6 +237,11 @@ class Ferry:
             ticket.first_token_at = time.perf_counter()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
         ticket.completion_tokens += len(delta.token_ids) or bool(delta.text)
+        if ticket.prompt.messages is not None:
+            ticket.texts.append(delta.text)
+            for call in delta.tool_calls or ():
+                function = call.get("function") or {} if isinstance(call, dict) else {}
+                ticket.calls += [function.get("name") or "", function.get("arguments") or ""]
         if delta.logprobs:
             ticket.logprobs += delta.logprobs
         if delta.usage is not None:

@@ -102,9 +102,10 @@ def _event(payload: dict) -> str:
 def _usage(ticket: Ticket) -> dict:
     u = ticket.final_usage()
     prompt, completion = u.prompt_tokens, u.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-            "cost_usd": float(_usd(ticket.total_cost_micros()))}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+             "cost_usd": float(_usd(ticket.total_cost_micros()))}
+    return {**usage, "estimated": True} if u.estimated else usage  # counted by us: the upstream sent no usage
 
 
 def _usd(micros: int | None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
+from backends.base import Usage
 from backends.engine.chat import encode_text, render_chat
 from gateway.catalog import Catalog, EngineEntry, Entry, OpenAIEntry
 from gateway.config import ROOT
@@ -39,6 +40,7 @@ class Prompt:
     messages: list[dict] | None = None  # the chat as it goes to a text upstream
     tokens: int | None = None  # counted (the token ids), or for a text upstream an upper bound
     estimated: bool = False
+    tools: list[dict] | None = None  # the tools a text upstream is offered
 
     def __post_init__(self):
         if self.tokens is None:
@@ -101,7 +103,7 @@ class ServedModel:
         query = last_user_turn(body)
         if self.text_only:
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
-            return Prompt([], query, messages, self._upper_bound(messages, body.tools), estimated=True)
+            return Prompt([], query, messages, self._upper_bound(messages, body.tools), estimated=True, tools=body.tools)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             return Prompt(render_chat(self.tokenizer, messages), query)
@@ -109,10 +111,36 @@ class ServedModel:
             raise invalid(f"The model '{self.name}' cannot take these messages: {exc}", "messages") from None
 
     def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:
-        """At most one token per byte (byte-level BPE never does worse), plus the chat format's few per turn."""
-        size = sum(len(m["content"].encode()) if isinstance(m.get("content"), str)
-                   else len(json.dumps(m, ensure_ascii=False)) for m in messages)
-        return size + 8 * len(messages) + (len(json.dumps(tools)) if tools else 0)
+        """The budget hold's prompt: at most one token per byte (byte-level BPE never does worse) of every text the
+        upstream renders (contents, tool calls, tools), the chat format's few per turn, and room for a template's
+        own preamble (a system prompt the upstream adds)."""
+        size = sum(len(_text(m).encode()) for m in messages)
+        return size + 8 * len(messages) + TEMPLATE_ALLOWANCE + (len(json.dumps(tools).encode()) if tools else 0)
+
+    def count_usage(self, prompt: Prompt, completion: str, calls: list[str]) -> Usage:
+        """A text upstream's tokens when it reported none: the same rule however the request ended (finished,
+        cancelled, failed mid-way). With the catalog's `tokenizer`: the messages rendered by its chat template
+        with the tools, and the answer's text and tool calls, counted; without: an estimate (count())."""
+        return Usage(self.count_prompt(prompt.messages or [], prompt.tools),
+                     self.count(completion) + sum(map(self.count, calls)), 0, estimated=True)
+
+    def count_prompt(self, messages: list[dict], tools: list[dict] | None) -> int:
+        if getattr(self.tokenizer, "chat_template", None):
+            chat = [{**m, "content": _content(m)} for m in messages]
+            try:
+                return len(self.tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True,
+                                                              tokenize=True, return_dict=False))
+            except (ValueError, TypeError, KeyError, AttributeError, TemplateError):
+                pass  # a message or tool this template cannot take: counted as text below
+        text = "".join(map(_text, messages)) + (json.dumps(tools) if tools else "")
+        return self.count(text) + PER_TURN * len(messages)
+
+    def count(self, text: str) -> int:
+        """Tokens of a text: the catalog's tokenizer when named, else one per four bytes, rounded up (English text
+        in BPE vocabularies runs about four bytes a token)."""
+        if self.tokenizer is not None:
+            return len(self.tokenizer.encode(text, add_special_tokens=False))
+        return -(-len(text.encode()) // 4)
 
     def with_defaults(self, body):
         """The request with the catalog's `defaults:` for the sampling parameters it did not send."""
@@ -141,6 +169,23 @@ class ServedModel:
             yield
 
 
+TEMPLATE_ALLOWANCE = 64  # tokens a chat template may add on its own (a default system prompt): in the hold
+PER_TURN = 4  # tokens a chat format adds per message (role markers), when no tokenizer renders it
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _text(message: dict) -> str:
+    """Every text of a message the upstream reads: its content, and the names and arguments of its tool calls."""
+    calls = [c.get("function") or {} for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    return _content(message) + "".join(f"{f.get('name') or ''}{f.get('arguments') or ''}" for f in calls)
+
+
 def last_user_turn(body: ChatCompletionRequest) -> str:
     return next((m.text() for m in reversed(body.messages) if m.role == "user"), body.messages[-1].text())
 
@@ -153,7 +198,7 @@ def served_model(entry: Entry, catalog: Catalog, backend=None, tokenizer=None) -
         counter = _tokenizer(entry.tokenizer) if entry.tokenizer else None
         backend = backend or OpenAIUpstream(
             entry.name, entry.base_url, api_key=entry.api_key(), upstream_model=entry.upstream_model,
-            tokenizer=counter, timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s,
+            timeout_s=entry.timeout_s, connect_timeout_s=entry.connect_timeout_s,
             first_token_timeout_s=entry.first_token_timeout_s, max_connections=entry.max_concurrency or 256,
             health_path=entry.health_path, health_interval_s=entry.health_interval_s)
         return ServedModel(entry, backend, counter)
