@@ -56,8 +56,8 @@ def gw(tmp_path_factory):
             "models": [model("plain", plain), model("tuned", plain, defaults={"temperature": 0.25}, max_output_tokens=64),
                        model("locked", locked, api_key_env="INTEROP_WRONG_KEY", health_interval_s=0.2),
                        model("hung", hung, first_token_timeout_s=1.0)],
-            "routes": [{"name": "keyed", "tiers": ["locked", "plain"], "policy": "fallback"},
-                       {"name": "hung-first", "tiers": ["hung", "plain"], "policy": "fallback"}]})
+            "routes": [{"name": "keyed", "fallbacks": ["locked", "plain"], "policy": "fallback"},
+                       {"name": "hung-first", "fallbacks": ["hung", "plain"], "policy": "fallback"}]})
         tmp = tmp_path_factory.mktemp("interop")
         settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
         billing = Billing(settings.database_url)
