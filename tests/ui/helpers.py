@@ -66,13 +66,17 @@ def seed_history(billing: Billing, days: int = 30) -> None:
     seeded.close()
 
 
-def usd_text(micros: int) -> str:
-    """The page's money format: cents from a cent up, exact micro-dollars below."""
-    if abs(micros) >= 10_000:
-        return f"{'-' if micros < 0 else ''}${abs(micros) / 1e6:,.2f}"
-    text = f"{abs(micros) // 1_000_000}.{abs(micros) % 1_000_000:06d}".rstrip("0")
-    whole, frac = text.split(".")
-    return f"{'-' if micros < 0 else ''}${whole}.{frac.ljust(2, '0')}"
+def usd_text(micros: int, decimals: int = 2) -> str:
+    """The page's money format at a screen's precision: cents (2) or micro-dollars (6), half up."""
+    unit = 10 ** (6 - decimals)
+    rounded = (abs(micros) + unit // 2) // unit * unit
+    frac = f"{rounded % 1_000_000:06d}"[:decimals]
+    return f"{'-' if micros < 0 and rounded else ''}${rounded // 1_000_000:,}.{frac}"
+
+
+def dollars(text: str) -> float:
+    """A figure as the page shows it, back to a number."""
+    return float(text.replace("$", "").replace(",", ""))
 
 
 def shot(page, name: str) -> Path:

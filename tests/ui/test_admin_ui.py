@@ -195,7 +195,12 @@ def test_spend_page_agrees_with_the_report_and_downloads_the_same_csv(signed_in)
         finance = api.get("/admin/reports/usage", params={"group_by": "tenant,model,day", "since": since}).json()
     assert page.inner_text("#kpi-requests") == f"{report['totals']['requests']:,}"
     assert page.inner_text("#kpi-cost") == usd_text(report["totals"]["cost_micros"])
-    assert page.inner_text("#routing-saved") == usd_text(report["totals"]["savings_micros"])
+    totals = report["totals"]
+    cents = lambda micros: (micros + 5_000) // 10_000  # noqa: E731  (the shown figures: baseline − spend)
+    assert page.inner_text("#routing-saved") == usd_text((cents(totals["baseline_cost_micros"])
+                                                          - cents(totals["cost_micros"])) * 10_000)
+    exact = totals["savings_micros"]
+    assert page.get_attribute("#routing-saved .money", "title") == f"${exact // 10**6:,}.{exact % 10**6:06d}"
     # One share per model that served (any number of them), savings from each record's own baseline.
     shares = [e.get_attribute("data-model") for e in page.query_selector_all("#routing .split > div")]
     assert shares == [r["model"] for r in by_model["rows"]] and len(shares) >= 2

@@ -61,13 +61,51 @@ function toast(message) {
 
 // --- money, numbers, dates --------------------------------------------------------------------
 
+// One money precision per screen, so that figures add up where they stand: micro-dollars while the screen's
+// largest figure is under $1, cents from $1 up. The exact figure is in each one's hover title and in the CSV.
+let decimals = 2;
+
+function precisionFor(largestMicros) {
+  decimals = Math.abs(largestMicros) < 1_000_000 ? 6 : 2;
+}
+
+const unit = () => 10 ** (6 - decimals);  // micro-dollars per last shown digit
+
+function roundMicros(micros) {
+  const sign = micros < 0 ? -1 : 1;
+  return sign * Math.floor((Math.abs(micros) + unit() / 2) / unit()) * unit();
+}
+
 function usd(micros) {
-  const sign = micros < 0 ? "-" : "";
+  const rounded = roundMicros(micros);
+  const sign = rounded < 0 ? "-" : "";
+  const abs = Math.abs(rounded);
+  const frac = String(abs % 1_000_000).padStart(6, "0").slice(0, decimals);
+  return `${sign}$${Math.floor(abs / 1e6).toLocaleString("en-US")}.${frac}`;
+}
+
+function exactUsd(micros) {
   const abs = Math.abs(micros);
-  if (abs >= 10_000) {  // from a cent up, cents; below, the exact micro-dollars (tiny test budgets stay readable)
-    return sign + "$" + (abs / 1e6).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  return `${micros < 0 ? "-" : ""}$${Math.floor(abs / 1e6).toLocaleString("en-US")}.${String(abs % 1e6).padStart(6, "0")}`;
+}
+
+// A figure as shown, with the exact one on hover.
+function money(micros, shown = micros, props = {}) {
+  return h("span", { class: "money", title: exactUsd(micros), ...props }, usd(shown));
+}
+
+// Parts of a total, each rounded to the screen's precision so that the parts shown add up to the total shown
+// (largest remainders get the leftover units).
+function roundParts(values) {
+  const u = unit();
+  const floors = values.map((v) => Math.floor(v / u) * u);
+  let left = Math.round((roundMicros(values.reduce((a, b) => a + b, 0)) - floors.reduce((a, b) => a + b, 0)) / u);
+  const order = values.map((v, i) => [v - floors[i], i]).sort((a, b) => b[0] - a[0]);
+  for (const [, i] of order) {
+    if (left-- <= 0) break;
+    floors[i] += u;
   }
-  return sign + "$" + exactDollars(abs);
+  return floors;
 }
 
 function exactDollars(micros) {
@@ -262,25 +300,36 @@ async function loadSpend() {
   const since = daysBack(days);
   $("#spend-error").textContent = "";
   try {
-    const [byDayModel, byTenant, byModel, budgets] = await Promise.all([
+    const [byDayModel, byTenant, byModel, budgets, tenants, alerts] = await Promise.all([
       getJSON(reportPath("day,model", since)), getJSON(reportPath("tenant", since)),
-      getJSON(reportPath("model", since)), getJSON("/admin/spend")]);
-    renderKpis(byDayModel.totals, byModel.rows, days);
+      getJSON(reportPath("model", since)), getJSON("/admin/spend"), getJSON("/admin/tenants"), getJSON("/admin/alerts")]);
+    const totals = byDayModel.totals;
+    precisionFor(Math.max(totals.cost_micros, totals.baseline_cost_micros));
+    const internal = new Set(tenants.filter((t) => t.internal).map((t) => t.name));
+    renderKpis(totals, byModel.rows, byTenant.rows, internal, days);
     renderDailyChart(byDayModel.rows, since, days);
     renderBudgetBars(budgets);
-    renderRouting(byModel.rows);
-    renderTopTenants(byTenant.rows, byTenant.totals);
+    renderRouting(byModel.rows, totals);
+    renderTenants(byTenant.rows, internal);
+    renderAlerts(alerts);
   } catch (error) {
     $("#spend-error").textContent = error.message;
   }
 }
 
+// Saved = what the strongest tiers would have cost − what was spent, both as shown, so the screen adds up.
+const savedShown = (totals) => roundMicros(totals.baseline_cost_micros) - roundMicros(totals.cost_micros);
+
 // Savings are per record: each request against its own route group's strongest tier (none for a pinned model).
-function renderKpis(totals, models, days) {
+function renderKpis(totals, models, tenantRows, internal, days) {
   const busiest = models.slice().sort((a, b) => b.requests - a.requests)[0];
-  $("#kpi-cost").textContent = usd(totals.cost_micros);
-  $("#kpi-cost-note").textContent = `last ${days} days, all tenants`;
-  $("#kpi-saved").textContent = usd(totals.savings_micros);
+  const sum = (rows) => rows.reduce((n, r) => n + r.cost_micros, 0);
+  const [customers, ours] = roundParts([sum(tenantRows.filter((r) => !internal.has(r.tenant))),
+                                        sum(tenantRows.filter((r) => internal.has(r.tenant)))]);
+  $("#kpi-cost").replaceChildren(money(totals.cost_micros));
+  $("#kpi-cost-note").replaceChildren(`last ${days} days: customers `, money(customers),
+    " · internal ", money(ours, ours, { id: "kpi-internal" }));
+  $("#kpi-saved").replaceChildren(money(totals.savings_micros, savedShown(totals)));
   $("#kpi-saved-note").textContent = totals.baseline_cost_micros
     ? `${percent(totals.savings_micros / totals.baseline_cost_micros)} less than each route group's strongest tier`
     : "no traffic yet";
@@ -308,8 +357,9 @@ function renderDailyChart(rows, since, days) {
   $("#daily-legend").replaceChildren(...models.map((m, i) => h("span", {}, h("i", { class: `swatch-${i}` }), m)));
   $("#daily-legend").querySelectorAll("i").forEach((el, i) => { el.style.background = modelColor(models[i], i); });
 
-  const W = 1000, H = 260, left = 64, right = 12, top = 12, bottom = 28;
-  const tick = niceStep(Math.max(...dayTotals, 1) / 4);
+  const W = 1000, H = 260, left = 84, right = 12, top = 12, bottom = 28;
+  // A step of at least one shown digit: no two axis labels read the same.
+  const tick = Math.max(unit(), niceStep(Math.max(...dayTotals, 1) / 4));
   const topValue = tick * Math.max(1, Math.ceil(Math.max(...dayTotals, 1) / tick));
   const y = (micros) => top + (H - top - bottom) * (1 - micros / topValue);
   const step = (W - left - right) / days;
@@ -317,7 +367,7 @@ function renderDailyChart(rows, since, days) {
                              "aria-label": "Daily cost per model" });
   for (let value = 0; value <= topValue + tick / 2; value += tick) {
     chart.append(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(value), y2: y(value) }),
-                 svg("text", { x: left - 8, y: y(value) + 4, "text-anchor": "end" }, usd(Math.round(value))));
+                 svg("text", { x: left - 8, y: y(value) + 4, "text-anchor": "end", class: "tick" }, usd(value)));
   }
   const labelEvery = Math.ceil(days / 10);
   dayList.forEach((day, i) => {
@@ -328,7 +378,7 @@ function renderDailyChart(rows, since, days) {
       if (!value) return;
       chart.append(svg("rect", { x, width: step * 0.64, y: y(base + value), height: y(base) - y(base + value),
                                  fill: modelColor(model, m), rx: 2, dataset: { day, model, cost: value } },
-                       svg("title", {}, `${day} · ${model}: ${usd(value)}`)));
+                       svg("title", {}, `${day} · ${model}: ${exactUsd(value)}`)));
       base += value;
     });
     if (i % labelEvery === 0 || i === days - 1) {
@@ -373,9 +423,8 @@ function renderBudgetBars(rows) {
   if (!rows.length) $("#budget-bars").replaceChildren(h("div", { class: "empty" }, "No tenants yet."));
 }
 
-function renderRouting(models) {
-  const sum = (field) => models.reduce((n, r) => n + r[field], 0);
-  const total = sum("requests");
+function renderRouting(models, totals) {
+  const total = models.reduce((n, r) => n + r.requests, 0);
   if (!total) {
     $("#routing").replaceChildren(h("div", { class: "empty" }, "No requests in this range yet."));
     return;
@@ -386,21 +435,50 @@ function renderRouting(models) {
     part.style.background = modelColor(r.model, i);
     return part;
   }));
+  const shown = roundParts(models.map((r) => r.cost_micros));
   $("#routing").replaceChildren(split, h("div", { class: "facts" },
-    ...models.map((r) => h("div", {}, r.model, h("b", {}, `${count(r.requests)} req · ${usd(r.cost_micros)}`))),
-    h("div", {}, "Had each request gone to its group's strongest tier", h("b", {}, usd(sum("baseline_cost_micros")))),
-    h("div", {}, "Money saved by routing", h("b", { id: "routing-saved" }, usd(sum("savings_micros"))))));
+    ...models.map((r, i) => h("div", { dataset: { model: r.model } }, r.model,
+      h("b", {}, `${count(r.requests)} req · `, money(r.cost_micros, shown[i])))),
+    h("div", {}, "Spent", h("b", { id: "routing-spent" }, money(totals.cost_micros))),
+    h("div", {}, "Had each request gone to its group's strongest tier",
+      h("b", { id: "routing-baseline" }, money(totals.baseline_cost_micros))),
+    h("div", {}, "Money saved by routing",
+      h("b", { id: "routing-saved" }, money(totals.savings_micros, savedShown(totals))))));
 }
 
-function renderTopTenants(rows, totals) {
-  const top = rows.slice().sort((a, b) => b.cost_micros - a.cost_micros).slice(0, 8);
-  $("#top-tenants tbody").replaceChildren(...top.map((r) => {
-    const share = totals.cost_micros ? r.cost_micros / totals.cost_micros : 0;
-    return h("tr", { dataset: { tenant: r.tenant } }, h("td", {}, r.tenant), h("td", { class: "num" }, count(r.requests)),
-      h("td", { class: "num" }, usd(r.cost_micros)), h("td", { class: "num" }, usd(r.savings_micros)),
-      h("td", {}, bar([["accent", 100 * share]], "bar mini"), percent(share)));
-  }));
+// Customers and our own use apart: "Top tenants" ranks customers (internal ones only when asked), and the rows
+// shown, an "other customers" row and the internal rows add up to the spend above.
+function renderTenants(rows, internal) {
+  const withInternal = $("#show-internal").checked;
+  const ranked = rows.filter((r) => withInternal || !internal.has(r.tenant)).sort((a, b) => b.cost_micros - a.cost_micros);
+  const top = ranked.slice(0, 8), rest = ranked.slice(8);
+  const ours = rows.filter((r) => internal.has(r.tenant) && !withInternal);
+  const lines = [...top, ...(rest.length ? [{ tenant: `${rest.length} other tenants`, other: true,
+    requests: rest.reduce((n, r) => n + r.requests, 0), cost_micros: rest.reduce((n, r) => n + r.cost_micros, 0),
+    savings_micros: rest.reduce((n, r) => n + r.savings_micros, 0) }] : []), ...ours];
+  const shown = roundParts(lines.map((r) => r.cost_micros));
+  const sum = lines.reduce((n, r) => n + r.cost_micros, 0);
+  const row = (r, i) => h("tr", { dataset: r.other ? {} : { tenant: r.tenant }, class: r.other ? "other" : null },
+    h("td", {}, r.tenant), h("td", { class: "num" }, count(r.requests)),
+    h("td", { class: "num" }, money(r.cost_micros, shown[i])), h("td", { class: "num" }, money(r.savings_micros)),
+    h("td", {}, bar([["accent", sum ? 100 * r.cost_micros / sum : 0]], "bar mini"), percent(sum ? r.cost_micros / sum : 0)));
+  const customers = top.length + (rest.length ? 1 : 0);
+  $("#top-tenants tbody").replaceChildren(...lines.slice(0, customers).map(row));
+  $("#internal-tenants tbody").replaceChildren(...ours.map((r, i) => row(r, customers + i)));
+  $("#internal-tenants").hidden = !ours.length;
   if (!top.length) $("#top-tenants tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No usage yet.")));
+}
+
+function renderAlerts(alerts) {
+  const list = alerts.slice().reverse().slice(0, 20);
+  $("#alerts tbody").replaceChildren(...list.map((a) => h("tr", { dataset: { tenant: a.tenant, alertId: a.id } },
+    h("td", {}, a.tenant, a.key_id !== null ? h("small", {}, ` key ${a.key_id}`) : null), h("td", {}, a.period_key),
+    h("td", { class: "num" }, money(a.spent_micros), " of ", money(a.limit_micros)),
+    h("td", { class: "num" }, `${a.alert_percent}%`), h("td", {}, when(a.created_at)),
+    h("td", {}, a.sent_at ? `sent ${when(a.sent_at)}` : h("span", { class: "muted" }, "not sent")))));
+  if (!list.length) {
+    $("#alerts tbody").replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No budget has crossed its alert threshold.")));
+  }
 }
 
 async function downloadCsv() {
@@ -796,6 +874,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", signIn);
   $("#logout").addEventListener("click", () => signOut());
   $("#spend-range").addEventListener("change", loadSpend);
+  $("#show-internal").addEventListener("change", loadSpend);
   $("#download-csv").addEventListener("click", downloadCsv);
   createTenantForm();
   window.addEventListener("hashchange", () => { if (sessionStorage.getItem(KEY_SLOT)) showTab(); });
