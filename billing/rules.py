@@ -149,9 +149,11 @@ def usage_record(res: Reservation, now: datetime, baseline: Price | None, *, pro
                  cached_tokens: int = 0, completion_tokens: int, latency_ms: float | None = None,
                  route: str | None = None, difficulty: float | None = None, status: str = "ok",
                  estimated: bool = False, route_group: str | None = None, gpu_seconds: float | None = None,
-                 prompt_text: str | None = None) -> UsageRecord:
+                 prompt_text: str | None = None, escalated: bool = False) -> UsageRecord:
     """The one record of a request and what it is charged. `baseline`: the price of the route group's strongest
-    tier (None: no baseline). `prompt_text` is kept only for tenants that opted in."""
+    tier (None: no baseline). `escalated`: a cascade's first try whose answer went to the strongest tier: that
+    tier alone would not have made this call, so its baseline is 0 and its cost shows as a loss.
+    `prompt_text` is kept only for tenants that opted in."""
     free = status in SERVER_FAILURES and completion_tokens == 0
     token_cost, gpu_cost = (None, None) if free else res.price.charge_micros(
         prompt_tokens, cached_tokens, completion_tokens, gpu_seconds)
@@ -160,6 +162,8 @@ def usage_record(res: Reservation, now: datetime, baseline: Price | None, *, pro
     cost = 0 if free else min(token_cost if gpu_cost is None else gpu_cost, res.amount_micros)
     baseline_cost = None if free or baseline is None else baseline.cost_micros(prompt_tokens, cached_tokens,
                                                                                 completion_tokens)
+    if escalated and not free:
+        baseline_cost = 0
     return UsageRecord(
         request_id=res.request_id, tenant_id=res.tenant_id, key_id=res.key_id, model=res.model, route=route,
         difficulty=difficulty, status=status, prompt_tokens=prompt_tokens, cached_tokens=cached_tokens,

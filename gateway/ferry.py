@@ -259,7 +259,8 @@ class Ferry:
                 ticket.reservation, prompt_tokens=usage.prompt_tokens,
                 cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
                 latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,
-                estimated=usage.estimated, route_group=ticket.plan.group, baseline_model=None if ticket.escalated else ticket.plan.baseline(ticket.model),
+                estimated=usage.estimated, route_group=ticket.plan.group,
+                baseline_model=ticket.plan.baseline(ticket.model), escalated=ticket.escalated,
                 gpu_seconds=usage.gpu_seconds, prompt_text=ticket.prompt.query if p.store_prompts else None)
             ticket.cost_micros = record.cost_micros
         finally:

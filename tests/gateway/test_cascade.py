@@ -79,7 +79,10 @@ def test_unsure_small_answer_is_escalated_and_both_tries_billed(cascade_gateway)
     assert raw.headers["x-ferryman-escalated-from"] == small["request_id"]
     total = small["cost_micros"] + large["cost_micros"]
     assert raw.headers["x-ferryman-cost-usd"] == f"{total / 1e6:.6f}"
-    # Escalated: no saving is claimed on either try.
-    assert small["baseline_cost_micros"] is None
-    assert large["baseline_cost_micros"] is None
+    # Escalated: the strongest tier alone would have cost just its own answer, so the first try is a loss.
+    assert small["baseline_cost_micros"] == 0
+    assert large["baseline_cost_micros"] is None  # the strongest tier itself: no saving
+    [row] = billing.report(("tenant",), tenant_id=tenant_id)
+    assert row["savings_micros"] == -small["cost_micros"]
+    assert row["savings_micros"] < 0
     assert billing.ledger_totals(tenant_id)["open_reservations"] == 0
