@@ -18,6 +18,9 @@ OPERATOR = re.compile(r"[-+*/^%=<>()\[\]{}]")
 CHAR_NGRAMS = (2, 3, 4)
 # n-grams read at most this much of a long text, half from each end: latency stays bounded
 MAX_CHARS = 1024
+# the numbers read at most this much, half from each end, counts scaled to the whole length: a 4 MB prompt
+# costs what 64 KB does (a whole read held the interpreter lock ~250 ms, stalling the gateway's event loop)
+MAX_NUMERIC_CHARS = 64 * 1024
 
 # the views of grams(), in order; a weight's name is "<view>:<gram>"
 VIEWS = ("w", "b", "s", "c")
@@ -48,18 +51,22 @@ def grams(text: str, chars: bool = True) -> tuple[set[str], set[str], set[str], 
 
 
 def numeric(text: str) -> list[float]:
-    """Numbers about the query's shape, in NUMERIC_NAMES order."""
+    """Numbers about the query's shape, in NUMERIC_NAMES order; past MAX_NUMERIC_CHARS, estimated from both ends."""
+    length, scale = len(text), 1.0
+    if length > MAX_NUMERIC_CHARS:
+        text = text[: MAX_NUMERIC_CHARS // 2] + " " + text[-MAX_NUMERIC_CHARS // 2:]
+        scale = length / len(text)
     chars = len(text) or 1
     words = text.split()
     numbers = NUMBER.findall(text)
     return [
-        math.log1p(len(text)),
-        math.log1p(len(words)),
+        math.log1p(length),
+        math.log1p(len(words) * scale),
         len(DIGIT.findall(text)) / chars,
-        math.log1p(len(numbers)),
+        math.log1p(len(numbers) * scale),
         math.log1p(max(map(len, numbers), default=0)),
-        math.log1p(len(OPERATOR.findall(text))),
-        math.log1p(text.count("\n")),
+        math.log1p(len(OPERATOR.findall(text)) * scale),
+        math.log1p(text.count("\n") * scale),
         len(UPPER.findall(text)) / chars,
         len(PUNCT.findall(text)) / chars,
         (chars - text.count(" ")) / (len(words) or 1),

@@ -14,7 +14,9 @@ ASSETS = "/docs-assets"
 SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, bodies: tuple = ()) -> None:
+    """`bodies`: request models that routes read themselves (documented by reference); their schemas join the
+    document's components."""
     app.mount(ASSETS, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     document = app.openapi
 
@@ -25,8 +27,12 @@ def install(app: FastAPI) -> None:
             spec = document()
             for operation in (op for path in spec["paths"].values() for op in path.values()):
                 operation["responses"].pop("422", None)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):
-                spec.get("components", {}).get("schemas", {}).pop(unused, None)
+                schemas.pop(unused, None)
+            for kind in bodies:
+                schema = kind.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}), **{kind.__name__: schema})
         return app.openapi_schema
 
     app.openapi = openapi

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import admin, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
 from gateway.alerts import send_forever
+from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.ferry import Ferry, bearer_is
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
             await asyncio.to_thread(writer.stop)
         for backend in ferry.backends.values():
             await backend.stop()
+        app.state.bodies.close()
         if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
             await ferry.limiter.close()
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.drain = health.Drain(settings.shutdown_grace_s)
+    app.state.bodies = Parser(Limits(settings.max_messages, settings.max_content_parts, settings.max_prompt_token_ids))
     errors.install(app)
     app.add_middleware(DrainGate, drain=app.state.drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -67,7 +70,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.include_router(admin.router)
     app.include_router(admin_ui.router)
     app.include_router(health.router)
-    api_docs.install(app)
+    api_docs.install(app, openai_api.BODIES)
 
     @app.get("/metrics", responses=errors.responses(401))
     async def prometheus_metrics(authorization: str | None = Header(None)):

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # While Redis is down: "closed" refuses requests with 503 + Retry-After; "local" falls back to per-process limits.
     redis_outage: Literal["closed", "local"] = "closed"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # larger request bodies get 413 before they are read
+    # Per-request limits, checked before the body is validated (gateway/bodies.py); over one: 400 naming it.
+    max_messages: int = Field(2048, ge=1)  # chat messages (OpenAI's own limit)
+    max_content_parts: int = Field(2048, ge=1)  # content parts across all messages
+    max_prompt_token_ids: int = Field(131_072, ge=1)  # a /v1/completions prompt given as token ids
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     admin_key: str | None = None  # when unset, `serve` mints one per start and prints it
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).

@@ -19,12 +19,11 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from gateway import metrics
+from gateway.json_limits import JSON_HINT
 
 log = logging.getLogger("ferryman")
 
 RETRY_AFTER_S = 5  # how soon a client may try again after a dependency outage or during a restart
-JSON_HINT = ("We could not parse the JSON body of your request. The API expects a JSON object "
-             "(Content-Type: application/json) encoded as UTF-8.")
 
 
 class APIError(Exception):

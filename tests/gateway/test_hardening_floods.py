@@ -1,0 +1,107 @@
+"""Issue 26, point 3: no body under the size limit can monopolise the event loop. Per-request limits on
+messages, content parts and prompt token ids (a 400 naming the limit, nothing recorded), checked before
+validation, in a separate process for large bodies; a request without a valid key is refused before its body
+is parsed. bench/floods.py measures the victim's percentiles; here the bound is generous (no wall-clock race)."""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import Gateway, make_gateway
+from tests.gateway.test_hardening_inputs import SMALL_BOUND_S, Prober, assert_openai_error, other_tenant_key, post
+from tests.util import serve
+
+LIMITS = dict(max_messages=4, max_content_parts=3, max_prompt_token_ids=100)
+
+
+@pytest.fixture
+def limited(tmp_path, tokenizer):
+    app, billing, tenant_id, key, backends = make_gateway(tmp_path, tokenizer, **LIMITS)
+    with serve(app) as url:
+        yield Gateway(url, billing, tenant_id, key, backends)
+
+
+def chat(messages) -> str:
+    return json.dumps({"model": "ferryman-small", "messages": messages, "max_tokens": 1})
+
+
+def user(content):
+    return {"role": "user", "content": content}
+
+
+OVER = [  # (name, path, body, param, the setting the message names)
+    ("messages", "/v1/chat/completions", chat([user("a")] * 5), "messages", "FERRYMAN_MAX_MESSAGES"),
+    ("content parts", "/v1/chat/completions",
+     chat([user([{"type": "text", "text": "a"}] * 2), user([{"type": "text", "text": "b"}] * 2)]),
+     "messages", "FERRYMAN_MAX_CONTENT_PARTS"),
+    ("token ids", "/v1/completions", json.dumps({"model": "ferryman-small", "prompt": [5] * 101}), "prompt",
+     "FERRYMAN_MAX_PROMPT_TOKEN_IDS"),
+]
+
+
+@pytest.mark.parametrize("name, path, body, param, setting", OVER, ids=[c[0] for c in OVER])
+def test_each_limit_is_a_400_naming_it_and_changes_nothing(limited, name, path, body, param, setting):
+    error = assert_openai_error(post(limited, path, body), 400, param)
+    assert setting in error["message"]
+    assert f"Too many {name}" in error["message"]
+    assert limited.records() == []
+    assert limited.billing.ledger_totals(limited.tenant_id)["open_reservations"] == 0
+
+
+def test_a_request_at_each_limit_is_served(limited):
+    at_limit = [user([{"type": "text", "text": "a"}] * 3), user("b"), user("c"), user("d")]
+    assert post(limited, "/v1/chat/completions", chat(at_limit)).status_code == 200
+    ids = json.dumps({"model": "ferryman-small", "prompt": [5] * 100, "max_tokens": 1})
+    assert post(limited, "/v1/completions", ids).status_code == 200
+    assert len(limited.records()) == 2
+
+
+def test_without_a_valid_key_the_body_is_not_even_parsed(gateway):
+    """Malformed JSON would be a 400; with a junk key or none, the answer is 401: the body was never looked at."""
+    for headers in ({"authorization": "Bearer fm-" + secrets.token_urlsafe(32)}, {"authorization": ""}):
+        r = httpx.post(gateway.url + "/v1/chat/completions", content=b'{"model": ' + b"[" * 100_000, timeout=30,
+                       headers=headers)
+        assert_openai_error(r, 401)
+    assert gateway.records() == []
+
+
+TINY_MESSAGES = json.dumps({"model": "ferryman-small", "messages": [{"role": "user"}] * 200_000},
+                           separators=(",", ":"))  # 3.2 MB
+FLOODS = {  # issue 26's bodies, each under the 4 MiB size limit
+    "200k tiny messages": ("/v1/chat/completions", TINY_MESSAGES, 400, "messages"),
+    "500k token ids": ("/v1/completions", json.dumps({"model": "ferryman-small", "prompt": [5] * 500_000}), 400,
+                       "prompt"),
+    "a 3.9 MB prompt": ("/v1/chat/completions", json.dumps({"model": "auto", "messages": [user("a " * 1_950_000)]}),
+                        400, "messages"),
+}
+
+
+def test_the_four_floods_are_refused_and_never_stall_another_tenant(gateway):
+    prober = Prober(gateway, other_tenant_key(gateway))
+    prober.start()
+    for path, body, status, param in FLOODS.values():
+        for _ in range(2):
+            error = assert_openai_error(post(gateway, path, body), status, param)
+        assert "Too many" in error["message"] or "maximum context length" in error["message"]
+
+    def junk_keys():
+        for _ in range(40):
+            junk = "fm-" + secrets.token_urlsafe(32)
+            assert_openai_error(post(gateway, "/v1/chat/completions", chat([user("hi")]), authorization=f"Bearer {junk}"),
+                                401)
+
+    threads = [threading.Thread(target=junk_keys) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    prober.done.set()
+    prober.join(10)
+    assert prober.statuses and set(prober.statuses) == {200}
+    assert max(prober.latencies) < SMALL_BOUND_S, prober.latencies
+    assert gateway.records() == []
+    assert gateway.billing.ledger_totals(gateway.tenant_id)["open_reservations"] == 0
