@@ -122,7 +122,7 @@ class ServedModel:
         cancelled, failed mid-way). With the catalog's `tokenizer`: the messages rendered by its chat template
         with the tools, and the answer's text and tool calls, counted; without: an estimate (count())."""
         return Usage(self.count_prompt(prompt.messages or [], prompt.tools),
-                     self.count(completion) + sum(map(self.count, calls)), 0, estimated=True)
+                     self.count(completion + "".join(calls)), 0, estimated=True)  # however the deltas split it
 
     def count_prompt(self, messages: list[dict], tools: list[dict] | None) -> int:
         if getattr(self.tokenizer, "chat_template", None):

@@ -41,12 +41,31 @@ def echo(body: dict):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}}}}}]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+def quiet(body: dict):
+    """A tool call and no usage at all (as llama-cpp-python's server streams): the arguments split mid-string."""
+    if not body.get("stream"):
+        return {"id": "q", "object": "chat.completion", "model": body["model"], "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": None, "tool_calls": [CALL]}, "finish_reason": "tool_calls"}]}
+    chunk = {"id": "q", "object": "chat.completion.chunk", "model": body["model"]}
+    args = CALL["function"]["arguments"]
+    first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    return [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [first]}}]},
+            *[{**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}}]}
+              for p in (args[:5], args[5:11], args[11:])],
+            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     hang = threading.Event()
     os.environ["INTEROP_WRONG_KEY"] = "sk-wrong"
     with upstream("nagle", echo) as plain, upstream("nodelay", echo, key="sk-right") as locked, \
-            upstream("nagle", echo, hang=hang) as hung:
+            upstream("nagle", echo, hang=hang) as hung, upstream("nagle-chunked", quiet) as silent:
         price = {"input": 1.0, "output": 2.0}
 
         def model(name, url, **more):
@@ -55,7 +74,7 @@ def gw(tmp_path_factory):
         catalog = Catalog.model_validate({
             "models": [model("plain", plain), model("tuned", plain, defaults={"temperature": 0.25}, max_output_tokens=64),
                        model("locked", locked, api_key_env="INTEROP_WRONG_KEY", health_interval_s=0.2),
-                       model("hung", hung, first_token_timeout_s=1.0)],
+                       model("hung", hung, first_token_timeout_s=1.0), model("quiet", silent)],
             "routes": [{"name": "keyed", "fallbacks": ["locked", "plain"], "policy": "fallback"},
                        {"name": "hung-first", "fallbacks": ["hung", "plain"], "policy": "fallback"}]})
         tmp = tmp_path_factory.mktemp("interop")
@@ -139,3 +158,29 @@ def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw):
     assert took[0] >= 1.0  # the first request waited one first-token time-out
     assert max(took[1:]) < 1.0  # the breaker is open: the next ones go straight to the next tier
     assert state["state"] == "open"
+
+
+def test_an_upstream_without_usage_is_billed_by_one_counting_rule_whole_or_streamed(gw):
+    """No tokenizer in the catalog: the documented estimate, ceil(bytes / 4) of the prompt's texts and tools plus 4
+    per message, and of the answer's text and tool-call names and arguments; the usage says `estimated`."""
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    prompt = -(-len(("weather in Paris?" + json.dumps(WEATHER)).encode()) // 4) + 4
+    completion = -(-len("get_weather" + CALL["function"]["arguments"]) // 4)
+    whole = httpx.post(gw["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {gw['key']}"},
+                       json={"model": "quiet", "messages": messages, "tools": WEATHER})
+    streamed = client(gw).chat.completions.create(model="quiet", messages=messages, tools=WEATHER, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = list(streamed)
+    args = "".join(c.choices[0].delta.tool_calls[0].function.arguments or "" for c in chunks
+                   if c.choices and c.choices[0].delta.tool_calls)
+    assert args == CALL["function"]["arguments"]
+    assert whole.json()["choices"][0]["message"]["tool_calls"][0]["function"] == CALL["function"]
+    usages = [whole.json()["usage"], chunks[-1].usage.model_dump()]
+    for usage in usages:
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, completion)
+        assert usage["estimated"] is True
+    records = [r for r in gw["billing"].usage(gw["tenant"]) if r["model"] == "quiet"]
+    assert len(records) == 2
+    for r in records:
+        assert (r["prompt_tokens"], r["completion_tokens"], r["estimated"]) == (prompt, completion, True)
+        assert r["cost_micros"] == -(-(prompt * 1_000_000 + completion * 2_000_000) // 1_000_000)
