@@ -122,7 +122,12 @@ class RemoteBackend:
         p, already = request.params, len(sent)  # `sent` keeps growing while we stream
         body = {"model": self.name, "prompt": request.prompt_token_ids + sent, "max_tokens": p.max_tokens - len(sent),
                 "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": p.stop, "stream": True,
-                "priority": request.priority, "cache_salt": request.cache_salt}
+                "priority": request.priority, "cache_salt": request.cache_salt,
+                "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
+                "repetition_penalty": p.repetition_penalty, "logit_bias": p.logit_bias,
+                "structured_outputs": p.structured, "top_k": p.top_k, "ignore_eos": p.ignore_eos}
+        if p.logprobs:
+            body["logprobs"] = p.top_logprobs
         if request.public_prefix_len:
             body["public_prefix_len"] = request.public_prefix_len
         replica.in_flight += 1
@@ -171,7 +176,8 @@ class RemoteBackend:
         if u := chunk.get("usage"):
             cached = min(u.get("prompt_tokens_details", {}).get("cached_tokens", 0), len(request.prompt_token_ids))
             usage = Usage(len(request.prompt_token_ids), already + u["completion_tokens"], cached)
-        return TokenDelta(choice["text"], choice.get("token_ids", []), choice.get("finish_reason"), usage)
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+        return TokenDelta(choice["text"], choice.get("token_ids", []), choice.get("finish_reason"), usage, logprobs)
 
     async def _health_loop(self) -> None:
         while True:

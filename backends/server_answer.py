@@ -149,14 +149,19 @@ class ChatAnswer(_Answer):
         return content, calls
 
     def _logprobs(self, d: TokenDelta) -> list[dict]:
-        tops = d.top_logprobs or [[]] * len(d.token_ids)
-        return [{**self._entry(t, lp), "top_logprobs": [self._entry(a, b) for a, b in top]}
-                for t, lp, top in zip(d.token_ids, d.logprobs or [], tops)]
-
-    def _entry(self, token_id: int, logprob: float) -> dict:
-        token = self._token(token_id)
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+        return chat_logprobs(self.tokenizer, d)
 
     def _chunk(self, i: int, delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
         choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
+
+
+def chat_logprobs(tokenizer, d: TokenDelta) -> list[dict]:
+    """A delta's tokens as entries of OpenAI's chat `logprobs.content`."""
+    def entry(token_id: int, logprob: float) -> dict:
+        token = tokenizer.decode([token_id])
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    tops = d.top_logprobs or [[]] * len(d.token_ids)
+    return [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in top]}
+            for t, lp, top in zip(d.token_ids, d.logprobs or [], tops)]

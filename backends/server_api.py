@@ -68,20 +68,7 @@ class SamplingBody(BaseModel):
 
     def grammar(self) -> dict | None:
         """response_format (OpenAI's) or structured_outputs (vLLM's) as the engine's grammar spec."""
-        if self.structured_outputs:
-            return self.structured_outputs
-        kind = (self.response_format or {}).get("type", "text")
-        if kind == "text":
-            return None
-        if kind == "json_object":
-            return {"json": {}}
-        if kind == "json_schema":
-            schema = (self.response_format.get("json_schema") or {}).get("schema")
-            if not isinstance(schema, dict):
-                raise RequestError("response_format.json_schema.schema must be a JSON schema object", "response_format")
-            return {"json": schema}
-        raise RequestError(f"response_format type {kind!r} is not one of text, json_object, json_schema",
-                           "response_format")
+        return self.structured_outputs or response_grammar(self.response_format)
 
     def choice_seed(self, i: int) -> int | None:
         """Choice i of n draws from seed + i: reproducible, and the choices differ."""
@@ -141,14 +128,35 @@ class ChatBody(SamplingBody):
         return self.params(asked or room, self.logprobs, self.top_logprobs or 0, self.tool_grammar(fmt))
 
     def tool_grammar(self, fmt: tool_formats.ToolFormat | None) -> dict | None:
-        """tool_choice "required" or a named function: a grammar that admits only calls."""
-        if fmt is None or self.tool_choice in (None, "auto"):
-            return None
-        offered = self.tools
-        if isinstance(self.tool_choice, dict):
-            name = (self.tool_choice.get("function") or {}).get("name")
-            offered = [t for t in self.tools if t["function"]["name"] == name]
-            if not offered:
-                raise RequestError(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
-        parallel = self.parallel_tool_calls and not isinstance(self.tool_choice, dict)
-        return {"grammar": tool_formats.grammar(fmt, offered, parallel)}
+        return tool_grammar(fmt, self.tools, self.tool_choice, self.parallel_tool_calls)
+
+
+def response_grammar(response_format: dict | None) -> dict | None:
+    """OpenAI's response_format as the engine's grammar spec (None: free text)."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json": {}}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise RequestError("response_format.json_schema.schema must be a JSON schema object", "response_format")
+        return {"json": schema}
+    raise RequestError(f"response_format type {kind!r} is not one of text, json_object, json_schema",
+                       "response_format")
+
+
+def tool_grammar(fmt: tool_formats.ToolFormat | None, tools: list[dict] | None, tool_choice,
+                 parallel_tool_calls: bool | None) -> dict | None:
+    """tool_choice "required" or a named function: a grammar that admits only calls."""
+    if fmt is None or tool_choice in (None, "auto", "none"):
+        return None
+    offered = tools
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        offered = [t for t in tools if t["function"]["name"] == name]
+        if not offered:
+            raise RequestError(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
+    parallel = parallel_tool_calls is not False and not isinstance(tool_choice, dict)
+    return {"grammar": tool_formats.grammar(fmt, offered, parallel)}

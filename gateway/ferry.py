@@ -148,7 +148,8 @@ class Ferry:
             await self.limiter.release(principal)
             raise
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=body.stops(), logprobs=logprobs)
+                                seed=body.seed, stop=body.stops(), logprobs=logprobs or prompt.chat_logprobs,
+                                **prompt.sampling)
         request = GenerationRequest(request_id, prompt.token_ids, params, PRIORITY.get(body.priority or principal.priority, 1),
                                     cache_salt=f"t{principal.tenant_id}", messages=prompt.messages,
                                     public_prefix_len=public_prefix_len(prompt.token_ids, served.public_heads),
@@ -199,7 +200,10 @@ class Ferry:
         deadline = asyncio.get_running_loop().time() + served.entry.timeout_s
         try:
             async with served.slot():
-                async for delta in _until(deadline, served.backend.generate(ticket.request)):
+                deltas = served.backend.generate(ticket.request)
+                if not served.text_only:
+                    deltas = served.answer(ticket.prompt, deltas)
+                async for delta in _until(deadline, deltas):
                     self._observe(ticket, delta)
                     yield delta
             status = "ok"

@@ -10,13 +10,17 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator
 
 from jinja2 import TemplateError
 
-from backends.base import Usage
+from backends.base import TokenDelta, Usage
 from backends.engine.chat import encode_text, render_chat
+from backends.engine.tools import ToolCallStream, ToolFormat, tool_format
+from backends.server_answer import chat_logprobs
+from backends.server_api import RequestError, response_grammar, tool_grammar
 from gateway.catalog import Catalog, EngineEntry, Entry, OpenAIEntry
 from gateway.config import ROOT
 from gateway.errors import APIError, invalid
@@ -25,11 +29,12 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("ferryman")
 
-# Parameters only a text upstream can honour; our engine would have to drop them (so it refuses them).
-UPSTREAM_ONLY = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty")
 # What a text upstream gets, each only when the request sent it (or the catalog's `defaults:` set it): an
-# upstream's own defaults are not ours to replace.
-PASS_THROUGH = (*UPSTREAM_ONLY, "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
+# upstream's own defaults are not ours to replace. Token-id models (our engine, our replicas) honour the same
+# OpenAI parameters themselves: penalties and logprobs in the sampler, response_format and forced tool calls as a
+# grammar, tools through the checkpoint's chat template (a template that renders no tools refuses them).
+PASS_THROUGH = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
+                "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
                 "temperature", "top_p", "seed", "stop")
 
 
@@ -41,6 +46,9 @@ class Prompt:
     tokens: int | None = None  # counted (the token ids), or for a text upstream an upper bound
     estimated: bool = False
     tools: list[dict] | None = None  # the tools a text upstream is offered
+    sampling: dict = field(default_factory=dict)  # token-id models: SamplingParams fields beyond the basic ones
+    tool_format: ToolFormat | None = None  # token-id models offered tools: how their calls are parsed
+    chat_logprobs: bool = False  # token-id models: the answer carries OpenAI's chat logprobs objects
 
     def __post_init__(self):
         if self.tokens is None:
@@ -65,12 +73,17 @@ class ServedModel:
                 return invalid(f"The model '{self.name}' serves chat completions only (/v1/chat/completions).",
                                "model")
             return self._image_refusal(body)
-        for param in UPSTREAM_ONLY:
-            if getattr(body, param, None) not in (None, [], False, 0, {"type": "text"}):
-                return invalid(f"The model '{self.name}' cannot honour '{param}'; choose a model that can.", param)
-        if getattr(body, "tool_choice", None) not in (None, "none"):
-            return invalid(f"The model '{self.name}' cannot call tools ('tool_choice').", "tool_choice")
+        if isinstance(body, CompletionRequest) and body.logprobs is not None:
+            return invalid(f"The model '{self.name}' gives logprobs on chat completions only.", "logprobs")
+        if self._offered_tools(body) and tool_format(self.tokenizer) is None:
+            return invalid(f"The model '{self.name}' cannot call tools: its chat template renders none.", "tools")
+        if getattr(body, "tool_choice", None) not in (None, "none", "auto") and not self._offered_tools(body):
+            return invalid("tool_choice needs tools.", "tool_choice")
         return self._image_refusal(body)
+
+    @staticmethod
+    def _offered_tools(body) -> list[dict] | None:
+        return getattr(body, "tools", None) if getattr(body, "tool_choice", None) != "none" else None
 
     def _image_refusal(self, body) -> APIError | None:
         if self.entry.vision or not isinstance(body, ChatCompletionRequest):
@@ -84,10 +97,13 @@ class ServedModel:
         if isinstance(body, ChatCompletionRequest):
             return self._chat(body)
         if isinstance(body.prompt, str):
-            return Prompt(encode_text(self.tokenizer, body.prompt), body.prompt)
-        if any(not 0 <= t < len(self.tokenizer) for t in body.prompt):
+            prompt = Prompt(encode_text(self.tokenizer, body.prompt), body.prompt)
+        elif any(not 0 <= t < len(self.tokenizer) for t in body.prompt):
             raise invalid("prompt contains token ids outside the vocabulary", "prompt")
-        return Prompt(list(body.prompt), self.tokenizer.decode(body.prompt))
+        else:
+            prompt = Prompt(list(body.prompt), self.tokenizer.decode(body.prompt))
+        prompt.sampling = _penalties(body)
+        return prompt
 
     def _refuse_certainly_too_long(self, body) -> None:
         if self.text_only or not self.context_length or not self.longest_token:
@@ -104,11 +120,38 @@ class ServedModel:
         if self.text_only:
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
             return Prompt([], query, messages, self._upper_bound(messages, body.tools), estimated=True, tools=body.tools)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
+        tools = self._offered_tools(body)
         try:
-            return Prompt(render_chat(self.tokenizer, messages), query)
+            prompt = Prompt(render_chat(self.tokenizer, messages, tools=tools), query)
         except (ValueError, TemplateError) as exc:  # a role or part this checkpoint's template cannot take
             raise invalid(f"The model '{self.name}' cannot take these messages: {exc}", "messages") from None
+        prompt.tool_format = tool_format(self.tokenizer) if tools else None
+        prompt.chat_logprobs = bool(body.logprobs)
+        try:
+            grammar = (tool_grammar(prompt.tool_format, tools, body.tool_choice, body.parallel_tool_calls)
+                       or response_grammar(body.response_format))
+        except RequestError as exc:
+            raise invalid(str(exc), exc.param) from None
+        prompt.sampling = {**_penalties(body), "top_logprobs": body.top_logprobs or 0, "structured": grammar}
+        return prompt
+
+    async def answer(self, prompt: Prompt, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
+        """A token-id model's deltas as OpenAI answers them: tool calls parsed out of the text in the
+        checkpoint's format, logprobs as OpenAI's chat objects."""
+        calls = ToolCallStream(prompt.tool_format) if prompt.tool_format else None
+        async for delta in deltas:
+            if prompt.chat_logprobs and delta.logprobs is not None and delta.token_ids:
+                delta.choice_logprobs = {"content": chat_logprobs(self.tokenizer, delta)}
+            if calls is not None:
+                delta.text = calls.add(delta.text)
+                if delta.finish_reason:
+                    rest, found = calls.finish()
+                    delta.text += rest
+                    if found:
+                        delta.tool_calls = [{"index": k, **c} for k, c in enumerate(found)]
+                        delta.finish_reason = "tool_calls"
+            yield delta
 
     def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:
         """The budget hold's prompt: at most one token per byte (byte-level BPE never does worse) of every text the
@@ -184,6 +227,10 @@ def _text(message: dict) -> str:
     """Every text of a message the upstream reads: its content, and the names and arguments of its tool calls."""
     calls = [c.get("function") or {} for c in message.get("tool_calls") or () if isinstance(c, dict)]
     return _content(message) + "".join(f"{f.get('name') or ''}{f.get('arguments') or ''}" for f in calls)
+
+
+def _penalties(body) -> dict:
+    return {"presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0}
 
 
 def last_user_turn(body: ChatCompletionRequest) -> str:
