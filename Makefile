@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# `make serve PORT=8080 HOST=0.0.0.0`: either may be left out (then FERRYMAN_PORT / FERRYMAN_HOST, else the defaults).
 serve: $(STAMP)
-	$(BIN)/ferryman serve
+	$(BIN)/ferryman serve $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 # The admin page's tests drive Debian's chromium (playwright's own browser download cannot work offline).
 # Say so before apt-get pulls chromium and its ~125 dependencies into the system.

@@ -42,11 +42,16 @@ class Replica:
         return self.healthy and now >= self.open_until
 
     def succeeded(self) -> None:
+        if self.open_until:
+            log.warning("replica %s: circuit closed (it answered again)", self.url)
         self.failures, self.open_until = 0, 0.0
 
     def failed(self, threshold: int, cooldown_s: float) -> None:
         self.failures += 1
         if self.failures >= threshold:
+            if time.monotonic() >= self.open_until:
+                log.warning("replica %s: circuit open for %g s after %d failures in a row", self.url, cooldown_s,
+                            self.failures)
             self.open_until = time.monotonic() + cooldown_s
 
 
@@ -185,8 +190,14 @@ class RemoteBackend:
             await asyncio.sleep(self.health_interval_s)
 
     async def _check(self, replica: Replica) -> None:
+        """A probe; logged only when the replica's state changes (a line a second per replica is noise)."""
         try:
-            replica.healthy = (await self.client.get(f"{replica.url}/health", timeout=1.0)).status_code == 200
-        except httpx.HTTPError:
-            replica.healthy = False
+            status = (await self.client.get(f"{replica.url}/health", timeout=1.0)).status_code
+            healthy, why = status == 200, f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            healthy, why = False, exc.__class__.__name__
+        if healthy != replica.healthy:
+            log.warning("replica %s of %s is %s", replica.url, self.name,
+                        "up again" if healthy else f"down (health check: {why})")
+        replica.healthy = healthy
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import signal
 import time
 import uuid
@@ -30,6 +31,8 @@ from typing import AsyncIterator
 from backends.base import Backend, GenerationRequest, SamplingParams, TokenDelta
 from backends.server_answer import ChatAnswer, CompletionAnswer
 from backends.server_api import ChatBody, CompletionBody, RequestError
+
+log = logging.getLogger("ferryman.replica")
 
 
 def create_replica_app(backend: Backend, tokenizer=None, heartbeat_s: float = 1.0,
@@ -104,6 +107,9 @@ async def _serve(app: FastAPI, backend: Backend, body, kind: str, requests, answ
     except ValueError as exc:  # the engine refused the parameters (a grammar that does not compile, ...)
         return _error(str(exc), None)
     answer.start(request_id, len(choices))
+    log.debug("request %s: %d choice(s), %d prompt tokens, max_tokens %d, stream %s", request_id, len(choices),
+              len(choices[0].prompt_token_ids) if choices else 0, choices[0].params.max_tokens if choices else 0,
+              body.stream)
     if body.stream:
         deltas = _fan_out(backend, choices)
         return StreamingResponse(_stream(answer, deltas, body.include_usage(), heartbeat_s, backend, choices),
@@ -184,10 +190,15 @@ class _DrainingServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     async def drain(self) -> None:
+        if self.app.state.draining:
+            return
         self.app.state.draining = True
+        log.info("draining: %d request(s) in flight, %g s grace", self.app.state.in_flight, self.grace_s)
         deadline = time.monotonic() + self.grace_s
         while self.app.state.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        log.info("drained, exiting" if not self.app.state.in_flight else
+                 f"grace over: cutting {self.app.state.in_flight} stream(s); the gateway continues them elsewhere")
         self.should_exit = True  # streams still running are cut; the gateway continues them elsewhere
 
 

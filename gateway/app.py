@@ -17,6 +17,7 @@ from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.ferry import Ferry, bearer_is
 from gateway.served import served_model
+from gateway.logs import AccessLog
 from gateway.middleware import BodyLimit, DrainGate
 
 log = logging.getLogger("ferryman")
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     errors.install(app)
     app.add_middleware(DrainGate, drain=app.state.drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
     app.include_router(openai_api.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)

@@ -86,8 +86,10 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from gateway import logs
+
+    settings = Settings()
+    logs.setup(settings.log_format, settings.log_level)
 
 
 def _demo_key(settings: Settings) -> str:
@@ -132,5 +134,9 @@ def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkp
 
     _logging()
     backend = EngineBackend(name, EngineConfig(model=model, name=name, quantization=quantization))
+    runner, config = backend.engine.model_runner, backend.engine.config
+    logging.getLogger("ferryman.replica").info(
+        "engine replica %s on http://%s:%d: model %s, quantization %s, %d KV blocks of %d tokens; SIGTERM drains "
+        "within %g s", name, host, port, model, quantization or "none", runner.num_blocks, config.block_size, grace_s)
     app = create_replica_app(backend, backend.tokenizer, context_length=backend.engine.config.max_model_len)
     serve_replica(app, host, port, grace_s)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # Budget alerts are POSTed here as Slack-compatible JSON (gateway/alerts.py); None: page and /admin/alerts only.
     alert_webhook_url: str | None = None
     alert_poll_s: float = Field(5.0, gt=0)  # how often each gateway looks for alerts to send
+    log_format: Literal["text", "json"] = "text"  # json: one object a line, access-log fields as keys
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # info: an access-log line per request
 
     # The model catalog (gateway/catalog.py); None = the embedded default: the bundled pair, which the settings
     # below shape (paths, replicas, quantization, speculation, scale-to-zero, cascade).

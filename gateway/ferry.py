@@ -56,6 +56,7 @@ class Ticket:
     logprobs: list[float] = field(default_factory=list)
     earlier_cost_micros: int = 0  # what an escalated request's first try already cost
     escalated: bool = False  # a cascade's first try whose answer goes to the strongest tier instead
+    outcome: str | None = None  # the record's status once settled: ok, error, timeout, cancelled, ...
 
     def total_cost_micros(self) -> int:
         return (self.cost_micros or 0) + self.earlier_cost_micros
@@ -253,6 +254,7 @@ class Ferry:
 
     async def settle(self, ticket: Ticket, status: str) -> None:
         usage, latency = ticket.final_usage(), time.perf_counter() - ticket.started
+        ticket.outcome = status
         if status in ("unavailable", "rejected") and ticket.first_token_at is None:
             usage = Usage(0, 0)  # the model never started on it: nothing to charge, the whole hold goes back
         p = ticket.principal

@@ -52,10 +52,12 @@ async def completions(request: Request, authorization: str | None = Header(None)
 async def _complete(request: Request, kind: type, authorization: str | None, chat: bool):
     ferry = ferry_of(request)
     principal = await ferry.authenticate(authorization)  # before the body is read: no valid key, no parsing
+    request.state.tenant = principal.tenant_name  # for the access log
     body = await request.app.state.bodies.parse(await request.body(), kind)
     request.state.model = ferry.routing.known(body.model)  # a refusal from here on is counted under it
     ticket, deltas = await ferry.complete(principal, body)
     request.state.admitted = True  # an error from here on is the answer's, not a refusal
+    request.state.ticket = ticket
     deltas = request.app.state.drain.guard(deltas)
     shape = ChatShape(ticket) if chat else CompletionShape(ticket)
     if body.stream:

@@ -13,6 +13,7 @@ it), so its cost shows as a loss.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -21,6 +22,8 @@ from classifier.router import Router
 from gateway import metrics
 from gateway.catalog import Catalog, RouteGroup
 from gateway.errors import APIError
+
+log = logging.getLogger("ferryman.routing")
 
 
 class ModelUnavailable(APIError):
@@ -147,6 +150,8 @@ class Routing:
         kept = [delta async for delta in deltas]  # its end settles it, deciding `escalated` (escalates, below)
         if not ticket.escalated:
             return ticket, _replay(kept)
+        log.warning("request %s escalates from %s to %s: the answer's confidence was under the cut",
+                    ticket.request_id, ticket.model, plan.cascade_to)
         strong, deltas = await self._first_available(plan, [plan.cascade_to], attempt, escalated=True)
         strong.earlier_cost_micros = ticket.cost_micros or 0
         strong.headers["x-ferryman-escalated-from"] = ticket.request_id
@@ -164,10 +169,12 @@ class Routing:
             route = f"cascade-{model}" if (cascade and model != plan.cascade_to) or escalated else model
             try:
                 ticket, deltas = await attempt(model, route, plan, logprobs=cascade and model != plan.cascade_to)
-            except ModelUnavailable:
+            except ModelUnavailable as exc:
                 failed.append(model)
                 if i == len(order) - 1:
                     raise
+                log.warning("model %s unavailable (%s); the request falls back to %s", model, exc.message,
+                            order[i + 1])
                 continue
             if failed:
                 ticket.headers["x-ferryman-fallback-from"] = ",".join(failed)

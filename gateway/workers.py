@@ -56,8 +56,9 @@ def serve(settings: Settings, workers: int) -> None:
 
 def app():
     """One worker's app (uvicorn calls this in each worker process)."""
-    from gateway import catalog
+    from gateway import catalog, logs
     from gateway.app import create_app
 
     settings = Settings()
+    logs.setup(settings.log_format, settings.log_level)  # a spawned worker starts with no logging set up
     return create_app(settings, catalog=catalog.from_settings(settings))

@@ -130,6 +130,12 @@ def settings_table() -> list[tuple[str, list[str]]]:
     return [(name, re.findall(r"`([^`]+)`", default + " " + meaning)) for name, default, meaning in rows]
 
 
+def test_the_table_lists_every_setting():
+    listed = {name for name, _ in settings_table()}
+    assert sorted(f"FERRYMAN_{field.upper()}" for field in Settings.model_fields if
+                  f"FERRYMAN_{field.upper()}" not in listed) == []
+
+
 def test_every_setting_in_the_table_exists_and_takes_the_values_it_names(monkeypatch):
     table = settings_table()
     assert len(table) >= 8
