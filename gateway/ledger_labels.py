@@ -29,13 +29,13 @@ def ledger_labels(engine, tiers: tuple[str, ...]) -> Labels:
 
 
 def for_training(tiers: tuple[str, ...] | None, labels: Labels | None) -> Labels:
-    """`ferryman router train --from-ledger`: the ledger's labels for the given tiers (else the first route
-    group's), added to the label files' rows."""
+    """`ferryman router train --from-ledger`: the ledger's labels for the given tiers (else those of the first
+    router or cascade group: a pinned or fallback group has no tiers to compare), added to the label files' rows."""
     from billing import Billing
     from gateway.catalog import from_settings
     from gateway.config import Settings
 
     settings = Settings()
-    tiers = tiers or tuple(from_settings(settings).routes[0].tiers)
+    tiers = tiers or tuple(next(g.tiers for g in from_settings(settings).routes if g.strongest()))
     found = ledger_labels(Billing(settings.database_url).engine, tiers)
     return Labels(tiers, (labels.examples if labels else []) + found.examples)

@@ -41,7 +41,7 @@ def test_targets_json_reports_share_target_and_feedback_per_group_and_tenant(rou
     tenant, row = traffic(url, billing)
     routes = [r["route"] for r in billing.usage(tenant["id"])]
     assert (row["group"], row["tenant_id"], row["window"]) == ("auto", str(tenant["id"]), 24)
-    assert row["target_share"] == 0.3 and row["realised_share"] == routes.count("large") / 24
+    assert row["target_share"] == 0.3 and row["realised_share"] == routes.count("ferryman-large") / 24
     assert (row["feedback_quality"], row["feedback_count"]) == (0.5, 2)
 
 
