@@ -17,7 +17,7 @@ from billing import Billing, RateLimiter
 from gateway.app import create_app
 from gateway.catalog import Catalog
 from gateway.config import Settings
-from tests.upstream_styles import STYLES, upstream
+from tests.upstream_styles import upstream
 from tests.util import LengthRouter, serve
 
 CONTEXT_ERROR = {"message": "This model's maximum context length is 8 tokens. However, your messages resulted in 9.",
