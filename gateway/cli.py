@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
         sys.exit(f"ferryman: bad model catalog: {exc}")
     if reason := workers_.refusal(settings, catalog, workers):
         sys.exit(f"ferryman: {reason}")
+    if reason := _cannot_bind(settings.host, settings.port):  # before any model loads or a demo key is minted
+        sys.exit(f"ferryman: cannot listen on {settings.host}:{settings.port}: {reason}")
     settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
     demo_key = _demo_key(settings)
     if workers > 1:
@@ -90,6 +93,31 @@ def _logging() -> None:
 
     settings = Settings()
     logs.setup(settings.log_format, settings.log_level)
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why the address cannot be bound (taken, not ours), or None. uvicorn binds it again moments later."""
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+config_app = typer.Typer(help="Check configuration files without starting anything.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(file: Path = typer.Argument(..., help="A model catalog YAML file")) -> None:
+    """Validate a model catalog: every problem is listed (key and reason), exit 1 if there is any."""
+    from gateway import catalog as catalogs
+
+    try:
+        catalog = catalogs.load(file)
+    except catalogs.CatalogError as exc:
+        sys.exit(f"ferryman: bad model catalog: {exc}")
+    typer.echo(f"{file}: ok ({len(catalog.models)} models, {len(catalog.routes)} route groups)")
 
 
 def _demo_key(settings: Settings) -> str:
