@@ -90,20 +90,25 @@ def records_spend(budget_id, first_day, last_day):
             .where(_u.day >= first_day, _u.day <= last_day).scalar_subquery())
 
 
-def _new_period(upsert):
-    """A budget period's first row, its spend the records already in that period (budget made or changed late)."""
-    return (upsert(budget_spend)
-            .values(budget_id=bindparam("budget"), period_key=bindparam("period"), reserved_micros=0, alerted=False,
-                    spent_micros=records_spend(bindparam("budget"), bindparam("first_day"), bindparam("last_day")))
-            .on_conflict_do_nothing())
+def _new_period(upsert, recount: bool = False):
+    """A budget period's first row, its spend the records already in that period (budget made or changed late).
+    `recount`: a row there already is set to its records too (it went stale while the budget counted another kind
+    of period, e.g. daily -> monthly -> daily on one day)."""
+    insert = upsert(budget_spend).values(
+        budget_id=bindparam("budget"), period_key=bindparam("period"), reserved_micros=0, alerted=False,
+        spent_micros=records_spend(bindparam("budget"), bindparam("first_day"), bindparam("last_day")))
+    if recount:
+        return insert.on_conflict_do_update(index_elements=["budget_id", "period_key"],
+                                            set_={"spent_micros": insert.excluded.spent_micros})
+    return insert.on_conflict_do_nothing()
 
 
-def open_period(conn, budget_id: int, key: str) -> bool:
+def open_period(conn, budget_id: int, key: str, recount: bool = False) -> bool:
     """Make a budget period's row now if it has none (a budget just made or changed; the Redis writer); whether it
-    made one."""
+    made (or, with `recount`, set) one."""
     upsert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
     first, last = rules.period_days(key)
-    return conn.execute(_new_period(upsert), {"budget": budget_id, "period": key, "first_day": first,
+    return conn.execute(_new_period(upsert, recount), {"budget": budget_id, "period": key, "first_day": first,
                                               "last_day": last}).rowcount == 1
 
 

@@ -130,9 +130,9 @@ class Operators:
             raise ValueError(f"key {key_id} does not belong to tenant {tenant_id}")
         values = {"period": period, "limit_micros": limit_micros, "alert_percent": alert_percent}
         with self.engine.begin() as conn:
-            budget_id = conn.execute(select(budgets.c.id).where(
+            budget_id, was = conn.execute(select(budgets.c.id, budgets.c.period).where(
                 budgets.c.tenant_id == tenant_id,
-                budgets.c.key_id.is_(None) if key_id is None else budgets.c.key_id == key_id)).scalar()
+                budgets.c.key_id.is_(None) if key_id is None else budgets.c.key_id == key_id)).first() or (None, None)
             if budget_id is None:
                 budget_id = conn.execute(budgets.insert().values(
                     tenant_id=tenant_id, key_id=key_id, created_at=self.clock(), **values
@@ -140,7 +140,7 @@ class Operators:
             else:
                 conn.execute(update(budgets).where(budgets.c.id == budget_id).values(**values))
             # Its period's counters start now, at what that period's records already spent.
-            open_period(conn, budget_id, period_key(period, self.clock()))
+            open_period(conn, budget_id, period_key(period, self.clock()), recount=was not in (None, period))
         self.on_change()
         return next(b for b in self.list_budgets(tenant_id) if b["id"] == budget_id)
 

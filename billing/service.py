@@ -108,7 +108,14 @@ class Billing:
         deadline = time.monotonic() + 2.0
         while self.unwritten() and time.monotonic() < deadline:
             time.sleep(0.02)
-        return self.operators.set_budget(tenant_id, **budget)
+        if not self.holds_in_redis:
+            return self.operators.set_budget(tenant_id, **budget)
+        before = {b["id"]: b["period"] for b in self.operators.list_budgets(self.operators.tenant(tenant_id)["id"])}
+        made = self.operators.set_budget(tenant_id, **budget)
+        if before.get(made["id"], made["period"]) != made["period"]:
+            # Redis may still count this kind of period from before: let it seed again from the records.
+            self.ledger.redis.delete(self.ledger.budget_key(made["id"], made["period_key"]))
+        return made
 
     def cost_micros(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> int:
         return self.price(model).cost_micros(prompt_tokens, cached_tokens, completion_tokens)

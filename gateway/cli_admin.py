@@ -1,4 +1,5 @@
-"""Operator commands: `ferryman db`, `ferryman tenants`, `ferryman keys`, `ferryman prices`, `ferryman report`.
+"""Operator commands: `ferryman db`, `ferryman tenants`, `ferryman keys`, `ferryman prices`, `ferryman report`,
+`ferryman ledger check`.
 
 They talk to the ledger directly (FERRYMAN_DATABASE_URL), so they work with or without a running gateway.
 """
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="The ledger database: migrations.", no_args_is_help=Tr
 tenants_app = typer.Typer(help="Tenants and their budgets.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: issue, list, revoke.", no_args_is_help=True)
 prices_app = typer.Typer(help="Prices per model, in USD per 1M tokens.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The ledger itself: reconciliation.", no_args_is_help=True)
 
 URL = typer.Option(None, "--database-url", help="Ledger URL (default: FERRYMAN_DATABASE_URL or the SQLite file)")
 
@@ -263,10 +265,25 @@ def _table(rows: list[dict], groups: list[str]) -> str:
                                     "at GPU-hour price"])
 
 
+@ledger_app.command("check")
+def ledger_check(url: str = URL) -> None:
+    """Recompute every money figure (budget counters, budgets shown, /v1/usage, /admin reports and CSV) from the
+    records, for every tenant and period; exit 1 listing each difference, to the micro-dollar."""
+    from billing.reconcile import differences
+
+    billing = ledger(url)
+    found = differences(billing)
+    billing.close()
+    if found:
+        fail("\n".join(["the ledger does not reconcile:", *found]))
+    typer.echo("the ledger reconciles: every budget counter, report and CSV equals its records to the micro-dollar")
+
+
 def install(app: typer.Typer) -> None:
     """Add the operator commands to the `ferryman` command line."""
     app.add_typer(db_app, name="db")
     app.add_typer(tenants_app, name="tenants")
     app.add_typer(keys_app, name="keys")
     app.add_typer(prices_app, name="prices")
+    app.add_typer(ledger_app, name="ledger")
     app.command("report")(report)

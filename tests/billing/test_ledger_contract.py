@@ -189,6 +189,13 @@ def test_a_budget_moved_from_daily_to_monthly_keeps_the_spend(book):
     book.flush()
     assert book.spent(tenant) == 1000 + 280 + 80
     assert book.records_cost(tenant) == 1000 + 280 + 80
+    b.set_budget(tenant, limit_micros=440, period="daily")  # and back: today's counter counts today's records again
+    assert book.spent(tenant) == 280 + 80
+    with pytest.raises(BudgetExceeded):
+        b.reserve(b.authenticate(secret), "june2c", LARGE, 0, 11)  # 88 > 440 - 360
+    b.settle(b.reserve(b.authenticate(secret), "june2d", LARGE, 0, 10), prompt_tokens=0, completion_tokens=10)
+    book.flush()
+    assert book.spent(tenant) == 440
 
 
 def test_a_request_counts_in_the_period_it_was_admitted_in(book):
