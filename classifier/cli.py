@@ -47,6 +47,7 @@ def train(
         data = ctx.obj["ledger_labels"](data.tiers if data else None, data)
         typer.echo(f"{len(data.examples)} labelled prompts after adding the ledger's")
     router = fit(data, policy, views=chosen)
+    router.meta["trained_on"] = [p.name for p in labels] + (["ledger feedback"] if from_ledger else [])
     router.save(out)
     m = router.meta
     typer.echo(f"router saved to {out}: {m['examples']} prompts in {m['groups']} groups, tiers {', '.join(m['tiers'])}; "

@@ -26,6 +26,7 @@ class Example:
     task: str = ""
     confidence: float | None = None
     group: str = ""  # what cross-validation holds out together: the task, or the prompt in a one-task file
+    source: str = ""  # the label file (its name without .csv): the kind of traffic it stands for
 
     @property
     def quality_small(self) -> float:
@@ -68,7 +69,8 @@ def read_labels(*paths: Path | str) -> Labels:
             found_rows = list(reader)
         # a file of one task (GSM8K) is held out by problem, a file of many (MMLU) by whole task
         by_prompt = len({r.get("task") or "" for r in found_rows}) < 2
-        rows += [r | {"group": r["prompt"] if by_prompt else r.get("task") or ""} for r in found_rows]
+        rows += [r | {"group": r["prompt"] if by_prompt else r.get("task") or "", "source": Path(path).stem}
+                 for r in found_rows]
     means = {m: np.mean([float(r[m + SUFFIX]) for r in rows]) for m in models}
     tiers = tuple(sorted(models, key=means.get))
     return Labels(tiers, [_example(r, tiers) for r in rows])
@@ -77,7 +79,7 @@ def read_labels(*paths: Path | str) -> Labels:
 def _example(row: dict, tiers: tuple[str, ...]) -> Example:
     confidence = row.get("confidence")
     return Example(row["prompt"], tuple(float(row[m + SUFFIX]) for m in tiers), row.get("task") or "",
-                   float(confidence) if confidence not in (None, "") else None, row["group"])
+                   float(confidence) if confidence not in (None, "") else None, row["group"], row["source"])
 
 
 def write_labels(labels: Labels, path: Path | str) -> None:

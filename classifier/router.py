@@ -24,11 +24,12 @@ from classifier.features import NUMERIC_NAMES, VIEWS, grams, numeric
 JITTER = 1e-6
 # standardised numbers beyond this many deviations (a 10k-line paste) say nothing more
 CLIP = 5.0
+# the share of training prompts (the least alike) a prompt must be stranger than to be called unfamiliar
+FAMILIAR_TAIL = 0.01
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DEFAULT_PATH = ARTIFACTS / "router.npz"  # the bundled pair's router
-# shipped artifacts by name: `general` is trained on real prompts of a real strong/weak pair, by
-#   ferryman router train --labels ../shared/router-data/mmlu_train.csv --labels ../shared/router-data/gsm8k_train.csv \
-#       --views w,b,s --out classifier/artifacts/general.npz
+# shipped artifacts by name: `general` is trained on real prompts of a real strong/weak pair (exam questions and
+# open-ended instructions) by `python -m classifier.general`
 SHIPPED = {"bundled": DEFAULT_PATH, "general": ARTIFACTS / "general.npz"}
 
 
@@ -87,14 +88,31 @@ class Router:
 
     def score(self, text: str) -> float:
         """Difficulty in [0, 1]: the calibrated probability that the small model does not suffice."""
+        return self.assess(text)[0]
+
+    def assess(self, text: str) -> tuple[float, bool]:
+        """The score, and whether the text is unlike the training prompts (so the score says little about it)."""
         found = grams(text, chars=bool(self._views[-1]))
         hits = sum(sum(map(w.get, f, repeat(0.0))) for w, f in zip(self._views, found))
         z = self.intercept + hits / math.sqrt(sum(map(len, found)) or 1)
-        for x, m, s, c in zip(numeric(text), self.numeric_mean, self.numeric_scale, self.numeric_weight):
+        shape = numeric(text)
+        for x, m, s, c in zip(shape, self.numeric_mean, self.numeric_scale, self.numeric_weight):
             z += c * min(max((x - m) / s, -CLIP), CLIP)
         a, b = self.platt
         p = 1.0 / (1.0 + math.exp(-min(max(a * z + b, -50.0), 50.0)))
-        return min(max(p + JITTER * (zlib.crc32(text.encode()) / 2**32 - 0.5), 0.0), 1.0)
+        score = min(max(p + JITTER * (zlib.crc32(text.encode()) / 2**32 - 0.5), 0.0), 1.0)
+        return score, self._unfamiliar(found[0], shape)
+
+    def _unfamiliar(self, words: set[str], shape: list[float]) -> bool:
+        """Fewer of its words known than all but FAMILIAR_TAIL of the training prompts had (each measured against a
+        vocabulary fitted without it), or a shape number outside the training prompts' range. An artifact
+        trained before it stored `familiar` flags nothing."""
+        familiar = self.meta.get("familiar")
+        if not familiar:
+            return False
+        known = sum(w in self._views[0] for w in words) / (len(words) or 1)
+        outside = any(not lo <= x <= hi for x, lo, hi in zip(shape, familiar["shape_low"], familiar["shape_high"]))
+        return known < familiar["known_words"] or outside
 
     def threshold_for(self, quality_floor: float | None = None, large_share: float | None = None) -> float:
         """Route large iff score >= this. quality_floor is a fraction of the all-large quality; large_share

@@ -23,7 +23,7 @@ from sklearn.model_selection import GroupKFold
 from classifier.features import VIEWS, named, numeric
 from classifier.labelfile import Example, Labels
 from classifier.metrics import apgr, routing_curve
-from classifier.router import CLIP, PolicyTable, Router
+from classifier.router import CLIP, FAMILIAR_TAIL, PolicyTable, Router
 
 ALPHAS = (1.0, 3.0, 10.0)
 FOLDS = 5
@@ -93,6 +93,19 @@ def policy_table(score: np.ndarray, quality_small: np.ndarray, quality_large: np
     return PolicyTable(cuts, curve.share, curve.quality / max(curve.quality_large, 1e-12))
 
 
+def familiarity(data: Design, splits) -> dict:
+    """What the training prompts looked like, for Router.assess: the share of each prompt's words known to a
+    vocabulary fitted without its group (the FAMILIAR_TAIL quantile of it), and the range of the shape numbers."""
+    known = np.empty(len(data.grams))
+    for fit_rows, held in splits:
+        counts = Counter(g for i in fit_rows for g in data.grams[i] if g.startswith("w:"))
+        for i in held:
+            words = [g for g in data.grams[i] if g.startswith("w:")]
+            known[i] = sum(counts[w] >= data.min_df for w in words) / (len(words) or 1)
+    low, high = np.quantile(data.raw, [FAMILIAR_TAIL / 2, 1 - FAMILIAR_TAIL / 2], axis=0)
+    return {"known_words": float(np.quantile(known, FAMILIAR_TAIL)), "shape_low": low.tolist(), "shape_high": high.tolist()}
+
+
 def platt(z: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     """Maps a decision value to the probability that the weakest tier does not suffice."""
     if label.all() or not label.any():
@@ -101,18 +114,21 @@ def platt(z: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
-def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, views: tuple[str, ...] = VIEWS) -> Router:
+def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, views: tuple[str, ...] = VIEWS,
+          target: np.ndarray | None = None) -> Router:
     """views: which n-gram views to learn from (features.VIEWS); on real prompts char n-grams of the shape
-    only add noise (cross-subject APGR 0.52 with them, 0.56 without)."""
+    only add noise (cross-subject APGR 0.52 with them, 0.56 without). target: what the ridge regresses, one per
+    example (default the gain: strongest tier's score minus the weakest's); the tables use the scores as they are."""
     ex = labels.examples
     scores = np.array([e.scores for e in ex])
-    gain = scores[:, -1] - scores[:, 0]
+    gain = scores[:, -1] - scores[:, 0] if target is None else np.asarray(target, dtype=np.float64)
     data, splits = Design([e.prompt for e in ex], views), folds(ex)
     oof = {a: out_of_fold(data, gain, splits, a) for a in alphas}
     cv_apgr = {a: _apgr(z, scores) for a, z in oof.items()}
     alpha = max(cv_apgr, key=cv_apgr.get)
     a, b = platt(oof[alpha], gain > 0)
     router = fit_final(data, gain, alpha, (a, b))
+    router.meta = {"familiar": familiarity(data, splits)}
     held_out = 1.0 / (1.0 + np.exp(-np.clip(a * oof[alpha] + b, -50, 50)))
     router.tiers = tuple(labels.tiers)
     deployed = np.array([router.score(e.prompt) for e in ex])
@@ -121,7 +137,7 @@ def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, 
     confidence = [e.confidence for e in ex]
     if None not in confidence:
         router.cascade = policy_table(-np.array(confidence), scores[:, 0], scores[:, -1])
-    router.meta = {
+    router.meta |= {
         "default_policy": default_policy, "tiers": list(labels.tiers), "views": list(views), "alpha": alpha, "cv_apgr": cv_apgr[alpha],
         "examples": len(ex), "groups": len({e.group for e in ex}),
         "trained": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -97,7 +97,8 @@ async def reap_forever(billing, every_s: float = 60.0) -> None:
 def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None,
                 catalog: Catalog | None = None) -> Ferry:
     """Defaults for whatever was not injected: SQLite ledger, in-process limits, the catalog's models (the file, else
-    the embedded bundled pair), bundled router. An injected backend or tokenizer stands in for the catalog's."""
+    the embedded bundled pair), each route group's own router (an injected one stands in for all). An injected
+    backend or tokenizer stands in for the catalog's."""
     from billing import Billing, RateLimiter
 
     if billing is None:
@@ -108,10 +109,6 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
         limiter = health.RedisOutagePolicy(RateLimiter.from_url(settings.redis_url, settings.redis_prefix),
                                            settings.redis_outage)
     limiter = limiter or RateLimiter()
-    if router is None:
-        from classifier import Router
-
-        router = Router.load(settings.router_path) if settings.router_path else Router.load()
     catalog = catalog or from_settings(settings)
     if prices := catalog.prices():  # the file's prices; models it leaves unpriced keep the operator's
         billing.set_prices_from_catalog(prices)

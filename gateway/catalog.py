@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from classifier.router import SHIPPED
 from gateway.config import Settings
 
 
@@ -117,6 +118,12 @@ class RouteGroup(Strict):
     # Who serves when the chosen model is unavailable before its first token: true = the other tiers, nearest
     # first; false = nobody; a list = those models in that order (for `fallback`, the whole group).
     fallbacks: bool | list[str] = True
+    # the router artifact that scores the group's prompts: `general` (real prompts of a real strong/weak pair),
+    # `bundled` (the bundled pair's own), or a path to one `ferryman router train` wrote; None: `general`
+    # (`bundled` for a cascade: routing.default_router)
+    router: str | None = None
+    # a prompt unlike the router's training prompts goes to the strongest or the cheapest tier, or by its score
+    unfamiliar: Literal["strongest", "cheapest", "score"] = "score"
 
     def misfit(self) -> tuple[str, str] | None:
         """(key, problem) when the lists do not fit the policy."""
@@ -166,6 +173,9 @@ class Catalog(Strict):
             if pair := self._cheaper_later(group.tiers):
                 raise ValueError(f"routes[{i}].tiers: {pair[1]!r} costs less than {pair[0]!r} before it; tiers run "
                                  f"from cheapest to strongest (an order of preference goes in fallbacks)")
+            if group.router not in (None, *SHIPPED) and not Path(group.router).is_file():
+                raise ValueError(f"routes[{i}].router: expected {' or '.join(SHIPPED)} or the path of a router "
+                                 f"artifact, got {group.router!r} (no such file)")
         for i, m in enumerate(self.models):
             if isinstance(m, EngineEntry) and m.speculation not in (None, "ngram") and not self._is_engine(m.speculation):
                 raise ValueError(f"models[{i}].speculation: expected 'ngram' or the name of an engine model, "
@@ -246,9 +256,16 @@ def embedded(settings: Settings) -> Catalog:
         urls = [u.strip() for u in settings.large_upstreams.split(",") if u.strip()]
         large = {"name": "ferryman-large", "kind": "replicas", "urls": urls, "tokenizer": settings.large_model_path}
     policy = "cascade" if settings.cascade else "router"
-    auto = {"name": "auto", "tiers": ["ferryman-small", "ferryman-large"], "policy": policy}
+    auto = {"name": "auto", "tiers": ["ferryman-small", "ferryman-large"], "policy": policy,
+            "router": str(settings.router_path or "bundled")}
     return Catalog.model_validate({"models": [small, large], "routes": [auto]})
 
 
 def from_settings(settings: Settings) -> Catalog:
-    return load(settings.config) if settings.config else embedded(settings)
+    """The file's catalog, else the embedded one; FERRYMAN_ROUTER_PATH stands in for a group's unset `router`."""
+    if not settings.config:
+        return embedded(settings)
+    catalog = load(settings.config)
+    for group in catalog.routes:
+        group.router = group.router or (str(settings.router_path) if settings.router_path else None)
+    return catalog

@@ -86,3 +86,26 @@ async def router_targets(request: Request, authorization: str | None = Header(No
     return [RouterTarget(group=g, tenant_id=t, target_share=w.target, realised_share=w.realised_share(),
                          window=len(w.scores), feedback_quality=w.feedback_quality(), feedback_count=len(w.feedback))
             for (g, t), w in list(ferry.routing.live.windows.items())]
+
+
+class RouterGroup(BaseModel):
+    group: str
+    policy: str
+    router: str  # the artifact that scores the group's prompts: `general`, `bundled`, a path; `injected` in tests
+    unfamiliar: str  # where a prompt unlike the router's training prompts goes: strongest, cheapest, score
+    trained_on: list[str]  # the artifact's training files, as its meta records them ([] when it does not)
+    examples: int | None  # labelled prompts it was trained on
+
+
+@router.get("/admin/router/groups", response_model=list[RouterGroup], responses=responses(401, 503))  # 503: draining
+async def router_groups(request: Request, authorization: str | None = Header(None)):
+    """Per route group: which router artifact scores its prompts and what it does with unfamiliar ones."""
+    ferry = request.app.state.ferry
+    ferry.check_admin(authorization)
+    out = []
+    for group in ferry.catalog.routes:
+        name, scorer = ferry.routing.routers[group.name]
+        meta = getattr(scorer, "meta", {})
+        out.append(RouterGroup(group=group.name, policy=group.policy, router=name, unfamiliar=group.unfamiliar,
+                               trained_on=meta.get("trained_on", []), examples=meta.get("examples")))
+    return out

@@ -72,7 +72,7 @@ class Ticket:
 class Ferry:
     def __init__(self, settings: Settings, billing: Billing, limiter: RateLimiter, router,
                  models: dict[str, ServedModel], catalog: Catalog):
-        self.settings, self.billing, self.limiter, self.router = settings, billing, limiter, router
+        self.settings, self.billing, self.limiter = settings, billing, limiter
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
         self.routing = Routing(catalog, router, models, settings.metrics_tenants)
@@ -158,6 +158,9 @@ class Ferry:
         headers = {**rate_headers, "x-request-id": request_id, "x-ferryman-route": route, "x-ferryman-model": served.name}
         if plan.difficulty is not None:
             headers["x-ferryman-difficulty"] = f"{plan.difficulty:.4f}"
+            headers["x-ferryman-router"] = plan.router
+        if plan.unfamiliar:
+            headers["x-ferryman-unfamiliar"] = "true"
         return Ticket(request_id, principal, served.name, route, plan.difficulty, request, reservation, prompt, plan,
                       headers, served=served)
 

@@ -31,6 +31,8 @@ STRONG_SHARE = Gauge("ferryman_router_strong_share", "Share of the recent window
                      ["group", "tenant"], multiprocess_mode="mostrecent")
 STRONG_TARGET = Gauge("ferryman_router_strong_share_target", "Strongest-tier share the tenant's target asks for",
                       ["group", "tenant"], multiprocess_mode="mostrecent")
+# Prompts unlike anything the group's router was trained on (Router.assess): its score says little about them.
+UNFAMILIAR = Counter("ferryman_router_unfamiliar_total", "Routed prompts unlike the router's training prompts", ["group"])
 # Its _count is the feedback count, _sum / _count the mean; group "" is feedback on a request that named a model;
 # tenant "" is every tenant together (per-tenant series only with FERRYMAN_METRICS_TENANTS=true).
 FEEDBACK = Histogram("ferryman_feedback_score", "Tenant feedback on answers (0..1)", ["group", "tenant"],

@@ -44,6 +44,8 @@ class Plan:
     difficulty: float | None = None
     strongest: str | None = None  # router/cascade: the group's strongest eligible tier, the savings baseline
     cascade_to: str | None = None  # cascade: the tier that answers when the first one is unsure
+    router: str | None = None  # the artifact that scored the prompt (`general`, `bundled`, a path)
+    unfamiliar: bool = False  # the prompt is unlike the router's training prompts
 
     def baseline(self, model: str) -> str | None:
         """The model whose price is `model`'s baseline: the strongest tier, or None (no savings) for the strongest
@@ -51,14 +53,25 @@ class Plan:
         return None if model == self.strongest else self.strongest
 
 
-def router_tier(router, principal, query: str, tiers: list[str], live=None, group: str = "") -> tuple[int, float]:
-    """The router policy: the index of the tier to use and the difficulty score. A router calibrated on as many
-    tiers as the group has steps up one tier per threshold passed; otherwise below the threshold the cheapest tier
-    answers, at or above it the strongest. The step to the strongest tier follows the live window of the group
-    and tenant (classifier/live.py), so the tenant's target holds on the traffic that arrives."""
-    score = router.score(query)
+def router_tier(router, principal, query: str, tiers: list[str], live=None, group: str = "",
+                unfamiliar: str = "score") -> tuple[int, float, bool]:
+    """The router policy: the index of the tier to use, the difficulty score, and whether the prompt is unfamiliar.
+    A router calibrated on as many tiers as the group has steps up one tier per threshold passed; otherwise below
+    the threshold the cheapest tier answers, at or above it the strongest. The step to the strongest tier follows
+    the live window of the group and tenant (classifier/live.py), so the tenant's target holds on the traffic that
+    arrives. An unfamiliar prompt goes where the group's `unfamiliar` says; unless that is `score`, its score, which
+    says little, stays out of the window."""
     if not isinstance(router, Router):  # a stand-in (tests) has one fixed threshold
-        return (len(tiers) - 1 if score >= router.threshold_for(principal.quality_floor, principal.large_share) else 0), score
+        score = router.score(query)
+        return (len(tiers) - 1 if score >= router.threshold_for(principal.quality_floor, principal.large_share) else 0), score, False
+    score, strange = router.assess(query)
+    if strange:
+        metrics.UNFAMILIAR.labels(group).inc()
+    if strange and unfamiliar != "score":
+        index = len(tiers) - 1 if unfamiliar == "strongest" else 0
+        if live is not None:
+            live.record(group, str(principal.tenant_id), index == len(tiers) - 1)
+        return index, score, True
     cuts = router.tier_thresholds(principal.quality_floor, principal.large_share)
     if len(cuts) != len(tiers) - 1:
         cuts = cuts[-1:]
@@ -69,14 +82,28 @@ def router_tier(router, principal, query: str, tiers: list[str], live=None, grou
     index = len(tiers) - 1 if passed == len(cuts) else passed
     if live is not None:
         live.record(group, str(principal.tenant_id), index == len(tiers) - 1)
-    return index, score
+    return index, score, strange
+
+
+def default_router(group: RouteGroup) -> str:
+    """A group that leaves `router` unset: `general`; a cascade, `bundled` (the only shipped artifact calibrated on
+    a small model's confidence)."""
+    return "bundled" if group.policy == "cascade" else "general"
 
 
 class Routing:
     def __init__(self, catalog: Catalog, router, models: dict, tenant_metrics: bool = False):
-        self.catalog, self.router, self.models = catalog, router, models
+        """router: a stand-in for every group's own (tests); None: each group's `router` artifact."""
+        self.catalog, self.models = catalog, models
         self.live = LiveTargets()  # recent scores per route group and tenant: targets hold on live traffic
         self.tenant_metrics = tenant_metrics  # FERRYMAN_METRICS_TENANTS: each tenant's window on /metrics
+        loaded: dict[str, Router] = {}
+        self.routers: dict[str, tuple[str, object]] = {}  # per route group: the artifact's name and the router
+        for g in catalog.routes:
+            name = g.router or default_router(g)
+            if router is None and name not in loaded:
+                loaded[name] = Router.load(name)
+            self.routers[g.name] = ("injected", router) if router is not None else (name, loaded[name])
 
     def visible(self, principal) -> list[str]:
         """Route groups and models the caller may name, groups first."""
@@ -96,10 +123,13 @@ class Routing:
         if group.policy == "fallback":
             return Plan(group.name, self._eligible(group.fallbacks, body))
         tiers = self._eligible(group.tiers, body)
-        plan = Plan(group.name, tiers[:1], strongest=tiers[-1] if group.strongest() else None)
+        plan = Plan(group.name, tiers[:1], strongest=tiers[-1] if group.strongest() else None,
+                    router=self.routers[group.name][0])
         if group.policy == "router" and len(tiers) > 1:
-            index, plan.difficulty = router_tier(self.router, principal, query, tiers, self.live, group.name)
-            if self.tenant_metrics and isinstance(self.router, Router):
+            scorer = self.routers[group.name][1]
+            index, plan.difficulty, plan.unfamiliar = router_tier(scorer, principal, query, tiers, self.live,
+                                                                  group.name, group.unfamiliar)
+            if self.tenant_metrics and isinstance(scorer, Router):
                 window = self.live.window(group.name, str(principal.tenant_id))
                 metrics.router_window(group.name, principal.tenant_name, window)
             plan.order = [tiers[index]]
@@ -161,7 +191,7 @@ class Routing:
         """Whether a cascade's first try, whole, is too unsure to keep: asked as it settles, so that its record
         already says so."""
         p = ticket.principal
-        return self.router.cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share)
+        return self.routers[ticket.plan.group][1].cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share)
 
     async def _first_available(self, plan: Plan, order: list[str], attempt, cascade=False, escalated=False):
         failed: list[str] = []

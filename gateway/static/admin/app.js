@@ -795,13 +795,15 @@ function stopLive() {
 
 async function pollLive() {
   try {
-    const [live, targets] = await Promise.all([getJSON("/admin/live"), getJSON("/admin/router/targets")]);
+    const [live, targets, groups] = await Promise.all([getJSON("/admin/live"), getJSON("/admin/router/targets"),
+      getJSON("/admin/router/groups")]);
     if (targets.some((t) => !(t.tenant_id in tenantNames))) {
       tenantNames = Object.fromEntries((await getJSON("/admin/tenants")).map((t) => [String(t.id), t.name]));
     }
     $("#live-error").textContent = "";
     renderLive(live);
     renderTargets(targets);
+    renderRouters(groups);
   } catch (e) {
     $("#live-error").textContent = e.message;
   }
@@ -827,6 +829,13 @@ function renderLive(live) {
     $("#engine-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" },
       "No in-process engine: remote replicas report on their own /metrics.")));
   }
+}
+
+function renderRouters(groups) {
+  $("#router-groups tbody").replaceChildren(...groups.map((g) => h("tr", { dataset: { group: g.group } },
+    h("td", {}, h("b", {}, g.group)), h("td", {}, g.policy), h("td", { class: "router" }, g.router),
+    h("td", { class: "unfamiliar" }, g.unfamiliar),
+    h("td", {}, g.trained_on.length ? `${g.trained_on.join(", ")} (${count(g.examples)} prompts)` : "–"))));
 }
 
 function renderTargets(targets) {
