@@ -306,7 +306,7 @@ is 0.500. The general recipe beats the peer on {wins} of {len(summary)} folds.
 **Learning a tenant's kind of traffic.** Start from the general recipe without a source, add n labelled prompts
 of it (as `ferryman router label` or `--from-ledger` feedback would give), refit, and score the source's prompts
 that were not added (a fixed test set per repeat: what is left after the largest pool; AlpacaEval-dev has 415
-prompts, so its pool stops at 300). Median (min-max) of {REPEATS} repeats with different draws. "alone" fits the
+prompts and keeps 100 for testing, so its steps stop at 200). Median (min-max) of {REPEATS} repeats with different draws. "alone" fits the
 same recipe on the n labels only. Features, folds and the learning curve took {took:.0f} s.
 
 {table(["source", "labels added", "test prompts", "APGR general + labels", "APGR labels alone"], curve_rows)}
