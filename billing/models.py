@@ -139,3 +139,29 @@ budget_alerts = Table(
     Column("sent_at", DateTime),
     UniqueConstraint("budget_id", "period_key", name="uq_budget_alerts_period"),
 )
+
+# People's keys to the admin API, one role each. Only the sha256 is stored; revoked keys stay, since the audit log
+# names them.
+admin_keys = Table(
+    "admin_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),  # who, in the audit log
+    Column("role", String(16), nullable=False),  # admin | operator | finance (billing.admins.ROLES)
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_prefix", String(16), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked_at", DateTime),
+)
+
+# Every change an operator (or the gateway at start) made: append-only, which the migration's triggers enforce.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("actor", String(160), nullable=False),  # an admin key's name, "env:FERRYMAN_ADMIN_KEY", "cli:<user>", ...
+    Column("actor_role", String(16), nullable=False),  # admin | operator | finance | system
+    Column("action", String(32), nullable=False),  # "tenant.create", "price.set", "admin_key.revoke", ...
+    Column("target", String(160), nullable=False),  # "tenant:3", "price:ferryman-small", ...
+    Column("before", JSON),  # the fields that changed, as they were (NULL: created)
+    Column("after", JSON),  # ... and as they are now (NULL: deleted)
+)

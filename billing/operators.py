@@ -1,7 +1,8 @@
 """The operator's side of the ledger: tenants, API keys, budgets and prices (create, read, update, revoke).
 
 Every refusal is a ValueError (bad input) or a LookupError (no such row), written for the operator to read;
-nothing an operator types can reach the database in a shape it rejects (NUL bytes, ids past the columns)."""
+nothing an operator types can reach the database in a shape it rejects (NUL bytes, ids past the columns).
+Every change is written to the audit log, as `actor`'s, in the change's own transaction (billing.audit)."""
 from __future__ import annotations
 
 import secrets
@@ -14,6 +15,8 @@ from sqlalchemy import Engine, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from billing import audit
+from billing.audit import SYSTEM, Actor
 from billing.auth import hash_key
 from billing.ledger import open_period
 from billing.rules import period_key
@@ -30,10 +33,15 @@ DEMO_KEY_DAYS = 7  # each `serve` prints a fresh demo key; old ones lapse instea
 
 
 class Operators:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime], on_change: Callable[[], None]):
+    def __init__(self, engine: Engine, clock: Callable[[], datetime], on_change: Callable[[], None],
+                 actor: Actor = SYSTEM):
         """`on_change` drops the caches of keys and prices, so an edit shows on this replica at once."""
-        self.engine, self.clock, self.on_change = engine, clock, on_change
+        self.engine, self.clock, self.on_change, self.actor = engine, clock, on_change, actor
         self._upsert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+    def acting(self, actor: Actor) -> Operators:
+        """The same operations, recorded in the audit log as `actor`'s."""
+        return Operators(self.engine, self.clock, self.on_change, actor)
 
     # --- tenants ---------------------------------------------------------------------------------
 
@@ -45,12 +53,13 @@ class Operators:
                 tenant_id = conn.execute(tenants.insert().values(
                     name=name, created_at=self.clock(), **{"priority": "standard", **values}
                 ).returning(tenants.c.id)).scalar_one()
+                self._audit(conn, "tenant.create", tenants, tenant_id, None, self._row(conn, tenants, tenant_id))
         except IntegrityError:
             raise ValueError(f"a tenant named '{name}' already exists") from None
         return self.tenant(tenant_id)
 
     def update_tenant(self, tenant_id: int, **fields) -> dict:
-        self._update(tenants, tenant_id, _tenant_fields(fields))
+        self._update(tenants, tenant_id, _tenant_fields(fields), "tenant.update")
         return self.tenant(tenant_id)
 
     def tenant(self, tenant_id: int) -> dict:
@@ -81,6 +90,7 @@ class Operators:
             key_id = conn.execute(api_keys.insert().values(
                 tenant_id=tenant_id, name=name, key_hash=hash_key(secret), key_prefix=secret[:10],
                 expires_at=expires_at, created_at=self.clock(), **values).returning(api_keys.c.id)).scalar_one()
+            self._audit(conn, "key.create", api_keys, key_id, None, self._row(conn, api_keys, key_id))
         return secret, self.key(key_id)
 
     def key(self, key_id: int) -> dict:
@@ -94,11 +104,11 @@ class Operators:
         values = _limit_fields({k: v for k, v in fields.items() if k != "expires_at"})
         if "expires_at" in fields:
             values["expires_at"] = fields["expires_at"]
-        self._update(api_keys, key_id, values)
+        self._update(api_keys, key_id, values, "key.update")
         return self.key(key_id)
 
     def revoke_key(self, key_id: int) -> dict:
-        self._update(api_keys, key_id, {"revoked_at": self.clock()})
+        self._update(api_keys, key_id, {"revoked_at": self.clock()}, "key.revoke")
         return self.key(key_id)
 
     def issue_demo_key(self) -> str:
@@ -133,6 +143,7 @@ class Operators:
             budget_id, was = conn.execute(select(budgets.c.id, budgets.c.period).where(
                 budgets.c.tenant_id == tenant_id,
                 budgets.c.key_id.is_(None) if key_id is None else budgets.c.key_id == key_id)).first() or (None, None)
+            before = None if budget_id is None else self._row(conn, budgets, budget_id)
             if budget_id is None:
                 budget_id = conn.execute(budgets.insert().values(
                     tenant_id=tenant_id, key_id=key_id, created_at=self.clock(), **values
@@ -141,13 +152,16 @@ class Operators:
                 conn.execute(update(budgets).where(budgets.c.id == budget_id).values(**values))
             # Its period's counters start now, at what that period's records already spent.
             open_period(conn, budget_id, period_key(period, self.clock()), recount=was not in (None, period))
+            self._audit(conn, "budget.set", budgets, budget_id, before, self._row(conn, budgets, budget_id))
         self.on_change()
         return next(b for b in self.list_budgets(tenant_id) if b["id"] == budget_id)
 
     def delete_budget(self, budget_id: int) -> None:
         self._get(budgets, budget_id)
         with self.engine.begin() as conn:
+            before = self._row(conn, budgets, budget_id)
             conn.execute(delete(budgets).where(budgets.c.id == budget_id))
+            self._audit(conn, "budget.delete", budgets, budget_id, before, None)
         self.on_change()
 
     def list_budgets(self, tenant_id: int | None = None) -> list[dict]:
@@ -201,8 +215,12 @@ class Operators:
             raise ValueError("a GPU-hour price needs whole, non-negative micro-USD")
         values = {**asdict(Price(model, *amounts, gpu_hour_micros)), "updated_at": self.clock()}
         with self.engine.begin() as conn:
+            before = conn.execute(select(prices).where(prices.c.model == model)).first()
             conn.execute(self._upsert(prices).values(**values).on_conflict_do_update(
                 index_elements=["model"], set_={k: v for k, v in values.items() if k != "model"}))
+            # the same price written again (the catalog's, at each start) is no change
+            audit.record(conn, self.actor, values["updated_at"], "price.set", f"price:{model}",
+                         before and _price_fields(before._asdict()), _price_fields(values))
         self.on_change()
         return values
 
@@ -221,7 +239,10 @@ class Operators:
         now = self.clock()
         with self.engine.begin() as conn:
             for p in DEFAULT_PRICES:
-                conn.execute(self._upsert(prices).values(**asdict(p), updated_at=now).on_conflict_do_nothing())
+                added = conn.execute(self._upsert(prices).values(**asdict(p), updated_at=now)
+                                     .on_conflict_do_nothing().returning(prices.c.model)).first()
+                if added:
+                    audit.record(conn, self.actor, now, "price.set", f"price:{p.model}", None, _price_fields(asdict(p)))
         self.on_change()
 
     def list_prices(self) -> list[dict]:
@@ -242,12 +263,27 @@ class Operators:
         with self.engine.connect() as conn:
             return [row._asdict() for row in conn.execute(query)]
 
-    def _update(self, table, row_id: int, values: dict) -> None:
+    def _update(self, table, row_id: int, values: dict, action: str) -> None:
         self._get(table, row_id)
         if values:
             with self.engine.begin() as conn:
+                before = self._row(conn, table, row_id)
                 conn.execute(update(table).where(table.c.id == row_id).values(**values))
+                self._audit(conn, action, table, row_id, before, self._row(conn, table, row_id))
         self.on_change()
+
+    @staticmethod
+    def _row(conn, table, row_id: int) -> dict:
+        """A row as the audit log shows it: never a key's hash."""
+        return conn.execute(select(*[c for c in table.c if c.name != "key_hash"]).where(table.c.id == row_id)).one()._asdict()
+
+    def _audit(self, conn, action: str, table, row_id: int, before: dict | None, after: dict | None) -> None:
+        target = {"tenants": "tenant", "api_keys": "key", "budgets": "budget"}[table.name]
+        audit.record(conn, self.actor, self.clock(), action, f"{target}:{row_id}", before, after)
+
+
+def _price_fields(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("model", "updated_at")}
 
 
 def _name(value, what: str) -> str:

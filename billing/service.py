@@ -5,17 +5,23 @@
   (`billing.ledger.SqlLedger`) or holds in Redis (`billing.redis_ledger.RedisLedger`); the rules in billing.rules
 - the same calls, synchronous, for operator commands and tests (`reserve`, `settle`, ...: run on a private loop)
 - the operator's CRUD: `billing.operators.Operators` (tenants, keys, budgets, prices)
+- people's admin keys and their roles: `billing.admins.Admins`; every change above in `billing.audit`
 - reports: `billing.reports` (usage records, grouped reports, ledger totals)
 """
 from __future__ import annotations
 
 import asyncio
 import threading
+import copy
 import time
 from datetime import datetime
 from typing import Callable
 
 from sqlalchemy import update
+
+from billing import audit
+from billing.admins import Admins
+from billing.audit import SYSTEM, Actor
 
 from billing.auth import Keys
 from billing.db import make_engine, upgrade
@@ -45,11 +51,15 @@ class Billing:
         self.operators = Operators(self.engine, clock, on_change=self._invalidate)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        self.admins = Admins(self.engine, clock)
+        self.actor = SYSTEM
         # The gateway's path.
         self.authenticate = self.keys.authenticate
         self.price = self.ledger.prices
-        # The operator's.
-        ops = self.operators
+        self._expose(self.operators)
+
+    def _expose(self, ops: Operators) -> None:
+        """The operator's calls, as methods of this handle."""
         self.create_tenant, self.update_tenant, self.tenant = ops.create_tenant, ops.update_tenant, ops.tenant
         self.tenant_by_name, self.list_tenants = ops.tenant_by_name, ops.list_tenants
         self.create_key, self.key, self.list_keys = ops.create_key, ops.key, ops.list_keys
@@ -59,6 +69,17 @@ class Billing:
         self.claim_alerts, self.mark_alert_sent = ops.claim_alerts, ops.mark_alert_sent
         self.set_price, self.set_prices_from_catalog = ops.set_price, ops.set_prices_from_catalog
         self.list_prices, self.ensure_admin_defaults = ops.list_prices, ops.ensure_default_prices
+
+    def acting(self, actor: Actor) -> Billing:
+        """This ledger with every change recorded in the audit log as `actor`'s (a shallow copy: same engine)."""
+        view = copy.copy(self)
+        view.actor, view.operators, view.admins = actor, self.operators.acting(actor), self.admins.acting(actor)
+        view._expose(view.operators)
+        return view
+
+    def audit(self, **filters) -> list[dict]:
+        """Audit entries, newest first (billing.audit.entries' filters)."""
+        return audit.entries(self.engine, **filters)
 
     def create_schema(self) -> None:
         """Bring the database to the newest schema. Migrations, not create_all, so that a database made

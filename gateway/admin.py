@@ -1,5 +1,5 @@
-"""Admin REST API (admin key only): tenants, keys, budgets, prices, usage, reports. Plus `GET /v1/usage`,
-where a tenant's own key reads its own usage and nothing else.
+"""Admin REST API (admin keys, each route open to the roles of gateway/admin_access.py): tenants, keys, budgets,
+prices, usage, reports. Plus `GET /v1/usage`, where a tenant's own key reads its own usage and nothing else.
 
 Bodies in and out are pydantic models (Base -> Create / Update / Public, as in FastAPI's full-stack template);
 each route's OpenAPI entry lists the error statuses it really answers. Routes are plain `def`s: FastAPI runs
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
@@ -23,6 +23,7 @@ from billing import Billing
 from billing.operators import MAX_ID, MAX_LIMIT, MAX_MICROS
 from billing.reports import to_csv, totals
 from gateway import metrics
+from gateway.admin_access import AnyRole, Finance, Operator
 from gateway.errors import APIError, invalid, responses
 
 router = APIRouter()
@@ -35,9 +36,10 @@ TenantFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Priority = Literal["interactive", "standard", "batch"]
 
-READ = responses(401, 503)  # every admin route: the admin key, and the ledger being reachable
-WRITE = responses(400, 401, 404, 503)
-ONE = responses(400, 401, 404, 503)  # a path id: out of range (400) or unknown (404)
+READ = responses(401, 403, 503)  # every admin route: an admin key, a role it allows, and the ledger reachable
+WRITE = responses(400, 401, 403, 404, 503)
+ONE = responses(400, 401, 403, 404, 503)  # a path id: out of range (400) or unknown (404)
+LIST = responses(400, 401, 403, 503)
 
 
 # --- tenants ---------------------------------------------------------------------------------------
@@ -214,15 +216,6 @@ class OwnUsage(BaseModel):
     records: list[UsageRecordPublic]
 
 
-def admin_billing(request: Request, authorization: str | None = Header(None)) -> Billing:
-    ferry = request.app.state.ferry
-    ferry.check_admin(authorization)
-    return ferry.billing
-
-
-Admin = Annotated[Billing, Depends(admin_billing)]
-
-
 @contextmanager
 def answers():
     """Billing's refusals as OpenAI-shaped errors: bad input 400, unknown id 404."""
@@ -243,31 +236,31 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 # --- tenants and keys ----------------------------------------------------------------------------
 
-@router.post("/admin/tenants", status_code=201, responses=responses(400, 401, 503))
-def create_tenant(body: TenantCreate, billing: Admin) -> TenantPublic:
+@router.post("/admin/tenants", status_code=201, responses=LIST)
+def create_tenant(body: TenantCreate, billing: Operator) -> TenantPublic:
     with answers():
         return billing.create_tenant(**body.model_dump())
 
 
 @router.get("/admin/tenants", responses=READ)
-def list_tenants(billing: Admin) -> list[TenantPublic]:
+def list_tenants(billing: AnyRole) -> list[TenantPublic]:
     return billing.list_tenants()
 
 
 @router.get("/admin/tenants/{tenant_id}", responses=ONE)
-def get_tenant(tenant_id: RowId, billing: Admin) -> TenantPublic:
+def get_tenant(tenant_id: RowId, billing: AnyRole) -> TenantPublic:
     with answers():
         return billing.tenant(tenant_id)
 
 
 @router.patch("/admin/tenants/{tenant_id}", responses=WRITE)
-def update_tenant(tenant_id: RowId, body: TenantUpdate, billing: Admin) -> TenantPublic:
+def update_tenant(tenant_id: RowId, body: TenantUpdate, billing: Operator) -> TenantPublic:
     with answers():
         return billing.update_tenant(tenant_id, **body.model_dump(exclude_unset=True))
 
 
 @router.post("/admin/tenants/{tenant_id}/keys", status_code=201, responses=WRITE)
-def create_key(tenant_id: RowId, body: KeyCreate, billing: Admin) -> KeyCreated:
+def create_key(tenant_id: RowId, body: KeyCreate, billing: Operator) -> KeyCreated:
     """The secret is in the answer this once; only its hash is kept."""
     fields = body.model_dump()
     name, fields["expires_at"] = fields.pop("name"), _utc(fields["expires_at"])
@@ -277,14 +270,14 @@ def create_key(tenant_id: RowId, body: KeyCreate, billing: Admin) -> KeyCreated:
 
 
 @router.get("/admin/tenants/{tenant_id}/keys", responses=ONE)
-def list_keys(tenant_id: RowId, billing: Admin) -> list[KeyPublic]:
+def list_keys(tenant_id: RowId, billing: Operator) -> list[KeyPublic]:
     with answers():
         billing.tenant(tenant_id)
     return billing.list_keys(tenant_id)
 
 
 @router.patch("/admin/keys/{key_id}", responses=WRITE)
-def update_key(key_id: RowId, body: KeyUpdate, billing: Admin) -> KeyPublic:
+def update_key(key_id: RowId, body: KeyUpdate, billing: Operator) -> KeyPublic:
     fields = body.model_dump(exclude_unset=True)
     if "expires_at" in fields:
         fields["expires_at"] = _utc(fields["expires_at"])
@@ -293,7 +286,7 @@ def update_key(key_id: RowId, body: KeyUpdate, billing: Admin) -> KeyPublic:
 
 
 @router.delete("/admin/keys/{key_id}", responses=ONE)
-def revoke_key(key_id: RowId, billing: Admin) -> KeyPublic:
+def revoke_key(key_id: RowId, billing: Operator) -> KeyPublic:
     """Revoked at once on this replica, within the key cache's few seconds on the others."""
     with answers():
         return billing.revoke_key(key_id)
@@ -302,50 +295,50 @@ def revoke_key(key_id: RowId, billing: Admin) -> KeyPublic:
 # --- budgets, prices -----------------------------------------------------------------------------
 
 @router.put("/admin/budgets", responses=WRITE)
-def set_budget(body: BudgetSet, billing: Admin) -> BudgetPublic:
+def set_budget(body: BudgetSet, billing: Operator) -> BudgetPublic:
     with answers():
         return billing.set_budget(**body.model_dump())
 
 
-@router.get("/admin/budgets", responses=responses(400, 401, 503))
-def list_budgets(billing: Admin, tenant_id: TenantFilter = None) -> list[BudgetPublic]:
+@router.get("/admin/budgets", responses=LIST)
+def list_budgets(billing: AnyRole, tenant_id: TenantFilter = None) -> list[BudgetPublic]:
     return billing.list_budgets(tenant_id)
 
 
 @router.delete("/admin/budgets/{budget_id}", status_code=204, responses=ONE)
-def delete_budget(budget_id: RowId, billing: Admin) -> None:
+def delete_budget(budget_id: RowId, billing: Operator) -> None:
     with answers():
         billing.delete_budget(budget_id)
 
 
-@router.get("/admin/alerts", responses=responses(400, 401, 503))
-def list_alerts(billing: Admin, tenant_id: TenantFilter = None) -> list[AlertPublic]:
+@router.get("/admin/alerts", responses=LIST)
+def list_alerts(billing: AnyRole, tenant_id: TenantFilter = None) -> list[AlertPublic]:
     return billing.list_alerts(tenant_id)
 
 
 @router.get("/admin/prices", responses=READ)
-def list_prices(billing: Admin) -> list[PricePublic]:
+def list_prices(billing: AnyRole) -> list[PricePublic]:
     return billing.list_prices()
 
 
-@router.put("/admin/prices/{model}", responses=responses(400, 401, 503))
-def set_price(model: str, body: PriceSet, billing: Admin) -> PricePublic:
+@router.put("/admin/prices/{model}", responses=LIST)
+def set_price(model: str, body: PriceSet, billing: Operator) -> PricePublic:
     with answers():
         return billing.set_price(model, **body.model_dump(exclude_unset=True))  # no gpu_hour_micros: kept
 
 
 # --- usage and reports ---------------------------------------------------------------------------
 
-@router.get("/admin/usage", responses=responses(400, 401, 503))
-def usage(billing: Admin, tenant_id: TenantFilter = None, since: date | None = None, until: date | None = None,
+@router.get("/admin/usage", responses=LIST)
+def usage(billing: Finance, tenant_id: TenantFilter = None, since: date | None = None, until: date | None = None,
           limit: int = Query(100, ge=1, le=10_000)) -> list[UsageRecordPublic]:
     return billing.usage(tenant_id, _day(since), _day(until), limit)
 
 
 @router.get("/admin/reports/usage", response_model=None, responses={
-    **responses(400, 401, 503), 200: {"model": UsageReport, "content": {"text/csv": {}},
+    **LIST, 200: {"model": UsageReport, "content": {"text/csv": {}},
                                       "description": "JSON, or CSV with format=csv"}})
-def usage_report(billing: Admin, group_by: str = "tenant,model,day", since: date | None = None,
+def usage_report(billing: Finance, group_by: str = "tenant,model,day", since: date | None = None,
                  until: date | None = None, tenant_id: TenantFilter = None,
                  format: Literal["json", "csv"] = "json") -> UsageReport | PlainTextResponse:
     """Cost, tokens, requests and savings against each record's baseline, per tenant / model / day (or any subset)."""
@@ -390,7 +383,7 @@ class SpendRow(BaseModel):
 
 
 @router.get("/admin/spend", responses=READ)
-def spend(billing: Admin) -> list[SpendRow]:
+def spend(billing: Finance) -> list[SpendRow]:
     """Each tenant's spend in its budget's current period (this month when it has none), beside that budget."""
     budgets = {b["tenant_id"]: b for b in billing.list_budgets() if b["key_id"] is None}
     today = billing.clock().date()
@@ -485,7 +478,7 @@ class LiveView(BaseModel):
 
 
 @router.get("/admin/live", responses=READ)
-async def live(request: Request, _: Admin) -> LiveView:
+async def live(request: Request, _: Operator) -> LiveView:
     """Requests/s, p95 latency and error share over the last seconds, and each in-process engine's KV cache
     usage and queue, read from the gateway's own metrics."""
     state = request.app.state

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
+from gateway import admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
 from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
@@ -70,15 +70,17 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.include_router(openai_api.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
+    app.include_router(admin_access.router)
     app.include_router(admin_ui.router)
     app.include_router(health.router)
     api_docs.install(app, openai_api.BODIES)
 
-    @app.get("/metrics", responses=errors.responses(401))
-    async def prometheus_metrics(authorization: str | None = Header(None)):
-        """Closed like the admin API: the admin key, or FERRYMAN_METRICS_KEY for the monitoring."""
+    @app.get("/metrics", responses=errors.responses(401, 403))
+    async def prometheus_metrics(request: Request, authorization: str | None = Header(None)):
+        """Closed like the admin API: an admin or operator key, or FERRYMAN_METRICS_KEY for the monitoring."""
         if not (settings.metrics_key and bearer_is(authorization, settings.metrics_key)):
-            app.state.ferry.check_admin(authorization)
+            ferry = app.state.ferry
+            admin_access.check_role(await ferry.ledger(ferry.admin_actor, authorization), ("operator",), request)
         return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import sys
 from pathlib import Path
@@ -79,12 +78,11 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
         sys.exit(f"ferryman: {reason}")
     if reason := _cannot_bind(settings.host, settings.port):  # before any model loads or a demo key is minted
         sys.exit(f"ferryman: cannot listen on {settings.host}:{settings.port}: {reason}")
-    settings.admin_key = settings.admin_key or "fm-admin-" + secrets.token_urlsafe(24)
-    demo_key = _demo_key(settings)
+    minted, demo_key = _start_keys(settings)
     if workers > 1:
-        _banner(settings, demo_key)
+        _banner(settings, minted, demo_key)
         return workers_.serve(settings, workers)
-    app = create_app(settings, catalog=catalog, on_ready=lambda: _banner(settings, demo_key))
+    app = create_app(settings, catalog=catalog, on_ready=lambda: _banner(settings, minted, demo_key))
     serve_draining(app, settings.host, settings.port)
 
 
@@ -120,23 +118,29 @@ def config_check(file: Path = typer.Argument(..., help="A model catalog YAML fil
     typer.echo(f"{file}: ok ({len(catalog.models)} models, {len(catalog.routes)} route groups)")
 
 
-def _demo_key(settings: Settings) -> str:
-    """A fresh key for the demo tenant, so the printed curl works. It expires after a week; other replicas'
-    demo keys on a shared database keep working."""
+def _start_keys(settings: Settings) -> tuple[str | None, str]:
+    """The bootstrap admin key if this start minted it (FERRYMAN_ADMIN_KEY unset and the ledger never had an admin
+    key: later starts keep that one), and a fresh key for the demo tenant, so the printed curl works. The demo key
+    expires after a week; other replicas' demo keys on a shared database keep working."""
     from billing import Billing
 
     billing = Billing(settings.database_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
-    return billing.issue_demo_key()
+    minted = None if settings.admin_key else billing.admins.mint_bootstrap()
+    return minted, billing.issue_demo_key()
 
 
-def _banner(settings: Settings, demo_key: str) -> None:
+def _banner(settings: Settings, minted: str | None, demo_key: str) -> None:
     url = f"http://{settings.host}:{settings.port}"
+    # a key the operator set is theirs to know: never echoed to a terminal or a log
+    admin = (f"{minted}   (new: shown this once, stored only as a hash)" if minted
+             else "FERRYMAN_ADMIN_KEY" if settings.admin_key
+             else "as printed at the first start (`ferryman admin-keys create NAME --role admin` issues another)")
     typer.echo(f"""
 Ferryman gateway on {url}
-  admin page:            {url}/admin   (sign in with the admin key)
-  admin key (this run):  {settings.admin_key}
+  admin page:            {url}/admin   (sign in with an admin key)
+  admin key:             {admin}
   demo tenant API key:   {demo_key}
 
 Try it:

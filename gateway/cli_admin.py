@@ -1,17 +1,20 @@
 """Operator commands: `ferryman db`, `ferryman tenants`, `ferryman keys`, `ferryman prices`, `ferryman report`,
-`ferryman ledger check`.
+`ferryman ledger check`, `ferryman admin-keys`, `ferryman audit`.
 
-They talk to the ledger directly (FERRYMAN_DATABASE_URL), so they work with or without a running gateway.
+They talk to the ledger directly (FERRYMAN_DATABASE_URL), so they work with or without a running gateway; whoever
+can reach the database can do everything, so their changes are in the audit log as "cli:<os user>", role admin.
 """
 from __future__ import annotations
 
+import getpass
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import typer
 
-from billing import Billing
+from billing import Billing, audit
+from billing.audit import Actor
 from billing.pricing import micros, usd
 from billing.reports import GROUPS, to_csv, totals
 from gateway.config import Settings
@@ -21,6 +24,8 @@ tenants_app = typer.Typer(help="Tenants and their budgets.", no_args_is_help=Tru
 keys_app = typer.Typer(help="API keys: issue, list, revoke.", no_args_is_help=True)
 prices_app = typer.Typer(help="Prices per model, in USD per 1M tokens.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The ledger itself: reconciliation.", no_args_is_help=True)
+admin_keys_app = typer.Typer(help="People's keys to the admin API and page, one role each: admin, operator, finance.",
+                             no_args_is_help=True)
 
 URL = typer.Option(None, "--database-url", help="Ledger URL (default: FERRYMAN_DATABASE_URL or the SQLite file)")
 
@@ -29,7 +34,14 @@ def ledger(url: str | None) -> Billing:
     billing = Billing(url or Settings().database_url)
     billing.create_schema()
     billing.ensure_admin_defaults()
-    return billing
+    return billing.acting(Actor(f"cli:{_os_user()}", "admin"))
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        return "unknown"
 
 
 def fail(message: str) -> None:
@@ -279,6 +291,70 @@ def ledger_check(url: str = URL) -> None:
     typer.echo("the ledger reconciles: every budget counter, report and CSV equals its records to the micro-dollar")
 
 
+# --- admin keys and the audit log --------------------------------------------------------------------
+
+@admin_keys_app.command("create")
+def admin_keys_create(name: str = typer.Argument(..., help="Who holds it: the name the audit log shows"),
+                      role: str = typer.Option(..., help="admin | operator | finance"), url: str = URL) -> None:
+    """Issue a person's admin key; the secret is printed this once (only its hash is kept)."""
+    try:
+        secret, key = ledger(url).admins.create(name, role)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"admin key {key['id']} for {key['name']} ({key['role']}): {secret}")
+
+
+@admin_keys_app.command("list")
+def admin_keys_list(url: str = URL) -> None:
+    """Every admin key, revoked ones too (the audit log names them)."""
+    show(ledger(url).admins.list(), ["id", "name", "role", "key_prefix", "created_at", "revoked_at"])
+
+
+@admin_keys_app.command("revoke")
+def admin_keys_revoke(key: str = typer.Argument(..., help="The key's name, or its id"), url: str = URL) -> None:
+    """Refused from the next request on, on every gateway."""
+    admins = ledger(url).admins
+    try:
+        revoked = admins.revoke(key)
+    except LookupError as exc:
+        if not key.isdigit():
+            fail(str(exc))
+        try:
+            revoked = admins.revoke(int(key))
+        except LookupError:
+            fail(f"no admin key named or numbered {key!r} (see `ferryman admin-keys list`)")
+    typer.echo(f"admin key {revoked['id']} ({revoked['name']}, {revoked['role']}) revoked")
+
+
+def audit_log(actor: str = typer.Option(None, help="Only this actor: an admin key's name, cli:<user>, ..."),
+              action: str = typer.Option(None, help="One action (tenant.update) or a kind (tenant)"),
+              target: str = typer.Option(None, help="Only this object, e.g. tenant:3 or price:ferryman-small"),
+              since: datetime = typer.Option(None, formats=["%Y-%m-%d"], help="First UTC day"),
+              until: datetime = typer.Option(None, formats=["%Y-%m-%d"], help="Last UTC day"),
+              limit: int = typer.Option(50, min=1, help="Newest entries shown (csv: every entry that matches)"),
+              format: str = typer.Option("table", help="table | csv"),
+              output: Path = typer.Option(None, help="Write to this file instead of the terminal"),
+              url: str = URL) -> None:
+    """Who changed what, from what to what, and when: newest first."""
+    if format not in ("table", "csv"):
+        fail("format must be table or csv")
+    rows = ledger(url).audit(actor=actor, action=action, target=target, since=_date(since), until=_date(until),
+                             limit=None if format == "csv" else limit)
+    text = audit.to_csv(rows) if format == "csv" else aligned(
+        [{**r, "when": r["created_at"].isoformat(" ", "seconds"), "before": audit.json_text(r["before"]),
+          "after": audit.json_text(r["after"])} for r in rows],
+        ["id", "when", "actor", "actor_role", "action", "target", "before", "after"])
+    if output:
+        output.write_text(text)
+        typer.echo(f"wrote {len(rows)} entries to {output}")
+    else:
+        typer.echo(text.rstrip())
+
+
+def _date(moment: datetime | None) -> date | None:
+    return moment.date() if moment else None
+
+
 def install(app: typer.Typer) -> None:
     """Add the operator commands to the `ferryman` command line."""
     app.add_typer(db_app, name="db")
@@ -287,3 +363,5 @@ def install(app: typer.Typer) -> None:
     app.add_typer(prices_app, name="prices")
     app.add_typer(ledger_app, name="ledger")
     app.command("report")(report)
+    app.add_typer(admin_keys_app, name="admin-keys")
+    app.command("audit")(audit_log)

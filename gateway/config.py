@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     max_content_parts: int = Field(2048, ge=1)  # content parts across all messages
     max_prompt_token_ids: int = Field(131_072, ge=1)  # a /v1/completions prompt given as token ids
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
-    admin_key: str | None = None  # when unset, `serve` mints one per start and prints it
+    admin_key: str | None = None  # the bootstrap admin; unset: `serve` mints one into the ledger once and prints it
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).
     metrics_key: str | None = None
     metrics_tenants: bool = False  # per-tenant series (router share, feedback) on /metrics, labelled by tenant name

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from billing.models import usage_records
 from gateway import metrics
+from gateway.admin_access import Operator
 from gateway.errors import APIError, responses
 
 router = APIRouter()
@@ -78,11 +79,11 @@ class RouterTarget(BaseModel):
     feedback_count: int  # grades behind it
 
 
-@router.get("/admin/router/targets", response_model=list[RouterTarget], responses=responses(401, 503))  # 503: draining
-async def router_targets(request: Request, authorization: str | None = Header(None)):
+@router.get("/admin/router/targets", response_model=list[RouterTarget],
+            responses=responses(401, 403, 503))  # 503: draining
+async def router_targets(request: Request, _: Operator):
     """Per route group and tenant, this replica's window: does it hold the tenant's target, what do tenants say."""
     ferry = request.app.state.ferry
-    ferry.check_admin(authorization)
     return [RouterTarget(group=g, tenant_id=t, target_share=w.target, realised_share=w.realised_share(),
                          window=len(w.scores), feedback_quality=w.feedback_quality(), feedback_count=len(w.feedback))
             for (g, t), w in list(ferry.routing.live.windows.items())]

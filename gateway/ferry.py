@@ -18,6 +18,8 @@ import anyio
 
 from backends.base import BackendRejected, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
 from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation, UnknownPrice
+from billing.admins import PREFIX as ADMIN_PREFIX
+from billing.audit import Actor
 from gateway import metrics
 from gateway.catalog import Catalog
 from gateway.config import Settings
@@ -28,6 +30,7 @@ from gateway.schemas import ChatCompletionRequest, SamplingFields
 from gateway.served import Prompt, ServedModel, last_user_turn
 
 PRIORITY = {"interactive": 0, "standard": 1, "batch": 2}
+ENV_ADMIN = Actor("env:FERRYMAN_ADMIN_KEY", "admin")
 INLINE_BYTES = 32 * 1024  # inputs larger than this are rendered and scored off the event loop
 
 
@@ -98,9 +101,16 @@ class Ferry:
             raise APIError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         return principal
 
-    def check_admin(self, authorization: str | None) -> None:
-        if not bearer_is(authorization, self.settings.admin_key):
-            raise APIError(401, "This endpoint needs the admin key.", "invalid_request_error", "invalid_api_key")
+    def admin_actor(self, authorization: str | None) -> Actor:
+        """Who holds this admin key: FERRYMAN_ADMIN_KEY (the bootstrap admin, never stored), or a person's key in
+        the ledger (read on every call, so a revocation holds at once on every replica). Blocking."""
+        if bearer_is(authorization, self.settings.admin_key):
+            return ENV_ADMIN
+        key = _bearer(authorization)
+        actor = self.billing.admins.authenticate(key) if key and key.startswith(ADMIN_PREFIX) else None
+        if actor is None:
+            raise APIError(401, "This endpoint needs an admin key.", "invalid_request_error", "invalid_api_key")
+        return actor
 
     # --- routing and admission -----------------------------------------------------------------
 

@@ -42,7 +42,9 @@ def serve(settings: Settings, workers: int) -> None:
     Metrics: each worker writes its samples to files in one directory (prometheus_client's multiprocess mode,
     chosen by PROMETHEUS_MULTIPROC_DIR when a worker imports it), and any worker's /metrics sums them all; a
     restarted worker's counters keep what the dead one had counted."""
-    os.environ.update({"FERRYMAN_ADMIN_KEY": settings.admin_key, "FERRYMAN_DATABASE_URL": settings.database_url})
+    os.environ["FERRYMAN_DATABASE_URL"] = settings.database_url
+    if settings.admin_key:  # else the workers know only the admin keys in the ledger
+        os.environ["FERRYMAN_ADMIN_KEY"] = settings.admin_key
     if settings.config:
         os.environ["FERRYMAN_CONFIG"] = str(settings.config)
     with tempfile.TemporaryDirectory(prefix="ferryman-metrics-") as samples:

@@ -243,6 +243,7 @@ function armedButton(label, confirmLabel, action, onError) {
 
 function signOut(message = "") {
   sessionStorage.removeItem(KEY_SLOT);
+  role = null;
   stopLive();
   $("#app-view").hidden = true;
   $("#login-view").hidden = false;
@@ -261,27 +262,38 @@ async function signIn(event) {
     return;
   }
   try {
-    await api("GET", "/admin/tenants", undefined, key);
+    await api("GET", "/admin/me", undefined, key);
   } catch (e) {
-    error.textContent = e.status === 401 ? "That admin key was not accepted. Check FERRYMAN_ADMIN_KEY and try again."
+    error.textContent = e.status === 401 ? "That admin key was not accepted. Check it (or FERRYMAN_ADMIN_KEY) and try again."
                                          : e.message;
     return;
   }
   sessionStorage.setItem(KEY_SLOT, key);
   $("#login-key").value = "";
-  showApp();
+  await showApp().catch((e) => signOut(e.message));
 }
 
-function showApp() {
+let role = null;  // the signed-in key's role: which tabs show (the API refuses the rest with 403 anyway)
+
+async function showApp() {
   $("#login-view").hidden = true;
   $("#app-view").hidden = false;
+  const me = await getJSON("/admin/me");
+  role = me.role;
+  $("#whoami").textContent = `${me.name} · ${me.role}`;
+  for (const link of document.querySelectorAll("#tabs a")) link.hidden = !TAB_ROLES[link.dataset.tab].includes(role);
   showTab();
 }
 
-const TABS = { spend: loadSpend, tenants: loadTenants, prices: loadPrices, live: startLive };
+const TABS = { spend: loadSpend, tenants: loadTenants, prices: loadPrices, live: startLive, access: loadAccess,
+               audit: loadAudit };
+// The roles of gateway/admin_access.py, per tab: the routes each tab calls.
+const TAB_ROLES = { spend: ["admin", "finance"], tenants: ["admin", "operator"], prices: ["admin", "operator"],
+                    live: ["admin", "operator"], access: ["admin"], audit: ["admin", "finance"] };
 
 function showTab() {
-  const name = location.hash.slice(1) in TABS ? location.hash.slice(1) : "spend";
+  const mine = Object.keys(TABS).filter((tab) => TAB_ROLES[tab].includes(role));
+  const name = mine.includes(location.hash.slice(1)) ? location.hash.slice(1) : mine[0];
   for (const link of document.querySelectorAll("#tabs a")) link.classList.toggle("active", link.dataset.tab === name);
   for (const tab of document.querySelectorAll(".tab")) tab.hidden = tab.id !== `tab-${name}`;
   if (name !== "live") stopLive();
@@ -509,8 +521,8 @@ function tenantError(error) {
 async function loadTenants() {
   const error = $("#tenant-create + .error");
   try {
-    const [tenants, spend] = await Promise.all([getJSON("/admin/tenants"), getJSON("/admin/spend")]);
-    const budgets = new Map(spend.map((s) => [s.tenant_id, s.budget]));
+    const [tenants, budgetList] = await Promise.all([getJSON("/admin/tenants"), getJSON("/admin/budgets")]);
+    const budgets = new Map(budgetList.filter((b) => b.key_id === null).map((b) => [b.tenant_id, b]));
     $("#tenant-table tbody").replaceChildren(...tenants.map((t) => tenantRow(t, budgets.get(t.id))));
     if (!tenants.length) {
       $("#tenant-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No tenants yet.")));
@@ -877,6 +889,103 @@ function sparkline(el, values, color) {
                       "vector-effect": "non-scaling-stroke" }));
 }
 
+// --- access: people's admin keys ---------------------------------------------------------------
+
+async function loadAccess() {
+  const error = $("#admin-key-create + .error");
+  try {
+    const keys = await getJSON("/admin/admin-keys");
+    $("#admin-key-table tbody").replaceChildren(...keys.map((k) => h("tr", { dataset: { name: k.name } },
+      h("td", {}, h("b", {}, k.name)), h("td", {}, h("span", { class: `badge role-${k.role}` }, k.role)),
+      h("td", { class: "mono muted" }, `${k.key_prefix}…`), h("td", { class: "muted" }, when(k.created_at)),
+      h("td", {}, keyStatus(k)),
+      h("td", { class: "num" }, k.revoked_at ? null : armedButton("Revoke", "Confirm revoke", async () => {
+        await sendJSON("DELETE", `/admin/admin-keys/${k.id}`);
+        toast(`Admin key ${k.name} revoked`);
+        await loadAccess();
+      }, (e) => { error.textContent = e.message; })))));
+  } catch (e) {
+    error.textContent = e.message;
+  }
+}
+
+function createAdminKeyForm() {
+  const form = $("#admin-key-create");
+  handleSubmit(form, $("#admin-key-create + .error"), async () => {
+    const name = form.elements.name.value.trim();
+    if (!name) throw fieldError(form, "name", "An admin key needs the name of whoever holds it.");
+    const created = await sendJSON("POST", "/admin/admin-keys", { name, role: form.elements.role.value });
+    form.elements.name.value = "";
+    await loadAccess();
+    // Shown this once: the gateway keeps only the key's hash.
+    $("#admin-key-secret-slot").replaceChildren(h("div", { class: "secret" },
+      h("div", { class: "warn" }, `New ${created.role} key for “${created.name}”: copy it now, it will not be shown again.`),
+      h("code", { id: "admin-key-secret" }, created.key),
+      h("button", { type: "button", class: "small", onclick: () => navigator.clipboard?.writeText(created.key).then(() => toast("Copied")) }, "Copy")));
+  });
+}
+
+// --- audit log --------------------------------------------------------------------------------
+
+function auditQuery(extra = {}) {
+  const form = $("#audit-filter");
+  const query = new URLSearchParams();
+  for (const name of ["actor", "action", "target", "since", "until"]) {
+    const value = form.elements[name].value.trim();
+    if (value) query.set(name, value);
+  }
+  for (const [name, value] of Object.entries(extra)) query.set(name, value);
+  return query;
+}
+
+async function loadAudit(beforeId = null) {
+  $("#audit-error").textContent = "";
+  try {
+    const page = await getJSON(`/admin/audit?${auditQuery(beforeId ? { before_id: beforeId } : {})}`);
+    const rows = page.entries.map(auditRow);
+    if (beforeId) $("#audit-table tbody").append(...rows);
+    else $("#audit-table tbody").replaceChildren(...rows);
+    if (!beforeId && !rows.length) {
+      $("#audit-table tbody").replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No changes match.")));
+    }
+    const older = $("#audit-older");
+    older.hidden = page.next_before_id === null;
+    older.onclick = () => loadAudit(page.next_before_id);
+  } catch (e) {
+    $("#audit-error").textContent = e.message;
+  }
+}
+
+function auditRow(e) {
+  return h("tr", { dataset: { id: e.id, action: e.action } },
+    h("td", { class: "muted" }, when(e.created_at)),
+    h("td", {}, h("b", {}, e.actor), " ", h("span", { class: `badge role-${e.actor_role}` }, e.actor_role)),
+    h("td", {}, e.action), h("td", { class: "mono" }, e.target), h("td", { class: "change" }, change(e.before, e.after)));
+}
+
+// One line per field: created (no before), deleted (no after), or changed from -> to.
+function change(before, after) {
+  const show = (v) => (v === undefined ? "" : JSON.stringify(v));
+  const fields = [...new Set([...Object.keys(before || {}), ...Object.keys(after || {})])];
+  return fields.map((f) => h("div", { class: "mono" }, `${f}: `,
+    before ? h("span", { class: "old" }, show(before[f])) : null, before && after ? " → " : null,
+    after ? h("span", { class: "new" }, show(after[f])) : null));
+}
+
+async function downloadAuditCsv() {
+  try {
+    const response = await api("GET", `/admin/audit?${auditQuery({ format: "csv" })}`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: "ferryman-audit.csv" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (e) {
+    $("#audit-error").textContent = e.message;
+  }
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -886,7 +995,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#show-internal").addEventListener("change", loadSpend);
   $("#download-csv").addEventListener("click", downloadCsv);
   createTenantForm();
-  window.addEventListener("hashchange", () => { if (sessionStorage.getItem(KEY_SLOT)) showTab(); });
-  if (sessionStorage.getItem(KEY_SLOT)) showApp();
+  createAdminKeyForm();
+  $("#audit-filter").addEventListener("submit", (event) => { event.preventDefault(); loadAudit(); });
+  $("#audit-csv").addEventListener("click", downloadAuditCsv);
+  window.addEventListener("hashchange", () => { if (sessionStorage.getItem(KEY_SLOT) && role) showTab(); });
+  if (sessionStorage.getItem(KEY_SLOT)) showApp().catch((e) => signOut(e.message));
   else signOut();
 });

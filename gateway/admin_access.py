@@ -1,0 +1,154 @@
+"""Who may call which admin route, people's admin keys, and the audit log.
+
+Every /admin route takes one of the guards below as a parameter; each names the roles it lets in besides `admin`,
+which may do everything. The roles:
+
+- `admin`: everything, including admin keys.
+- `operator`: tenants, keys, rate limits, budgets and prices; the live view and /metrics. No spend, usage records
+  or reports.
+- `finance`: reads spend, budgets, reports and their CSV, prices, tenants, and the audit log; changes nothing.
+
+tests/billing/test_roles.py calls every /admin route with every role against its own copy of this table, so a new
+route cannot go without one.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from billing import Billing
+from billing.admins import ROLES
+from billing.audit import MAX_PAGE, Actor, to_csv
+from billing.operators import MAX_ID
+from gateway.errors import APIError, invalid, responses
+
+router = APIRouter()
+
+Role = Literal[ROLES]
+
+
+def allow(*roles: str):
+    """A guard: the caller's admin key (401 without one) with `admin` or one of `roles` (403 otherwise). It hands the
+    route the ledger as the caller, so every change the route makes is recorded in the audit log as theirs."""
+    def guard(request: Request, authorization: str | None = Header(None)) -> Billing:
+        ferry = request.app.state.ferry
+        actor = ferry.admin_actor(authorization)
+        check_role(actor, roles, request)
+        return ferry.billing.acting(actor)
+    return guard
+
+
+def check_role(actor: Actor, roles: tuple[str, ...], request: Request) -> None:
+    if actor.role != "admin" and actor.role not in roles:
+        needed = " or ".join(("admin", *roles))
+        raise APIError(403, f"The admin key '{actor.name}' has the {actor.role} role; {request.method} "
+                            f"{request.url.path} needs {needed}.", "invalid_request_error", "role_not_allowed")
+
+
+Admin = Annotated[Billing, Depends(allow())]
+Operator = Annotated[Billing, Depends(allow("operator"))]  # admin or operator
+Finance = Annotated[Billing, Depends(allow("finance"))]  # admin or finance
+AnyRole = Annotated[Billing, Depends(allow("operator", "finance"))]
+
+READ = responses(401, 403, 503)
+
+
+# --- who am I ---------------------------------------------------------------------------------------
+
+class Me(BaseModel):
+    name: str  # the admin key's name; "env:FERRYMAN_ADMIN_KEY" for the bootstrap key
+    role: str
+
+
+@router.get("/admin/me", responses=READ)
+def me(billing: AnyRole) -> Me:
+    """The caller's name and role: the admin page shows the tabs that role may use."""
+    return Me(name=billing.actor.name, role=billing.actor.role)
+
+
+# --- admin keys ----------------------------------------------------------------------------------------
+
+class AdminKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    role: Role
+
+
+class AdminKeyPublic(BaseModel):
+    id: int
+    name: str
+    role: str
+    key_prefix: str  # the secret itself is never kept
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class AdminKeyCreated(AdminKeyPublic):
+    key: str  # the secret: in this answer only
+
+
+@router.get("/admin/admin-keys", responses=READ)
+def list_admin_keys(billing: Admin) -> list[AdminKeyPublic]:
+    return billing.admins.list()
+
+
+@router.post("/admin/admin-keys", status_code=201, responses=responses(400, 401, 403, 503))
+def create_admin_key(body: AdminKeyCreate, billing: Admin) -> AdminKeyCreated:
+    """A person's key with one role. The secret is in the answer this once; only its hash is kept."""
+    try:
+        secret, key = billing.admins.create(body.name, body.role)
+    except ValueError as exc:
+        raise invalid(str(exc), "name") from None
+    return AdminKeyCreated(**key, key=secret)
+
+
+@router.delete("/admin/admin-keys/{key_id}", responses=responses(400, 401, 403, 404, 503))
+def revoke_admin_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], billing: Admin) -> AdminKeyPublic:
+    """Refused from the next request on, on every replica."""
+    try:
+        return billing.admins.revoke(key_id)
+    except LookupError as exc:
+        raise APIError(404, str(exc), "invalid_request_error", "not_found") from None
+
+
+# --- the audit log ------------------------------------------------------------------------------------
+
+class AuditEntry(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str  # an admin key's name, "env:FERRYMAN_ADMIN_KEY", "cli:<user>" or "system:gateway"
+    actor_role: str
+    action: str  # "tenant.create", "key.revoke", "price.set", "admin_key.create", ...
+    target: str  # "tenant:3", "price:ferryman-small", ...
+    before: dict | None  # the fields that changed, as they were; null: created
+    after: dict | None  # ... and as they became; null: deleted
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]  # newest first
+    next_before_id: int | None  # pass as before_id for the next (older) page; null: this is the last
+
+
+Text = Annotated[str | None, Query(min_length=1, max_length=160)]
+
+
+@router.get("/admin/audit", response_model=None, responses={
+    **responses(400, 401, 403, 503), 200: {"model": AuditPage, "content": {"text/csv": {}},
+                                           "description": "JSON, or CSV (every matching entry) with format=csv"}})
+def audit(billing: Finance, actor: Text = None, action: Text = None, target: Text = None, since: date | None = None,
+          until: date | None = None, before_id: int | None = Query(None, ge=1, le=MAX_ID),
+          limit: int = Query(100, ge=1, le=MAX_PAGE),
+          format: Literal["json", "csv"] = "json") -> AuditPage | PlainTextResponse:
+    """Every change, newest first, a page at a time; filter by who (actor), what (action: one like
+    `tenant.update`, or a kind like `tenant`), which object (target: `tenant:3`) and UTC days."""
+    if any("\x00" in (v or "") for v in (actor, action, target)):
+        raise invalid("filters may not contain NUL bytes")
+    filters = {"actor": actor, "action": action, "target": target, "since": since, "until": until}
+    if format == "csv":
+        return PlainTextResponse(to_csv(billing.audit(**filters, limit=None)), media_type="text/csv",
+                                 headers={"content-disposition": 'attachment; filename="ferryman-audit.csv"'})
+    rows = billing.audit(**filters, before_id=before_id, limit=limit + 1)  # one more: is there an older page?
+    return AuditPage(entries=rows[:limit], next_before_id=rows[limit - 1]["id"] if len(rows) > limit else None)
