@@ -82,13 +82,13 @@ def flood(port: int, kind: str, key: str, stop, results) -> None:
             for status, n in answers.items():
                 counts[status] = counts.get(status, 0) + n
 
-    lock = threading.Lock()
-
+    lock, counts = threading.Lock(), {}
     threads = [threading.Thread(target=one_connection) for _ in range(CONCURRENCY[kind])]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    results.put(counts)
 
 
 def victim(port: int, key: str, window_s: float) -> list[float]:
