@@ -98,11 +98,11 @@ class RouterGroup(BaseModel):
     examples: int | None  # labelled prompts it was trained on
 
 
-@router.get("/admin/router/groups", response_model=list[RouterGroup], responses=responses(401, 503))  # 503: draining
-async def router_groups(request: Request, authorization: str | None = Header(None)):
+@router.get("/admin/router/groups", response_model=list[RouterGroup],
+            responses=responses(401, 403, 503))  # 503: draining
+async def router_groups(request: Request, _: Operator):
     """Per route group: which router artifact scores its prompts and what it does with unfamiliar ones."""
     ferry = request.app.state.ferry
-    ferry.check_admin(authorization)
     out = []
     for group in ferry.catalog.routes:
         name, scorer = ferry.routing.routers[group.name]

@@ -59,6 +59,7 @@ TABLE = {
     ("GET", "/admin/spend"): ({A, F}, lambda b: ("/admin/spend", None)),
     ("GET", "/admin/live"): ({A, O}, lambda b: ("/admin/live", None)),
     ("GET", "/admin/router/targets"): ({A, O}, lambda b: ("/admin/router/targets", None)),
+    ("GET", "/admin/router/groups"): ({A, O}, lambda b: ("/admin/router/groups", None)),
     ("GET", "/admin/admin-keys"): ({A}, lambda b: ("/admin/admin-keys", None)),
     ("POST", "/admin/admin-keys"): ({A}, lambda b: ("/admin/admin-keys", {"name": fresh("p"), "role": "finance"})),
     ("DELETE", "/admin/admin-keys/{key_id}"): (
