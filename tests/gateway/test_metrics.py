@@ -162,7 +162,7 @@ def test_one_scrape_sums_both_workers(tmp_path):
         totals = []
         for _ in range(6):  # each scrape lands on either worker: every one must show all of them
             samples = scrape(url)
-            totals.append((samples[("ferryman_requests_total", (("route", "pinned"), ("status", "ok")))],
+            totals.append((samples[("ferryman_requests_total", (("route", "up"), ("status", "ok")))],
                            refused(samples, "bad_request", "")))
         # each worker keeps its own keep-alive connection to the upstream: two or more means both served
         assert upstream.connections >= 2
