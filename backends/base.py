@@ -44,6 +44,7 @@ class GenerationRequest:
     # no tenant can observe another's prompts through cached tokens, cost or latency.
     cache_salt: str | None = None
     public_prefix_len: int = 0  # leading prompt tokens an operator marked public: shared across salts
+    tenant_weight: int = 1  # the tenant's weight in our engine's fair share of seats within a priority class
     # Text upstreams (kind: openai) take the chat messages as they came, and OpenAI parameters our engine has
     # no use for (tools, response_format, logprobs, penalties, ...); token-id backends ignore both.
     messages: list[dict] | None = None

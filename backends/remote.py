@@ -128,6 +128,7 @@ class RemoteBackend:
         body = {"model": self.name, "prompt": request.prompt_token_ids + sent, "max_tokens": p.max_tokens - len(sent),
                 "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed, "stop": p.stop, "stream": True,
                 "priority": request.priority, "cache_salt": request.cache_salt,
+                "tenant_weight": request.tenant_weight,
                 "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
                 "repetition_penalty": p.repetition_penalty, "logit_bias": p.logit_bias,
                 "structured_outputs": p.structured, "top_k": p.top_k, "ignore_eos": p.ignore_eos}

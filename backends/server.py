@@ -127,7 +127,7 @@ def _choices(body, request_id: str, prompt: list[int], params: SamplingParams,
     """One request per choice (n of them), each with its own seed; all share the prompt's cached blocks."""
     return [GenerationRequest(request_id if body.n == 1 else f"{request_id}-{i}", list(prompt),
                               dataclasses.replace(params, seed=body.choice_seed(i)), body.priority,
-                              body.cache_salt, public_prefix_len)
+                              body.cache_salt, public_prefix_len, tenant_weight=body.tenant_weight)
             for i in range(body.n)]
 
 

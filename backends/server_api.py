@@ -49,6 +49,7 @@ class SamplingBody(BaseModel):
     structured_outputs: dict | None = None  # vLLM's: {"json": schema} or {"grammar": EBNF}
     priority: int = 1
     cache_salt: str | None = None
+    tenant_weight: int = Field(1, ge=1, le=1000)  # the tenant's weight in the fair share of seats (Scheduler)
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

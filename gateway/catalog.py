@@ -74,6 +74,7 @@ class EngineEntry(ModelEntry):
     quantization: Literal["int8", "int4"] | None = None
     speculation: str | None = None  # "ngram", or the name of another engine entry that drafts
     idle_unload_s: float | None = Field(None, gt=0)  # scale-to-zero: unload after this long idle
+    tenant_weights: dict[str, Annotated[int, Field(ge=1, le=1000)]] = {}  # tenant name -> its weight in the fair share of seats (default 1)
 
 
 class ReplicasEntry(ModelEntry):
@@ -83,6 +84,7 @@ class ReplicasEntry(ModelEntry):
     urls: list[str] = Field(min_length=1)
     tokenizer: Path  # the checkpoint's tokenizer: the gateway renders prompts for token-id replicas
     inter_token_timeout_s: float = Field(5.0, gt=0)  # silent this long mid-stream: hung, continue on another
+    tenant_weights: dict[str, Annotated[int, Field(ge=1, le=1000)]] = {}  # as EngineEntry's, sent with each request
 
 
 class OpenAIEntry(ModelEntry):

@@ -164,7 +164,8 @@ class Ferry:
         request = GenerationRequest(request_id, prompt.token_ids, params, PRIORITY.get(body.priority or principal.priority, 1),
                                     cache_salt=f"t{principal.tenant_id}", messages=prompt.messages,
                                     public_prefix_len=public_prefix_len(prompt.token_ids, served.public_heads),
-                                    extra=served.extra(body), stream=body.stream)
+                                    extra=served.extra(body), stream=body.stream,
+                                    tenant_weight=served.tenant_weight(principal.tenant_name))
         headers = {**rate_headers, "x-request-id": request_id, "x-ferryman-route": route, "x-ferryman-model": served.name}
         if plan.difficulty is not None:
             headers["x-ferryman-difficulty"] = f"{plan.difficulty:.4f}"

@@ -191,6 +191,10 @@ class ServedModel:
                  if k not in body.model_fields_set}
         return body.model_copy(update=unset) if unset else body
 
+    def tenant_weight(self, tenant_name: str) -> int:
+        """The tenant's weight in our engine's fair share of seats (an upstream schedules by its own rules)."""
+        return getattr(self.entry, "tenant_weights", {}).get(tenant_name, 1)
+
     def extra(self, body) -> dict:
         """The OpenAI parameters a text upstream gets: those the request sent, as they came; and the model's
         `max_output_tokens` as max_tokens when the request named no limit."""

@@ -99,7 +99,7 @@ class EngineBackend:
     def _add(self, request: GenerationRequest) -> None:
         try:
             self.engine.add_request(request.request_id, request.prompt_token_ids, request.params, request.priority,
-                                    request.cache_salt, request.public_prefix_len)
+                                    request.cache_salt, request.public_prefix_len, request.tenant_weight)
         except ValueError as exc:
             self._deliver(request.request_id, exc)
 

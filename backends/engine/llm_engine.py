@@ -115,12 +115,14 @@ class LLMEngine:
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1,
-        cache_salt: str | None = None, public_prefix_len: int = 0,
+        cache_salt: str | None = None, public_prefix_len: int = 0, weight: int = 1,
     ) -> None:
         if request_id in self.seqs:
             raise ValueError(f"request id {request_id!r} is already running")
         self.check_request(prompt_token_ids, params)
-        seq = Sequence(request_id, prompt_token_ids, params, priority, cache_salt, public_prefix_len)
+        if weight < 1:
+            raise ValueError("a tenant's weight must be at least 1")
+        seq = Sequence(request_id, prompt_token_ids, params, priority, cache_salt, public_prefix_len, weight)
         if params.structured is not None:
             seq.matcher = self._grammars().matcher(params.structured)
         self.seqs[request_id] = seq

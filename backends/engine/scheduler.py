@@ -4,11 +4,12 @@ Running decodes never wait behind a long prompt: the prompt is prefilled a budge
 alongside them. Priority classes (0 interactive, 1 standard, 2 batch) are served in order: a class's
 decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
 seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
-time, so no class starves forever. Within a class, seats are shared fairly between tenants (the
-`cache_salt` the gateway sets per tenant; equal weights): prefill chunks and admissions go to the tenant
-holding the fewest seats of that class first, and while every seat is taken, a tenant holding two or more
-seats more than a waiting request's tenant gives up its latest one, so one tenant's flood of long
-generations cannot keep another tenant waiting for a seat. When the cache runs out of blocks, the lowest-priority,
+time, so no class starves forever. Within a class, seats (decode slots) are shared between tenants (the
+`cache_salt` the gateway sets per tenant) by weighted fair share: a tenant's share is its seats in the class
+divided by its weight (the catalog's `tenant_weights`, default 1). Prefill chunks and admissions go to the
+tenant of the smallest share first, and while every seat is taken, the tenant of the largest share gives up
+its latest seat to a waiting request whose tenant would still hold no larger a share after the move, so one
+tenant's flood of long generations cannot keep another tenant waiting for a seat. When the cache runs out of blocks, the lowest-priority,
 latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
 later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
 memory and copied back when it resumes).
@@ -140,17 +141,19 @@ class Scheduler:
         return Counter((s.priority, s.cache_salt) for s in self.running)
 
     def _share_seats(self) -> None:
-        """All seats taken: the first waiting request of the best class whose tenant holds the fewest seats in that
-        class takes the latest seat of the same class's tenant holding the most, if that one holds 2+ more."""
+        """All seats taken: the first waiting request of the best class whose tenant has the smallest share takes
+        the latest seat of the same class's tenant with the largest share, if that tenant's share after giving the
+        seat up is still at least the taker's (equal weights: it holds 2+ seats more)."""
         if not self.waiting or len(self.running) < self.max_num_seqs:
             return
         seats = self._seats()
-        seq = min(self.waiting, key=lambda s: (s.priority, seats[s.priority, s.cache_salt], s.seq_id))
+        seq = min(self.waiting, key=lambda s: (s.priority, _share(s, seats), s.seq_id))
         peers = [s for s in self.running if s.priority == seq.priority]
         if not peers:
             return
-        victim = max(peers, key=lambda s: (seats[s.priority, s.cache_salt], s.seq_id))
-        if seats[victim.priority, victim.cache_salt] >= seats[seq.priority, seq.cache_salt] + 2:
+        victim = max(peers, key=lambda s: (_share(s, seats), s.seq_id))
+        given, taken = seats[victim.priority, victim.cache_salt] - 1, seats[seq.priority, seq.cache_salt] + 1
+        if given * seq.weight >= taken * victim.weight:  # given / victim.weight >= taken / seq.weight
             self._preempt(victim)
 
     def _preempt(self, seq: Sequence) -> None:
@@ -166,8 +169,13 @@ class Scheduler:
         self.num_preemptions += 1
 
 
-def _schedule_order(seq: Sequence, seats: Counter) -> tuple[int, bool, int, bool]:
-    # Decodes first (share 0), then prefill chunks and admissions by their tenant's seats in the class.
+def _share(seq: Sequence, seats: Counter) -> float:
+    """Its tenant's seats in its class per unit of the tenant's weight."""
+    return seats[seq.priority, seq.cache_salt] / seq.weight
+
+
+def _schedule_order(seq: Sequence, seats: Counter) -> tuple[int, bool, float, bool]:
+    # Decodes first (share 0), then prefill chunks and admissions by their tenant's share of the class's seats.
     waiting, prefill = seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1
-    share = seats[seq.priority, seq.cache_salt] if prefill or waiting else 0
+    share = _share(seq, seats) if prefill or waiting else 0
     return seq.priority, waiting, share, prefill

@@ -21,7 +21,7 @@ class Sequence:
 
     def __init__(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 1,
-        cache_salt: str | None = None, public_prefix_len: int = 0,
+        cache_salt: str | None = None, public_prefix_len: int = 0, weight: int = 1,
     ) -> None:
         self.seq_id = next(Sequence._ids)
         self.request_id = request_id
@@ -31,6 +31,7 @@ class Sequence:
         self.priority = priority
         self.cache_salt = cache_salt  # its prefix-cache partition; see BlockManager.block_hash
         self.public_prefix_len = public_prefix_len
+        self.weight = weight  # its tenant's weight in the fair share of seats within its class (Scheduler)
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose keys/values are in the cache
         self.num_cached_tokens: int | None = None  # prompt tokens the prefix cache served on first admission

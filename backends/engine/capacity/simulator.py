@@ -179,7 +179,8 @@ class _Replica:
 
     def _add(self, request: Request) -> None:
         params = SamplingParams(max_tokens=request.output_len, ignore_eos=True, seed=0)
-        seq = Sequence(str(id(request)), request.prompt_ids(self.knobs.vocab), params, priority=request.priority)
+        seq = Sequence(str(id(request)), request.prompt_ids(self.knobs.vocab), params, priority=request.priority,
+                       cache_salt=request.tenant, weight=request.weight)
         self.records[seq.seq_id] = Record(request)
         self.scheduler.add(seq)
 

@@ -1,7 +1,8 @@
 """Workloads for the simulator: arrival times, prompt and output lengths, priority classes, shared prefixes.
 
 Generated (Poisson or bursty arrivals, log-normal lengths) or read from a JSONL file, one request a line:
-{"arrival": s, "prompt_len": n, "output_len": n, "priority": 0|1|2, "prefix_group": id|null, "prefix_len": n}.
+{"arrival": s, "prompt_len": n, "output_len": n, "priority": 0|1|2, "prefix_group": id|null, "prefix_len": n}
+(optionally "tenant": name and "weight": n, the tenant's fair-share weight).
 Token ids are made from the request's seed when the simulator needs them, so a workload stays small; requests of
 one prefix group start with the same prefix_len tokens (a shared system prompt or document), which the real
 BlockManager then finds in its prefix cache.
@@ -26,6 +27,8 @@ class Request:
     prefix_group: int | None = None
     prefix_len: int = 0  # leading prompt tokens shared with every request of prefix_group
     seed: int = 0
+    tenant: str | None = None  # the cache_salt: prefix cache partition and fair-share tenant in the Scheduler
+    weight: int = 1  # the tenant's weight in the fair share of seats
 
     def prompt_ids(self, vocab: int) -> list[int]:
         prefix = random.Random(f"prefix-{self.prefix_group}") if self.prefix_group is not None else None
