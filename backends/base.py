@@ -73,6 +73,7 @@ class TokenDelta:
     tool_calls: list[dict] | None = None  # OpenAI tool-call deltas (a text upstream's), passed on as they came
     choice_logprobs: dict | None = None  # an upstream's OpenAI `logprobs` object for this delta, passed on
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the best alternatives (id, logprob)
+    index: int = 0  # which of the request's n choices it belongs to (set where the choices' streams merge)
 
 
 class Backend(Protocol):

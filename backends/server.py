@@ -111,11 +111,11 @@ async def _serve(app: FastAPI, backend: Backend, body, kind: str, requests, answ
               len(choices[0].prompt_token_ids) if choices else 0, choices[0].params.max_tokens if choices else 0,
               body.stream)
     if body.stream:
-        deltas = _fan_out(backend, choices)
+        deltas = fan_out(backend.generate, choices)
         return StreamingResponse(_stream(answer, deltas, body.include_usage(), heartbeat_s, backend, choices),
                                  media_type="text/event-stream")
     try:
-        async for i, delta in _fan_out(backend, choices):
+        async for i, delta in fan_out(backend.generate, choices):
             answer.add(i, delta)
     except ValueError as exc:
         return _error(str(exc), None)
@@ -202,17 +202,17 @@ class _DrainingServer(uvicorn.Server):
         self.should_exit = True  # streams still running are cut; the gateway continues them elsewhere
 
 
-async def _fan_out(backend: Backend, choices: list[GenerationRequest]) -> AsyncIterator[tuple[int, TokenDelta]]:
-    """Every choice's deltas, tagged with its index. Choices after the first start once the first has its first
-    token: by then the prompt's blocks are in the prefix cache, so the others take them instead of computing
-    the prompt again (n choices, one prefill)."""
-    first = aiter(backend.generate(choices[0]))
+async def fan_out(generate, choices: list[GenerationRequest]) -> AsyncIterator[tuple[int, TokenDelta]]:
+    """Every choice's deltas (`generate(request)` streams one), tagged with its index. Choices after the first
+    start once the first has its first token: by then the prompt's blocks are in the prefix cache, so the others
+    take them instead of computing the prompt again (n choices, one prefill). The gateway fans out likewise."""
+    first = aiter(generate(choices[0]))
     try:
         head = await anext(first)
     except StopAsyncIteration:
         return
     yield 0, head
-    streams = [first] + [aiter(backend.generate(c)) for c in choices[1:]]
+    streams = [first] + [aiter(generate(c)) for c in choices[1:]]
     merged: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int) -> None:

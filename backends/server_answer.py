@@ -31,9 +31,6 @@ class _Answer:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": done[0].cached_tokens}}
 
-    def _token(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
-
 
 class CompletionAnswer(_Answer):
     def start(self, request_id: str, n: int) -> None:
@@ -43,8 +40,10 @@ class CompletionAnswer(_Answer):
 
     def chunks(self, i: int, d: TokenDelta) -> list[dict]:
         self.usages[i] = d.usage or self.usages[i]
+        offset = len(self.texts[i])
+        self.texts[i] += d.text
         chunk = {**self.base, "object": "text_completion",
-                 "choices": [self._choice(i, d.text, d.token_ids, self._logprobs(d, 0), d.finish_reason)]}
+                 "choices": [self._choice(i, d.text, d.token_ids, self._logprobs(d, offset), d.finish_reason)]}
         if d.usage:
             chunk["usage"] = self._choice_usage(d.usage)
         return [chunk]
@@ -67,14 +66,7 @@ class CompletionAnswer(_Answer):
     def _logprobs(self, d: TokenDelta, offset: int, into: dict | None = None) -> dict | None:
         if d.logprobs is None:
             return None
-        into = into if into is not None else _completion_logprobs()
-        for k, (token, lp) in enumerate(zip(d.token_ids, d.logprobs)):
-            into["tokens"].append(self._token(token))
-            into["token_logprobs"].append(lp)
-            top = (d.top_logprobs or [[]] * len(d.token_ids))[k]
-            into["top_logprobs"].append({self._token(t): v for t, v in top})
-            into["text_offset"].append(offset)
-        return into
+        return completion_logprobs(self.tokenizer, d, offset, into)
 
     @staticmethod
     def _choice(i: int, text: str, ids: list[int], logprobs: dict | None, finish: str | None) -> dict:
@@ -89,6 +81,20 @@ class CompletionAnswer(_Answer):
 
 def _completion_logprobs() -> dict:
     return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+
+def completion_logprobs(tokenizer, d: TokenDelta, offset: int, into: dict | None = None) -> dict:
+    """A delta's tokens in OpenAI's completion `logprobs` object (appended to `into`); `offset`: the answer's text
+    before this delta."""
+    into = into if into is not None else _completion_logprobs()
+    token = (lambda t: tokenizer.decode([t])) if tokenizer is not None else str
+    tops = d.top_logprobs or [[]] * len(d.token_ids)
+    for t, lp, top in zip(d.token_ids, d.logprobs or [], tops):
+        into["tokens"].append(token(t))
+        into["token_logprobs"].append(lp)
+        into["top_logprobs"].append({token(a): v for a, v in top})
+        into["text_offset"].append(offset)
+    return into
 
 
 class ChatAnswer(_Answer):

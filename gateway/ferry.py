@@ -8,15 +8,18 @@ each model renders and counts its own prompt (gateway/served.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import anyio
 
 from backends.base import BackendRejected, BackendUnavailable, GenerationRequest, SamplingParams, TokenDelta, Usage
+from backends.server import fan_out
 from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation, UnknownPrice
 from billing.admins import PREFIX as ADMIN_PREFIX
 from billing.audit import Actor
@@ -49,11 +52,13 @@ class Ticket:
     plan: Plan
     headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    n: int = 1  # choices: one generation request each, `request` with ids and seeds per choice (choice_requests)
     completion_tokens: int = 0  # counted from the deltas, for a stream that ends without usage
+    choice_tokens: Counter = field(default_factory=Counter)  # likewise, per choice
     texts: list[str] = field(default_factory=list)  # a text upstream's answer, counted if it reports no usage
     calls: list[str] = field(default_factory=list)  # and its tool calls' names and arguments
     served: ServedModel | None = None
-    usage: Usage | None = None
+    usages: dict[int, Usage] = field(default_factory=dict)  # per choice, as its backend reported it
     first_token_at: float | None = None
     cost_micros: int | None = None
     logprobs: list[float] = field(default_factory=list)
@@ -66,10 +71,27 @@ class Ticket:
 
     def final_usage(self) -> Usage:
         """The backend's own count; else, for token ids, the ids as they went; for a text upstream that reported
-        none, its model's counting rule (the same whether the request finished, failed or was cancelled)."""
-        if self.usage is None and self.prompt.messages is not None and self.served is not None:
-            self.usage = self.served.count_usage(self.prompt, "".join(self.texts), self.calls)
-        return self.usage or Usage(self.prompt.tokens, self.completion_tokens, estimated=self.prompt.estimated)
+        none, its model's counting rule (the same whether the request finished, failed or was cancelled). With n
+        choices: the prompt once (as OpenAI and vLLM count it), every choice's completion tokens."""
+        if not self.usages and self.prompt.messages is not None and self.served is not None:
+            self.usages[0] = self.served.count_usage(self.prompt, "".join(self.texts), self.calls)
+        if not self.usages:
+            return Usage(self.prompt.tokens, self.completion_tokens, estimated=self.prompt.estimated)
+        first = self.usages[min(self.usages)]
+        completion = sum(self.usages[i].completion_tokens if i in self.usages else self.choice_tokens[i]
+                         for i in range(self.n))
+        seconds = [u.gpu_seconds for u in self.usages.values() if u.gpu_seconds is not None]
+        estimated = any(u.estimated for u in self.usages.values())
+        return Usage(first.prompt_tokens, completion, first.cached_tokens, estimated, sum(seconds) if seconds else None)
+
+    def choice_requests(self) -> list[GenerationRequest]:
+        """One generation request per choice: choice i draws from seed + i (reproducible, and the choices differ)."""
+        if self.n == 1:
+            return [self.request]
+        r = self.request
+        return [dataclasses.replace(r, request_id=f"{r.request_id}-{i}", params=dataclasses.replace(
+            r.params, seed=None if r.params.seed is None else (r.params.seed + i + 2**63) % 2**64 - 2**63))
+            for i in range(self.n)]
 
 
 class Ferry:
@@ -140,10 +162,10 @@ class Ferry:
                     route: str, logprobs: bool = False) -> Ticket:
         max_tokens = self._max_tokens(body, served, prompt)
         request_id = f"req-{uuid.uuid4().hex}"
-        rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens)
-        try:
+        rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens * body.n)
+        try:  # n choices may each generate max_tokens; the prompt is billed once
             reservation = await self.billing.ledger.reserve(principal, request_id, served.name, prompt.tokens,
-                                                            max_tokens)
+                                                            max_tokens * body.n)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
             # Spent: no retry helps. Only held by requests in flight: the same request fits once they settle.
@@ -159,7 +181,7 @@ class Ferry:
             await self.limiter.release(principal)
             raise
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop=body.stops(), logprobs=logprobs or prompt.chat_logprobs,
+                                seed=body.seed, stop=body.stops(), logprobs=logprobs or prompt.logprobs,
                                 **prompt.sampling)
         request = GenerationRequest(request_id, prompt.token_ids, params, PRIORITY.get(body.priority or principal.priority, 1),
                                     cache_salt=f"t{principal.tenant_id}", messages=prompt.messages,
@@ -173,7 +195,7 @@ class Ferry:
         if plan.unfamiliar:
             headers["x-ferryman-unfamiliar"] = "true"
         return Ticket(request_id, principal, served.name, route, plan.difficulty, request, reservation, prompt, plan,
-                      headers, served=served)
+                      headers, served=served, n=body.n)
 
     def _max_tokens(self, body: SamplingFields, served: ServedModel, prompt: Prompt) -> int:
         asked, context = body.requested_max_tokens(), served.context_length
@@ -215,10 +237,7 @@ class Ferry:
         deadline = asyncio.get_running_loop().time() + served.entry.timeout_s
         try:
             async with served.slot():
-                deltas = served.backend.generate(ticket.request)
-                if not served.text_only:
-                    deltas = served.answer(ticket.prompt, deltas)
-                async for delta in _until(deadline, deltas):
+                async for delta in _until(deadline, _generate(served, ticket)):
                     self._observe(ticket, delta)
                     yield delta
             status = "ok"
@@ -248,14 +267,17 @@ class Ferry:
             # shield the settlement, or the hold and the record would be lost with the client.
             with anyio.CancelScope(shield=True):
                 if status != "ok":
-                    await _quietly(served.backend.abort(ticket.request_id))
+                    for request in ticket.choice_requests():
+                        await _quietly(served.backend.abort(request.request_id))
                 await self.settle(ticket, status)
 
     def _observe(self, ticket: Ticket, delta: TokenDelta) -> None:
         if ticket.first_token_at is None and (delta.token_ids or delta.text or delta.tool_calls):
             ticket.first_token_at = time.perf_counter()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
-        ticket.completion_tokens += len(delta.token_ids) or bool(delta.text)
+        tokens = len(delta.token_ids) or bool(delta.text)
+        ticket.completion_tokens += tokens
+        ticket.choice_tokens[delta.index] += tokens
         if ticket.prompt.messages is not None:
             ticket.texts.append(delta.text)
             for call in delta.tool_calls or ():
@@ -264,7 +286,7 @@ class Ferry:
         if delta.logprobs:
             ticket.logprobs += delta.logprobs
         if delta.usage is not None:
-            ticket.usage = delta.usage
+            ticket.usages[delta.index] = delta.usage
 
     async def settle(self, ticket: Ticket, status: str) -> None:
         usage, latency = ticket.final_usage(), time.perf_counter() - ticket.started
@@ -290,6 +312,22 @@ class Ferry:
         metrics.TOKENS.labels(ticket.route, "prompt").inc(usage.prompt_tokens)
         metrics.TOKENS.labels(ticket.route, "completion").inc(usage.completion_tokens)
         metrics.COST.labels(ticket.model).inc(record.cost_micros / 1e6)
+
+
+async def _generate(served: ServedModel, ticket: Ticket) -> AsyncIterator[TokenDelta]:
+    """The model's deltas; a token-id model's in OpenAI's terms (served.answer). n choices: one request each,
+    merged, each delta tagged with its choice's index; the later choices share the first one's prompt blocks."""
+    def generate(request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        deltas = served.backend.generate(request)
+        return deltas if served.text_only else served.answer(ticket.prompt, deltas)
+
+    if ticket.n == 1:
+        async for delta in generate(ticket.request):
+            yield delta
+        return
+    async for i, delta in fan_out(generate, ticket.choice_requests()):
+        delta.index = i
+        yield delta
 
 
 async def _until(deadline: float, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:

@@ -63,29 +63,33 @@ async def _complete(request: Request, kind: type, authorization: str | None, cha
     if body.stream:
         return StreamingResponse(_sse(deltas, ticket, shape, body.include_usage()),
                                  media_type="text/event-stream", headers=ticket.headers)
-    answer = Answer()
+    answers = [Answer() for _ in range(ticket.n)]
     async for delta in deltas:
-        answer.add(delta)
+        answers[delta.index].add(delta)
     headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.total_cost_micros())}
-    return JSONResponse(shape.whole(answer, _usage(ticket)), headers=headers)
+    return JSONResponse(shape.whole(answers, _usage(ticket)), headers=headers)
 
 
 class Answer:
-    """A whole answer gathered from its deltas: text, tool calls, log-probabilities, finish reason."""
+    """One choice's whole answer gathered from its deltas: text, tool calls, log-probabilities, finish reason."""
 
     def __init__(self):
-        self.text, self.finish, self.tool_calls, self.logprobs = "", None, [], []
+        self.text, self.finish, self.tool_calls, self.logprobs = "", None, [], None
 
     def add(self, delta: TokenDelta) -> None:
         self.text += delta.text
         self.finish = delta.finish_reason or self.finish
         self.tool_calls += delta.tool_calls or ()
-        self.logprobs += (delta.choice_logprobs or {}).get("content") or ()
+        if delta.choice_logprobs:  # chat's {"content": [...]} or a completion's lists: each list grows
+            more = delta.choice_logprobs
+            self.logprobs = self.logprobs or {k: [] for k, v in more.items() if isinstance(v, list)}
+            for key, items in self.logprobs.items():
+                items += more.get(key) or ()
 
 
 async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
     try:
-        if first := shape.opening():
+        for first in shape.opening(ticket.n):
             yield _event(first)
         async for delta in deltas:
             if delta.text or delta.finish_reason or delta.tool_calls or delta.choice_logprobs:
@@ -131,28 +135,33 @@ class ChatShape:
         self.base = {"id": "chatcmpl-" + ticket.request_id[4:], "created": int(time.time()), "model": ticket.model,
                      "system_fingerprint": None}
 
-    def whole(self, answer: Answer, usage: dict) -> dict:
+    def whole(self, answers: list[Answer], usage: dict) -> dict:
+        choices = [self._choice(i, answer) for i, answer in enumerate(answers)]
+        return {**self.base, "object": "chat.completion", "choices": choices, "usage": usage}
+
+    @staticmethod
+    def _choice(i: int, answer: Answer) -> dict:
         message = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
         if answer.tool_calls:
             message["tool_calls"] = answer.tool_calls
-        logprobs = {"content": answer.logprobs} if answer.logprobs else None
-        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": answer.finish}
-        return {**self.base, "object": "chat.completion", "choices": [choice], "usage": usage}
+        content = (answer.logprobs or {}).get("content")
+        logprobs = {"content": content} if content else None
+        return {"index": i, "message": message, "logprobs": logprobs, "finish_reason": answer.finish}
 
-    def opening(self) -> dict:
-        return self._chunk({"role": "assistant", "content": ""}, None)
+    def opening(self, n: int) -> list[dict]:
+        return [self._chunk(i, {"role": "assistant", "content": ""}, None) for i in range(n)]
 
     def chunk(self, d: TokenDelta) -> dict:
         delta = {"content": d.text} if d.text else {}
         if d.tool_calls:
             delta["tool_calls"] = d.tool_calls
-        return self._chunk(delta, d.finish_reason, d.choice_logprobs)
+        return self._chunk(d.index, delta, d.finish_reason, d.choice_logprobs)
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
-    def _chunk(self, delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    def _chunk(self, i: int, delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
+        choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
 
 
@@ -163,18 +172,19 @@ class CompletionShape:
         self.base = {"id": "cmpl-" + ticket.request_id[4:], "object": "text_completion", "created": int(time.time()),
                      "model": ticket.model, "system_fingerprint": None}
 
-    def whole(self, answer: Answer, usage: dict) -> dict:
-        return {**self.base, "choices": [self._choice(answer.text, answer.finish)], "usage": usage}
+    def whole(self, answers: list[Answer], usage: dict) -> dict:
+        choices = [self._choice(i, a.text, a.logprobs, a.finish) for i, a in enumerate(answers)]
+        return {**self.base, "choices": choices, "usage": usage}
 
-    def opening(self) -> None:
-        return None
+    def opening(self, n: int) -> list[dict]:
+        return []
 
     def chunk(self, d: TokenDelta) -> dict:
-        return {**self.base, "choices": [self._choice(d.text, d.finish_reason)]}
+        return {**self.base, "choices": [self._choice(d.index, d.text, d.choice_logprobs, d.finish_reason)]}
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self.base, "choices": [], "usage": usage}
 
     @staticmethod
-    def _choice(text: str, finish: str | None) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def _choice(i: int, text: str, logprobs: dict | None, finish: str | None) -> dict:
+        return {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}

@@ -52,7 +52,7 @@ class SamplingFields(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=128)  # choices: our engine and replicas only (one request each, one prefill)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # what the engines' generators (int64) accept
     stream: bool = False

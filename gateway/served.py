@@ -19,7 +19,7 @@ from jinja2 import TemplateError
 from backends.base import TokenDelta, Usage
 from backends.engine.chat import encode_text, render_chat
 from backends.engine.tools import ToolCallStream, ToolFormat, tool_format
-from backends.server_answer import chat_logprobs
+from backends.server_answer import chat_logprobs, completion_logprobs
 from backends.server_api import RequestError, response_grammar, tool_grammar
 from gateway.catalog import Catalog, EngineEntry, Entry, OpenAIEntry
 from gateway.config import ROOT
@@ -48,7 +48,8 @@ class Prompt:
     tools: list[dict] | None = None  # the tools a text upstream is offered
     sampling: dict = field(default_factory=dict)  # token-id models: SamplingParams fields beyond the basic ones
     tool_format: ToolFormat | None = None  # token-id models offered tools: how their calls are parsed
-    chat_logprobs: bool = False  # token-id models: the answer carries OpenAI's chat logprobs objects
+    logprobs: bool = False  # token-id models: the answer carries OpenAI's logprobs objects (chat's or completion's)
+    chat: bool = False
 
     def __post_init__(self):
         if self.tokens is None:
@@ -72,9 +73,9 @@ class ServedModel:
             if isinstance(body, CompletionRequest):
                 return invalid(f"The model '{self.name}' serves chat completions only (/v1/chat/completions).",
                                "model")
+            if body.n > 1:
+                return invalid(f"The model '{self.name}' answers one choice per request (n = 1).", "n")
             return self._image_refusal(body)
-        if isinstance(body, CompletionRequest) and body.logprobs is not None:
-            return invalid(f"The model '{self.name}' gives logprobs on chat completions only.", "logprobs")
         if self._offered_tools(body) and tool_format(self.tokenizer) is None:
             return invalid(f"The model '{self.name}' cannot call tools: its chat template renders none.", "tools")
         if getattr(body, "tool_choice", None) not in (None, "none", "auto") and not self._offered_tools(body):
@@ -102,7 +103,8 @@ class ServedModel:
             raise invalid("prompt contains token ids outside the vocabulary", "prompt")
         else:
             prompt = Prompt(list(body.prompt), self.tokenizer.decode(body.prompt))
-        prompt.sampling = _penalties(body)
+        prompt.sampling = {**_penalties(body), "top_logprobs": body.logprobs or 0}
+        prompt.logprobs = body.logprobs is not None
         return prompt
 
     def _refuse_certainly_too_long(self, body) -> None:
@@ -127,7 +129,7 @@ class ServedModel:
         except (ValueError, TemplateError) as exc:  # a role or part this checkpoint's template cannot take
             raise invalid(f"The model '{self.name}' cannot take these messages: {exc}", "messages") from None
         prompt.tool_format = tool_format(self.tokenizer) if tools else None
-        prompt.chat_logprobs = bool(body.logprobs)
+        prompt.logprobs, prompt.chat = bool(body.logprobs), True
         try:
             grammar = (tool_grammar(prompt.tool_format, tools, body.tool_choice, body.parallel_tool_calls)
                        or response_grammar(body.response_format))
@@ -137,12 +139,15 @@ class ServedModel:
         return prompt
 
     async def answer(self, prompt: Prompt, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
-        """A token-id model's deltas as OpenAI answers them: tool calls parsed out of the text in the
-        checkpoint's format, logprobs as OpenAI's chat objects."""
+        """A token-id model's deltas (one choice's) as OpenAI answers them: tool calls parsed out of the text in
+        the checkpoint's format, logprobs as OpenAI's chat or completion objects (as our replicas give them)."""
         calls = ToolCallStream(prompt.tool_format) if prompt.tool_format else None
+        offset = 0  # a completion's text so far: each token's text_offset
         async for delta in deltas:
-            if prompt.chat_logprobs and delta.logprobs is not None and delta.token_ids:
-                delta.choice_logprobs = {"content": chat_logprobs(self.tokenizer, delta)}
+            if prompt.logprobs and delta.logprobs is not None and delta.token_ids:
+                delta.choice_logprobs = ({"content": chat_logprobs(self.tokenizer, delta)} if prompt.chat
+                                         else completion_logprobs(self.tokenizer, delta, offset))
+            offset += len(delta.text)
             if calls is not None:
                 delta.text = calls.add(delta.text)
                 if delta.finish_reason:

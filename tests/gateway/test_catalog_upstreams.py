@@ -196,10 +196,23 @@ def test_openai_parameters_reach_the_upstream(gw):
     assert [t.token for t in reply.choices[0].logprobs.content] == reply.choices[0].message.content.split()
 
 
+def test_n_choices_on_replicas_are_each_billed(gw):
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="local", messages=[{"role": "user", "content": "reverse: s h i p"}], n=2, max_tokens=6, temperature=1.0,
+        seed=5, logprobs=True)
+    reply = raw.parse()
+    assert [c.index for c in reply.choices] == [0, 1]
+    tokens = sum(len(c.logprobs.content) for c in reply.choices)
+    assert reply.usage.completion_tokens == tokens == record(gw, raw.headers["x-request-id"])["completion_tokens"]
+
+
 def test_a_parameter_the_model_cannot_honour_is_a_400_naming_it(gw):
     with pytest.raises(openai.BadRequestError) as err:
         client(gw).chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], tools=WEATHER)
     assert err.value.body["param"] == "tools"
+    with pytest.raises(openai.BadRequestError) as err:  # a text upstream answers one choice here
+        client(gw).chat.completions.create(model="ext-big", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert err.value.body["param"] == "n"
     image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
     with pytest.raises(openai.BadRequestError) as err:
         client(gw).chat.completions.create(model="ext-big", messages=[{"role": "user", "content": image}])

@@ -1,6 +1,7 @@
 """The gateway passes OpenAI's parameters to an engine model as it does to a `kind: openai` one: an agent loop
 with the official client (tools offered, a call forced, its result sent back as role: tool), a JSON-schema
-answer that validates, chat logprobs, penalties; what remains unsupported (n > 1) is still a clear 400."""
+answer that validates, chat and completion logprobs equal to what our replica server gives, penalties, n choices
+(one prefill, every choice's tokens billed); what remains unsupported is still a clear 400."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from backends.engine import EngineBackend, EngineConfig
+from backends.server import create_replica_app
 from billing import Billing, RateLimiter
 from gateway.app import create_app
 from gateway.catalog import Catalog
@@ -19,7 +21,7 @@ from tests.util import LengthRouter, serve
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def stack(tmp_path_factory):
     path = tmp_path_factory.mktemp("qwen")
     _checkpoint(path, "qwen2.5")
     _tokenizer(path, FAMILIES["qwen2.5"][1], FAMILIES["qwen2.5"][2])
@@ -35,8 +37,15 @@ def gateway(tmp_path_factory):
                      backends={"qwen-tiny": backend}, tokenizer=backend.tokenizer, catalog=catalog)
     tenant = billing.create_tenant("agents")
     key, _ = billing.create_key(tenant["id"])
-    with serve(app) as url:
-        yield openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    replica = create_replica_app(backend, backend.tokenizer)  # the same engine, as its own OpenAI server
+    with serve(app) as url, serve(replica) as replica_url:
+        yield (openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), billing, tenant["id"],
+               openai.OpenAI(base_url=replica_url + "/v1", api_key="none", max_retries=0), backend)
+
+
+@pytest.fixture(scope="module")
+def gateway(stack):
+    return stack[0]
 
 
 def test_agent_loop_through_the_gateway(gateway):
@@ -78,9 +87,77 @@ def test_json_schema_logprobs_and_penalties_through_the_gateway(gateway):
     assert all(len(e.top_logprobs) == 2 for e in entries)
 
 
+def test_n_choices_through_the_gateway_are_all_billed(stack):
+    gateway, billing, tenant, _, backend = stack
+    hits = backend.engine.block_manager.prefix_hits
+    ask = dict(model="qwen-tiny", messages=ASK, n=3, temperature=1.0, seed=7, max_tokens=12, logprobs=True)
+    answer = gateway.chat.completions.create(**ask)
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert len({c.message.content for c in answer.choices}) > 1  # seed, seed + 1, seed + 2: the choices differ
+    tokens = sum(len(c.logprobs.content) for c in answer.choices)  # every choice's tokens, counted by the client
+    prompt = answer.usage.prompt_tokens
+    record = billing.usage(tenant)[0]
+    assert answer.usage.completion_tokens == record["completion_tokens"] == tokens > 12
+    assert record["prompt_tokens"] == prompt and record["status"] == "ok"  # the prompt once
+    assert record["cost_micros"] == prompt * 1 + tokens * 2
+    # one prefill: the later choices found the first one's prompt blocks in the prefix cache
+    assert backend.engine.block_manager.prefix_hits - hits >= 2 * ((prompt - 1) // 4 * 4)
+    again = gateway.chat.completions.create(**ask)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in answer.choices]
+
+
+def test_n_choices_stream_with_their_indexes(gateway):
+    chunks = list(gateway.chat.completions.create(model="qwen-tiny", messages=ASK, n=2, temperature=1.0, seed=3,
+                                                  max_tokens=6, stream=True, stream_options={"include_usage": True},
+                                                  logprobs=True))
+    texts, finished, tokens = {0: "", 1: ""}, set(), 0
+    for chunk in chunks:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            finished |= {c.index} if c.finish_reason else set()
+            tokens += len(c.logprobs.content) if c.logprobs else 0
+    assert finished == {0, 1} and all(texts.values())
+    assert chunks[-1].usage.completion_tokens == tokens > 6
+    whole = gateway.chat.completions.create(model="qwen-tiny", messages=ASK, n=2, temperature=1.0, seed=3,
+                                            max_tokens=6)
+    assert [c.message.content for c in whole.choices] == [texts[0], texts[1]]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs_equal_the_replica_servers(stack, stream):
+    gateway, _, _, replica, _ = stack
+    ask = dict(model="qwen-tiny", prompt="The weather in Paris is", max_tokens=6, temperature=0, logprobs=3)
+    ours, theirs = (_completion_logprobs(client, ask, stream) for client in (gateway, replica))
+    assert [ours[k] for k in ("tokens", "text_offset")] == [theirs[k] for k in ("tokens", "text_offset")]
+    assert ours["token_logprobs"] == pytest.approx(theirs["token_logprobs"], abs=1e-5)
+    for a, b in zip(ours["top_logprobs"], theirs["top_logprobs"], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert len(ours["tokens"]) == 6 and all(len(top) == 3 for top in ours["top_logprobs"])
+
+
+def test_chat_logprobs_equal_the_replica_servers(stack):
+    gateway, _, _, replica, _ = stack
+    ask = dict(model="qwen-tiny", messages=ASK, max_tokens=5, temperature=0, logprobs=True, top_logprobs=4)
+    ours, theirs = (c.chat.completions.create(**ask).choices[0].logprobs.content for c in (gateway, replica))
+    assert len(ours) == 5
+    for a, b in zip(ours, theirs, strict=True):  # equal up to float noise (the batches' shapes differ)
+        assert (a.token, a.bytes, [t.token for t in a.top_logprobs]) == (b.token, b.bytes, [t.token for t in b.top_logprobs])
+        assert [a.logprob, *(t.logprob for t in a.top_logprobs)] == pytest.approx(
+            [b.logprob, *(t.logprob for t in b.top_logprobs)], abs=1e-5)
+
+
+def _completion_logprobs(client, ask: dict, stream: bool) -> dict:
+    if not stream:
+        return client.completions.create(**ask).choices[0].logprobs.model_dump()
+    merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for chunk in client.completions.create(**ask, stream=True):
+        for key, items in (chunk.choices[0].logprobs.model_dump() if chunk.choices and chunk.choices[0].logprobs
+                           else {}).items():
+            merged[key] += items or []
+    return merged
+
+
 def test_what_remains_unsupported_is_a_400(gateway):
-    with pytest.raises(openai.BadRequestError):
-        gateway.chat.completions.create(model="qwen-tiny", messages=ASK, n=2, max_tokens=4)
     with pytest.raises(openai.BadRequestError):
         gateway.chat.completions.create(model="qwen-tiny", messages=ASK, max_tokens=4,
                                         response_format={"type": "json_schema", "json_schema": {"name": "x"}})

@@ -89,7 +89,7 @@ def test_bad_key_is_refused_and_nothing_is_billed(gateway):
 
 @pytest.mark.parametrize("change, param", [
     ({"temperature": 3.0}, "temperature"),
-    ({"n": 2}, "n"),
+    ({"n": 129}, "n"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 100_000}, "max_tokens"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
