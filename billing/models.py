@@ -120,7 +120,7 @@ usage_records = Table(
     Column("feedback_score", Float),  # 0..1, from the tenant's POST /v1/feedback
     Column("feedback_comment", Text),
     # What each price says: the tokens at the per-token prices, the GPU-seconds at the GPU-hour price (NULL: the
-    # model has none). cost_micros is the one billed (the GPU one where set), never past the hold.
+    # model has none). cost_micros is the one billed (the GPU one where set; billing/rules.py).
     Column("token_cost_micros", BigInteger),
     Column("gpu_cost_micros", BigInteger),
     Index("ix_usage_records_tenant_day", "tenant_id", "day"),

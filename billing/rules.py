@@ -6,7 +6,12 @@ failure is free, what the baseline says, when an alert fires and how a refusal r
 
 The rules:
 - worst case: a hold is the request's price with no cached token and every max token generated.
-- charge: the GPU-hour price where the model has one, else the per-token prices; never past the hold.
+- charge: the GPU-hour price where the model has one (never past the per-token figure the hold quoted, or the
+  tokens' own cost where that is higher), else the per-token prices. The true cost, also past the hold: an upstream
+  that generates more than it was asked (or a template longer than allowed for) is billed what it produced, and
+  `overrun_micros` says by how much the charge passed the hold (the gateway logs and counts it).
+- budgets: a hold must fit (`spent + reserved + hold <= limit`), and an overrun is spend like any other, so a budget
+  passes its limit only by the overrun of a request admitted while it still fitted, and then takes no hold.
 - free failures: a server-side failure (`SERVER_FAILURES`) that produced no completion token costs nothing; a client
   that went away pays for what was generated.
 - baseline: the same tokens at the route group's strongest tier's price, kept beside the cost (savings per record);
@@ -157,9 +162,9 @@ def usage_record(res: Reservation, now: datetime, baseline: Price | None, *, pro
     free = status in SERVER_FAILURES and completion_tokens == 0
     token_cost, gpu_cost = (None, None) if free else res.price.charge_micros(
         prompt_tokens, cached_tokens, completion_tokens, gpu_seconds)
-    # Never charge past the quote the request was admitted on (the per-token worst case, also for GPU-second
-    # prices): that is what keeps spend within budget.
-    cost = 0 if free else min(token_cost if gpu_cost is None else gpu_cost, res.amount_micros)
+    # The tokens are billed as counted, past the hold too (the upstream was paid for them); a GPU-second price is
+    # capped at the per-token quote, so a slow step never costs more than the tokens would have.
+    cost = 0 if free else token_cost if gpu_cost is None else min(gpu_cost, max(token_cost, res.amount_micros))
     baseline_cost = None if free or baseline is None else baseline.cost_micros(prompt_tokens, cached_tokens,
                                                                                 completion_tokens)
     if escalated and not free:
@@ -171,6 +176,11 @@ def usage_record(res: Reservation, now: datetime, baseline: Price | None, *, pro
         latency_ms=latency_ms, day=res.day, created_at=now, estimated=estimated, route_group=route_group,
         gpu_seconds=gpu_seconds, prompt_text=storable(prompt_text) if res.store_prompts else None,
         token_cost_micros=token_cost, gpu_cost_micros=gpu_cost)
+
+
+def overrun_micros(res: Reservation, record: UsageRecord) -> int:
+    """How far a request's charge passed its hold: 0 unless it produced more than the hold allowed for."""
+    return max(0, record.cost_micros - res.amount_micros)
 
 
 def reaped_record(res: Reservation, now: datetime) -> UsageRecord:

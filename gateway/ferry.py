@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import logging
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,9 @@ from backends.base import BackendRejected, BackendUnavailable, GenerationRequest
 from backends.server import fan_out
 from billing import Billing, BudgetExceeded, Principal, RateLimited, RateLimiter, Reservation, UnknownPrice
 from billing.admins import PREFIX as ADMIN_PREFIX
+from billing import rules
 from billing.audit import Actor
+from billing.pricing import usd
 from gateway import metrics
 from gateway.catalog import Catalog
 from gateway.config import Settings
@@ -32,6 +35,7 @@ from gateway.routing import ModelUnavailable, Plan, Routing
 from gateway.schemas import ChatCompletionRequest, SamplingFields
 from gateway.served import Prompt, ServedModel, last_user_turn
 
+log = logging.getLogger("ferryman")
 PRIORITY = {"interactive": 0, "standard": 1, "batch": 2}
 ENV_ADMIN = Actor("env:FERRYMAN_ADMIN_KEY", "admin")
 INLINE_BYTES = 32 * 1024  # inputs larger than this are rendered and scored off the event loop
@@ -312,6 +316,18 @@ class Ferry:
         metrics.TOKENS.labels(ticket.route, "prompt").inc(usage.prompt_tokens)
         metrics.TOKENS.labels(ticket.route, "completion").inc(usage.completion_tokens)
         metrics.COST.labels(ticket.model).inc(record.cost_micros / 1e6)
+        if overrun := rules.overrun_micros(ticket.reservation, record):
+            _overran(ticket, record, overrun)
+
+
+def _overran(ticket: Ticket, record, overrun: int) -> None:
+    """Billed past the hold: the tenant pays the true cost, the operator hears of it (a model that ignores
+    max_tokens, or a prompt longer than its hold allowed for, wants a look)."""
+    log.warning("request %s on %s cost %s, %s past its hold of %s (%d prompt + %d completion tokens)",
+                ticket.request_id, ticket.model, usd(record.cost_micros), usd(overrun),
+                usd(ticket.reservation.amount_micros), record.prompt_tokens, record.completion_tokens)
+    metrics.OVERRUNS.labels(ticket.model).inc()
+    metrics.OVERRUN_COST.labels(ticket.model).inc(overrun / 1e6)
 
 
 async def _generate(served: ServedModel, ticket: Ticket) -> AsyncIterator[TokenDelta]:

@@ -21,6 +21,10 @@ TTFT = Histogram("ferryman_time_to_first_token_seconds", "Time to first token th
                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 TOKENS = Counter("ferryman_tokens_total", "Tokens processed", ["route", "kind"])
 COST = Counter("ferryman_cost_usd_total", "Money charged to tenants", ["model"])
+# A request billed past its hold (an upstream that generated more than asked, a template longer than allowed for):
+# how often, and by how much in all. The budget it went over by is in the usage records.
+OVERRUNS = Counter("ferryman_billing_overruns_total", "Requests whose charge passed their budget hold", ["model"])
+OVERRUN_COST = Counter("ferryman_billing_overrun_usd_total", "Money charged past budget holds", ["model"])
 # `model` is the model or route group the request named (one the catalog knows; "" for any other name or none).
 REJECTED = Counter("ferryman_rejected_total", "Requests refused before any work, by reason and requested model",
                    ["reason", "model"])

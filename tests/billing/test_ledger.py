@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from billing import Billing, BudgetExceeded, DuplicateRequest, UnknownPrice
+from billing import Billing, BudgetExceeded, DuplicateRequest, UnknownPrice, rules
 from billing.models import budget_alerts, reservations, usage_records
 from billing.reports import to_csv, totals
 
@@ -124,10 +124,13 @@ def test_release_frees_the_whole_hold_and_records_a_zero_cost_request(billing):
     assert count(billing, usage_records) == 1
 
 
-def test_the_charge_never_exceeds_the_hold_even_if_a_backend_overruns_max_tokens(billing):
+def test_a_backend_that_overruns_max_tokens_is_billed_its_true_cost(billing):
     tenant, _, p = tenant_with_key(billing, 1_000_000)
     res = billing.reserve(p, "over", LARGE, 10, 10)
-    assert billing.settle(res, prompt_tokens=10, completion_tokens=500).cost_micros == res.amount_micros == 100
+    record = billing.settle(res, prompt_tokens=10, completion_tokens=500)
+    assert (res.amount_micros, record.cost_micros, record.token_cost_micros) == (100, 4020, 4020)
+    assert rules.overrun_micros(res, record) == 4020 - 100
+    assert budget_of(billing, tenant["id"])["spent_micros"] == 4020
 
 
 def test_key_budget_and_tenant_budget_both_apply(billing):

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from billing import Billing, BudgetExceeded
+from billing import Billing, BudgetExceeded, rules
 from billing.models import budget_alerts
+from billing.reconcile import differences
 from tests.billing.test_gateway_budget import forget_keys
 
 LARGE, SMALL = "ferryman-large", "ferryman-small"  # large: 2 / 0.5 / 8 micro-USD per token in / cached / out
@@ -247,3 +248,27 @@ def test_a_server_failure_with_no_token_is_free_and_the_alert_fires_once(book):
     with b.engine.connect() as conn:
         assert conn.execute(select(budget_alerts.c.spent_micros)).scalars().all() == [560]
     assert book.spent(tenant) == 840
+
+
+def test_an_overrun_is_billed_in_full_and_the_budget_passes_by_at_most_that_overrun(book):
+    """An upstream generated 500 tokens on a 100-token hold: the record and the budget keep the true cost, the
+    budget is over by exactly that request's overrun, no further hold fits (not even a retry later), and every
+    figure still reconciles."""
+    b = book.billing
+    tenant, key, secret = customer(book, limit_micros=2_000)
+    b.set_budget(tenant, key_id=key, limit_micros=2_000)
+    principal = b.authenticate(secret)
+    b.settle(b.reserve(principal, "before", LARGE, 100, 10), prompt_tokens=100, completion_tokens=10)  # 280
+    hold = b.reserve(principal, "over", LARGE, 100, 100)  # 1000 of the 1720 left
+    record = b.settle(hold, prompt_tokens=100, completion_tokens=500)
+    assert (record.cost_micros, record.token_cost_micros) == (200 + 4000, 4200)
+    overrun = rules.overrun_micros(hold, record)
+    assert overrun == 3200
+    book.flush()
+    assert book.spent(tenant) == book.spent(tenant, key) == book.records_cost(tenant) == 280 + 4200
+    assert book.spent(tenant) - 2_000 <= overrun
+    with pytest.raises(BudgetExceeded) as refused:
+        b.reserve(b.authenticate(secret), "after", LARGE, 0, 1)
+    assert refused.value.spent_micros == 4480 and not refused.value.retryable
+    assert asyncio.run(b.ledger.holds(tenant)) == (0, 0)
+    assert differences(b) == []

@@ -12,6 +12,7 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from billing import Billing, RateLimiter
 from gateway.app import create_app
@@ -60,12 +61,20 @@ def quiet(body: dict):
             {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
 
 
+def greedy(body: dict):
+    """Ignores max_tokens: 462 tokens whatever it was asked (an upstream seen doing so), and says so in its usage."""
+    return {"id": "g", "object": "chat.completion", "model": body["model"],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 462, "total_tokens": 469},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 462}, "finish_reason": "stop"}]}
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     hang = threading.Event()
     os.environ["INTEROP_WRONG_KEY"] = "sk-wrong"
     with upstream("nagle", echo) as plain, upstream("nodelay", echo, key="sk-right") as locked, \
-            upstream("nagle", echo, hang=hang) as hung, upstream("nagle-chunked", quiet) as silent:
+            upstream("nagle", echo, hang=hang) as hung, upstream("nagle-chunked", quiet) as silent, \
+            upstream("nodelay", greedy) as overrunning:
         price = {"input": 1.0, "output": 2.0}
 
         def model(name, url, **more):
@@ -74,7 +83,8 @@ def gw(tmp_path_factory):
         catalog = Catalog.model_validate({
             "models": [model("plain", plain), model("tuned", plain, defaults={"temperature": 0.25}, max_output_tokens=64),
                        model("locked", locked, api_key_env="INTEROP_WRONG_KEY", health_interval_s=0.2),
-                       model("hung", hung, first_token_timeout_s=1.0), model("quiet", silent)],
+                       model("hung", hung, first_token_timeout_s=1.0), model("quiet", silent),
+                       model("greedy", overrunning)],
             "routes": [{"name": "keyed", "fallbacks": ["locked", "plain"], "policy": "fallback"},
                        {"name": "hung-first", "fallbacks": ["hung", "plain"], "policy": "fallback"}]})
         tmp = tmp_path_factory.mktemp("interop")
@@ -184,3 +194,22 @@ def test_an_upstream_without_usage_is_billed_by_one_counting_rule_whole_or_strea
     for r in records:
         assert (r["prompt_tokens"], r["completion_tokens"], r["estimated"]) == (prompt, completion, True)
         assert r["cost_micros"] == -(-(prompt * 1_000_000 + completion * 2_000_000) // 1_000_000)
+
+
+def test_an_upstream_past_its_hold_is_billed_the_true_cost_logged_and_counted(gw, caplog):
+    """max_tokens 10, 462 generated: the tenant is billed the 462 (the operator paid for them), the record keeps
+    them, the overrun is a warning and a metric."""
+    def overruns() -> float:  # the gateway runs in this process: its registry is this one
+        return REGISTRY.get_sample_value("ferryman_billing_overruns_total", {"model": "greedy"}) or 0.0
+
+    before = overruns()
+    with caplog.at_level("WARNING", logger="ferryman"):
+        raw = client(gw).chat.completions.with_raw_response.create(
+            model="greedy", messages=[{"role": "user", "content": "which parameters?"}], max_tokens=10)
+    cost = -(-(7 * 1_000_000 + 462 * 2_000_000) // 1_000_000)
+    hold = len("which parameters?") + 8 + 64 + 2 * 10  # prompt bound + template allowance at $1/M, 10 out at $2/M
+    assert raw.headers["x-ferryman-cost-usd"] == f"{cost / 1e6:.6f}"
+    record = gw["billing"].usage(gw["tenant"], limit=1)[0]
+    assert (record["model"], record["completion_tokens"], record["cost_micros"]) == ("greedy", 462, cost)
+    assert overruns() == before + 1
+    assert f"past its hold of ${hold / 1e6:.6f}" in caplog.text
