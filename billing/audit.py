@@ -12,6 +12,7 @@ from datetime import date, datetime, time, timedelta
 from sqlalchemy import Connection, Engine, select
 
 from billing.models import audit_log
+from billing.reports import text_cell
 
 MAX_PAGE = 1000
 
@@ -73,13 +74,15 @@ COLUMNS = ["id", "created_at", "actor", "actor_role", "action", "target", "befor
 
 
 def to_csv(rows: list[dict]) -> str:
-    """Oldest first, as a log reads; before and after as JSON text."""
+    """Oldest first, as a log reads; before and after as JSON text. Names an admin typed (the actor, a model in a
+    target) are text cells a spreadsheet will not run (billing.reports.text_cell)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in reversed(rows):
-        writer.writerow([row["id"], row["created_at"].isoformat(), row["actor"], row["actor_role"], row["action"],
-                         row["target"], json_text(row["before"]), json_text(row["after"])])
+        writer.writerow([row["id"], row["created_at"].isoformat(), *map(text_cell, (
+            row["actor"], row["actor_role"], row["action"], row["target"])), json_text(row["before"]),
+            json_text(row["after"])])
     return out.getvalue()
 
 

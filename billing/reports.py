@@ -93,8 +93,22 @@ def totals(rows: list[dict]) -> dict:
     return sums
 
 
+# What a spreadsheet would run as a formula when a cell starts with it (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value):
+    """A text someone chose (a tenant, model or key name) as a spreadsheet cell: one a spreadsheet would take for a
+    formula gets a leading single quote, so it reads as the text it is. Our own figures never pass here: a negative
+    saving stays a number."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[dict]) -> str:
-    """CSV with exact dollar columns next to the micro-USD ones, ready for a spreadsheet."""
+    """CSV with exact dollar columns next to the micro-USD ones, ready for a spreadsheet. The group columns (tenant,
+    model, route, day) are text cells; the measures are numbers, written as they are."""
     out = io.StringIO()
     if not rows:
         return ""
@@ -103,6 +117,7 @@ def to_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, **{f"{d}_usd": "" if row[f"{d}_micros"] is None else usd(row[f"{d}_micros"])
-                                   .replace("$", "") for d in dollars}})
+        writer.writerow({**{k: v if k in COLUMNS else text_cell(v) for k, v in row.items()},
+                         **{f"{d}_usd": "" if row[f"{d}_micros"] is None else usd(row[f"{d}_micros"])
+                            .replace("$", "") for d in dollars}})
     return out.getvalue()
