@@ -52,12 +52,19 @@ def usage_report(engine: Engine, group_by: tuple[str, ...] = ("tenant", "model",
     return [{**{k: v for k, v in row.items() if k not in COLUMNS}, **{c: row[c] for c in COLUMNS}} for row in rows]
 
 
+# What a tenant wrote (its prompt, its feedback's comment): read by admins and the tenant itself, not by finance.
+TENANT_TEXT = ("prompt_text", "feedback_comment")
+
+
 def recent_usage(engine: Engine, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
-                 limit: int = 100) -> list[dict]:
-    """The newest usage records, optionally one tenant's and between two UTC days (inclusive)."""
-    query = select(usage_records).order_by(usage_records.c.id.desc()).limit(min(max(limit, 1), 10_000))
+                 limit: int = 100, *, tenant_text: bool = True) -> list[dict]:
+    """The newest usage records, optionally one tenant's and between two UTC days (inclusive). `tenant_text`
+    False: the records without what the tenant wrote (None there; those columns are never read)."""
+    columns = [c for c in usage_records.c if tenant_text or c.name not in TENANT_TEXT]
+    query = select(*columns).order_by(usage_records.c.id.desc()).limit(min(max(limit, 1), 10_000))
     with engine.connect() as conn:
-        return [row._asdict() for row in conn.execute(where_usage(query, since, until, tenant_id))]
+        rows = [row._asdict() for row in conn.execute(where_usage(query, since, until, tenant_id))]
+    return [{**row, **{c: row.get(c) for c in TENANT_TEXT}} for row in rows]
 
 
 def ledger_totals(engine: Engine, tenant_id: int | None = None) -> dict:

@@ -153,8 +153,8 @@ class Billing:
             ).values(feedback_score=score, feedback_comment=storable(comment))).rowcount == 1
 
     def usage(self, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
-              limit: int = 100) -> list[dict]:
-        return recent_usage(self.engine, tenant_id, since, until, limit)
+              limit: int = 100, *, tenant_text: bool = True) -> list[dict]:
+        return recent_usage(self.engine, tenant_id, since, until, limit, tenant_text=tenant_text)
 
     def report(self, group_by: tuple[str, ...] = ("tenant", "model", "day"), *, since: str | None = None,
                until: str | None = None, tenant_id: int | None = None) -> list[dict]:

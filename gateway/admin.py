@@ -332,7 +332,9 @@ def set_price(model: str, body: PriceSet, billing: Operator) -> PricePublic:
 @router.get("/admin/usage", responses=LIST)
 def usage(billing: Finance, tenant_id: TenantFilter = None, since: date | None = None, until: date | None = None,
           limit: int = Query(100, ge=1, le=10_000)) -> list[UsageRecordPublic]:
-    return billing.usage(tenant_id, _day(since), _day(until), limit)
+    """The newest usage records. Finance reads their money, not what tenants wrote: for a finance key
+    `prompt_text` and `feedback_comment` are null (admins see them, for tenants that opted in to keeping prompts)."""
+    return billing.usage(tenant_id, _day(since), _day(until), limit, tenant_text=billing.actor.role == "admin")
 
 
 @router.get("/admin/reports/usage", response_model=None, responses={

@@ -6,7 +6,8 @@ which may do everything. The roles:
 - `admin`: everything, including admin keys.
 - `operator`: tenants, keys, rate limits, budgets and prices; the live view and /metrics. No spend, usage records
   or reports.
-- `finance`: reads spend, budgets, reports and their CSV, prices, tenants, and the audit log; changes nothing.
+- `finance`: reads spend, budgets, reports and their CSV, usage records without what tenants wrote (prompt text,
+  feedback comments: null), prices, tenants, and the audit log; changes nothing.
 
 tests/billing/test_roles.py calls every /admin route with every role against its own copy of this table, so a new
 route cannot go without one.

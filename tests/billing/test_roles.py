@@ -175,3 +175,21 @@ def test_people_get_admin_keys_stored_hashed_and_revoked_at_once(gw):
     assert refused.status_code == 401
     assert [(e["actor"], e["action"]) for e in billing.audit(action="admin_key", limit=2)] == [
         ("admin-person", "admin_key.revoke"), ("admin-person", "admin_key.create")]
+
+
+def test_finance_reads_usage_records_without_what_tenants_wrote(gw):
+    client, billing, keys = gw
+    made = billing.create_tenant(fresh("t"), store_prompts=True)
+    principal = billing.authenticate(billing.create_key(made["id"])[0])
+    billing.settle(billing.reserve(principal, "p1", "ferryman-small", 10, 10), prompt_tokens=10, completion_tokens=5,
+                   prompt_text="our merger plan with globex")
+    assert billing.record_feedback(principal, "p1", 0.5, "it leaked the merger plan")
+    params = {"tenant_id": made["id"]}
+    [seen] = client.get("/admin/usage", headers=bearer(keys[A]), params=params).json()
+    [redacted] = client.get("/admin/usage", headers=bearer(keys[F]), params=params).json()
+    assert (seen["prompt_text"], seen["feedback_comment"]) == ("our merger plan with globex", "it leaked the merger plan")
+    assert redacted["prompt_text"] is None and redacted["feedback_comment"] is None
+    assert {k: v for k, v in redacted.items() if k not in ("prompt_text", "feedback_comment")} == {
+        k: v for k, v in seen.items() if k not in ("prompt_text", "feedback_comment")}
+    assert redacted["cost_micros"] > 0 and redacted["feedback_score"] == 0.5
+    assert client.get("/admin/usage", headers=bearer(keys[O]), params=params).status_code == 403
