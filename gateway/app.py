@@ -10,7 +10,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api
+from gateway import admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api, tracing
 from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
@@ -25,12 +25,16 @@ log = logging.getLogger("ferryman")
 
 def create_app(settings: Settings | None = None, *, billing=None, limiter=None, router=None,
                backends: dict | None = None, tokenizer=None, catalog: Catalog | None = None,
-               on_ready=None) -> FastAPI:
+               on_ready=None, tracer_provider=None) -> FastAPI:
+    """tracer_provider: an OpenTelemetry SDK provider (tests: an in-memory exporter's); None: the one
+    FERRYMAN_OTLP_ENDPOINT asks for, or none (tracing off)."""
     settings = settings or Settings()
+    made_provider = None if tracer_provider else tracing.provider(settings.otlp_endpoint)
+    tracer = tracing.tracer(tracer_provider or made_provider)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ferry = build_ferry(settings, billing, limiter, router, backends, tokenizer, catalog)
+        ferry = build_ferry(settings, billing, limiter, router, backends, tokenizer, catalog, tracer)
         for backend in ferry.backends.values():
             await backend.start()
         app.state.ferry = ferry
@@ -57,6 +61,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         app.state.bodies.close()
         if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
             await ferry.limiter.close()
+        if made_provider:  # the last spans reach the collector
+            await asyncio.to_thread(made_provider.shutdown)
 
     # /docs serves Swagger UI from the fastapi-offline package's files, so it works offline (no CDN).
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -66,6 +72,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     errors.install(app)
     app.add_middleware(DrainGate, drain=app.state.drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(tracing.Traced, tracer=tracer)  # the request's span; its trace id goes to the access log
     app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
     app.include_router(openai_api.router)
     app.include_router(feedback.router)
@@ -97,7 +104,7 @@ async def reap_forever(billing, every_s: float = 60.0) -> None:
 
 
 def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None,
-                catalog: Catalog | None = None) -> Ferry:
+                catalog: Catalog | None = None, tracer=tracing.NOOP) -> Ferry:
     """Defaults for whatever was not injected: SQLite ledger, in-process limits, the catalog's models (the file, else
     the embedded bundled pair), each route group's own router (an injected one stands in for all). An injected
     backend or tokenizer stands in for the catalog's."""
@@ -116,4 +123,4 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
         billing.set_prices_from_catalog(prices)
     injected = backends or {}
     models = {e.name: served_model(e, catalog, injected.get(e.name), tokenizer) for e in catalog.models}
-    return Ferry(settings, billing, limiter, router, models, catalog)
+    return Ferry(settings, billing, limiter, router, models, catalog, tracer)

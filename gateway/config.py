@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     alert_poll_s: float = Field(5.0, gt=0)  # how often each gateway looks for alerts to send
     log_format: Literal["text", "json"] = "text"  # json: one object a line, access-log fields as keys
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # info: an access-log line per request
+    # OpenTelemetry traces are sent here over OTLP/HTTP (e.g. http://collector:4318/v1/traces); None: no tracing
+    otlp_endpoint: str | None = None
 
     # The model catalog (gateway/catalog.py); None = the embedded default: the bundled pair, which the settings
     # below shape (paths, replicas, quantization, speculation, scale-to-zero, cascade).

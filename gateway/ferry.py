@@ -26,7 +26,7 @@ from billing.admins import PREFIX as ADMIN_PREFIX
 from billing import rules
 from billing.audit import Actor
 from billing.pricing import usd
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.catalog import Catalog
 from gateway.config import Settings
 from gateway.errors import APIError, invalid
@@ -69,6 +69,7 @@ class Ticket:
     earlier_cost_micros: int = 0  # what an escalated request's first try already cost
     escalated: bool = False  # a cascade's first try whose answer goes to the strongest tier instead
     outcome: str | None = None  # the record's status once settled: ok, error, timeout, cancelled, ...
+    trace: tracing.Try | None = None  # its backend and first-token spans, once it runs
 
     def total_cost_micros(self) -> int:
         return (self.cost_micros or 0) + self.earlier_cost_micros
@@ -100,8 +101,8 @@ class Ticket:
 
 class Ferry:
     def __init__(self, settings: Settings, billing: Billing, limiter: RateLimiter, router,
-                 models: dict[str, ServedModel], catalog: Catalog):
-        self.settings, self.billing, self.limiter = settings, billing, limiter
+                 models: dict[str, ServedModel], catalog: Catalog, tracer=tracing.NOOP):
+        self.settings, self.billing, self.limiter, self.tracer = settings, billing, limiter, tracer
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
         self.routing = Routing(catalog, router, models, settings.metrics_tenants)
@@ -113,6 +114,12 @@ class Ferry:
     # --- who is asking -------------------------------------------------------------------------
 
     async def authenticate(self, authorization: str | None) -> Principal:
+        with tracing.span(self.tracer, "ferryman.auth") as span:
+            principal = await self._authenticate(authorization)
+            span.set_attribute("ferryman.tenant", principal.tenant_name)
+            return principal
+
+    async def _authenticate(self, authorization: str | None) -> Principal:
         # A cached key (the usual case) is answered on the loop: only a database read is worth a thread hop.
         key = _bearer(authorization)
         if key and not self.billing.keys.cached(key):
@@ -143,13 +150,17 @@ class Ferry:
     async def complete(self, principal: Principal, body: SamplingFields) -> tuple[Ticket, AsyncIterator[TokenDelta]]:
         """The ticket of the model that serves, and its deltas (the first one already arrived)."""
         size = _size(body)
-        plan = await _off_loop(size, self.routing.plan, principal, body, self._query(body))
+        with tracing.span(self.tracer, "ferryman.route") as span:
+            plan = await _off_loop(size, self.routing.plan, principal, body, self._query(body))
+            span.set_attributes(tracing.attributes(route_group=plan.group, difficulty=plan.difficulty,
+                                                   models=plan.order, router=plan.router))
 
         async def attempt(model: str, route: str, plan: Plan, logprobs: bool):
             served = self.models[model]
             asked = served.with_defaults(body)
-            prompt = await _off_loop(size, served.prompt, asked)
-            ticket = await self.admit(principal, asked, served, prompt, plan, route, logprobs)
+            with tracing.span(self.tracer, "ferryman.admit", model=model):
+                prompt = await _off_loop(size, served.prompt, asked)
+                ticket = await self.admit(principal, asked, served, prompt, plan, route, logprobs)
             return ticket, await self.start(ticket)
 
         return await self.routing.serve(plan, attempt, principal)
@@ -168,8 +179,10 @@ class Ferry:
         request_id = f"req-{uuid.uuid4().hex}"
         rate_headers = await self._admit_rate(principal, prompt.tokens + max_tokens * body.n)
         try:  # n choices may each generate max_tokens; the prompt is billed once
-            reservation = await self.billing.ledger.reserve(principal, request_id, served.name, prompt.tokens,
-                                                            max_tokens * body.n)
+            with tracing.span(self.tracer, "ferryman.ledger.reserve") as span:
+                reservation = await self.billing.ledger.reserve(principal, request_id, served.name, prompt.tokens,
+                                                                max_tokens * body.n)
+                span.set_attribute("ferryman.reserved_micros", reservation.amount_micros)
         except BudgetExceeded as exc:
             await self.limiter.release(principal)
             # Spent: no retry helps. Only held by requests in flight: the same request fits once they settle.
@@ -238,6 +251,7 @@ class Ferry:
         """Stream the backend's deltas; settle exactly once however the stream ends."""
         status = "error"
         served = self.models[ticket.model]
+        ticket.trace = tracing.start(self.tracer, model=ticket.model, route=ticket.route, request_id=ticket.request_id)
         deadline = asyncio.get_running_loop().time() + served.entry.timeout_s
         try:
             async with served.slot():
@@ -273,11 +287,15 @@ class Ferry:
                 if status != "ok":
                     for request in ticket.choice_requests():
                         await _quietly(served.backend.abort(request.request_id))
-                await self.settle(ticket, status)
+                ticket.trace.end(status)
+                with ticket.trace.settling() as span:
+                    await self.settle(ticket, status)
+                    span.set_attributes(tracing.attributes(outcome=status, cost_micros=ticket.cost_micros))
 
     def _observe(self, ticket: Ticket, delta: TokenDelta) -> None:
         if ticket.first_token_at is None and (delta.token_ids or delta.text or delta.tool_calls):
             ticket.first_token_at = time.perf_counter()
+            ticket.trace.first_token()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
         tokens = len(delta.token_ids) or bool(delta.text)
         ticket.completion_tokens += tokens
