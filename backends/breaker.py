@@ -34,7 +34,7 @@ class Breaker:
 
     def succeeded(self) -> None:
         if self.failures >= self.threshold:
-            log.info("%s: circuit closed (answered again)", self.name)
+            log.warning("%s: circuit closed (answered again)", self.name)
         self.failures, self.open_until = 0, 0.0
 
     def failed(self, reason: str, at_once: bool = False) -> None:
@@ -50,7 +50,7 @@ class Breaker:
     def probed(self, ok: bool, reason: str = "", code: str = "model_unavailable") -> None:
         """A health probe's verdict: ok brings the upstream back; otherwise it is down, for `reason`."""
         if ok and not self.healthy:
-            log.info("%s: health probe answers again", self.name)
+            log.warning("%s: health probe answers again", self.name)
         elif not ok and (self.healthy or reason != self.reason):
             log.warning("%s: health probe failed: %s", self.name, reason)
         self.healthy = ok

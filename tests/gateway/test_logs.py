@@ -16,6 +16,7 @@ from billing import RateLimiter
 from gateway.app import create_app
 from gateway.logs import JSONFormatter
 from tests.gateway.conftest import make_gateway
+from tests.gateway.test_alert_webhook import spend_past_the_threshold
 from tests.util import LengthRouter, serve
 
 SECRET_PROMPT = "the launch code is 0451"
@@ -156,3 +157,38 @@ def test_engine_serve_logs_its_start_requests_at_debug_and_its_drain(tmp_path):
     assert any(m.startswith("request cmpl-") and "3 prompt tokens, max_tokens 2" in m for m in replica)
     assert {x["level"] for x in lines if x["message"].startswith("request cmpl-")} == {"debug"}
     assert replica[-2:] == ["draining: 0 request(s) in flight, 30 s grace", "drained, exiting"]
+
+
+def test_an_upstreams_breaker_and_health_are_warnings_both_ways(caplog):
+    from backends.breaker import Breaker
+
+    caplog.set_level(logging.INFO, logger="ferryman.breaker")
+    breaker = Breaker("upstream gpt", threshold=2, cooldown_s=5.0)
+    for _ in range(3):
+        breaker.failed("HTTP 502")
+    breaker.succeeded()
+    breaker.probed(False, "HTTP 503")
+    breaker.probed(False, "HTTP 503")  # no change: no line
+    breaker.probed(True)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "upstream gpt: circuit open for 5 s after 2 failures in a row: HTTP 502"),
+        (logging.WARNING, "upstream gpt: circuit closed (answered again)"),
+        (logging.WARNING, "upstream gpt: health probe failed: HTTP 503"),
+        (logging.WARNING, "upstream gpt: health probe answers again")]
+
+
+def test_a_budget_alert_is_one_warning(tmp_path, tokenizer, caplog):
+    app, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer)
+    budget = billing.set_budget(tenant_id, limit_micros=2_000, alert_percent=1)
+    caplog.set_level(logging.INFO, logger="ferryman.billing")
+    with serve(app) as url:
+        spend_past_the_threshold(url, key, billing, tenant_id)
+        for _ in range(3):  # more spend in the same period crosses nothing new
+            r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "ferryman-small", "prompt": "hello there", "max_tokens": 4})
+            assert r.status_code == 200
+    [alert] = billing.list_alerts(tenant_id)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"budget {budget['id']} crossed its alert threshold for {alert['period_key']}: "
+        f"${alert['spent_micros'] / 1e6:.6f} spent of $0.002000"]
