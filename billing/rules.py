@@ -12,8 +12,9 @@ The rules:
   `overrun_micros` says by how much the charge passed the hold (the gateway logs and counts it).
 - budgets: a hold must fit (`spent + reserved + hold <= limit`), and an overrun is spend like any other, so a budget
   passes its limit only by the overrun of a request admitted while it still fitted, and then takes no hold.
-- free failures: a server-side failure (`SERVER_FAILURES`) that produced no completion token costs nothing; a client
-  that went away pays for what was generated.
+- free failures: a request that ends in a server-side failure (`SERVER_FAILURES`: the gateway, a backend or a
+  dependency failed; the client got an error, an SSE error event once streaming) costs nothing, however many tokens
+  were generated before it; a client that went away (`cancelled`) pays for what was generated.
 - baseline: the same tokens at the route group's strongest tier's price, kept beside the cost (savings per record);
   none when that model has no price.
 - period: a request belongs to the budget period (and the report day) it was admitted in, so a budget's spend for a
@@ -30,7 +31,7 @@ from typing import Callable, Protocol
 from billing.auth import Principal
 from billing.pricing import Price, usd
 
-# Endings that are the server's fault: with no completion token produced, the tenant pays nothing.
+# Endings that are the server's fault: the client was told the request failed, so it pays nothing.
 SERVER_FAILURES = ("error", "timeout", "unavailable", "expired")
 RETRY_AFTER_S = 2  # a hold lasts as long as its request: a few seconds is the usual wait for one to settle
 
@@ -159,7 +160,7 @@ def usage_record(res: Reservation, now: datetime, baseline: Price | None, *, pro
     tier (None: no baseline). `escalated`: a cascade's first try whose answer went to the strongest tier: that
     tier alone would not have made this call, so its baseline is 0 and its cost shows as a loss.
     `prompt_text` is kept only for tenants that opted in."""
-    free = status in SERVER_FAILURES and completion_tokens == 0
+    free = status in SERVER_FAILURES
     token_cost, gpu_cost = (None, None) if free else res.price.charge_micros(
         prompt_tokens, cached_tokens, completion_tokens, gpu_seconds)
     # The tokens are billed as counted, past the hold too (the upstream was paid for them); a GPU-second price is

@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        ferry = build_ferry(settings, billing, limiter, router, backends, tokenizer, catalog, tracer)
+        ferry = build_ferry(settings, billing, limiter, router, backends, tokenizer, catalog, tracer, app.state.drain)
         for backend in ferry.backends.values():
             await backend.start()
         app.state.ferry = ferry
@@ -104,7 +104,7 @@ async def reap_forever(billing, every_s: float = 60.0) -> None:
 
 
 def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None,
-                catalog: Catalog | None = None, tracer=tracing.NOOP) -> Ferry:
+                catalog: Catalog | None = None, tracer=tracing.NOOP, drain: health.Drain | None = None) -> Ferry:
     """Defaults for whatever was not injected: SQLite ledger, in-process limits, the catalog's models (the file, else
     the embedded bundled pair), each route group's own router (an injected one stands in for all). An injected
     backend or tokenizer stands in for the catalog's."""
@@ -123,4 +123,4 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
         billing.set_prices_from_catalog(prices)
     injected = backends or {}
     models = {e.name: served_model(e, catalog, injected.get(e.name), tokenizer) for e in catalog.models}
-    return Ferry(settings, billing, limiter, router, models, catalog, tracer)
+    return Ferry(settings, billing, limiter, router, models, catalog, tracer, drain)

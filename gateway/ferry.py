@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -29,7 +30,7 @@ from billing.pricing import usd
 from gateway import metrics, tracing
 from gateway.catalog import Catalog
 from gateway.config import Settings
-from gateway.errors import APIError, invalid
+from gateway.errors import APIError, invalid, outage
 from gateway.public_prefixes import public_prefix_len
 from gateway.routing import ModelUnavailable, Plan, Routing
 from gateway.schemas import ChatCompletionRequest, SamplingFields
@@ -39,6 +40,8 @@ log = logging.getLogger("ferryman")
 PRIORITY = {"interactive": 0, "standard": 1, "batch": 2}
 ENV_ADMIN = Actor("env:FERRYMAN_ADMIN_KEY", "admin")
 INLINE_BYTES = 32 * 1024  # inputs larger than this are rendered and scored off the event loop
+SETTLE_RETRY_S = 15 * 60  # a settlement the ledger missed is retried this long (then the reaper frees the hold)
+log = logging.getLogger("ferryman")
 
 
 @dataclass
@@ -101,8 +104,10 @@ class Ticket:
 
 class Ferry:
     def __init__(self, settings: Settings, billing: Billing, limiter: RateLimiter, router,
-                 models: dict[str, ServedModel], catalog: Catalog, tracer=tracing.NOOP):
+                 models: dict[str, ServedModel], catalog: Catalog, tracer=tracing.NOOP, drain=None):
         self.settings, self.billing, self.limiter, self.tracer = settings, billing, limiter, tracer
+        self.drain = drain  # gateway.health.Drain: a stream cut by a restart is the gateway's failure
+        self._settling: set[asyncio.Task] = set()  # settlements retried until the ledger answers
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
         self.routing = Routing(catalog, router, models, settings.metrics_tenants)
@@ -278,7 +283,9 @@ class Ferry:
             status = "rejected"
             raise invalid(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):
-            status = "cancelled"
+            # The client hung up (it pays for what was generated), or a restart cut the stream (free, like any
+            # failure of ours: the client got an error event).
+            status = "error" if self.drain and self.drain.past_deadline() else "cancelled"
             raise
         finally:
             # A disconnect cancels this task, and the cancellation would strike again at every await here:
@@ -318,14 +325,19 @@ class Ferry:
         p = ticket.principal
         if ticket.plan.cascade_to not in (None, ticket.model) and status == "ok":  # a cascade's first try, whole
             ticket.escalated = self.routing.escalates(ticket)
+        fields = dict(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+                      completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
+                      difficulty=ticket.difficulty, status=status, estimated=usage.estimated,
+                      route_group=ticket.plan.group, escalated=ticket.escalated, gpu_seconds=usage.gpu_seconds,
+                      prompt_text=ticket.prompt.query if p.store_prompts else None)
+        baseline = ticket.plan.baseline(ticket.model)
         try:
-            record = await self.billing.ledger.settle(
-                ticket.reservation, prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens, completion_tokens=usage.completion_tokens,
-                latency_ms=latency * 1000, route=ticket.route, difficulty=ticket.difficulty, status=status,
-                estimated=usage.estimated, route_group=ticket.plan.group,
-                baseline_model=ticket.plan.baseline(ticket.model), escalated=ticket.escalated,
-                gpu_seconds=usage.gpu_seconds, prompt_text=ticket.prompt.query if p.store_prompts else None)
+            try:
+                record = await self.billing.ledger.settle(ticket.reservation, baseline_model=baseline, **fields)
+            except Exception as exc:
+                if outage(exc) is None:
+                    raise
+                record = self._settle_later(ticket.reservation, baseline, fields, exc)
             ticket.cost_micros = record.cost_micros
         finally:
             await self.limiter.release(p)
@@ -336,6 +348,31 @@ class Ferry:
         metrics.COST.labels(ticket.model).inc(record.cost_micros / 1e6)
         if overrun := rules.overrun_micros(ticket.reservation, record):
             _overran(ticket, record, overrun)
+
+    def _settle_later(self, res: Reservation, baseline: str | None, fields: dict, exc: Exception) -> rules.UsageRecord:
+        """The ledger is unreachable as the request ends. The client still gets the answer's true ending (an answer
+        that was delivered is not turned into an error it would retry and pay twice for): the settlement is retried
+        until the ledger answers. Settling is idempotent, so if the first try did land (a paused Redis runs it on
+        waking), the retry changes nothing; both carry the same record, decided here by billing.rules."""
+        log.warning("request %s: ledger unreachable at settlement (%s), retrying in the background",
+                    res.request_id, exc.__class__.__name__)
+        task = asyncio.create_task(self._retry_settle(res, baseline, fields))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return rules.usage_record(res, datetime.now(UTC).replace(tzinfo=None), None, **fields)
+
+    async def _retry_settle(self, res: Reservation, baseline: str | None, fields: dict) -> None:
+        for _ in range(int(SETTLE_RETRY_S)):
+            await asyncio.sleep(1.0)
+            try:
+                await self.billing.ledger.settle(res, baseline_model=baseline, **fields)
+                return
+            except Exception as exc:
+                if outage(exc) is None:
+                    log.exception("request %s: settlement failed", res.request_id)
+                    return
+        log.error("request %s: ledger unreachable for %d s; its hold is left to the reaper", res.request_id,
+                  SETTLE_RETRY_S)
 
 
 def _overran(ticket: Ticket, record, overrun: int) -> None:

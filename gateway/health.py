@@ -6,8 +6,8 @@
   (its health probes pass, its circuit breaker is closed, its key is accepted), and the gateway is not draining.
   Otherwise 503, naming what is wrong, with Retry-After. Either way `upstreams` lists each model's state.
 - SIGTERM drains (`serve`): /ready turns 503, new requests get 503 + Retry-After, requests in flight finish
-  within `shutdown_grace_s`; streams still running then end with an SSE error event and are settled for what
-  was sent; the process exits 0 once nothing is in flight.
+  within `shutdown_grace_s`; streams still running then end with an SSE error event and are settled as
+  failed, at no cost (docs/BILLING.md); the process exits 0 once nothing is in flight.
 """
 from __future__ import annotations
 
@@ -49,8 +49,12 @@ class Drain:
             for wait in self.waits:  # a stream silent since before the signal is cut on time too
                 wait.reschedule(self.deadline)
 
+    def past_deadline(self) -> bool:
+        """Whether streams still running are being cut now (the request's failure is then the gateway's)."""
+        return self.draining and time.monotonic() >= self.deadline
+
     async def guard(self, deltas: AsyncIterator) -> AsyncIterator:
-        """Pass a generation through; past the drain deadline, stop it (it settles what was sent) and raise 503."""
+        """Pass a generation through; past the drain deadline, stop it (it settles as failed) and raise 503."""
         it = aiter(deltas)
         while True:
             try:

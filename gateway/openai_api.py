@@ -1,13 +1,15 @@
 """OpenAI-compatible routes. Thin: parse, hand to the Ferry, shape the answer."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backends.base import TokenDelta
 from gateway.errors import APIError, outage, responses
@@ -63,9 +65,9 @@ async def _complete(request: Request, kind: type, authorization: str | None, cha
     if body.stream:
         return StreamingResponse(_sse(deltas, ticket, shape, body.include_usage()),
                                  media_type="text/event-stream", headers=ticket.headers)
-    answers = [Answer() for _ in range(ticket.n)]
-    async for delta in deltas:
-        answers[delta.index].add(delta)
+    answers = await _whole(request, deltas, ticket.n)
+    if answers is None:  # nobody is listening: the generation was stopped and settled as cancelled
+        return Response(status_code=499)
     headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.total_cost_micros())}
     return JSONResponse(shape.whole(answers, _usage(ticket)), headers=headers)
 
@@ -85,6 +87,36 @@ class Answer:
             self.logprobs = self.logprobs or {k: [] for k, v in more.items() if isinstance(v, list)}
             for key, items in self.logprobs.items():
                 items += more.get(key) or ()
+
+
+async def _whole(request: Request, deltas: AsyncIterator[TokenDelta], n: int) -> list[Answer] | None:
+    """The n whole answers, or None if the client hung up first: then its generation is cancelled (engine or
+    upstream) and it pays for the tokens generated until then, as a stream's client would (docs/BILLING.md)."""
+    answers = [Answer() for _ in range(n)]
+
+    async def gather():
+        async for delta in deltas:
+            answers[delta.index].add(delta)
+
+    gathering, hangup = asyncio.ensure_future(gather()), asyncio.ensure_future(_hung_up(request))
+    try:
+        await asyncio.wait((gathering, hangup), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hangup.cancel()
+        if not gathering.done():
+            gathering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gathering  # settled (shielded) before the route returns
+    if gathering.cancelled():
+        return None
+    gathering.result()  # the generation's own error, if it failed
+    return answers
+
+
+async def _hung_up(request: Request) -> None:
+    """Returns once the client disconnects (the body is read: the server's next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
