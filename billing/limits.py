@@ -3,8 +3,9 @@
 Each scope of a principal (its tenant, its key) has up to two buckets, holding at most a minute's
 allowance and refilling continuously. A request is admitted only if every bucket and every
 concurrency cap allows it, and then takes from all of them at once; a refused request takes nothing.
-`RateLimiter` keeps buckets in this process; `RedisRateLimiter` keeps them in Redis, checked and
-taken by one Lua script, so that several gateway replicas share one limit.
+`RateLimiter` keeps buckets in this process; `billing.redis_limits.RedisRateLimiter` keeps them in
+Redis, checked and taken by one Lua script, so that several gateway replicas share one limit. Both
+offer the same public API: `admit`, `release`, `close`; this module imports nothing of Redis.
 """
 from __future__ import annotations
 
@@ -83,20 +84,12 @@ def refusal(found: list[Check], levels: list[float], full: list[str]) -> RateLim
 
 
 class RateLimiter:
-    """In-process limits: exact for one gateway process. Use `from_url(redis_url)` to share across replicas."""
+    """In-process limits: exact for one gateway process (`RedisRateLimiter` shares them across replicas)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
         self._inflight: dict[str, int] = {}
-
-    @staticmethod
-    def from_url(url: str | None, prefix: str = "ferryman") -> RateLimiter:
-        if not url:
-            return RateLimiter()
-        from billing.redis_limits import RedisRateLimiter
-
-        return RedisRateLimiter(url, prefix)
 
     async def admit(self, principal: Principal, tokens: int) -> dict[str, str]:
         """Take one request and `tokens` tokens from every bucket and a slot; the x-ratelimit-* headers.
@@ -120,6 +113,13 @@ class RateLimiter:
         for lim in principal.limits:
             if lim.max_concurrent and self._inflight.get(lim.scope, 0) > 0:
                 self._inflight[lim.scope] -= 1
+
+    def in_flight(self, scope: str) -> int:
+        """Requests of `scope` this limiter admitted and has not released yet."""
+        return self._inflight.get(scope, 0)
+
+    async def close(self) -> None:
+        """Nothing to close: the buckets live in this process."""
 
     def _level(self, c: Check, now: float) -> float:
         level, at = self._buckets.get(c.key, (float(c.capacity), now))

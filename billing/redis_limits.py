@@ -5,7 +5,7 @@ import time
 from typing import Callable
 
 from billing import resp
-from billing.limits import SLOT_TTL_S, RateLimiter, checks, headers, refusal
+from billing.limits import SLOT_TTL_S, checks, headers, refusal
 from billing.auth import Principal
 
 # KEYS: n bucket keys, then the concurrency keys.  ARGV: now_ms, n, then capacity and cost per bucket,
@@ -53,10 +53,12 @@ return 0
 """
 
 
-class RedisRateLimiter(RateLimiter):
+class RedisRateLimiter:
+    """`RateLimiter`'s public API (admit, release, close) with the buckets and slots in Redis."""
+
     def __init__(self, url: str, prefix: str = "ferryman", clock: Callable[[], float] = time.time):
         # Wall-clock time, not monotonic: every replica must agree on what "now" is for a shared bucket.
-        super().__init__(clock)
+        self.clock = clock
         self.redis = resp.Redis(url)
         self.prefix = prefix
         self._admit, self._release = resp.Script(ADMIT), resp.Script(RELEASE)

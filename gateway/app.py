@@ -59,8 +59,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
         for backend in ferry.backends.values():
             await backend.stop()
         app.state.bodies.close()
-        if hasattr(ferry.limiter, "close"):  # the Redis limiter holds a connection pool
-            await ferry.limiter.close()
+        await ferry.limiter.close()  # the Redis limiter holds a connection pool
         if made_provider:  # the last spans reach the collector
             await asyncio.to_thread(made_provider.shutdown)
 
@@ -109,13 +108,14 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
     the embedded bundled pair), each route group's own router (an injected one stands in for all). An injected
     backend or tokenizer stands in for the catalog's."""
     from billing import Billing, RateLimiter
+    from billing.redis_limits import RedisRateLimiter
 
     if billing is None:
         billing = Billing(settings.database_url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
         billing.create_schema()
         billing.ensure_admin_defaults()
     if limiter is None and settings.redis_url:
-        limiter = health.RedisOutagePolicy(RateLimiter.from_url(settings.redis_url, settings.redis_prefix),
+        limiter = health.RedisOutagePolicy(RedisRateLimiter(settings.redis_url, settings.redis_prefix),
                                            settings.redis_outage)
     limiter = limiter or RateLimiter()
     catalog = catalog or from_settings(settings)

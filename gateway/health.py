@@ -155,7 +155,7 @@ class RedisOutagePolicy:
             return await self.local.admit(principal, tokens)
 
     async def release(self, principal) -> None:
-        if any(self.local._inflight.get(lim.scope) for lim in principal.limits):
+        if any(self.local.in_flight(lim.scope) for lim in principal.limits):
             return await self.local.release(principal)
         with contextlib.suppress(*REDIS_DOWN):
             await self.shared.release(principal)

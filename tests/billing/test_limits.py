@@ -131,8 +131,7 @@ def test_concurrency_cap_holds_until_release(make_limiter):
 
 def test_no_limits_admit_everything():
     async def scenario():
-        assert isinstance(RateLimiter.from_url("redis://127.0.0.1:6379/0"), RedisRateLimiter)  # connects lazily
-        limiter = RateLimiter.from_url(None)
+        limiter = RateLimiter()
         for _ in range(1000):
             assert await limiter.admit(principal(), 10**6) == {}
 
