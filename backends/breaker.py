@@ -3,9 +3,11 @@ that is down, hung or refusing the operator's key, and lets it back once it answ
 
 Requests that fail before their first token (refused or dropped connection, HTTP 5xx, an answer that is not one)
 count; `threshold` of them in a row open the breaker for `cooldown_s`, after which one request may try again (a
-failure reopens it at once). A request that timed out before its first token opens it at once: a hung upstream
-costs one request one time-out, not every request. A periodic probe sets `healthy`; a refused key takes the
-upstream out of service (`down`) until a probe gets through.
+failure reopens it at once). A request that timed out before its first token (or, on a replica, went silent
+mid-stream) opens it at once: a hung upstream costs one request one time-out, not every request. Used by every
+remote kind: one per `kind: openai` model, one per replica of a `kind: replicas` model. A periodic probe sets
+`healthy`; a refused key takes the upstream out of service (`down`) until a probe gets through. Opening, closing,
+down and back are warnings (an operator must see them); a probe that keeps failing is logged once.
 """
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ class OpenAIUpstream:
                     if not line.startswith(b"data:") or line == b"data: [DONE]":
                         continue
                     chunk = json.loads(line[5:])
-                    usage = chunk.get("usage") or usage
+                    usage = _reported_usage(chunk) or usage
                     for choice in chunk.get("choices") or ():  # a usage-only chunk has none
                         delta = self._delta(choice, request)
                         finish = choice.get("finish_reason") or finish
@@ -212,6 +212,12 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield line.rstrip(b"\r")
     if rest:
         yield rest.rstrip(b"\r")
+
+
+def _reported_usage(chunk: dict) -> dict | None:
+    """A chunk's usage: OpenAI's `usage`, or Groq's `x_groq.usage` (where Groq puts it on a stream's last chunk)."""
+    groq = chunk.get("x_groq")
+    return chunk.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
 
 
 def _counts(reported) -> tuple[int, int, int] | None:

@@ -5,9 +5,12 @@ Why it looks like this: a replica can die at any moment. Requests that had not s
 replica with backoff; a stream that breaks mid-way is continued on another replica from the tokens already
 sent (prompt + sent tokens, the remaining max_tokens), so the tenant sees one uninterrupted answer, identical
 under greedy decoding. A replica that goes silent (hung, stopped, partitioned) counts as dead once no byte
-arrived for `inter_token_timeout_s` after the response began (our replicas send a heartbeat at once and while
-a request waits; other servers' first token may take up to `read_timeout_s`). A circuit breaker keeps traffic
-off a replica that keeps failing; a health loop brings it back. The tenant's `cache_salt` goes along (vLLM
+arrived for `inter_token_timeout_s` after the response began, or no response head in that long, or no first
+line in `read_timeout_s` (the catalog's first_token_timeout_s; our replicas send a heartbeat at once and while a
+request waits). Each replica has the circuit breaker every remote model uses (backends/breaker.py): failures in a
+row open it, a silent replica opens it at once (a hung replica costs one request one time-out, the next ones
+nothing), a health probe of /health (bounded by connect_timeout_s) marks it down or brings it back; with every
+replica open or down the model is refused at once, so a route group's next tier serves. The tenant's `cache_salt` goes along (vLLM
 takes it too), so replicas keep the prefix cache partitioned by tenant.
 """
 from __future__ import annotations
@@ -15,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import httpx
 
 from backends.base import BackendUnavailable, GenerationRequest, TokenDelta, Usage
+from backends.breaker import Breaker
 
 log = logging.getLogger("ferryman.remote")
 
@@ -30,29 +33,15 @@ class ReplicaFailed(Exception):
     pass
 
 
+class ReplicaSilent(ReplicaFailed):
+    """No first token, or no byte mid-stream, in time: hung. Its breaker opens at once (backends/breaker.py)."""
+
+
 @dataclass
 class Replica:
     url: str
-    failures: int = 0
-    open_until: float = 0.0  # circuit breaker: no traffic before this monotonic time
+    breaker: Breaker
     in_flight: int = 0
-    healthy: bool = True
-
-    def available(self, now: float) -> bool:
-        return self.healthy and now >= self.open_until
-
-    def succeeded(self) -> None:
-        if self.open_until:
-            log.warning("replica %s: circuit closed (it answered again)", self.url)
-        self.failures, self.open_until = 0, 0.0
-
-    def failed(self, threshold: int, cooldown_s: float) -> None:
-        self.failures += 1
-        if self.failures >= threshold:
-            if time.monotonic() >= self.open_until:
-                log.warning("replica %s: circuit open for %g s after %d failures in a row", self.url, cooldown_s,
-                            self.failures)
-            self.open_until = time.monotonic() + cooldown_s
 
 
 class RemoteBackend:
@@ -60,9 +49,10 @@ class RemoteBackend:
                  breaker_threshold: int = 3, cooldown_s: float = 5.0, health_interval_s: float = 1.0,
                  connect_timeout_s: float = 2.0, read_timeout_s: float = 30.0, inter_token_timeout_s: float = 5.0):
         self.name = name
-        self.replicas = [Replica(u.rstrip("/")) for u in urls]
+        self.replicas = [Replica(u.rstrip("/"), Breaker(f"replica {u.rstrip('/')} of {name}", breaker_threshold,
+                                                         cooldown_s)) for u in urls]
         self.max_attempts, self.backoff_s = max_attempts, backoff_s
-        self.breaker_threshold, self.cooldown_s, self.health_interval_s = breaker_threshold, cooldown_s, health_interval_s
+        self.health_interval_s = health_interval_s
         self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         self.read_timeout_s, self.inter_token_timeout_s = read_timeout_s, inter_token_timeout_s
         self.client: httpx.AsyncClient | None = None
@@ -86,21 +76,18 @@ class RemoteBackend:
         failed: set[str] = set()
         for attempt in range(self.max_attempts):
             replica = self._pick(avoid=failed)
-            if replica is None and attempt == 0:  # every replica down or open: skip this model at once
+            if replica is None:  # every replica down or open: skip this model at once, waiting helps no one
                 raise BackendUnavailable(f"no replica of {self.name} is up: {self.state()['reason']}")
-            if replica is None:
-                await asyncio.sleep(self.backoff_s * 2**attempt)
-                continue
             try:
                 async for delta in self._stream(replica, request, sent):
                     sent += delta.token_ids
                     yield delta
                     if delta.finish_reason:
-                        replica.succeeded()
+                        replica.breaker.succeeded()
                         return
                 raise ReplicaFailed("stream ended without a finish reason")
             except (httpx.TransportError, ReplicaFailed) as exc:
-                replica.failed(self.breaker_threshold, self.cooldown_s)
+                replica.breaker.failed(str(exc) or exc.__class__.__name__, at_once=isinstance(exc, ReplicaSilent))
                 failed.add(replica.url)
                 log.warning("replica %s failed after %d tokens (%s); %s", replica.url, len(sent), exc,
                             "continuing elsewhere" if sent else "retrying")
@@ -109,17 +96,16 @@ class RemoteBackend:
         raise BackendUnavailable(f"no replica of {self.name} could serve the request")
 
     def state(self) -> dict:
-        """What /ready reports: up while any replica may take traffic; else down, with each replica's reason."""
-        now = time.monotonic()
-        if any(r.available(now) for r in self.replicas):
-            return {"state": "up"}
-        reasons = [f"{r.url} {'fails its health check' if not r.healthy else 'circuit open'}" for r in self.replicas]
-        return {"state": "down", "reason": "; ".join(reasons)}
+        """What /ready reports: up while any replica may take traffic, else down; and each replica's own state."""
+        each = {r.url: r.breaker.state() for r in self.replicas}
+        if any(r.breaker.available() for r in self.replicas):
+            return {"state": "up", "replicas": each}
+        reasons = [f"{url} {s['state']}: {s['reason']}" for url, s in each.items()]
+        return {"state": "down", "reason": "; ".join(reasons), "replicas": each}
 
     def _pick(self, avoid: set[str]) -> Replica | None:
         """The least busy available replica, preferring ones that have not failed this request."""
-        now = time.monotonic()
-        ready = [r for r in self.replicas if r.available(now)]
+        ready = [r for r in self.replicas if r.breaker.available()]
         return min(ready, key=lambda r: (r.url in avoid, r.in_flight)) if ready else None
 
     async def _stream(self, replica: Replica, request: GenerationRequest, sent: list[int]) -> AsyncIterator[TokenDelta]:
@@ -155,11 +141,12 @@ class RemoteBackend:
     async def _open(self, replica: Replica, body: dict) -> httpx.Response:
         """Send the request; a streaming server answers with headers at once, so a silent one is hung."""
         request = self.client.build_request("POST", f"{replica.url}/v1/completions", json=body)
+        wait_s = min(self.inter_token_timeout_s, self.read_timeout_s)
         try:
-            async with asyncio.timeout(self.inter_token_timeout_s):
+            async with asyncio.timeout(wait_s):
                 return await self.client.send(request, stream=True)
         except TimeoutError:
-            raise ReplicaFailed(f"no response in {self.inter_token_timeout_s:g} s") from None
+            raise ReplicaSilent(f"no response in {wait_s:g} s") from None
 
     async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
         """The response's lines; a replica silent for too long has failed (its stream is continued elsewhere)."""
@@ -171,7 +158,7 @@ class RemoteBackend:
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise ReplicaFailed(f"no data for {wait_s:g} s") from None
+                raise ReplicaSilent(f"no data for {wait_s:g} s") from None
             wait_s = self.inter_token_timeout_s  # once it has spoken, silence means hung
             yield line
 
@@ -191,14 +178,10 @@ class RemoteBackend:
             await asyncio.sleep(self.health_interval_s)
 
     async def _check(self, replica: Replica) -> None:
-        """A probe; logged only when the replica's state changes (a line a second per replica is noise)."""
+        """A probe of the replica's /health, bounded by connect_timeout_s (a hung replica answers none); the breaker
+        logs only a change of state (a line a second per replica is noise)."""
         try:
-            status = (await self.client.get(f"{replica.url}/health", timeout=1.0)).status_code
-            healthy, why = status == 200, f"HTTP {status}"
+            status = (await self.client.get(f"{replica.url}/health", timeout=self.timeout.connect)).status_code
+            replica.breaker.probed(status == 200, f"health check: HTTP {status}")
         except httpx.HTTPError as exc:
-            healthy, why = False, exc.__class__.__name__
-        if healthy != replica.healthy:
-            log.warning("replica %s of %s is %s", replica.url, self.name,
-                        "up again" if healthy else f"down (health check: {why})")
-        replica.healthy = healthy
-
+            replica.breaker.probed(False, f"health check: {exc.__class__.__name__}")

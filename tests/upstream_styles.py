@@ -4,7 +4,9 @@ Python's http.server (a thread per connection) writes a response's head and body
 TCP_NODELAY the body then waits for the head's ACK, which a client's kernel delays up to 40 ms (Nagle meets
 delayed ACK). Styles: "nagle" (Content-Length), "nagle-chunked", "http10" (HTTP/1.0, closes after each answer),
 "idle-close" (closes each connection once idle, without saying so); "nodelay" and "nodelay-chunked" are the
-well-behaved copies. `answer(body)` gives the JSON answer or, for a streaming request, the SSE events.
+well-behaved copies. `answer(body)` gives the JSON answer or, for a streaming request, the SSE events, or the raw
+bytes of a recorded stream (tests/transcripts/), sent as they are in uneven pieces: an event, a line, a JSON string
+or a UTF-8 character may be cut anywhere, as TCP may cut them.
 """
 from __future__ import annotations
 
@@ -60,7 +62,9 @@ def handler(style: str, answer: Callable[[dict], dict | list[dict] | tuple[int, 
             result = answer(body)
             if isinstance(result, tuple):
                 return self.reply(*result)
-            if isinstance(result, list):  # a stream: SSE events, one send each
+            if isinstance(result, bytes):  # a recorded stream, replayed byte for byte, cut anywhere
+                parts, kind, length = _uneven(result), "text/event-stream", None
+            elif isinstance(result, list):  # a stream: SSE events, one send each
                 parts = [b"data: %s\n\n" % json.dumps(e).encode() for e in result] + [b"data: [DONE]\n\n"]
                 kind, length = "text/event-stream", None
             else:
@@ -85,6 +89,15 @@ def handler(style: str, answer: Callable[[dict], dict | list[dict] | tuple[int, 
             pass
 
     return Handler
+
+
+def _uneven(data: bytes) -> list[bytes]:
+    """`data` in pieces of 1, 2, 3, 5, 8, ... 89 bytes, over and over."""
+    sizes, parts, at = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89), [], 0
+    while at < len(data):
+        parts.append(data[at:at + sizes[len(parts) % len(sizes)]])
+        at += len(parts[-1])
+    return parts
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def test_replica_killed_mid_stream_answer_continues_identically(gateway, replica
                 replicas[killed].send_signal(signal.SIGKILL)
     assert killed is not None and replicas[killed].wait(5) == -signal.SIGKILL
     assert "".join(pieces) == expected  # one uninterrupted stream, token for token the same answer
-    assert sum(rep.failures for rep in large.replicas) == 1
+    assert sum(rep.breaker.failures for rep in large.replicas) == 1
     records = billing.usage(tenant_id)
     assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
     assert records[0]["completion_tokens"] == reference["usage"]["completion_tokens"]  # billed once, in full
@@ -124,5 +124,5 @@ def test_request_not_yet_started_is_retried_on_a_live_replica(gateway, replicas)
         r = httpx.post(url + "/v1/completions", json={**_body(False), "max_tokens": 5}, headers=headers, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     dead = next(rep for rep in large.replicas if rep.url.endswith(f":{first}"))
-    assert dead.failures >= 1 or not dead.healthy
+    assert dead.breaker.failures >= 1 or not dead.breaker.healthy
     assert len(billing.usage(tenant_id)) == 4

@@ -82,7 +82,8 @@ def test_hung_replica_fails_over_within_the_inter_token_timeout(replicas):
         assert "".join(d.text for _, d in deltas) == "".join(d.text for _, d in reference)
         resumed = next(at for at, _ in deltas[5:] if at > stopped["at"])
         assert resumed - stopped["at"] < TOKEN_TIMEOUT_S + SLACK_S  # not the 30 s read timeout
-        assert sum(rep.failures for rep in large.replicas) == 1
+        # the silent replica's breaker opened at once (one time-out, not three); the other never failed
+        assert sorted(rep.breaker.failures for rep in large.replicas) == [0, large.replicas[0].breaker.threshold]
         assert deltas[-1][1].usage.completion_tokens == 300  # usage covers the whole answer, both replicas
     finally:
         stopped["proc"].send_signal(signal.SIGCONT)

@@ -197,7 +197,7 @@ def test_ready_names_a_model_whose_replicas_are_all_down(tmp_path, tokenizer):
         r = httpx.get(url + "/ready")
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         [problem] = r.json()["problems"]
-        assert problem.startswith("model ferryman-large is down (") and "fails its health check" in problem
+        assert problem.startswith("model ferryman-large is down (") and "down: health check" in problem
         assert r.json()["upstreams"]["ferryman-large"]["state"] == "down"
         assert httpx.get(url + "/health").status_code == 200
 

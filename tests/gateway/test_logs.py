@@ -11,7 +11,7 @@ import httpx
 
 from backends.base import BackendUnavailable
 from backends.echo import EchoBackend
-from backends.remote import RemoteBackend, Replica
+from backends.remote import RemoteBackend
 from billing import RateLimiter
 from gateway.app import create_app
 from gateway.logs import JSONFormatter
@@ -85,34 +85,36 @@ def test_a_fallback_is_a_warning_and_in_the_access_line(tmp_path, tokenizer, cap
 
 
 def test_replica_health_is_logged_only_when_it_changes_and_breakers_say_open_and_closed(caplog):
-    caplog.set_level(logging.INFO, logger="ferryman.remote")
+    caplog.set_level(logging.INFO, logger="ferryman")
     answers = iter([200, 200, 503, 503, 503, 200, 200])
 
     def handler(request):
         return httpx.Response(next(answers))
 
     async def probe_seven_times():
-        backend = RemoteBackend("large", ["http://replica-1"])
+        backend = RemoteBackend("large", ["http://replica-1", "http://replica-2"])
         backend.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         for _ in range(7):
             await backend._check(backend.replicas[0])
         await backend.client.aclose()
+        return backend
 
-    asyncio.run(probe_seven_times())
+    backend = asyncio.run(probe_seven_times())
     assert [r.getMessage() for r in caplog.records] == [
-        "replica http://replica-1 of large is down (health check: HTTP 503)",
-        "replica http://replica-1 of large is up again"]
+        "replica http://replica-1 of large: health probe failed: health check: HTTP 503",
+        "replica http://replica-1 of large: health probe answers again"]
     assert all(r.levelno == logging.WARNING for r in caplog.records)
 
     caplog.clear()
-    replica = Replica("http://replica-2")
+    breaker = backend.replicas[1].breaker  # the breaker every remote model uses (backends/breaker.py)
     for _ in range(4):
-        replica.failed(threshold=3, cooldown_s=5.0)
-    replica.succeeded()
-    replica.succeeded()
+        breaker.failed("HTTP 500")
+    breaker.succeeded()
+    breaker.succeeded()
     assert [r.getMessage() for r in caplog.records] == [
-        "replica http://replica-2: circuit open for 5 s after 3 failures in a row",
-        "replica http://replica-2: circuit closed (it answered again)"]
+        "replica http://replica-2 of large: circuit open for 5 s after 3 failures in a row: HTTP 500",
+        "replica http://replica-2 of large: circuit closed (answered again)"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_engine_serve_logs_its_start_requests_at_debug_and_its_drain(tmp_path):

@@ -18,6 +18,7 @@ from billing import Billing, RateLimiter
 from gateway.app import create_app
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from tests.backends.test_failover import MODEL as SMALL
 from tests.upstream_styles import upstream
 from tests.util import LengthRouter, serve
 
@@ -68,13 +69,21 @@ def greedy(body: dict):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 462}, "finish_reason": "stop"}]}
 
 
+def completions(body: dict):
+    """A token-id replica's answer (our engine server's shape), for when it is not hung."""
+    chunk = {"id": "r", "object": "text_completion", "model": body["model"]}
+    return [{**chunk, "choices": [{"index": 0, "text": "ok", "token_ids": [1], "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 1}}]
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    hang = threading.Event()
+    hang, replica_hang = threading.Event(), threading.Event()
     os.environ["INTEROP_WRONG_KEY"] = "sk-wrong"
     with upstream("nagle", echo) as plain, upstream("nodelay", echo, key="sk-right") as locked, \
             upstream("nagle", echo, hang=hang) as hung, upstream("nagle-chunked", quiet) as silent, \
-            upstream("nodelay", greedy) as overrunning:
+            upstream("nodelay", greedy) as overrunning, \
+            upstream("nodelay", completions, hang=replica_hang) as replica:
         price = {"input": 1.0, "output": 2.0}
 
         def model(name, url, **more):
@@ -84,9 +93,12 @@ def gw(tmp_path_factory):
             "models": [model("plain", plain), model("tuned", plain, defaults={"temperature": 0.25}, max_output_tokens=64),
                        model("locked", locked, api_key_env="INTEROP_WRONG_KEY", health_interval_s=0.2),
                        model("hung", hung, first_token_timeout_s=1.0), model("quiet", silent),
-                       model("greedy", overrunning)],
+                       model("greedy", overrunning),
+                       {"name": "replica", "kind": "replicas", "urls": [replica.removesuffix("/v1")],
+                        "tokenizer": str(SMALL), "first_token_timeout_s": 1.0, "price": price}],
             "routes": [{"name": "keyed", "fallbacks": ["locked", "plain"], "policy": "fallback"},
-                       {"name": "hung-first", "fallbacks": ["hung", "plain"], "policy": "fallback"}]})
+                       {"name": "hung-first", "fallbacks": ["hung", "plain"], "policy": "fallback"},
+                       {"name": "replica-first", "fallbacks": ["replica", "plain"], "policy": "fallback"}]})
         tmp = tmp_path_factory.mktemp("interop")
         settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
         billing = Billing(settings.database_url)
@@ -96,8 +108,10 @@ def gw(tmp_path_factory):
         key, _ = billing.create_key(tenant["id"])
         app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=catalog)
         with serve(app) as url:
-            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "hang": hang}
+            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "hang": hang,
+                   "replica_hang": replica_hang}
         hang.clear()
+        replica_hang.clear()
 
 
 def client(gw) -> openai.OpenAI:
@@ -150,24 +164,33 @@ def test_a_refused_upstream_key_is_the_operators_503_and_the_group_falls_back(gw
     assert ready.json()["upstreams"]["plain"] == {"state": "up"}
 
 
-def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw):
-    gw["hang"].set()
+@pytest.mark.parametrize("kind", ["openai", "replicas"])
+def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw, kind):
+    """Its health endpoint still answers (the probes see nothing wrong): the breaker is what notices. The same
+    module (backends/breaker.py) for a `kind: openai` model and for each replica of a `kind: replicas` one."""
+    name, hang = ("hung", gw["hang"]) if kind == "openai" else ("replica", gw["replica_hang"])
+    hang.set()
     try:
         took = []
         for _ in range(3):
             start = time.perf_counter()
             raw = client(gw).chat.completions.with_raw_response.create(
-                model="hung-first", messages=[{"role": "user", "content": "which parameters?"}], stream=True)
+                model=f"{name}-first", messages=[{"role": "user", "content": "which parameters?"}], stream=True)
             assert [c for c in raw.parse()]  # the whole stream, from the model that served
             took.append(time.perf_counter() - start)
             assert raw.headers["x-ferryman-model"] == "plain"
-            assert raw.headers["x-ferryman-fallback-from"] == "hung"
-        state = httpx.get(gw["url"] + "/ready").json()["upstreams"]["hung"]
+            assert raw.headers["x-ferryman-fallback-from"] == name
+        state = httpx.get(gw["url"] + "/ready").json()["upstreams"][name]
     finally:
-        gw["hang"].clear()
+        hang.clear()
     assert took[0] >= 1.0  # the first request waited one first-token time-out
     assert max(took[1:]) < 1.0  # the breaker is open: the next ones go straight to the next tier
-    assert state["state"] == "open"
+    if kind == "openai":
+        assert state["state"] == "open"
+    else:  # its one replica's breaker is open, so the model is down, and /ready says which replica and why
+        assert state["state"] == "down"
+        [(url, replica)] = state["replicas"].items()
+        assert replica["state"] == "open" and "no response in 1 s" in replica["reason"]
 
 
 def test_an_upstream_without_usage_is_billed_by_one_counting_rule_whole_or_streamed(gw):

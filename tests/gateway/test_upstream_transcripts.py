@@ -1,0 +1,104 @@
+"""Part of the interop suite: the gateway against recorded streams of hosted providers (tests/transcripts/, written
+by hand from each provider's documented format, see its README), replayed byte for byte in uneven pieces by a
+local upstream. For each: the text and the tool calls the client assembles, the usage it is told, and the bill
+(the record and the usage chunk's cost) are what the stream says; a stream with no usage is billed by the
+documented estimate and says `estimated`."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import openai
+import pytest
+
+from billing import Billing, RateLimiter
+from gateway.app import create_app
+from gateway.catalog import Catalog
+from gateway.config import Settings
+from tests.upstream_styles import upstream
+from tests.util import LengthRouter, serve
+
+TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
+PRICE = {"input": 1.0, "cached_input": 0.25, "output": 2.0}  # USD per 1M tokens
+QUESTION = [{"role": "user", "content": "weather and time in Paris?"}]
+WEATHER = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+           for name in ("get_weather", "get_time")]
+
+# What each stream says: the answer's text, its tool calls (id, name, arguments), and (prompt, completion, cached)
+# usage; None: the stream reports none.
+EXPECTED = {
+    "openai_tools": ("", [("call_Wx1", "get_weather", '{"city": "Paris, France"}'),
+                          ("call_Tz2", "get_time", '{"tz": "Europe/Paris"}')], (91, 48, 0)),
+    "openai_text": ("Bonjour à vous — ça va ? 👋", [], (1210, 9, 1024)),
+    "azure_text": ("The capital of France is Paris.", [], (24, 8, 0)),
+    "together_tools": ("", [("call_tg7", "get_weather", '{"city":"Lyon"}')], (204, 21, 0)),
+    "together_text": ("Sure! Here it is.", [], (31, 7, 0)),
+    "groq_text": ("Hello! How can I help?", [], (40, 8, 0)),
+    "nodone_crlf": ("Paris is in France.", [], None),
+}
+
+
+def replay(body: dict) -> bytes:
+    return (TRANSCRIPTS / f"{body['model']}.sse").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    with upstream("nodelay-chunked", replay) as chunked, upstream("http10", replay) as closing:
+        catalog = Catalog.model_validate({"models": [
+            {"name": name, "kind": "openai", "base_url": closing if name == "nodone_crlf" else chunked,
+             "upstream_model": name, "price": PRICE, "health_path": None} for name in EXPECTED]})
+        settings = Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('transcripts') / 'ledger.db'}")
+        billing = Billing(settings.database_url)
+        billing.create_schema()
+        billing.ensure_admin_defaults()
+        tenant = billing.create_tenant("acme")
+        key, _ = billing.create_key(tenant["id"])
+        app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=catalog)
+        with serve(app) as url:
+            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"]}
+
+
+def assembled(chunks) -> tuple[str, list[tuple[str, str, str]]]:
+    """The text and the tool calls a client builds from the deltas (tool calls by index, arguments appended)."""
+    text, calls = "", {}
+    for c in chunks:
+        for choice in c.choices:
+            text += choice.delta.content or ""
+            for call in choice.delta.tool_calls or ():
+                got = calls.setdefault(call.index, ["", "", ""])
+                got[0] = call.id or got[0]
+                got[1] = (call.function.name or got[1]) if call.function else got[1]
+                got[2] += (call.function.arguments or "") if call.function else ""
+    return text, [tuple(calls[i]) for i in sorted(calls)]
+
+
+def estimate(text: str, calls: list) -> tuple[int, int, int]:
+    """docs/BILLING.md's estimate without a tokenizer: ceil(bytes / 4) of the prompt's texts and tools plus 4 per
+    message; ceil(bytes / 4) of the answer's text and tool calls."""
+    prompt = math.ceil(len((QUESTION[0]["content"] + json.dumps(WEATHER)).encode()) / 4) + 4
+    return prompt, math.ceil(len((text + "".join(n + a for _, n, a in calls)).encode()) / 4), 0
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_a_providers_stream_reaches_the_client_whole_and_is_billed_what_it_says(gw, name):
+    text, calls, usage = EXPECTED[name]
+    client = openai.OpenAI(base_url=gw["url"] + "/v1", api_key=gw["key"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model=name, messages=QUESTION, tools=WEATHER, stream=True,
+                                                           stream_options={"include_usage": True})
+    chunks = list(raw.parse())
+    assert assembled(chunks) == (text, calls)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["tool_calls" if calls else "stop"]
+
+    told = chunks[-1].usage.model_dump()
+    prompt, completion, cached = usage or estimate(text, calls)
+    assert (told["prompt_tokens"], told["completion_tokens"], told["prompt_tokens_details"]["cached_tokens"]) == (
+        prompt, completion, cached)
+    assert told.get("estimated", False) is (usage is None)
+    cost = math.ceil((prompt - cached) * 1.0 + cached * 0.25 + completion * 2.0)  # micro-USD: USD per 1M tokens
+    [record] = [r for r in gw["billing"].usage(gw["tenant"]) if r["request_id"] == raw.headers["x-request-id"]]
+    assert (record["prompt_tokens"], record["completion_tokens"], record["cached_tokens"]) == (prompt, completion, cached)
+    assert (record["cost_micros"], record["estimated"], record["status"]) == (cost, usage is None, "ok")
+    assert told["cost_usd"] == cost / 1e6
