@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     max_messages: int = Field(2048, ge=1)  # chat messages (OpenAI's own limit)
     max_content_parts: int = Field(2048, ge=1)  # content parts across all messages
     max_prompt_token_ids: int = Field(131_072, ge=1)  # a /v1/completions prompt given as token ids
+    # HTTP limits below the app (gateway/http_limits.py); over one: an OpenAI error object, then the connection closes.
+    max_request_line_bytes: int = Field(8 * 1024, ge=256)  # method, URL and version: else 414
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # all headers together: else 431
+    max_headers: int = Field(100, ge=8)  # how many headers: else 431
+    request_timeout_s: float = Field(60.0, gt=0)  # a whole request (head and body) must arrive in this time: else 408
+    keep_alive_timeout_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections_per_client: int = Field(256, ge=0)  # open connections per client address and process; 0: no cap
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     admin_key: str | None = None  # the bootstrap admin; unset: `serve` mints one into the ledger once and prints it
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from billing import RateLimiter
+from gateway import http_limits
 from gateway.errors import REDIS_DOWN, unavailable
 
 log = logging.getLogger("ferryman")
@@ -166,8 +167,9 @@ class RedisOutagePolicy:
 
 def serve(app, host: str, port: int) -> None:
     """Run the gateway until SIGTERM/SIGINT, drain, and return (exit 0). A second signal stops at once."""
-    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5),
-                   app.state.drain).run()
+    config = http_limits.uvicorn_config(app, app.state.settings, host=host, port=port, log_level="warning",
+                                        timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.drain).run()
 
 
 class DrainingServer(uvicorn.Server):

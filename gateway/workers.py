@@ -20,6 +20,7 @@ import uvicorn
 
 from gateway.catalog import Catalog, EngineEntry
 from gateway.config import Settings
+from gateway.http_limits import GuardedHttp
 
 HEALTHCHECK_TIMEOUT_S = 60
 
@@ -53,6 +54,7 @@ def serve(settings: Settings, workers: int) -> None:
         # be started again forever: give the ping the time a slow start takes.
         uvicorn.run("gateway.workers:app", factory=True, host=settings.host, port=settings.port, workers=workers,
                     log_level="warning", timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                    http=GuardedHttp, timeout_keep_alive=settings.keep_alive_timeout_s,
                     timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S)
 
 
