@@ -384,7 +384,9 @@ def write_docs(cal: dict | None, args, pub: list, seed: str, best: list, chosen:
 DOC_TEMPLATE = """# Capacity planning: how many GPUs for a 70B at an SLO
 
 Written by `{rerun}` on {date} ({machine}). The simulator is `backends/engine/capacity/`; the command line is
-`ferryman plan` (`simulate`, `capacity`, `workload`).
+`ferryman plan` (`simulate`, `capacity`, `workload`). A layout the model cannot be sharded into (a tensor-parallel
+degree that does not divide its attention heads, e.g. TP3 for a 64-head model, or more pipeline stages than layers)
+is refused with the degrees it can use.
 
 ## The answer
 

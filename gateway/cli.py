@@ -157,7 +157,8 @@ app.add_typer(engine_app, name="engine")
 @engine_app.command("serve")
 def engine_serve(model: str = typer.Option(..., help="Path to an HF Llama checkpoint"),
                  name: str = typer.Option(..., help="Model name the replica answers to"),
-                 host: str = "127.0.0.1", port: int = 8100,
+                 host: str = typer.Option("127.0.0.1", help="Bind address"),
+                 port: int = typer.Option(8100, help="Port"),
                  quantization: str = typer.Option(None, help="int8 | int4 weight-only quantization on load"),
                  grace_s: float = typer.Option(30.0, help="On SIGTERM: seconds streams in flight may take to finish")) -> None:
     """Serve one engine replica; point the gateway at replicas with FERRYMAN_LARGE_UPSTREAMS."""

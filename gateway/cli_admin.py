@@ -10,6 +10,7 @@ import getpass
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -73,7 +74,7 @@ def aligned(rows: list[dict], columns: list[str]) -> str:
 # --- db ------------------------------------------------------------------------------------------
 
 @db_app.command("upgrade")
-def db_upgrade(url: str = URL, revision: str = typer.Argument("head")) -> None:
+def db_upgrade(url: str = URL, revision: str = typer.Argument("head", help="Alembic revision to reach")) -> None:
     """Apply the billing migrations (idempotent)."""
     from billing.db import current, upgrade
 
@@ -84,6 +85,7 @@ def db_upgrade(url: str = URL, revision: str = typer.Argument("head")) -> None:
 
 @db_app.command("current")
 def db_current(url: str = URL) -> None:
+    """The ledger's migration revision."""
     from billing.db import current
 
     typer.echo(current(url or Settings().database_url) or "empty (run `ferryman db upgrade`)")
@@ -91,9 +93,30 @@ def db_current(url: str = URL) -> None:
 
 # --- tenants -------------------------------------------------------------------------------------
 
+TENANT = typer.Argument(..., help="Tenant name or id")
 ALLOWED = typer.Option(None, "--allowed-models", help="Comma-separated model / route group names, or 'all'")
 STORE = typer.Option(None, "--store-prompts/--no-store-prompts", help="Keep this tenant's prompts for router training")
 INTERNAL = typer.Option(None, "--internal/--customer", help="Our own use: reported apart from customers")
+Priority = Literal["interactive", "standard", "batch"]
+PRIORITY = "Scheduling class of its requests in the engines"
+CLEARS = "; 'none' removes it"  # a limit or target once set can be taken away again
+RPM, TPM = "Requests per minute", "Tokens (prompt + max_tokens) per minute"
+CONCURRENT = "Requests in flight at once"
+FLOOR = "Quality target: the share of the strongest tier's quality to keep, 0-1 (the router's threshold)"
+SHARE = "Cost target instead: at most this share of requests to the strongest tier, 0-1"
+NONE = ("none", "null", "off", "unlimited")
+
+
+def cleared(option: str, value: str | None, kind: type = int):
+    """A limit option's value: left out (...), removed (None: 'none'), or a number."""
+    if value is None:
+        return ...
+    if value.strip().lower() in NONE:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        fail(f"{option} takes a {'whole ' if kind is int else ''}number or 'none', not {value!r}")
 
 
 def allowed_models(value: str | None) -> list[str] | None:
@@ -101,11 +124,15 @@ def allowed_models(value: str | None) -> list[str] | None:
 
 
 @tenants_app.command("create")
-def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Option(None, help="Requests per minute"),
-                   tpm: int = typer.Option(None, help="Tokens (prompt + max_tokens) per minute"),
-                   max_concurrent: int = None, quality_floor: float = None, large_share: float = None,
+def tenants_create(name: str = typer.Argument(..., help="A unique name (reports and metrics show it)"),
+                   priority: Priority = typer.Option("standard", help=PRIORITY),
+                   rpm: int = typer.Option(None, help=RPM), tpm: int = typer.Option(None, help=TPM),
+                   max_concurrent: int = typer.Option(None, help=CONCURRENT),
+                   quality_floor: float = typer.Option(None, help=FLOOR),
+                   large_share: float = typer.Option(None, help=SHARE),
                    allowed: str = ALLOWED, store_prompts: bool = STORE, internal: bool = INTERNAL,
                    url: str = URL) -> None:
+    """Create a tenant; limits left out are unlimited."""
     billing = ledger(url)
     try:
         t = billing.create_tenant(name, priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
@@ -118,16 +145,25 @@ def tenants_create(name: str, priority: str = "standard", rpm: int = typer.Optio
 
 
 @tenants_app.command("update")
-def tenants_update(tenant: str, priority: str = None, rpm: int = None, tpm: int = None, max_concurrent: int = None,
-                   quality_floor: float = None, large_share: float = None, allowed: str = ALLOWED,
-                   store_prompts: bool = STORE, internal: bool = INTERNAL, url: str = URL) -> None:
-    """Change only the options given; `--allowed-models all` lifts the allow-list."""
-    billing = ledger(url)
-    given = {k: v for k, v in dict(priority=priority, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                                   quality_floor=quality_floor, large_share=large_share,
-                                   store_prompts=store_prompts, internal=internal).items() if v is not None}
+def tenants_update(tenant: str = TENANT, priority: Priority = typer.Option(None, help=PRIORITY),
+                   rpm: str = typer.Option(None, metavar="N|none", help=RPM + CLEARS),
+                   tpm: str = typer.Option(None, metavar="N|none", help=TPM + CLEARS),
+                   max_concurrent: str = typer.Option(None, metavar="N|none", help=CONCURRENT + CLEARS),
+                   quality_floor: str = typer.Option(None, metavar="X|none", help=FLOOR + CLEARS),
+                   large_share: str = typer.Option(None, metavar="X|none", help=SHARE + CLEARS),
+                   allowed: str = ALLOWED, store_prompts: bool = STORE, internal: bool = INTERNAL,
+                   url: str = URL) -> None:
+    """Change only the options given; `--rpm none` (any limit) removes it, `--allowed-models all` the allow-list."""
+    given = dict(priority=priority, rpm=cleared("--rpm", rpm), tpm=cleared("--tpm", tpm),
+                 max_concurrent=cleared("--max-concurrent", max_concurrent),
+                 quality_floor=cleared("--quality-floor", quality_floor, float),
+                 large_share=cleared("--large-share", large_share, float), store_prompts=store_prompts,
+                 internal=internal)
+    given = {k: v for k, v in given.items() if v is not ... and (v is not None or k not in
+                                                                ("priority", "store_prompts", "internal"))}
     if allowed is not None:
         given["allowed_models"] = allowed_models(allowed)
+    billing = ledger(url)
     try:
         t = billing.update_tenant(tenant_id(billing, tenant), **given)
     except ValueError as exc:
@@ -137,15 +173,19 @@ def tenants_update(tenant: str, priority: str = None, rpm: int = None, tpm: int 
 
 @tenants_app.command("list")
 def tenants_list(url: str = URL) -> None:
+    """Every tenant with its routing targets and limits (empty: none)."""
     show(ledger(url).list_tenants(), ["id", "name", "priority", "quality_floor", "large_share", "rpm", "tpm",
                                       "max_concurrent", "allowed_models", "store_prompts", "internal"])
 
 
+KEY_BUDGET = typer.Option(None, help="One key's budget instead of the whole tenant's")
+
+
 @tenants_app.command("budget")
-def tenants_budget(tenant: str, limit_usd: str = typer.Option(..., help="e.g. 25 or 12.50"),
-                   period: str = "monthly", alert_percent: int = 80,
-                   key_id: int = typer.Option(None, help="Budget one key instead of the whole tenant"),
-                   url: str = URL) -> None:
+def tenants_budget(tenant: str = TENANT, limit_usd: str = typer.Option(..., help="e.g. 25 or 12.50"),
+                   period: Literal["daily", "monthly"] = typer.Option("monthly", help="When spend starts again (UTC)"),
+                   alert_percent: int = typer.Option(80, help="Alert once spend passes this share of the limit, 1-100"),
+                   key_id: int = KEY_BUDGET, url: str = URL) -> None:
     """Set (or replace) the tenant's budget, or one key's."""
     billing = ledger(url)
     try:
@@ -157,8 +197,21 @@ def tenants_budget(tenant: str, limit_usd: str = typer.Option(..., help="e.g. 25
                f"in {b['period_key']}, alert at {b['alert_percent']}%")
 
 
+@tenants_app.command("budget-delete")
+def tenants_budget_delete(tenant: str = TENANT, key_id: int = KEY_BUDGET, url: str = URL) -> None:
+    """Remove the tenant's budget (or one key's): its spend is no longer capped; usage records stay."""
+    billing = ledger(url)
+    owner = tenant_id(billing, tenant)
+    found = [b for b in billing.list_budgets(owner) if b["key_id"] == key_id]
+    if not found:
+        fail(f"{tenant}{f' key {key_id}' if key_id else ''} has no budget (see `ferryman tenants budgets`)")
+    billing.delete_budget(found[0]["id"])
+    typer.echo(f"budget {found[0]['id']} of {tenant}{f' key {key_id}' if key_id else ''} deleted")
+
+
 @tenants_app.command("budgets")
-def tenants_budgets(tenant: str = typer.Argument(None), url: str = URL) -> None:
+def tenants_budgets(tenant: str = typer.Argument(None, help="Only this tenant (name or id)"), url: str = URL) -> None:
+    """Budgets with this period's spend, holds of requests in flight, and what is left."""
     billing = ledger(url)
     rows = billing.list_budgets(tenant_id(billing, tenant) if tenant else None)
     for r in rows:
@@ -168,13 +221,27 @@ def tenants_budgets(tenant: str = typer.Argument(None), url: str = URL) -> None:
                 "alert_percent"])
 
 
+@tenants_app.command("alerts")
+def tenants_alerts(tenant: str = typer.Argument(None, help="Only this tenant (name or id)"), url: str = URL) -> None:
+    """Budget alerts that fired (one per budget and period), and whether the webhook has had them."""
+    billing = ledger(url)
+    rows = billing.list_alerts(tenant_id(billing, tenant) if tenant else None)
+    for r in rows:
+        r["spent"], r["limit"] = usd(r["spent_micros"]), usd(r["limit_micros"])
+        r["sent"] = r["sent_at"] or "no"
+    show(rows, ["id", "tenant", "key_id", "budget_id", "period_key", "alert_percent", "spent", "limit",
+                "created_at", "sent"])
+
+
 # --- keys ----------------------------------------------------------------------------------------
 
 @keys_app.command("create")
 def keys_create(tenant_arg: str = typer.Argument(None, metavar="TENANT", help="Tenant name or id"),
                 tenant: str = typer.Option(None, "--tenant", help="The same, as an option"),
-                name: str = "default", expires_days: float = typer.Option(None, help="Expire after"),
-                rpm: int = None, tpm: int = None, max_concurrent: int = None, url: str = URL) -> None:
+                name: str = typer.Option("default", help="What the key is for (lists and reports show it)"),
+                expires_days: float = typer.Option(None, help="Expire after this many days"),
+                rpm: int = typer.Option(None, help=RPM), tpm: int = typer.Option(None, help=TPM),
+                max_concurrent: int = typer.Option(None, help=CONCURRENT), url: str = URL) -> None:
     """Issue a key; the secret is printed this once. `ferryman keys create acme` = `--tenant acme`."""
     if (tenant_arg is None) == (tenant is None):
         fail("name the tenant once: `ferryman keys create acme` or `ferryman keys create --tenant acme`")
@@ -189,15 +256,35 @@ def keys_create(tenant_arg: str = typer.Argument(None, metavar="TENANT", help="T
     typer.echo(f"key {key['id']} for {tenant}: {secret}")
 
 
+@keys_app.command("update")
+def keys_update(key_id: int = typer.Argument(..., help="The key's id (see `ferryman keys list`)"),
+                rpm: str = typer.Option(None, metavar="N|none", help=RPM + CLEARS),
+                tpm: str = typer.Option(None, metavar="N|none", help=TPM + CLEARS),
+                max_concurrent: str = typer.Option(None, metavar="N|none", help=CONCURRENT + CLEARS),
+                url: str = URL) -> None:
+    """Change a key's own limits (within its tenant's); only the options given."""
+    given = dict(rpm=cleared("--rpm", rpm), tpm=cleared("--tpm", tpm),
+                 max_concurrent=cleared("--max-concurrent", max_concurrent))
+    given = {k: v for k, v in given.items() if v is not ...}
+    try:
+        key = ledger(url).update_key(key_id, **given)
+    except (ValueError, LookupError) as exc:
+        fail(str(exc))
+    typer.echo(f"key {key['id']} updated: {', '.join(sorted(given)) or 'nothing to change'}")
+
+
 @keys_app.command("list")
-def keys_list(tenant: str = typer.Argument(None), url: str = URL) -> None:
+def keys_list(tenant: str = typer.Argument(None, help="Only this tenant (name or id)"), url: str = URL) -> None:
+    """Keys (never their secrets: only the prefix is kept in clear), revoked ones too."""
     billing = ledger(url)
     show(billing.list_keys(tenant_id(billing, tenant) if tenant else None),
          ["id", "tenant_id", "name", "key_prefix", "rpm", "tpm", "max_concurrent", "expires_at", "revoked_at"])
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int, url: str = URL) -> None:
+def keys_revoke(key_id: int = typer.Argument(..., help="The key's id (see `ferryman keys list`)"),
+                url: str = URL) -> None:
+    """Revoke a key: running gateways refuse it within seconds."""
     try:
         key = ledger(url).revoke_key(key_id)
     except LookupError as exc:
@@ -209,6 +296,7 @@ def keys_revoke(key_id: int, url: str = URL) -> None:
 
 @prices_app.command("list")
 def prices_list(url: str = URL) -> None:
+    """Every model's prices (USD per 1M tokens, per GPU-hour where set)."""
     rows = ledger(url).list_prices()
     for r in rows:
         for f in ("input", "cached_input", "output"):
@@ -218,13 +306,14 @@ def prices_list(url: str = URL) -> None:
 
 
 @prices_app.command("set")
-def prices_set(model: str, input_usd: str = typer.Option(..., help="USD per 1M uncached prompt tokens"),
+def prices_set(model: str = typer.Argument(..., help="Model name, as in the catalog"), input_usd: str = typer.Option(..., help="USD per 1M uncached prompt tokens"),
                cached_usd: str = typer.Option(..., help="USD per 1M cached prompt tokens"),
                output_usd: str = typer.Option(..., help="USD per 1M completion tokens"),
                gpu_hour_usd: str = typer.Option(None, help="USD per GPU-hour: bill this engine model per attributed "
                                                 "GPU-second instead (the token prices cap each request); 'off': per "
                                                 "token again; left out: as it was"),
                url: str = URL) -> None:
+    """Set a model's prices; usage already recorded keeps the cost it was charged."""
     try:
         gpu_hour = ... if gpu_hour_usd is None else None if gpu_hour_usd == "off" else micros(gpu_hour_usd)
         ledger(url).set_price(model, input_micros_per_m=micros(input_usd), cached_input_micros_per_m=micros(cached_usd),

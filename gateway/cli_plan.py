@@ -15,6 +15,7 @@ MIX = typer.Option("chat", help="Generated workload: chat | rag")
 PRICE = typer.Option(3.0, help="USD per GPU-hour")
 SEQS = typer.Option(256, help="Engine max_num_seqs")
 BUDGET = typer.Option(2048, help="Engine max_num_batched_tokens (prefill chunk budget per step)")
+SEED = typer.Option(0, help="Random seed of the generated workload (the same seed, the same requests)")
 
 
 def _fail(message: str) -> None:
@@ -49,8 +50,10 @@ def simulate_cmd(model: str = MODEL, fmt: str = FORMAT, gpu: str = GPU,
                  workload: Path = typer.Option(None, help="A JSONL workload file instead of a generated one"),
                  concurrency: int = typer.Option(None, help="Closed loop: this many clients, arrival times ignored"),
                  speculation: float = typer.Option(None, help="Model n-gram speculative decoding at this acceptance rate"),
-                 no_prefix_caching: bool = False, max_num_seqs: int = SEQS, max_num_batched_tokens: int = BUDGET,
-                 gpu_hour_price: float = PRICE, seed: int = 0) -> None:
+                 prefix_caching: bool = typer.Option(True, "--prefix-caching/--no-prefix-caching",
+                                                     help="Model the engine's prefix cache (shared prompt blocks)"),
+                 max_num_seqs: int = SEQS, max_num_batched_tokens: int = BUDGET,
+                 gpu_hour_price: float = PRICE, seed: int = SEED) -> None:
     """Run one workload through one deployment: latency per class, throughput, KV usage, cost."""
     from backends.engine.capacity import workload as wl
     from backends.engine.capacity.plan import gpu_second_price
@@ -61,7 +64,7 @@ def simulate_cmd(model: str = MODEL, fmt: str = FORMAT, gpu: str = GPU,
         _fail(f"mix must be one of {', '.join(wl.MIXES)}")
     requests = wl.load(workload) if workload else wl.generate(wl.MIXES[mix], rate, duration, seed, arrival)
     knobs = EngineKnobs(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                        enable_prefix_caching=not no_prefix_caching,
+                        enable_prefix_caching=prefix_caching,
                         speculation=Speculation(speculation) if speculation else None)
     try:
         result = simulate(requests, step_model, knobs, seed, concurrency)
@@ -121,8 +124,9 @@ def capacity_cmd(model: str = MODEL, fmt: str = FORMAT, gpu: str = GPU,
 
 
 @plan_app.command("workload")
-def workload_cmd(mix: str = MIX, rate: float = 10.0, duration: float = 60.0,
-                 arrival: str = typer.Option("poisson", help="poisson | bursty"), seed: int = 0,
+def workload_cmd(mix: str = MIX, rate: float = typer.Option(10.0, help="Requests/s"),
+                 duration: float = typer.Option(60.0, help="Seconds of arrivals"),
+                 arrival: str = typer.Option("poisson", help="poisson | bursty"), seed: int = SEED,
                  out: Path = typer.Option(..., help="JSONL file to write")) -> None:
     """Write a generated workload to a file (edit it, or bring your own in the same format)."""
     from backends.engine.capacity import workload as wl

@@ -42,6 +42,23 @@ class Layout:
     def __str__(self) -> str:
         return f"TP{self.tp} PP{self.pp} x{self.replicas}"
 
+    def refusal(self, model: ModelSpec) -> str | None:
+        """Why an engine could not shard `model` so (as vLLM refuses it), or None."""
+        if not _splits(model, self.tp):
+            fits = [str(tp) for tp in range(1, model.heads + 1) if _splits(model, tp)]
+            return (f"tensor-parallel degree {self.tp} does not divide {model.name}'s {model.heads} attention heads "
+                    f"({model.kv_heads} KV heads) evenly; it can use TP {', '.join(fits)}")
+        if self.pp > model.layers:
+            return f"{self.pp} pipeline stages for {model.name}'s {model.layers} layers: a stage needs a layer"
+        return None
+
+
+def _splits(model: ModelSpec, tp: int) -> bool:
+    """Tensor-parallel ranks split the query heads evenly, and the KV heads too, or replicate them evenly when
+    there are fewer KV heads than ranks."""
+    kv = model.kv_heads % tp == 0 if tp <= model.kv_heads else tp % model.kv_heads == 0
+    return model.heads % tp == 0 and kv
+
 
 @dataclass(frozen=True)
 class Efficiency:
@@ -58,6 +75,8 @@ class Efficiency:
 class StepModel:
     def __init__(self, model: ModelSpec, fmt: str, hardware: Hardware, layout: Layout = Layout(),
                  efficiency: Efficiency = Efficiency(), full_bytes: float = 2.0, kv_bytes: float = 2.0) -> None:
+        if reason := layout.refusal(model):
+            raise ValueError(f"layout {layout}: {reason}")
         self.model, self.fmt, self.hardware, self.layout, self.eff = model, fmt, hardware, layout, efficiency
         self.full_bytes, self.kv_bytes = full_bytes, kv_bytes
         self.weight_bytes = weight_bytes(model, fmt, full_bytes)
