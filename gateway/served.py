@@ -161,9 +161,14 @@ class ServedModel:
     def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:
         """The budget hold's prompt: at most one token per byte (byte-level BPE never does worse) of every text the
         upstream renders (contents, tool calls, tools), the chat format's few per turn, and room for a template's
-        own preamble (a system prompt the upstream adds)."""
+        own preamble (a system prompt the upstream adds). With the catalog's tokenizer, at least the prompt as its
+        chat template renders it, which is what the bill counts: a template's long preamble (tool instructions,
+        a default system prompt) is then in the hold however long it is."""
         size = sum(len(_text(m).encode()) for m in messages)
-        return size + 8 * len(messages) + TEMPLATE_ALLOWANCE + (len(json.dumps(tools).encode()) if tools else 0)
+        bound = size + 8 * len(messages) + TEMPLATE_ALLOWANCE + (len(json.dumps(tools).encode()) if tools else 0)
+        if getattr(self.tokenizer, "chat_template", None):
+            bound = max(bound, self.count_prompt(messages, tools))
+        return bound
 
     def count_usage(self, prompt: Prompt, completion: str, calls: list[str]) -> Usage:
         """A text upstream's tokens when it reported none: the same rule however the request ended (finished,

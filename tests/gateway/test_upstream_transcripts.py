@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import openai
@@ -16,6 +17,8 @@ from billing import Billing, RateLimiter
 from gateway.app import create_app
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from prometheus_client import REGISTRY
+from tests.backends.test_failover import MODEL as SMALL
 from tests.upstream_styles import upstream
 from tests.util import LengthRouter, serve
 
@@ -40,15 +43,33 @@ EXPECTED = {
 
 
 def replay(body: dict) -> bytes:
+    """The transcript named by the model the gateway asked for."""
     return (TRANSCRIPTS / f"{body['model']}.sse").read_bytes()
+
+
+# A chat template with a long preamble of its own and the tools rendered: far more tokens than the hold's allowance
+# for a template (64) plus one per byte of the texts. The catalog names it as the model's `tokenizer`.
+VERBOSE = ("{{ '<|bos|>' }}{{ 'You are a helpful assistant. ' * 100 }}{% if tools %}{{ tools | tojson }}{% endif %}"
+           "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] }}{% endfor %}"
+           "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def verbose_tokenizer(directory: Path) -> Path:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SMALL / name, directory / name)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": VERBOSE}))
+    return directory
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     with upstream("nodelay-chunked", replay) as chunked, upstream("http10", replay) as closing:
-        catalog = Catalog.model_validate({"models": [
-            {"name": name, "kind": "openai", "base_url": closing if name == "nodone_crlf" else chunked,
-             "upstream_model": name, "price": PRICE, "health_path": None} for name in EXPECTED]})
+        models = [{"name": name, "kind": "openai", "base_url": closing if name == "nodone_crlf" else chunked,
+                   "upstream_model": name, "price": PRICE, "health_path": None} for name in EXPECTED]
+        counted = verbose_tokenizer(tmp_path_factory.mktemp("verbose"))
+        models.append({**models[-1], "name": "counted", "tokenizer": str(counted)})
+        catalog = Catalog.model_validate({"models": models})
         settings = Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('transcripts') / 'ledger.db'}")
         billing = Billing(settings.database_url)
         billing.create_schema()
@@ -57,7 +78,7 @@ def gw(tmp_path_factory):
         key, _ = billing.create_key(tenant["id"])
         app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=catalog)
         with serve(app) as url:
-            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"]}
+            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "counted": counted}
 
 
 def assembled(chunks) -> tuple[str, list[tuple[str, str, str]]]:
@@ -102,3 +123,27 @@ def test_a_providers_stream_reaches_the_client_whole_and_is_billed_what_it_says(
     assert (record["prompt_tokens"], record["completion_tokens"], record["cached_tokens"]) == (prompt, completion, cached)
     assert (record["cost_micros"], record["estimated"], record["status"]) == (cost, usage is None, "ok")
     assert told["cost_usd"] == cost / 1e6
+
+
+def test_without_usage_the_catalogs_tokenizer_counts_and_its_template_is_in_the_hold(gw):
+    """The same usage-less stream, on a model whose catalog names a tokenizer: the prompt is the messages and tools
+    as its chat template renders them (a 600-token preamble included), the completion the answer's text, encoded;
+    the hold covered that prompt (no overrun), and the usage says `estimated`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gw["counted"])
+    prompt = len(tokenizer.apply_chat_template(QUESTION, tools=WEATHER, add_generation_prompt=True, tokenize=True,
+                                               return_dict=False))
+    completion = len(tokenizer.encode(EXPECTED["nodone_crlf"][0], add_special_tokens=False))
+    byte_bound = len(QUESTION[0]["content"].encode()) + 8 + 64 + len(json.dumps(WEATHER).encode())
+    assert prompt > byte_bound  # one token a byte, 8 a message and 64 for a template would not have held it
+    client = openai.OpenAI(base_url=gw["url"] + "/v1", api_key=gw["key"], max_retries=0)
+    assert completion == 6  # max_tokens 6 below: the hold's completion part has no slack to hide a short prompt
+    chunks = list(client.chat.completions.create(model="counted", messages=QUESTION, tools=WEATHER, stream=True,
+                                                 max_tokens=6, stream_options={"include_usage": True}))
+    told = chunks[-1].usage.model_dump()
+    assert (told["prompt_tokens"], told["completion_tokens"], told["estimated"]) == (prompt, completion, True)
+    record = next(r for r in gw["billing"].usage(gw["tenant"]) if r["model"] == "counted")
+    assert (record["prompt_tokens"], record["completion_tokens"], record["estimated"]) == (prompt, completion, True)
+    assert record["cost_micros"] == math.ceil(prompt * 1.0 + completion * 2.0)
+    assert not REGISTRY.get_sample_value("ferryman_billing_overruns_total", {"model": "counted"})
