@@ -197,10 +197,6 @@ def baseline_price(price_of: Callable[[str], Price], model: str | None) -> Price
         return None
 
 
-def alert_due(spent_micros: int, limit_micros: int, alert_percent: int) -> bool:
-    return spent_micros * 100 >= limit_micros * alert_percent
-
-
 def exceeded(scope: str, period: str, key: str, limit: int, spent: int, reserved: int, amount: int, model: str,
              prompt_tokens: int, max_tokens: int) -> BudgetExceeded:
     """The refusal of a hold, written for the tenant: what it would cost, what is left, whether waiting helps."""

@@ -49,20 +49,6 @@ def figures(router: Router, test: list[Example]) -> dict:
             "auc": round(auc(score, np.array([e.label for e in test])), 4), "n": len(test)}
 
 
-def policy_rows(router: Router, test: list[Example], targets: list[dict]) -> list[list]:
-    """Does a threshold calibrated on calib meet its target on test? One row per target."""
-    qs = np.array([e.quality_small for e in test])
-    ql = np.array([e.quality_large for e in test])
-    score = np.array([router.score(e.prompt) for e in test])
-    rows = []
-    for target in targets:
-        large = score >= router.threshold_for(**target)
-        quality = np.where(large, ql, qs).mean() / ql.mean()
-        (key, value), = target.items()
-        rows.append([f"{key} = {value}", large.mean(), quality])
-    return rows
-
-
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])

@@ -161,11 +161,3 @@ def fit_final(data: Design, gain: np.ndarray, alpha: float, scaling: tuple[float
 def _apgr(z: np.ndarray, scores: np.ndarray) -> float:
     curve = routing_curve(z, scores[:, 0], scores[:, -1])
     return apgr(curve) if curve.quality_large > curve.quality_small else 0.5
-
-
-def cross_validate(labels: Labels, alpha: float, views: tuple[str, ...] = VIEWS) -> np.ndarray:
-    """Held-out decision values for every example (by group), as the honest estimate of a fresh router."""
-    ex = labels.examples
-    gain = np.array([e.gain for e in ex])
-    return out_of_fold(Design([e.prompt for e in ex], views), gain, folds(ex), alpha)
-

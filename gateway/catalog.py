@@ -145,11 +145,6 @@ class RouteGroup(Strict):
         """The tier savings are counted against; None where the policy never chooses a cheaper tier to save."""
         return self.tiers[-1] if self.policy in ("router", "cascade") else None
 
-    def members(self) -> list[str]:
-        """Every model the group may serve."""
-        extra = self.fallbacks if isinstance(self.fallbacks, list) else []
-        return list(dict.fromkeys(self.tiers + extra))
-
 
 class Catalog(Strict):
     models: list[Entry] = Field(min_length=1)
