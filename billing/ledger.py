@@ -163,6 +163,12 @@ class _Full(Exception):
         self.budget_id, self.period_key = budget_id, period_key
 
 
+def _hold_of(r) -> SqlHold:
+    """A reservation row as the hold it is (reaping, abandoning: no price needed, it settles at zero)."""
+    return SqlHold(r.request_id, r.tenant_id, r.key_id, r.model, r.amount_micros, FREE,
+                   r.created_at.strftime("%Y-%m-%d"), False, r.tenant_spend_id, r.key_spend_id)
+
+
 class SqlLedger:
     def __init__(self, engine: Engine, clock: Callable[[], datetime], cache_ttl_s: float, reservation_ttl_s: float):
         self.engine, self.clock = engine, clock
@@ -221,6 +227,9 @@ class SqlLedger:
 
     async def holds(self, tenant_id: int | None = None) -> tuple[int, int]:
         return await self.blocking(self._holds, tenant_id)
+
+    async def abandon(self, request_id: str) -> bool:
+        return await self.blocking(self._abandon, request_id)
 
     # --- reserve -----------------------------------------------------------------------------------
 
@@ -301,10 +310,15 @@ class SqlLedger:
         with self.engine.connect() as conn:
             rows = conn.execute(select(reservations).where(reservations.c.expires_at <= now).limit(1000)).all()
         for r in rows:
-            hold = SqlHold(r.request_id, r.tenant_id, r.key_id, r.model, r.amount_micros, FREE,
-                           r.created_at.strftime("%Y-%m-%d"), False, r.tenant_spend_id, r.key_spend_id)
-            self._settle(hold, prompt_tokens=0, completion_tokens=0, status="expired")
+            self._settle(_hold_of(r), prompt_tokens=0, completion_tokens=0, status="expired")
         return len(rows)
+
+    def _abandon(self, request_id: str) -> bool:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(reservations).where(reservations.c.request_id == request_id)).first()
+        if r is not None:
+            self._settle(_hold_of(r), prompt_tokens=0, completion_tokens=0, status="unavailable")
+        return r is not None
 
     def _holds(self, tenant_id: int | None) -> tuple[int, int]:
         r = reservations.c

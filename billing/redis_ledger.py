@@ -25,8 +25,10 @@ What is charged is decided by billing.rules, as in the SQL ledger (billing.ledge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -52,52 +54,78 @@ log = logging.getLogger("ferryman.billing")
 BUDGET_TTL_MS = 40 * 24 * 3600 * 1000  # a budget period's counters outlive the longest period (a month)
 GROUP = "writers"
 
-# KEYS: holds, expiry, budget periods...  ARGV: request id, amount, expires (ms), hold, then limit and seed per
-# budget ('' = not known yet). Returns {'ok'} | {'dup'} | {'seed', i} | {'full', i, spent, reserved}.
-RESERVE = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'dup'} end
-local amount, n = tonumber(ARGV[2]), #KEYS - 2
+# Every script first checks (KEYS[1] epoch, ARGV[1] the epoch the caller knows, ARGV[2] its deadline in ms): a
+# call that arrives after its caller gave up does nothing ({'late'}: a stalled path may deliver it later), and a
+# Redis whose epoch is gone or new lost its data ({'epoch'}: the caller recovers first, `RedisLedger.recover`).
+FENCE = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[2]) then return {'late'} end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'epoch'} end
+"""
+
+# KEYS: epoch, holds, expiry, budget periods...  ARGV: epoch, deadline, request id, amount, expires (ms), hold,
+# then limit and seed per budget ('' = not known yet). Returns {'ok'} | {'dup'} | {'seed', i} |
+# {'full', i, spent, reserved}.
+RESERVE = FENCE + """
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then return {'dup'} end
+local amount, n = tonumber(ARGV[4]), #KEYS - 3
 for i = 1, n do
-  local seed = ARGV[4 + 2 * i]
-  if seed ~= '' then redis.call('HSETNX', KEYS[2 + i], 'spent', seed) end
-  if redis.call('HEXISTS', KEYS[2 + i], 'spent') == 0 then return {'seed', tostring(i)} end
+  local seed = ARGV[6 + 2 * i]
+  if seed ~= '' then redis.call('HSETNX', KEYS[3 + i], 'spent', seed) end
+  if redis.call('HEXISTS', KEYS[3 + i], 'spent') == 0 then return {'seed', tostring(i)} end
 end
 for i = 1, n do
-  local spent = tonumber(redis.call('HGET', KEYS[2 + i], 'spent'))
-  local reserved = tonumber(redis.call('HGET', KEYS[2 + i], 'reserved') or '0')
-  if spent + reserved + amount > tonumber(ARGV[3 + 2 * i]) then
+  local spent = tonumber(redis.call('HGET', KEYS[3 + i], 'spent'))
+  local reserved = tonumber(redis.call('HGET', KEYS[3 + i], 'reserved') or '0')
+  if spent + reserved + amount > tonumber(ARGV[5 + 2 * i]) then
     return {'full', tostring(i), tostring(spent), tostring(reserved)}
   end
 end
 for i = 1, n do
-  redis.call('HINCRBY', KEYS[2 + i], 'reserved', ARGV[2])
-  redis.call('PEXPIRE', KEYS[2 + i], %d)
+  redis.call('HINCRBY', KEYS[3 + i], 'reserved', ARGV[4])
+  redis.call('PEXPIRE', KEYS[3 + i], %d)
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
 return {'ok'}
 """ % BUDGET_TTL_MS
 
-# KEYS: holds, expiry, stream, budget periods...  ARGV: request id, amount, cost, record, budgets, then the alert
-# threshold (limit x percent) per budget. Returns {'gone'} (already settled or reaped) or {'ok', alerts}.
-SETTLE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {'gone'} end
-redis.call('ZREM', KEYS[2], ARGV[1])
+# KEYS: epoch, holds, expiry, stream, budget periods...  ARGV: epoch, deadline, request id, amount, cost, record,
+# budgets, then the alert threshold (limit x percent) per budget. Returns {'gone'} (already settled or reaped) or
+# {'ok', alerts}. A period not seeded since Redis started gets no spend: its seed counts this record (stream).
+SETTLE = FENCE + """
+if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'gone'} end
+redis.call('ZREM', KEYS[3], ARGV[3])
 local alerts = {}
-for i = 4, #KEYS do
+for i = 5, #KEYS do
+  if redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[4])) < 0 then
+    redis.call('HSET', KEYS[i], 'reserved', 0)  -- its period was reset meanwhile (Billing.set_budget)
+  end
+  redis.call('PEXPIRE', KEYS[i], %d)
   if redis.call('HEXISTS', KEYS[i], 'spent') == 1 then
-    redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[2]))
-    local spent = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[3])
-    if spent * 100 >= tonumber(ARGV[i + 2]) and redis.call('HSETNX', KEYS[i], 'alerted', '1') == 1 then
-      alerts[#alerts + 1] = (i - 3) .. ':' .. spent
+    local spent = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[5])
+    if spent * 100 >= tonumber(ARGV[i + 3]) and redis.call('HSETNX', KEYS[i], 'alerted', '1') == 1 then
+      alerts[#alerts + 1] = (i - 4) .. ':' .. spent
     end
   end
 end
 local crossed = table.concat(alerts, ',')
-redis.call('XADD', KEYS[3], '*', 'record', ARGV[4], 'budgets', ARGV[5], 'alerts', crossed)
+redis.call('XADD', KEYS[4], '*', 'record', ARGV[6], 'budgets', ARGV[7], 'alerts', crossed)
 return {'ok', crossed}
-"""
+""" % BUDGET_TTL_MS
 
+# After a loss: a hold this process still has in flight, held again under the new epoch (once), with no limit
+# check (it was admitted). KEYS: epoch, holds, expiry, budget periods...  ARGV: epoch, request id, amount,
+# expires, hold.
+ADOPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[5]) == 0 then return 0 end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+for i = 4, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3])
+  redis.call('PEXPIRE', KEYS[i], %d)
+end
+return 1
+""" % BUDGET_TTL_MS
 
 RESERVE_SCRIPT, SETTLE_SCRIPT = resp.Script(RESERVE), resp.Script(SETTLE)
 
@@ -127,13 +155,21 @@ class RedisLedger:
     """billing.rules.Ledger with holds in Redis and records written to the database in batches (`Writer`)."""
 
     def __init__(self, engine, clock, cache_ttl_s: float, reservation_ttl_s: float, redis_url: str,
-                 prefix: str = "ferryman"):
+                 prefix: str = "ferryman", timeout_s: float = 2.0, recovery_s: float = 3.0):
         self.engine, self.clock, self.redis_url = engine, clock, redis_url
         self.prices = Prices(engine, cache_ttl_s)
         self.reservation_ttl_s = reservation_ttl_s
         # For the writer thread, operator commands and tests. Short timeouts: a Redis that stops answering must
         # fail the call, not hang it.
-        self.redis = redis.Redis.from_url(url=redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis.Redis.from_url(url=redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.timeout_s = timeout_s
+        # Redis's data is only as durable as its persistence: the epoch key, written when this prefix is first used,
+        # is gone (or new) after Redis lost its data. Holds are then refused until `ready_at` (wall-clock seconds),
+        # while every replica holds its requests in flight again (`recover`) and budgets re-seed from the database.
+        self.epoch_key, self.epoch, self.ready_at = f"{prefix}:ledger:epoch", "", 0.0
+        self.recovery_s = recovery_s
+        self.in_flight: dict[str, Hold] = {}  # this process's open holds, by request id
+        self._recovering = threading.Lock()
         self.prefix = f"{prefix}:ledger"
         self.holds_key, self.expiry_key, self.stream = (f"{self.prefix}:holds", f"{self.prefix}:expiry",
                                                         f"{self.prefix}:settled")
@@ -145,7 +181,7 @@ class RedisLedger:
         loop = asyncio.get_running_loop()
         client = self._fast.get(loop)
         if client is None:
-            client = self._fast[loop] = resp.Redis(self.redis_url)
+            client = self._fast[loop] = resp.Redis(self.redis_url, self.timeout_s)
         return client
 
     def budget_key(self, budget_id: int, period: str) -> str:
@@ -159,14 +195,37 @@ class RedisLedger:
         if self.prices.stale():  # the database read, once every few seconds, off the loop
             await asyncio.to_thread(self.prices, model)
         hold = self._new_hold(principal, request_id, model, prompt_tokens, max_tokens)
-        keys = [self.holds_key, self.expiry_key, *[self.budget_key(r.id, p) for r, p in zip(hold.budgets,
-                                                                                             hold.period_keys)]]
+        keys = [self.epoch_key, self.holds_key, self.expiry_key, *self._period_keys(hold)]
         seeds, payload = [""] * len(hold.budgets), hold.entry()
         while True:
-            answer = await self.fast().script(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds))
+            self._refuse_while_recovering()
+            answer = await self._fenced(RESERVE_SCRIPT, keys, self._hold_args(hold, payload, seeds))
+            if answer is None:
+                continue
             if (i := self._held(answer, hold, principal, prompt_tokens, max_tokens)) is None:
+                self.in_flight[request_id] = hold
                 return hold
             seeds[i] = str(await asyncio.to_thread(self._period_spend, hold, i))
+
+    async def _fenced(self, script: resp.Script, keys: list, args: list) -> list | None:
+        """Run a fenced script (FENCE); None when Redis lost its data and this process recovered: call again."""
+        deadline_ms = round((time.time() + self.timeout_s) * 1000)
+        answer = await self.fast().script(script, keys, [self.epoch, deadline_ms, *args])
+        if answer[0] == b"late":
+            raise redis.TimeoutError(f"Redis answered after the {self.timeout_s:g} s deadline")
+        if answer[0] == b"epoch":
+            await asyncio.to_thread(self.recover)
+            return None
+        return answer
+
+    def _refuse_while_recovering(self) -> None:
+        if (wait := self.ready_at - time.time()) > 0:
+            raise rules.LedgerRecovering(
+                "Redis lost the budget ledger's data; budgets are being re-seeded from the database. Please retry "
+                "shortly.", math.ceil(wait))
+
+    def _period_keys(self, hold: Hold) -> list[str]:
+        return [self.budget_key(r.id, p) for r, p in zip(hold.budgets, hold.period_keys)]
 
     def _new_hold(self, principal: Principal, request_id: str, model: str, prompt_tokens: int,
                   max_tokens: int) -> Hold:
@@ -225,7 +284,7 @@ class RedisLedger:
         """Charge the actual cost and queue the record for the writer, atomically, in one pipelined round trip.
         A second settle, or one after the hold was reaped, charges nothing and returns the record stored first."""
         record = self.usage_record(res, **usage)
-        answer = await self.fast().script(SETTLE_SCRIPT, self._settle_keys(res), self._settle_args(res, record))
+        answer = await self._settle_fenced(res, record)
         if answer[0] == b"ok":
             return record
         log.warning("request %s was already settled or reaped: not charged again", res.request_id)
@@ -237,9 +296,14 @@ class RedisLedger:
     async def release(self, res: Hold, status: str = "error") -> UsageRecord:
         return await self.settle(res, prompt_tokens=0, completion_tokens=0, status=status)
 
+    async def _settle_fenced(self, res: Hold, record: UsageRecord) -> list:
+        while (answer := await self._fenced(SETTLE_SCRIPT, self._settle_keys(res), self._settle_args(res, record))) is None:
+            pass  # Redis lost its data: this process's holds are held again, the hold with them
+        self.in_flight.pop(res.request_id, None)
+        return answer
+
     def _settle_keys(self, res: Hold) -> list[str]:
-        return [self.holds_key, self.expiry_key, self.stream,
-                *[self.budget_key(r.id, p) for r, p in zip(res.budgets, res.period_keys)]]
+        return [self.epoch_key, self.holds_key, self.expiry_key, self.stream, *self._period_keys(res)]
 
     def _settle_args(self, res: Hold, record: UsageRecord) -> list:
         fields = {**vars(record), "created_at": record.created_at.isoformat()}  # flat: no deep copy
@@ -266,9 +330,55 @@ class RedisLedger:
                 continue
             hold = Hold.from_entry(rid.decode(), payload)
             record = rules.reaped_record(hold, self.clock())
-            answer = await fast.script(SETTLE_SCRIPT, self._settle_keys(hold), self._settle_args(hold, record))
-            reaped += answer[0] == b"ok"
+            reaped += (await self._settle_fenced(hold, record))[0] == b"ok"
         return reaped
+
+    async def abandon(self, request_id: str) -> bool:
+        payload = await self.fast().call("HGET", self.holds_key, request_id)
+        if payload is not None:
+            await self.release(Hold.from_entry(request_id, payload), "unavailable")
+        self.in_flight.pop(request_id, None)
+        return payload is not None
+
+    # --- when Redis loses its data --------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Take up the epoch Redis has now (writing one if it has none) and hold this process's requests in flight
+        again under it. An epoch that vanished under this process means Redis lost its data: holds are refused
+        for `recovery_s`, long enough for every replica to notice (its writer looks every ~100 ms) and hold its own
+        requests again, so that the budgets seeded afterwards (records in the database + the stream) see them all."""
+        with self._recovering:
+            current = self.redis.get(self.epoch_key)
+            if current is not None and current.decode() == self.epoch:
+                return
+            if current is None:
+                wait = self.recovery_s if self.epoch else 0.0  # a process that knew nothing has nothing in flight
+                self.redis.set(self.epoch_key, f"{uuid.uuid4().hex} {int((time.time() + wait) * 1000)}", nx=True)
+                current = self.redis.get(self.epoch_key)
+            epoch = current.decode()
+            if self.epoch:
+                log.error("Redis lost the ledger's data (epoch %s is gone): holding %d request(s) in flight again, "
+                          "refusing new holds until budgets re-seed", self.epoch.split()[0], len(self.in_flight))
+            expires_ms = round((_epoch_s(self.clock()) + self.reservation_ttl_s) * 1000)
+            for rid, hold in list(self.in_flight.items()):
+                self.redis.eval(ADOPT, 3 + len(hold.budgets), self.epoch_key, self.holds_key, self.expiry_key,
+                                *self._period_keys(hold), epoch, rid, hold.amount_micros, expires_ms, hold.entry())
+            self.epoch, self.ready_at = epoch, int(epoch.split()[1]) / 1000
+
+    def check_epoch(self) -> None:
+        """Recover now if Redis's epoch is not the one this process holds under (the writer calls it each turn)."""
+        current = self.redis.get(self.epoch_key)
+        if current is None or current.decode() != self.epoch:
+            self.recover()
+
+    async def problem(self) -> str | None:
+        """Why holds are refused now (for /ready), or None."""
+        current = await self.fast().call("GET", self.epoch_key)
+        if current is None or current.decode() != self.epoch:
+            await asyncio.to_thread(self.recover)
+        if (wait := self.ready_at - time.time()) > 0:
+            return f"Redis lost the ledger's data: budgets re-seed, holds refused for {wait:.1f} s more"
+        return None
 
     # --- what is in flight ---------------------------------------------------------------------------
 
@@ -318,8 +428,12 @@ class Writer:
         self._add_spend = upsert.on_conflict_do_update(
             index_elements=["budget_id", "period_key"],
             set_={"spent_micros": budget_spend.c.spent_micros + upsert.excluded.spent_micros})
+        self.make_group()
+
+    def make_group(self) -> None:
+        """The consumer group (and its stream): made at start, and again when Redis lost its data (NOGROUP)."""
         try:
-            self.redis.xgroup_create(ledger.stream, GROUP, id="0", mkstream=True)
+            self.redis.xgroup_create(self.ledger.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -342,13 +456,19 @@ class Writer:
         next_claim = 0.0
         while not self._stop.is_set():
             try:
+                self.ledger.check_epoch()
                 if time.monotonic() >= next_claim:  # a dead writer's entries, once they sat unacknowledged a while
                     self.claim(self.claim_idle_ms)
                     next_claim = time.monotonic() + self.claim_idle_ms / 3000
                 if 0 < self.step(self.block_ms) < self.batch:
                     self._stop.wait(self.interval_s)
-            except Exception:  # Redis or the database away: the entries stay pending; try again shortly
-                log.exception("ledger writer: batch failed, retrying")
+            except Exception as exc:  # Redis or the database away: the entries stay pending; try again shortly
+                if "NOGROUP" in str(exc):
+                    log.error("ledger writer: Redis lost the settled stream and its consumer group; making them again")
+                    with contextlib.suppress(Exception):
+                        self.make_group()
+                    continue
+                log.warning("ledger writer: batch failed (%s), retrying", exc.__class__.__name__)
                 self._stop.wait(1.0)
 
     def step(self, block_ms: int | None) -> int:

@@ -56,10 +56,11 @@ return 0
 class RedisRateLimiter:
     """`RateLimiter`'s public API (admit, release, close) with the buckets and slots in Redis."""
 
-    def __init__(self, url: str, prefix: str = "ferryman", clock: Callable[[], float] = time.time):
+    def __init__(self, url: str, prefix: str = "ferryman", clock: Callable[[], float] = time.time,
+                 timeout_s: float = 2.0):
         # Wall-clock time, not monotonic: every replica must agree on what "now" is for a shared bucket.
         self.clock = clock
-        self.redis = resp.Redis(url)
+        self.redis = resp.Redis(url, timeout_s)  # connect and every answer: a stalled Redis fails, never hangs
         self.prefix = prefix
         self._admit, self._release = resp.Script(ADMIT), resp.Script(RELEASE)
 

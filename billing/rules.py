@@ -58,6 +58,14 @@ class BudgetExceeded(BillingError):
         return RETRY_AFTER_S if self.retryable else None
 
 
+class LedgerRecovering(BillingError):
+    """Redis lost the ledger's data: holds are refused until budgets are re-seeded (billing.redis_ledger)."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UnknownPrice(BillingError):
     pass
 
@@ -133,6 +141,10 @@ class Ledger(Protocol):
 
     async def holds(self, tenant_id: int | None = None) -> tuple[int, int]:
         """(open holds, micro-USD they hold on tenant budgets), optionally for one tenant."""
+
+    async def abandon(self, request_id: str) -> bool:
+        """A reserve whose answer never came (the ledger missed its deadline): if the hold was taken after all,
+        settle it at no cost as 'unavailable' (once: settling is idempotent); whether there was one."""
 
 
 # --- the rules --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from billing.admins import Admins
 from billing.audit import SYSTEM, Actor
 
 from billing.auth import Keys
-from billing.db import make_engine, upgrade
+from billing.db import Deadlines, make_engine, upgrade
 from billing.ledger import SqlLedger, blocking, utcnow
 from billing.models import usage_records
 from billing.operators import Operators
@@ -35,9 +35,10 @@ from billing.rules import Ledger, Reservation, UsageRecord, storable
 class Billing:
     def __init__(self, database_url: str = "sqlite:///ferryman.db", *, cache_ttl_s: float = 2.0,
                  reservation_ttl_s: float = 900.0, clock: Callable[[], datetime] = utcnow,
-                 redis_url: str | None = None, redis_prefix: str = "ferryman"):
+                 redis_url: str | None = None, redis_prefix: str = "ferryman", deadlines: Deadlines = Deadlines(),
+                 redis_timeout_s: float = 2.0, recovery_s: float = 3.0):
         self.database_url, self.clock = database_url, clock
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(database_url, deadlines)
         self.keys = Keys(self.engine, clock, cache_ttl_s)
         # With Redis: budget holds there, records written in batches by a writer (billing.redis_ledger).
         self.holds_in_redis = redis_url is not None
@@ -45,7 +46,8 @@ class Billing:
         if redis_url:
             from billing.redis_ledger import RedisLedger
 
-            self.ledger = RedisLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s, redis_url, redis_prefix)
+            self.ledger = RedisLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s, redis_url, redis_prefix,
+                                      redis_timeout_s, recovery_s)
         else:
             self.ledger = SqlLedger(self.engine, clock, cache_ttl_s, reservation_ttl_s)
         self.operators = Operators(self.engine, clock, on_change=self._invalidate)

@@ -111,11 +111,14 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
     from billing.redis_limits import RedisRateLimiter
 
     if billing is None:
-        billing = Billing(settings.database_url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix)
+        billing = Billing(settings.database_url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix,
+                          deadlines=settings.deadlines(), redis_timeout_s=settings.redis_timeout_s,
+                          recovery_s=settings.redis_recovery_s)
         billing.create_schema()
         billing.ensure_admin_defaults()
     if limiter is None and settings.redis_url:
-        limiter = health.RedisOutagePolicy(RedisRateLimiter(settings.redis_url, settings.redis_prefix),
+        limiter = health.RedisOutagePolicy(RedisRateLimiter(settings.redis_url, settings.redis_prefix,
+                                                            timeout_s=settings.redis_timeout_s),
                                            settings.redis_outage)
     limiter = limiter or RateLimiter()
     catalog = catalog or from_settings(settings)

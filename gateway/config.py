@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from billing.db import Deadlines
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +21,14 @@ class Settings(BaseSettings):
     redis_prefix: str = "ferryman"  # of every Redis key, so several deployments (or tests) can share one Redis
     # While Redis is down: "closed" refuses requests with 503 + Retry-After; "local" falls back to per-process limits.
     redis_outage: Literal["closed", "local"] = "closed"
+    # Deadlines on every dependency (billing/db.py Deadlines): past one, the request gets 503 + Retry-After.
+    redis_timeout_s: float = Field(2.0, gt=0)  # Redis connect, and each answer
+    # After Redis lost its data: holds refused this long, while every replica re-holds its requests in flight.
+    redis_recovery_s: float = Field(3.0, ge=0)
+    db_connect_timeout_s: float = Field(3.0, ge=2)  # PostgreSQL connect (TCP, TLS, authentication)
+    db_statement_timeout_s: float = Field(5.0, gt=0)  # PostgreSQL's own statement and idle-in-transaction timeouts
+    db_pool_timeout_s: float = Field(3.0, gt=0)  # waiting for a pooled connection
+    db_deadline_s: float = Field(8.0, gt=0)  # client-side: a connection used longer than this is cut (stalled path)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # larger request bodies get 413 before they are read
     # Per-request limits, checked before the body is validated (gateway/bodies.py); over one: 400 naming it.
     max_messages: int = Field(2048, ge=1)  # chat messages (OpenAI's own limit)
@@ -58,6 +67,10 @@ class Settings(BaseSettings):
 
     default_max_tokens: int = 256
     cascade: bool = False  # embedded default: `auto` answers with the small model first, escalates when unsure
+
+    def deadlines(self) -> Deadlines:
+        return Deadlines(self.db_connect_timeout_s, self.db_statement_timeout_s, self.db_pool_timeout_s,
+                         self.db_deadline_s)
 
     @field_validator("cascade", mode="before")
     @classmethod

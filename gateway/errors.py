@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from billing.rules import LedgerRecovering
 from gateway import metrics
 from gateway.json_limits import JSON_HINT
 
@@ -86,6 +87,10 @@ def outage(exc: BaseException) -> APIError | None:
     """The 503 for a dependency outage, or None when `exc` is not one."""
     if isinstance(exc, DATABASE_DOWN):
         return unavailable("The ledger database is unreachable right now; please retry shortly.", "database_unavailable")
+    if isinstance(exc, LedgerRecovering):
+        error = unavailable(str(exc), "ledger_recovering")
+        error.headers["retry-after"] = str(max(1, exc.retry_after_s))
+        return error
     if isinstance(exc, REDIS_DOWN):
         return unavailable("The rate-limit and budget-hold store (Redis) is unreachable right now; please retry "
                            "shortly.",
@@ -97,7 +102,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(HTTPException, handle_http_error)
-    for kind in (*DATABASE_DOWN, *REDIS_DOWN):
+    for kind in (*DATABASE_DOWN, *REDIS_DOWN, LedgerRecovering):
         app.add_exception_handler(kind, handle_outage)
     app.add_exception_handler(Exception, handle_unexpected)
 

@@ -111,6 +111,7 @@ class Ferry:
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}
         self.routing = Routing(catalog, router, models, settings.metrics_tenants)
+        self._later: set[asyncio.Task] = set()  # ledger calls retried in the background (`finish_later`)
 
     async def ledger(self, fn, *args, **kwargs):
         """A blocking call on the ledger's database: inline on SQLite, else in a thread (Billing.blocking)."""
@@ -199,8 +200,10 @@ class Ferry:
             await self.limiter.release(principal)
             raise APIError(503, f"The model '{served.name}' has no price set; an operator must set one.",
                            "server_error", "model_unpriced")
-        except BaseException:
+        except BaseException as exc:
             await self.limiter.release(principal)
+            if outage(exc):  # the hold may have been taken after all: release it once the ledger answers
+                self.finish_later(lambda: self.billing.ledger.abandon(request_id))
             raise
         params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                                 seed=body.seed, stop=body.stops(), logprobs=logprobs or prompt.logprobs,
@@ -299,6 +302,22 @@ class Ferry:
                     await self.settle(ticket, status)
                     span.set_attributes(tracing.attributes(outcome=status, cost_micros=ticket.cost_micros))
 
+    def finish_later(self, call, tries: int = 600) -> None:
+        """Retry a ledger call (idempotent) every second until the ledger answers; past that the reaper settles
+        what is left when the hold expires."""
+        async def retry():
+            for _ in range(tries):
+                try:
+                    return await call()
+                except Exception as exc:
+                    if not outage(exc):
+                        raise
+                await asyncio.sleep(1.0)
+
+        task = asyncio.create_task(retry())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
     def _observe(self, ticket: Ticket, delta: TokenDelta) -> None:
         if ticket.first_token_at is None and (delta.token_ids or delta.text or delta.tool_calls):
             ticket.first_token_at = time.perf_counter()
@@ -339,6 +358,10 @@ class Ferry:
                     raise
                 record = self._settle_later(ticket.reservation, baseline, fields, exc)
             ticket.cost_micros = record.cost_micros
+        except BaseException as exc:
+            if outage(exc):  # not settled in time: the client gets 503, so the hold settles at no cost, later
+                self.finish_later(lambda: self.billing.ledger.release(ticket.reservation, "unavailable"))
+            raise
         finally:
             await self.limiter.release(p)
         metrics.REQUESTS.labels(ticket.route, status).inc()

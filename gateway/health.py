@@ -102,6 +102,9 @@ async def readiness_problems(app) -> list[str]:
     checks = {"database": _database(ferry.billing), "redis": _redis(ferry.limiter)}
     problems = [f"{name} unreachable ({error})" for name, error in zip(checks, await asyncio.gather(*checks.values()))
                 if error]
+    if not problems and hasattr(ferry.billing.ledger, "problem"):  # budget holds in Redis: lost data is a problem
+        with contextlib.suppress(Exception):
+            problems += [p] if (p := await asyncio.wait_for(ferry.billing.ledger.problem(), CHECK_TIMEOUT_S)) else []
     states = {name: backend_state(b) for name, b in ferry.backends.items()}
     return problems + [f"model {name} is {state['state']} ({state.get('reason', '')})"
                        for name, state in states.items() if state["state"] != "up"]

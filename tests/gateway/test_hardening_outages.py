@@ -36,10 +36,13 @@ REDIS_PORT, PG_PORT = 6379, 5432
 
 class TcpProxy:
     """Forwards a loopback port to a local server until cut: then every connection is dropped and new ones are
-    closed at once (what clients see when the server goes away), until restored."""
+    closed at once (what clients see when the server goes away), until restored. Or stalled: connections stay
+    open, new ones are accepted, and nothing passes either way (a stalled network path), until restored."""
 
     def __init__(self, target_port: int):
         self.target_port, self.open, self.sockets = target_port, True, []
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -53,15 +56,16 @@ class TcpProxy:
             if not self.open:
                 client.close()
                 continue
+            self.flowing.wait()  # stalled: accepted, but not connected onwards (the handshake goes unanswered)
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket):
+    def _pipe(self, a: socket.socket, b: socket.socket):
         with contextlib.suppress(OSError):
             while data := a.recv(65536):
+                self.flowing.wait()  # stalled: what arrived is held; it passes, late, once restored
                 b.sendall(data)
         for s in (a, b):
             with contextlib.suppress(OSError):
@@ -75,8 +79,12 @@ class TcpProxy:
             s.close()
         self.sockets.clear()
 
+    def stall(self):
+        self.flowing.clear()
+
     def restore(self):
         self.open = True
+        self.flowing.set()
 
     def close(self):
         self.cut()
