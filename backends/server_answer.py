@@ -2,8 +2,8 @@
 
 Completion choices carry `token_ids` (the replicas protocol continues a cut stream from them), and each
 choice's finishing chunk carries its usage (what RemoteBackend bills by). A chat answer's tool calls are parsed
-from the text in the checkpoint's format (backends/engine/tools.py) and sent as `tool_calls` deltas once the
-answer ends; logprobs are OpenAI's objects, token strings decoded by the checkpoint's tokenizer.
+from the text in the checkpoint's format (backends/engine/tools.py) and streamed as `tool_calls` deltas as the
+model writes them (id and name, then the arguments' JSON text piece by piece); logprobs are OpenAI's objects, token strings decoded by the checkpoint's tokenizer.
 """
 from __future__ import annotations
 
@@ -106,17 +106,17 @@ class ChatAnswer(_Answer):
         super().start(request_id, n)
         fmt = self.tool_format()
         self.tools = [ToolCallStream(fmt) if fmt else None for _ in range(n)]
-        self.texts, self.calls, self.finish = [""] * n, [[] for _ in range(n)], [None] * n
+        self.texts, self.finish, self.started = [""] * n, [None] * n, [False] * n
         self.logprobs: list[list[dict]] = [[] for _ in range(n)]
 
     def chunks(self, i: int, d: TokenDelta) -> list[dict]:
         """The stream chunks one engine delta makes: the role first, then content, tool calls, finish."""
-        first = self.texts[i] == "" and not self.calls[i] and self.finish[i] is None and not self.logprobs[i]
+        first = not self.started[i]
         content, calls = self._advance(i, d)
         out = [self._chunk(i, {"role": "assistant", "content": ""}, None)] if first else []
         delta = {"content": content} if content else {}
         if calls:
-            delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(calls)]
+            delta["tool_calls"] = calls
         logprobs = {"content": self._logprobs(d)} if d.logprobs is not None else None
         if delta or d.finish_reason or logprobs:
             out.append(self._chunk(i, delta, self.finish[i] if d.finish_reason else None, logprobs))
@@ -133,25 +133,25 @@ class ChatAnswer(_Answer):
     def whole(self) -> dict:
         choices = []
         for i in range(self.n):
-            message = {"role": "assistant", "content": self.texts[i] or (None if self.calls[i] else "")}
-            if self.calls[i]:
-                message["tool_calls"] = self.calls[i]
+            calls = self.tools[i].calls if self.tools[i] else []
+            message = {"role": "assistant", "content": self.texts[i] or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = calls
             logprobs = {"content": self.logprobs[i]} if self.logprobs[i] else None
             choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": self.finish[i]})
         return {**self.base, "object": "chat.completion", "choices": choices, "usage": self.usage()}
 
     def _advance(self, i: int, d: TokenDelta) -> tuple[str, list[dict]]:
-        """The content and tool calls this delta makes visible."""
-        self.usages[i] = d.usage or self.usages[i]
+        """The content and tool-call deltas this delta makes visible."""
+        self.usages[i], self.started[i] = d.usage or self.usages[i], True
         stream = self.tools[i]
-        content, calls = (stream.add(d.text), []) if stream else (d.text, [])
+        content, calls = stream.add(d.text) if stream else (d.text, [])
         if d.finish_reason and stream:
-            rest, calls = stream.finish()
-            content += rest
+            rest, more = stream.finish()
+            content, calls = content + rest, calls + more
         self.texts[i] += content
-        self.calls[i] += calls
         if d.finish_reason:
-            self.finish[i] = "tool_calls" if self.calls[i] else d.finish_reason
+            self.finish[i] = "tool_calls" if stream and stream.calls else d.finish_reason
         return content, calls
 
     def _logprobs(self, d: TokenDelta) -> list[dict]:

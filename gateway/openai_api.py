@@ -81,7 +81,13 @@ class Answer:
     def add(self, delta: TokenDelta) -> None:
         self.text += delta.text
         self.finish = delta.finish_reason or self.finish
-        self.tool_calls += delta.tool_calls or ()
+        for call in delta.tool_calls or ():  # streamed pieces: a call's head (its index new), then its arguments
+            i = call.get("index")
+            if i is None or i >= len(self.tool_calls):
+                self.tool_calls.append({**call, "function": dict(call.get("function") or {})})
+            else:
+                function = self.tool_calls[i]["function"]
+                function["arguments"] = function.get("arguments", "") + call["function"].get("arguments", "")
         if delta.choice_logprobs:  # chat's {"content": [...]} or a completion's lists: each list grows
             more = delta.choice_logprobs
             self.logprobs = self.logprobs or {k: [] for k, v in more.items() if isinstance(v, list)}

@@ -140,7 +140,7 @@ class ServedModel:
 
     async def answer(self, prompt: Prompt, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
         """A token-id model's deltas (one choice's) as OpenAI answers them: tool calls parsed out of the text in
-        the checkpoint's format, logprobs as OpenAI's chat or completion objects (as our replicas give them)."""
+        the checkpoint's format and streamed as they are written, logprobs as OpenAI's chat or completion objects (as our replicas give them)."""
         calls = ToolCallStream(prompt.tool_format) if prompt.tool_format else None
         offset = 0  # a completion's text so far: each token's text_offset
         async for delta in deltas:
@@ -149,13 +149,12 @@ class ServedModel:
                                          else completion_logprobs(self.tokenizer, delta, offset))
             offset += len(delta.text)
             if calls is not None:
-                delta.text = calls.add(delta.text)
+                delta.text, found = calls.add(delta.text)
                 if delta.finish_reason:
-                    rest, found = calls.finish()
-                    delta.text += rest
-                    if found:
-                        delta.tool_calls = [{"index": k, **c} for k, c in enumerate(found)]
-                        delta.finish_reason = "tool_calls"
+                    rest, more = calls.finish()
+                    delta.text, found = delta.text + rest, found + more
+                    delta.finish_reason = "tool_calls" if calls.calls else delta.finish_reason
+                delta.tool_calls = found or None
             yield delta
 
     def _upper_bound(self, messages: list[dict], tools: list[dict] | None) -> int:

@@ -129,16 +129,21 @@ def test_named_tool_choice_calls_that_function(family):
     _valid(calls[0])
 
 
-def test_streamed_tool_calls_arrive_as_deltas(family):
+def test_streamed_tool_calls_arrive_token_by_token(family):
+    """The official client's stream helper accumulates the deltas (id and name, then the arguments in pieces) into
+    the same call the whole answer has."""
     _, client = family
     ask = dict(model="m", messages=ASK, tools=[WEATHER], tool_choice="required", temperature=0, max_tokens=200,
                parallel_tool_calls=False)
     whole = client.chat.completions.create(**ask).choices[0].message.tool_calls[0]
-    deltas = [c.choices[0].delta for c in client.chat.completions.create(**ask, stream=True) if c.choices]
-    calls = [tc for d in deltas for tc in (d.tool_calls or [])]
-    assert [c.function.name for c in calls] == [whole.function.name]
-    assert calls[0].function.arguments == whole.function.arguments
-    assert calls[0].index == 0
+    with client.chat.completions.stream(**ask) as stream:
+        pieces = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion().choices[0]
+    [call] = final.message.tool_calls
+    assert (call.function.name, call.function.arguments) == (whole.function.name, whole.function.arguments)
+    assert final.finish_reason == "tool_calls" and call.id.startswith("call_")
+    assert len(pieces) > 3 and "".join(p.arguments_delta for p in pieces) == call.function.arguments
+    _valid(call)
 
 
 def test_tool_results_go_back_as_role_tool(family):
@@ -156,7 +161,7 @@ def test_tool_results_go_back_as_role_tool(family):
     assert without.usage.prompt_tokens < second.usage.prompt_tokens  # "none": the tools are not rendered
 
 
-@pytest.mark.parametrize("fmt,text,calls", [
+AUTO_ANSWERS = [
     ("hermes", 'sure <tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>', [("add", {"a": 1, "b": 2})]),
     ("hermes", "no call here", []),
     ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "f", "arguments": {}}]',
@@ -165,7 +170,10 @@ def test_tool_results_go_back_as_role_tool(family):
     ("llama3", '{"name": "add", "parameters": {"a": 1, "b": 2}}; {"name": "f", "parameters": {}}',
      [("add", {"a": 1, "b": 2}), ("f", {})]),
     ("llama3", "{not json", []),
-])
+]
+
+
+@pytest.mark.parametrize("fmt, text, calls", AUTO_ANSWERS)
 def test_auto_answers_parse_in_each_format(fmt, text, calls):
     content, parsed = parse(FORMATS[fmt], text)
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed] == calls
@@ -175,8 +183,44 @@ def test_auto_answers_parse_in_each_format(fmt, text, calls):
 
 def test_stream_holds_back_a_possible_marker_and_sends_content_before_it():
     stream = ToolCallStream(FORMATS["hermes"])
-    sent = stream.add("let me check <tool") + stream.add("_call>\n{\"name\": \"add\", \"arguments\": {}}")
-    rest, calls = stream.finish()
-    assert sent == "let me check "
-    assert [c["function"]["name"] for c in calls] == ["add"]
-    assert rest == "let me check"[len("let me check"):] or rest == ""
+    (first, none), (second, calls) = stream.add("let me check <tool"), stream.add("_call>\n{\"name\": \"add\", \"argu")
+    assert (first, none, second) == ("let me check ", [], "")
+    assert [(c["index"], c["function"]) for c in calls] == [(0, {"name": "add", "arguments": ""})]
+    assert stream.add('ments": {"a"') == ("", [{"index": 0, "function": {"arguments": '{"a"'}}])
+    assert stream.add(": 1}}\n</tool_call>") == ("", [{"index": 0, "function": {"arguments": ": 1}"}}])
+    assert stream.finish() == ("", [])
+    assert stream.calls[0]["function"] == {"name": "add", "arguments": '{"a": 1}'}
+
+
+@pytest.mark.parametrize("fmt, text, calls", AUTO_ANSWERS)
+def test_streamed_a_few_characters_at_a_time_the_calls_accumulate_to_the_parsed_ones(fmt, text, calls):
+    """Fed a few characters at a time (as tokens come), the deltas accumulated the way OpenAI clients do give the
+    same content and calls as parsing the whole answer; arguments arrive in pieces, not at the end."""
+    stream, content, got, pieces = ToolCallStream(FORMATS[fmt]), "", [], 0
+    for at in range(0, len(text), 3):
+        more, deltas = stream.add(text[at : at + 3])
+        content += more
+        pieces += sum(bool(d["function"].get("arguments")) for d in deltas)
+        _accumulate(got, deltas)
+    rest, deltas = stream.finish()
+    _accumulate(got, deltas)
+    whole_content, _ = parse(FORMATS[fmt], text)
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got] == calls
+    assert [c["function"]["arguments"] for c in got] == [c["function"]["arguments"] for c in stream.calls]
+    assert (content + rest).strip() == (whole_content or "").strip()
+    assert pieces >= 2 * sum(bool(args) for _, args in calls)  # each non-empty arguments object in 2+ pieces
+
+
+def test_a_call_written_arguments_first_goes_out_whole():
+    stream = ToolCallStream(FORMATS["llama3"])
+    assert stream.add('{"parameters": {"a": 1}, ') == ("", [])
+    _, [call] = stream.add('"name": "add"}')
+    assert (call["index"], call["function"]) == (0, {"name": "add", "arguments": '{"a": 1}'})
+
+
+def _accumulate(calls: list[dict], deltas: list[dict]) -> None:
+    for d in deltas:
+        if d["index"] == len(calls):
+            calls.append({"id": d["id"], "function": dict(d["function"])})
+        else:
+            calls[d["index"]]["function"]["arguments"] += d["function"]["arguments"]

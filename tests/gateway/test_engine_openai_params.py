@@ -65,12 +65,17 @@ def test_agent_loop_through_the_gateway(gateway):
 
 
 def test_streamed_tool_call_through_the_gateway(gateway):
-    chunks = list(gateway.chat.completions.create(
-        model="qwen-tiny", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=200, stream=True,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}}))
-    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [c.function.name for c in calls] == ["get_weather"]
-    json.loads(calls[0].function.arguments)
+    # The official client's stream helper accumulates the arguments' pieces into the whole answer's call.
+    ask = dict(model="qwen-tiny", messages=ASK, tools=[WEATHER], temperature=0, max_tokens=200,
+               tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    whole = gateway.chat.completions.create(**ask).choices[0].message.tool_calls[0]
+    with gateway.chat.completions.stream(**ask) as stream:
+        pieces = [e.arguments_delta for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion().choices[0]
+    [call] = final.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", whole.function.arguments)
+    assert final.finish_reason == "tool_calls" and len(pieces) > 3 and "".join(pieces) == call.function.arguments
+    jsonschema_rs.validate(WEATHER["function"]["parameters"], json.loads(call.function.arguments))
 
 
 def test_json_schema_logprobs_and_penalties_through_the_gateway(gateway):
