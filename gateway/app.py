@@ -17,6 +17,7 @@ from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.ferry import Ferry, bearer_is
 from gateway.served import served_model
+from gateway.tarpit import Tarpit
 from gateway.logs import AccessLog
 from gateway.middleware import BodyLimit, DrainGate
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.drain = health.Drain(settings.shutdown_grace_s)
+    app.state.tarpit = Tarpit(settings.refusals_per_s, settings.refusal_burst, settings.refusal_delay_s)
     app.state.bodies = Parser(Limits(settings.max_messages, settings.max_content_parts, settings.max_prompt_token_ids))
     errors.install(app)
     app.add_middleware(DrainGate, drain=app.state.drain)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0)  # a whole request (head and body) must arrive in this time: else 408
     keep_alive_timeout_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     max_connections_per_client: int = Field(256, ge=0)  # open connections per client address and process; 0: no cap
+    # Refusals before any work (401, 400, 404, 413...) past a burst per sender are answered late (gateway/tarpit.py).
+    refusal_burst: int = Field(10, ge=1)  # refusals a sender (tenant, else client address) may have at once
+    refusals_per_s: float = Field(1.0, gt=0)  # the burst refills at this rate
+    refusal_delay_s: float = Field(1.0, ge=0)  # past it, each refusal waits this long before it is sent; 0: never
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
     admin_key: str | None = None  # the bootstrap admin; unset: `serve` mints one into the ledger once and prints it
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).

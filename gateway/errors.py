@@ -6,6 +6,7 @@ down (database, Redis) is the operator's problem, not the tenant's: 503 with Ret
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 
@@ -116,10 +117,20 @@ def refusal(request: Request, error: APIError) -> JSONResponse:
 
 
 async def handle_api_error(request: Request, exc: APIError) -> JSONResponse:
+    await held_back(request, exc.status)
     return refusal(request, exc)
 
 
+async def held_back(request: Request, status: int) -> None:
+    """A sender that keeps being refused waits for its answer (gateway/tarpit.py); a served request never does."""
+    tarpit = getattr(request.app.state, "tarpit", None)
+    sender = getattr(request.state, "tenant", None) or (request.client.host if request.client else "?")
+    if tarpit and (delay := tarpit.delay(sender, status)):
+        await asyncio.sleep(delay)
+
+
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    await held_back(request, 400)
     return refusal(request, validation_error(exc.errors()))
 
 
@@ -167,6 +178,7 @@ async def handle_http_error(request: Request, exc: HTTPException) -> JSONRespons
     else:
         message = str(exc.detail)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    await held_back(request, exc.status_code)
     return refusal(request, APIError(exc.status_code, message, kind, headers=dict(exc.headers or {})))
 
 

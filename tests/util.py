@@ -23,12 +23,17 @@ class LengthRouter:
 
 
 @contextmanager
-def serve(app):
-    """Run an ASGI app with uvicorn on a free loopback port in a thread."""
+def serve(app, settings=None):
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; with the gateway's `settings`, behind its
+    HTTP limits as `ferryman serve` runs it (gateway/http_limits.py)."""
+    from gateway.http_limits import uvicorn_config
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = (uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning") if settings else
+              uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

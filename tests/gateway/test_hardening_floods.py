@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 
 import httpx
 import pytest
@@ -94,7 +95,7 @@ def test_the_four_floods_are_refused_and_never_stall_another_tenant(gateway):
         assert "Too many" in error["message"] or "maximum context length" in error["message"]
 
     def junk_keys():
-        for _ in range(40):
+        for _ in range(6):  # 48 in all: past the refusal burst, so the tarpit holds some of them back
             junk = "fm-" + secrets.token_urlsafe(32)
             assert_openai_error(post(gateway, "/v1/chat/completions", chat([user("hi")]), authorization=f"Bearer {junk}"),
                                 401)
@@ -110,3 +111,33 @@ def test_the_four_floods_are_refused_and_never_stall_another_tenant(gateway):
     assert max(prober.latencies) < STALL_BOUND_S, prober.latencies
     assert gateway.records() == []
     assert gateway.billing.ledger_totals(gateway.tenant_id)["open_reservations"] == 0
+
+
+def test_a_sender_that_keeps_being_refused_waits_for_its_answers_and_a_served_request_never_does(tmp_path, tokenizer):
+    """gateway/tarpit.py: past a burst of refusals per sender, each refusal waits; the same address's valid key and
+    another tenant are answered at once."""
+    app, billing, tenant_id, key, backends = make_gateway(tmp_path, tokenizer, refusal_burst=5, refusal_delay_s=0.5,
+                                                       refusals_per_s=0.1)
+    with serve(app) as url:
+        gw = Gateway(url, billing, tenant_id, key, backends)
+        took = []
+        for _ in range(8):
+            junk = "fm-" + secrets.token_urlsafe(32)
+            t = time.perf_counter()
+            assert_openai_error(post(gw, "/v1/chat/completions", chat([user("hi")]), authorization=f"Bearer {junk}"),
+                                401)
+            took.append(time.perf_counter() - t)
+        assert max(took[:4]) < 0.4 and min(took[-2:]) >= 0.5, took  # the burst at once, then held back
+        t = time.perf_counter()
+        assert post(gw, "/v1/chat/completions", chat([user("hi")])).status_code == 200  # same address, valid key
+        assert time.perf_counter() - t < 0.4
+        for _ in range(7):  # a tenant's own over-limit bodies count against it, not against another tenant
+            assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"})), 404, "model")
+        t = time.perf_counter()
+        assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"})), 404, "model")
+        assert time.perf_counter() - t >= 0.5
+        t = time.perf_counter()
+        assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"}),
+                                 authorization=f"Bearer {other_tenant_key(gw)}"), 404, "model")
+        assert time.perf_counter() - t < 0.4
+    billing.close()
