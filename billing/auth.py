@@ -32,7 +32,7 @@ class BudgetRef(NamedTuple):
     id: int
     period: str  # daily | monthly
     limit_micros: int
-    alert_percent: int
+    alert_percents: tuple[int, ...]  # ascending
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Keys:
             row = conn.execute(query).first()
             if row is None:
                 return None
-            refs = conn.execute(select(budgets.c.id, budgets.c.period, budgets.c.limit_micros, budgets.c.alert_percent,
+            refs = conn.execute(select(budgets.c.id, budgets.c.period, budgets.c.limit_micros, budgets.c.alert_percents,
                                        budgets.c.key_id).where(
                 budgets.c.tenant_id == row.tenant_id,
                 or_(budgets.c.key_id.is_(None), budgets.c.key_id == row.id))).all()
@@ -102,7 +102,11 @@ class Keys:
             tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, priority=row.priority,
             quality_floor=row.quality_floor, large_share=row.large_share,
             limits=tuple(lim for lim in limits if (lim.rpm, lim.tpm, lim.max_concurrent) != (None, None, None)),
-            tenant_budget=next((BudgetRef(*b[:4]) for b in refs if b.key_id is None), None),
-            key_budget=next((BudgetRef(*b[:4]) for b in refs if b.key_id is not None), None),
+            tenant_budget=next((_ref(b) for b in refs if b.key_id is None), None),
+            key_budget=next((_ref(b) for b in refs if b.key_id is not None), None),
             expires_at=row.expires_at, store_prompts=row.store_prompts,
             allowed_models=None if row.allowed_models is None else tuple(row.allowed_models))
+
+
+def _ref(row) -> BudgetRef:
+    return BudgetRef(row.id, row.period, row.limit_micros, tuple(row.alert_percents))

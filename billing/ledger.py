@@ -14,6 +14,7 @@ commands read the same tables: the price cache (`Prices`), a request's stored re
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -62,23 +63,18 @@ HOLD = (update(budget_spend)
         .values(reserved_micros=_spend.reserved_micros + _amount)
         .returning(_spend.id))
 
-# Returns what the alert check needs, so the common case (no threshold crossed) costs no extra statement.
+# Returns what the alert check needs, so the common case (no threshold crossed) costs no extra statement. The row
+# stays locked to this transaction from here, so the alerted_percent it returns is the one to raise.
 SPEND = (update(budget_spend).where(_spend.id == bindparam("spend"))
          .values(reserved_micros=_spend.reserved_micros - _amount,
                  spent_micros=_spend.spent_micros + bindparam("cost", type_=BigInteger))
-         .returning(_spend.spent_micros, _spend.alerted,
-                    select(budgets.c.limit_micros * budgets.c.alert_percent)
-                    .where(budgets.c.id == _spend.budget_id).scalar_subquery()))
+         .returning(_spend.budget_id, _spend.period_key, _spend.spent_micros, _spend.alerted_percent,
+                    *[select(column).where(budgets.c.id == _spend.budget_id).scalar_subquery()
+                      for column in (budgets.c.limit_micros, budgets.c.alert_percents)]))
 
 RELEASE = delete(reservations).where(reservations.c.request_id == bindparam("rid"))
 
-CROSSED_ALERT = (update(budget_spend)
-                 .where(_spend.id == bindparam("spend"), _spend.alerted.is_(False),
-                        _spend.spent_micros * 100 >= select(budgets.c.limit_micros * budgets.c.alert_percent)
-                        .where(budgets.c.id == _spend.budget_id).scalar_subquery())
-                 .values(alerted=True)
-                 .returning(_spend.budget_id, _spend.period_key, _spend.spent_micros,
-                            select(budgets.c.limit_micros).where(budgets.c.id == _spend.budget_id).scalar_subquery()))
+ALERTED = update(budget_spend).where(_spend.id == bindparam("spend")).values(alerted_percent=bindparam("percent"))
 
 
 def records_spend(budget_id, first_day, last_day):
@@ -95,7 +91,7 @@ def _new_period(upsert, recount: bool = False):
     `recount`: a row there already is set to its records too (it went stale while the budget counted another kind
     of period, e.g. daily -> monthly -> daily on one day)."""
     insert = upsert(budget_spend).values(
-        budget_id=bindparam("budget"), period_key=bindparam("period"), reserved_micros=0, alerted=False,
+        budget_id=bindparam("budget"), period_key=bindparam("period"), reserved_micros=0, alerted_percent=0,
         spent_micros=records_spend(bindparam("budget"), bindparam("first_day"), bindparam("last_day")))
     if recount:
         return insert.on_conflict_do_update(index_elements=["budget_id", "period_key"],
@@ -108,8 +104,10 @@ def open_period(conn, budget_id: int, key: str, recount: bool = False) -> bool:
     made (or, with `recount`, set) one."""
     upsert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
     first, last = rules.period_days(key)
-    return conn.execute(_new_period(upsert, recount), {"budget": budget_id, "period": key, "first_day": first,
-                                              "last_day": last}).rowcount == 1
+    # RETURNING, not rowcount: PostgreSQL's driver reports -1 rows for an INSERT it returns from (SQLAlchemy adds
+    # RETURNING id itself), which made the Redis writer add a new period's first batch twice.
+    return conn.execute(_new_period(upsert, recount).returning(budget_spend.c.id),
+                        {"budget": budget_id, "period": key, "first_day": first, "last_day": last}).first() is not None
 
 
 async def blocking(engine: Engine, fn, *args, **kwargs):
@@ -180,13 +178,14 @@ class SqlLedger:
         self._hold_sql = Prepared(HOLD, dialect)
         self._spend_sql = Prepared(SPEND, dialect)
         self._release_sql = Prepared(RELEASE, dialect)
-        self._crossed_sql = Prepared(CROSSED_ALERT, dialect)
+        self._alerted_sql = Prepared(ALERTED, dialect)
         self._new_period = Prepared(_new_period(upsert), dialect)
         self._new_record = Prepared(upsert(usage_records).on_conflict_do_nothing(index_elements=["request_id"])
                                     .returning(usage_records.c.id), dialect, list(UsageRecord.__dataclass_fields__))
         self._new_reservation = Prepared(reservations.insert(), dialect, [c.name for c in reservations.c])
-        self._new_alert = Prepared(budget_alerts.insert(), dialect,
-                                   ["budget_id", "period_key", "spent_micros", "limit_micros", "created_at"])
+        self._new_alert = Prepared(upsert(budget_alerts).on_conflict_do_nothing(), dialect,
+                                   ["budget_id", "period_key", "spent_micros", "limit_micros", "alert_percent",
+                                    "created_at"])
 
     @contextmanager
     def _transaction(self):
@@ -291,18 +290,23 @@ class SqlLedger:
                 if self._release_sql(cursor, rid=res.request_id).rowcount != 1:
                     raise LookupError(f"request '{res.request_id}' has no open reservation to settle")
                 for spend_id in res.spend_ids:
-                    spent, alerted, threshold = self._spend_sql(
-                        cursor, spend=spend_id, amount=res.amount_micros, cost=record.cost_micros).fetchone()
-                    if not alerted and threshold is not None and spent * 100 >= threshold:
-                        self._record_alerts(cursor, spend_id, record.created_at)
+                    counters = self._spend_sql(cursor, spend=spend_id, amount=res.amount_micros,
+                                               cost=record.cost_micros).fetchone()
+                    if counters is not None:  # None: the budget was deleted while the request ran
+                        self._record_alerts(cursor, spend_id, *counters, record.created_at)
         return stored_record(self.engine, res.request_id) if settled_before else record
 
-    def _record_alerts(self, cursor, spend_id: int, now: datetime) -> None:
-        # The conditional update lets exactly one settlement per period record the alert.
-        for budget_id, key, spent, limit in self._crossed_sql(cursor, spend=spend_id).fetchall():
+    def _record_alerts(self, cursor, spend_id: int, budget_id: int, key: str, spent: int, alerted: int, limit: int,
+                       percents, now: datetime) -> None:
+        """An alert row per threshold this settlement reached (billing.rules.alerts_due); the budget_spend row is
+        locked to this transaction, so no other settlement records the same ones."""
+        due = rules.alerts_due(spent, limit, json.loads(percents) if isinstance(percents, str) else percents, alerted)
+        if due:
+            self._alerted_sql(cursor, spend=spend_id, percent=due[-1])
+        for percent in due:
             self._new_alert(cursor, budget_id=budget_id, period_key=key, spent_micros=spent, limit_micros=limit,
-                            created_at=now)
-            log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key, usd(spent),
+                            alert_percent=percent, created_at=now)
+            log.warning("budget %s reached its %s%% alert for %s: %s spent of %s", budget_id, percent, key, usd(spent),
                         usd(limit))
 
     def _reap(self, now: datetime | None = None) -> int:

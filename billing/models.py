@@ -64,7 +64,8 @@ budgets = Table(
     Column("key_id", Integer, ForeignKey("api_keys.id")),
     Column("period", String(8), nullable=False),  # daily | monthly
     Column("limit_micros", BigInteger, nullable=False),
-    Column("alert_percent", Integer, nullable=False, default=80),  # soft alert when spend crosses this share
+    # Alerts when spend reaches each of these shares of the limit (percent, ascending), once per period each.
+    Column("alert_percents", JSON, nullable=False, server_default="[80]"),
     Column("created_at", DateTime, nullable=False),
 )
 
@@ -76,7 +77,9 @@ budget_spend = Table(
     Column("period_key", String(10), nullable=False),
     Column("spent_micros", BigInteger, nullable=False, default=0),
     Column("reserved_micros", BigInteger, nullable=False, default=0),
-    Column("alerted", Boolean, nullable=False, default=False),
+    # The highest threshold alerted in this period (0: none). Spend only grows within a period, so thresholds are
+    # crossed in ascending order: a threshold alerts once it is reached and is above this.
+    Column("alerted_percent", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("budget_id", "period_key", name="uq_budget_spend_period"),
 )
 
@@ -133,11 +136,12 @@ budget_alerts = Table(
     Column("period_key", String(10), nullable=False),
     Column("spent_micros", BigInteger, nullable=False),
     Column("limit_micros", BigInteger, nullable=False),
+    Column("alert_percent", Integer, nullable=False),  # the threshold reached
     Column("created_at", DateTime, nullable=False),
     # Webhook delivery (gateway/alerts.py): taken by one replica until `claimed_until`, done at `sent_at`.
     Column("claimed_until", DateTime),
     Column("sent_at", DateTime),
-    UniqueConstraint("budget_id", "period_key", name="uq_budget_alerts_period"),
+    UniqueConstraint("budget_id", "period_key", "alert_percent", name="uq_budget_alerts_period"),
 )
 
 # People's keys to the admin API, one role each. Only the sha256 is stored; revoked keys stay, since the audit log

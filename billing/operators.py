@@ -29,6 +29,7 @@ MAX_ID = 2**31 - 1  # ids are 32-bit columns
 MAX_LIMIT = 2**31 - 1  # rate limits are 32-bit columns
 MAX_MICROS = 2**63 - 1  # money is a 64-bit column
 MAX_NAME = 128
+MAX_ALERTS = 10  # alert thresholds per budget
 DEMO_KEY_DAYS = 7  # each `serve` prints a fresh demo key; old ones lapse instead of being revoked by others
 
 
@@ -127,18 +128,18 @@ class Operators:
     # --- budgets -----------------------------------------------------------------------------------
 
     def set_budget(self, tenant_id: int, *, limit_micros: int, period: str = "monthly", key_id: int | None = None,
-                   alert_percent: int = 80) -> dict:
-        """Create or replace the budget of a tenant (key_id None) or of one of its keys. Spend so far is kept."""
+                   alert_percents=(80,)) -> dict:
+        """Create or replace the budget of a tenant (key_id None) or of one of its keys. Spend so far is kept.
+        `alert_percents`: the shares of the limit (whole percents) at which it alerts, each once per period."""
         if period not in PERIODS:
             raise ValueError(f"period must be one of {', '.join(PERIODS)}, not '{period}'")
         if not isinstance(limit_micros, int) or not 0 <= limit_micros <= MAX_MICROS:
             raise ValueError(f"limit_micros must be a whole number of micro-USD from 0 to {MAX_MICROS}")
-        if not isinstance(alert_percent, int) or not 1 <= alert_percent <= 100:
-            raise ValueError("alert_percent must be a whole number from 1 to 100")
+        alert_percents = _percents(alert_percents)
         self.tenant(tenant_id)
         if key_id is not None and self.key(key_id)["tenant_id"] != tenant_id:
             raise ValueError(f"key {key_id} does not belong to tenant {tenant_id}")
-        values = {"period": period, "limit_micros": limit_micros, "alert_percent": alert_percent}
+        values = {"period": period, "limit_micros": limit_micros, "alert_percents": alert_percents}
         with self.engine.begin() as conn:
             budget_id, was = conn.execute(select(budgets.c.id, budgets.c.period).where(
                 budgets.c.tenant_id == tenant_id,
@@ -304,10 +305,21 @@ def _limit_fields(fields: dict) -> dict:
     return dict(fields)
 
 
+def _percents(value) -> list[int]:
+    """Alert thresholds as stored: whole percents from 1 to 100, ascending, each once; none: no alerts."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"alert_percents must be a list of whole percents such as [50, 80, 100], got {value!r}")
+    percents = list(value)
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100 for p in percents):
+        raise ValueError(f"each alert percent must be a whole number from 1 to 100, got {percents!r}")
+    if len(set(percents)) > MAX_ALERTS:
+        raise ValueError(f"a budget takes at most {MAX_ALERTS} alert thresholds")
+    return sorted(set(percents))
+
+
 def _alerts():
-    """Budget alerts with their budget's tenant, key and threshold."""
-    return (select(budget_alerts, budgets.c.tenant_id, budgets.c.key_id, budgets.c.alert_percent,
-                   tenants.c.name.label("tenant"))
+    """Budget alerts (each with the threshold it reached) with their budget's tenant and key."""
+    return (select(budget_alerts, budgets.c.tenant_id, budgets.c.key_id, tenants.c.name.label("tenant"))
             .join(budgets, budgets.c.id == budget_alerts.c.budget_id)
             .join(tenants, tenants.c.id == budgets.c.tenant_id).order_by(budget_alerts.c.id))
 

@@ -91,8 +91,10 @@ return {'ok'}
 """ % BUDGET_TTL_MS
 
 # KEYS: epoch, holds, expiry, stream, budget periods...  ARGV: epoch, deadline, request id, amount, cost, record,
-# budgets, then the alert threshold (limit x percent) per budget. Returns {'gone'} (already settled or reaped) or
-# {'ok', alerts}. A period not seeded since Redis started gets no spend: its seed counts this record (stream).
+# budgets, then per budget its limit and alert thresholds ("limit/50,80,100"). Returns {'gone'} (already settled or
+# reaped) or {'ok', alerts}, an alert being "budget index:percent:spent". The thresholds follow
+# billing.rules.alerts_due: each one reached and above the highest alerted this period ('alerted_percent'), which
+# the script then raises. A period not seeded since Redis started gets no spend: its seed counts this record (stream).
 SETTLE = FENCE + """
 if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return {'gone'} end
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -104,9 +106,17 @@ for i = 5, #KEYS do
   redis.call('PEXPIRE', KEYS[i], %d)
   if redis.call('HEXISTS', KEYS[i], 'spent') == 1 then
     local spent = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[5])
-    if spent * 100 >= tonumber(ARGV[i + 3]) and redis.call('HSETNX', KEYS[i], 'alerted', '1') == 1 then
-      alerts[#alerts + 1] = (i - 4) .. ':' .. spent
+    local limit, percents = string.match(ARGV[i + 3], '^(%%d+)/(.*)$')
+    local alerted = tonumber(redis.call('HGET', KEYS[i], 'alerted_percent') or '0')
+    local top = alerted
+    for p in string.gmatch(percents, '%%d+') do
+      local percent = tonumber(p)
+      if percent > alerted and spent * 100 >= tonumber(limit) * percent then
+        alerts[#alerts + 1] = (i - 4) .. ':' .. p .. ':' .. spent
+        top = math.max(top, percent)
+      end
     end
+    if top > alerted then redis.call('HSET', KEYS[i], 'alerted_percent', top) end
   end
 end
 local crossed = table.concat(alerts, ',')
@@ -148,7 +158,7 @@ class Hold(Reservation):
     def from_entry(cls, request_id: str, payload: bytes) -> Hold:
         h = json.loads(payload)
         return cls(request_id, h["t"], h["k"], h["m"], h["a"], FREE, h["d"], False,
-                   tuple(BudgetRef(*b) for b in h["b"]), tuple(h["p"]), h["tb"])
+                   tuple(BudgetRef(*b[:3], tuple(b[3])) for b in h["b"]), tuple(h["p"]), h["tb"])
 
 
 class RedisLedger:
@@ -309,7 +319,7 @@ class RedisLedger:
         fields = {**vars(record), "created_at": record.created_at.isoformat()}  # flat: no deep copy
         budgets_json = json.dumps([[r.id, p, r.limit_micros] for r, p in zip(res.budgets, res.period_keys)])
         return [res.request_id, res.amount_micros, record.cost_micros, json.dumps(fields), budgets_json,
-                *[r.limit_micros * r.alert_percent for r in res.budgets]]
+                *[f"{r.limit_micros}/{','.join(map(str, r.alert_percents))}" for r in res.budgets]]
 
     async def record(self, request_id: str) -> UsageRecord | None:
         """The stored record: in the stream while unwritten, else in the database (looked up in that order, so a
@@ -515,22 +525,27 @@ class Writer:
             for rid in inserted:
                 for budget_id, key, _ in records[rid]["budgets"]:
                     spend[budget_id, key] = spend.get((budget_id, key), 0) + records[rid]["record"]["cost_micros"]
-            alerts = [(b["budgets"][i - 1], spent) for b in batch for i, spent in b["alerts"]]
-            ids = {budget_id for budget_id, _ in spend} | {ref[0] for ref, _ in alerts}
+            alerts = [(b["budgets"][i - 1], percent, spent) for b in batch for i, percent, spent in b["alerts"]]
+            ids = {budget_id for budget_id, _ in spend} | {ref[0] for ref, _, _ in alerts}
             # A budget deleted since the hold was taken has no counters to add to: its records still count.
             live = set(conn.execute(select(budgets.c.id).where(budgets.c.id.in_(ids))).scalars()) if ids else set()
             self._add_spend_of(conn, {bk: c for bk, c in spend.items() if bk[0] in live})
-            for (budget_id, key, limit), spent in alerts:
-                if budget_id not in live:
-                    continue
-                new = conn.execute(self._insert(budget_alerts).values(
-                    budget_id=budget_id, period_key=key, spent_micros=spent, limit_micros=limit,
-                    created_at=self.ledger.clock()).on_conflict_do_nothing()).rowcount
-                conn.execute(budget_spend.update().where(budget_spend.c.budget_id == budget_id,
-                                                         budget_spend.c.period_key == key).values(alerted=True))
-                if new:
-                    log.warning("budget %s crossed its alert threshold for %s: %s spent of %s", budget_id, key,
-                                usd(spent), usd(limit))
+            for (budget_id, key, limit), percent, spent in alerts:
+                if budget_id in live:
+                    self._alert(conn, budget_id, key, limit, percent, spent)
+
+    def _alert(self, conn, budget_id: int, key: str, limit: int, percent: int, spent: int) -> None:
+        """The alert row (once per budget, period and threshold: a Redis that lost its data and alerts again adds
+        nothing), and the period's highest alerted threshold, as the SQL ledger keeps it."""
+        new = conn.execute(self._insert(budget_alerts).values(
+            budget_id=budget_id, period_key=key, spent_micros=spent, limit_micros=limit, alert_percent=percent,
+            created_at=self.ledger.clock()).on_conflict_do_nothing()).rowcount
+        s = budget_spend.c
+        conn.execute(budget_spend.update().where(s.budget_id == budget_id, s.period_key == key,
+                                                 s.alerted_percent < percent).values(alerted_percent=percent))
+        if new:
+            log.warning("budget %s reached its %s%% alert for %s: %s spent of %s", budget_id, percent, key,
+                        usd(spent), usd(limit))
 
     def _add_spend_of(self, conn, spend: dict[tuple[int, str], int]) -> None:
         """Add each budget period's cost; a period with no row yet starts at the sum of its records (this batch's
@@ -539,7 +554,7 @@ class Writer:
         have = set(conn.execute(select(s.budget_id, s.period_key).where(
             tuple_(s.budget_id, s.period_key).in_(list(spend))))) if spend else set()
         opened = {bk for bk in sorted(spend) if bk not in have and open_period(conn, *bk)}
-        rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted": False}
+        rows = [{"budget_id": b, "period_key": k, "spent_micros": c, "reserved_micros": 0, "alerted_percent": 0}
                 for (b, k), c in sorted(spend.items()) if (b, k) not in opened]
         if rows:
             conn.execute(self._add_spend, rows)
@@ -568,4 +583,4 @@ def _decode(fields: dict) -> dict:
     record["created_at"] = datetime.fromisoformat(record["created_at"])
     alerts = fields[b"alerts"].decode()
     return {"record": record, "budgets": [tuple(b) for b in json.loads(fields[b"budgets"])],
-            "alerts": [(int(i), int(s)) for i, s in (a.split(":") for a in alerts.split(",") if a)]}
+            "alerts": [tuple(map(int, a.split(":"))) for a in alerts.split(",") if a]}

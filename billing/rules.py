@@ -19,7 +19,7 @@ The rules:
   none when that model has no price.
 - period: a request belongs to the budget period (and the report day) it was admitted in, so a budget's spend for a
   period is exactly the sum of that period's records, also for a request that settles after midnight.
-- alerts: once per budget period, when spend reaches the budget's alert share of its limit.
+- alerts: when spend reaches each of the budget's alert shares of its limit, once per threshold and period.
 - refusals: a hold that does not fit is refused with what it would cost, what is left, and whether waiting helps.
 """
 from __future__ import annotations
@@ -207,6 +207,13 @@ def baseline_price(price_of: Callable[[str], Price], model: str | None) -> Price
         return None if model is None else price_of(model)
     except UnknownPrice:
         return None
+
+
+def alerts_due(spent_micros: int, limit_micros: int, percents, alerted_percent: int) -> list[int]:
+    """The thresholds (percent of the limit, ascending) this period's spend has reached and that have not alerted
+    yet. Spend only grows within a period, so `alerted_percent`, the highest one alerted, says which did. The Redis
+    ledger's settle script applies the same rule in Lua (billing/redis_ledger.py)."""
+    return [p for p in percents if p > alerted_percent and spent_micros * 100 >= limit_micros * p]
 
 
 def exceeded(scope: str, period: str, key: str, limit: int, spent: int, reserved: int, amount: int, model: str,

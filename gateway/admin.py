@@ -17,10 +17,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from billing import Billing
-from billing.operators import MAX_ID, MAX_LIMIT, MAX_MICROS
+from billing.operators import MAX_ALERTS, MAX_ID, MAX_LIMIT, MAX_MICROS
 from billing.reports import to_csv, totals
 from gateway import metrics
 from gateway.admin_access import AnyRole, Finance, Operator
@@ -31,6 +31,7 @@ router = APIRouter()
 Count = Annotated[int | None, Field(ge=1, le=MAX_LIMIT)]
 Share = Annotated[float | None, Field(ge=0.0, le=1.0)]
 Micros = Annotated[int, Field(ge=0, le=MAX_MICROS)]
+Percent = Annotated[int, Field(ge=1, le=100)]
 RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="Ids are 32-bit; a larger one is a 400")]
 TenantFilter = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -107,10 +108,12 @@ class KeyCreated(KeyPublic):
 class BudgetBase(BaseModel):
     period: Literal["daily", "monthly"] = "monthly"
     limit_micros: Micros
-    alert_percent: int = Field(80, ge=1, le=100)
+    # Alert when spend reaches each of these percents of the limit, once per period each; []: no alerts.
+    alert_percents: list[Percent] = Field([80], max_length=MAX_ALERTS)
 
 
 class BudgetSet(BudgetBase):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field (or the old `alert_percent`) is a 400, not ignored
     tenant_id: int = Field(ge=1, le=MAX_ID)
     key_id: int | None = Field(None, ge=1, le=MAX_ID)  # None: the tenant's budget, shared by all its keys
 
@@ -135,7 +138,7 @@ class AlertPublic(BaseModel):
     period_key: str
     spent_micros: int
     limit_micros: int
-    alert_percent: int  # the budget's threshold that was crossed
+    alert_percent: int  # the threshold (of the budget's alert_percents) this alert is for
     created_at: datetime
     sent_at: datetime | None  # delivered to the alert webhook; None: not (yet), or no webhook set
 

@@ -1,5 +1,5 @@
-"""Budget alerts to a webhook. The ledger writes one alert per budget and period, when spend crosses the budget's
-`alert_percent`; with FERRYMAN_ALERT_WEBHOOK_URL set, every gateway sends each one there as Slack-compatible JSON
+"""Budget alerts to a webhook. The ledger writes one alert per budget, period and threshold, when spend reaches one
+of the budget's `alert_percents` (e.g. 50, 80 and 100% of its limit); with FERRYMAN_ALERT_WEBHOOK_URL set, every gateway sends each one there as Slack-compatible JSON
 (`text`, plus the figures as fields of their own).
 
 Delivery is an outbox: a replica claims an unsent alert for CLAIM_S (a conditional UPDATE, so one replica sends
@@ -22,7 +22,7 @@ def message(alert: dict) -> dict:
     who = alert["tenant"] + (f" (key {alert['key_id']})" if alert["key_id"] is not None else "")
     spent, limit = alert["spent_micros"], alert["limit_micros"]
     text = (f"Ferryman budget alert: {who} has spent {_usd(spent)} of its {_usd(limit)} budget for "
-            f"{alert['period_key']} ({100 * spent / max(limit, 1):.1f}%, alert at {alert['alert_percent']}%).")
+            f"{alert['period_key']} ({100 * spent / max(limit, 1):.1f}%, its {alert['alert_percent']}% alert).")
     fields = ("tenant", "tenant_id", "key_id", "budget_id", "period_key", "spent_micros", "limit_micros",
               "alert_percent")
     return {"text": text, **{f: alert[f] for f in fields}}

@@ -184,17 +184,30 @@ KEY_BUDGET = typer.Option(None, help="One key's budget instead of the whole tena
 @tenants_app.command("budget")
 def tenants_budget(tenant: str = TENANT, limit_usd: str = typer.Option(..., help="e.g. 25 or 12.50"),
                    period: Literal["daily", "monthly"] = typer.Option("monthly", help="When spend starts again (UTC)"),
-                   alert_percent: int = typer.Option(80, help="Alert once spend passes this share of the limit, 1-100"),
+                   alert_percents: str = typer.Option("80", help="Alert when spend reaches each of these percents "
+                                                      "of the limit (1-100), once per period each: e.g. 50,80,100 "
+                                                      "('none')"),
                    key_id: int = KEY_BUDGET, url: str = URL) -> None:
     """Set (or replace) the tenant's budget, or one key's."""
     billing = ledger(url)
     try:
         b = billing.set_budget(tenant_id(billing, tenant), key_id=key_id, limit_micros=micros(limit_usd),
-                               period=period, alert_percent=alert_percent)
+                               period=period, alert_percents=_percent_list(alert_percents))
     except (ValueError, LookupError) as exc:
         fail(str(exc))
     typer.echo(f"budget {b['id']}: {usd(b['limit_micros'])} {b['period']}, {usd(b['remaining_micros'])} left "
-               f"in {b['period_key']}, alert at {b['alert_percent']}%")
+               f"in {b['period_key']}, alerts at {_percents_text(b['alert_percents'])}")
+
+
+def _percent_list(text: str) -> list[int]:
+    parts = [] if text.strip().lower() == "none" else [p.strip().rstrip("%") for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"--alert-percents must be whole percents separated by commas (e.g. 50,80,100), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def _percents_text(percents: list[int]) -> str:
+    return ", ".join(f"{p}%" for p in percents) or "none"
 
 
 @tenants_app.command("budget-delete")
@@ -217,13 +230,14 @@ def tenants_budgets(tenant: str = typer.Argument(None, help="Only this tenant (n
     for r in rows:
         for f in ("limit_micros", "spent_micros", "reserved_micros", "remaining_micros"):
             r[f.replace("_micros", "")] = usd(r[f])
+        r["alerts"] = _percents_text(r["alert_percents"])
     show(rows, ["id", "tenant_id", "key_id", "period", "period_key", "limit", "spent", "reserved", "remaining",
-                "alert_percent"])
+                "alerts"])
 
 
 @tenants_app.command("alerts")
 def tenants_alerts(tenant: str = typer.Argument(None, help="Only this tenant (name or id)"), url: str = URL) -> None:
-    """Budget alerts that fired (one per budget and period), and whether the webhook has had them."""
+    """Budget alerts that fired (one per budget, period and threshold), and whether the webhook has had them."""
     billing = ledger(url)
     rows = billing.list_alerts(tenant_id(billing, tenant) if tenant else None)
     for r in rows:

@@ -172,11 +172,11 @@ def test_daily_budgets_roll_over_at_midnight_utc(db_url):
 def test_soft_alert_is_recorded_once_per_period(db_url, caplog):
     clock = Clock(datetime(2026, 3, 30, 12, 0))
     b = ledger(db_url, clock=clock)
-    _, _, p = tenant_with_key(b, 10_000, period="daily", alert_percent=50)
+    _, _, p = tenant_with_key(b, 10_000, period="daily", alert_percents=[50])
     for i in range(8):  # 1000 each: crosses 50% on the fifth
         b.settle(b.reserve(p, f"a{i}", LARGE, 100, 100), prompt_tokens=100, completion_tokens=100)
         assert count(b, budget_alerts) == (1 if i >= 4 else 0)
-    assert "crossed its alert threshold" in caplog.text
+    assert "reached its 50% alert for 2026-03-30" in caplog.text
     clock.now += timedelta(days=1)
     for i in range(5):
         b.settle(b.reserve(p, f"b{i}", LARGE, 100, 100), prompt_tokens=100, completion_tokens=100)
@@ -284,7 +284,7 @@ def test_bad_admin_input_is_refused_with_a_clear_error(billing):
         lambda: billing.create_key(tenant["id"], tpm=10**10),
         lambda: billing.set_budget(tenant["id"], limit_micros=-1),
         lambda: billing.set_budget(tenant["id"], limit_micros=10, period="weekly"),
-        lambda: billing.set_budget(tenant["id"], limit_micros=10, alert_percent=0),
+        lambda: billing.set_budget(tenant["id"], limit_micros=10, alert_percents=[0]),
         lambda: billing.set_budget(tenant["id"], limit_micros=10, key_id=other_key["id"]),
         lambda: billing.update_tenant(tenant["id"], colour="red"),
     ]

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from billing import Billing, BudgetExceeded, rules
-from billing.models import budget_alerts
+from billing.models import budget_alerts, budget_spend
 from billing.reconcile import differences
 from tests.billing.test_gateway_budget import forget_keys
 
@@ -237,7 +237,7 @@ def test_holds_never_pass_the_tenant_or_the_key_budget_and_take_both_or_neither(
 
 def test_a_server_failure_with_no_token_is_free_and_the_alert_fires_once(book):
     b = book.billing
-    tenant, _, secret = customer(book, limit_micros=1_000, alert_percent=50)
+    tenant, _, secret = customer(book, limit_micros=1_000, alert_percents=[50])
     principal = b.authenticate(secret)
     failed = b.settle(b.reserve(principal, "f", LARGE, 100, 100), prompt_tokens=100, completion_tokens=0,
                       status="error")
@@ -248,6 +248,47 @@ def test_a_server_failure_with_no_token_is_free_and_the_alert_fires_once(book):
     with b.engine.connect() as conn:
         assert conn.execute(select(budget_alerts.c.spent_micros)).scalars().all() == [560]
     assert book.spent(tenant) == 840
+
+
+def test_each_alert_threshold_fires_once_per_period_also_two_at_once(book):
+    """Thresholds 25, 50 and 100%: each alerts once when spend reaches it, a settlement that passes two alerts both,
+    retries and later settlements add none, and the next period alerts afresh. The same rows on every ledger."""
+    b = book.billing
+    tenant, key, secret = customer(book, limit_micros=1_000, period="daily", alert_percents=[100, 25, 50])
+    b.set_budget(tenant, key_id=key, limit_micros=2_000, period="daily", alert_percents=[10, 50])
+    assert [x["alert_percents"] for x in b.list_budgets(tenant)] == [[25, 50, 100], [10, 50]]
+
+    def charge(rid: str, completion_tokens: int) -> None:  # LARGE output: 8 micro-USD a token
+        hold = b.reserve(b.authenticate(secret), rid, LARGE, 0, completion_tokens)
+        b.settle(hold, prompt_tokens=0, completion_tokens=completion_tokens)
+        b.settle(hold, prompt_tokens=0, completion_tokens=completion_tokens)  # a retry: no second alert
+
+    def alerts() -> set[tuple]:
+        book.flush()
+        rows = [("key" if a["key_id"] else "tenant", a["period_key"], a["alert_percent"], a["spent_micros"])
+                for a in b.list_alerts(tenant)]
+        assert len(rows) == len(set(rows))
+        return set(rows)
+
+    charge("a", 20)  # 160: the key's 10% (200) not yet, nothing
+    assert alerts() == set()
+    charge("b", 50)  # 560: the tenant's 25% and 50% at once, the key's 10%
+    day = "2026-05-31"
+    first = {("tenant", day, 25, 560), ("tenant", day, 50, 560), ("key", day, 10, 560)}
+    assert alerts() == first
+    charge("c", 40)  # 880: nothing new
+    assert alerts() == first
+    charge("d", 15)  # 1000: the tenant's 100% and the key's 50%
+    first |= {("tenant", day, 100, 1000), ("key", day, 50, 1000)}
+    assert alerts() == first
+    with b.engine.connect() as conn:
+        assert sorted(conn.execute(select(budget_spend.c.alerted_percent)).scalars()) == [50, 100]
+
+    book.clock.now += timedelta(days=1)  # a new period: every threshold afresh
+    charge("e", 70)  # 560
+    day = "2026-06-01"
+    assert alerts() - first == {("tenant", day, 25, 560), ("tenant", day, 50, 560), ("key", day, 10, 560)}
+    assert differences(b) == []
 
 
 def test_an_overrun_is_billed_in_full_and_the_budget_passes_by_at_most_that_overrun(book):

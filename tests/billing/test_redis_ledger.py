@@ -40,10 +40,10 @@ def billing(pg_url, redis_url, prefix):
     b.close()
 
 
-def tenant_with_key(billing: Billing, limit_micros: int, alert_percent: int = 80):
+def tenant_with_key(billing: Billing, limit_micros: int, alert_percent: int = 80):  # one threshold
     tenant = billing.create_tenant(f"acme-{uuid.uuid4().hex[:6]}")
     key, _ = billing.create_key(tenant["id"])
-    billing.set_budget(tenant["id"], limit_micros=limit_micros, period="monthly", alert_percent=alert_percent)
+    billing.set_budget(tenant["id"], limit_micros=limit_micros, period="monthly", alert_percents=[alert_percent])
     return tenant, billing.authenticate(key), key
 
 
@@ -55,7 +55,7 @@ def spend_rows(billing: Billing) -> list:
 def redis_counters(billing: Billing, principal) -> dict:
     ref = principal.tenant_budget
     keys = billing.ledger.redis.keys(f"{billing.ledger.prefix}:budget:{ref.id}:*")
-    return {k: int(v) for k, v in billing.ledger.redis.hgetall(keys[0]).items() if k != b"alerted"}
+    return {k: int(v) for k, v in billing.ledger.redis.hgetall(keys[0]).items() if k != b"alerted_percent"}
 
 
 def test_holds_never_pass_the_budget_and_a_second_settle_charges_nothing(billing):

@@ -71,7 +71,7 @@ def spend_past_the_threshold(url: str, key: str, billing, tenant_id: int) -> Non
 def test_an_alert_is_posted_once_with_its_exact_figures(tmp_path, tokenizer, receiver):
     hook = receiver()
     app, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer, alert_webhook_url=hook.url, alert_poll_s=0.05)
-    billing.set_budget(tenant_id, limit_micros=2_000, alert_percent=1)
+    billing.set_budget(tenant_id, limit_micros=2_000, alert_percents=[1])
     with serve(app) as url:
         spend_past_the_threshold(url, key, billing, tenant_id)
         until(lambda: hook.bodies)
@@ -94,7 +94,7 @@ def test_a_refused_alert_is_sent_again_once_its_claim_lapses(tmp_path, tokenizer
     monkeypatch.setattr(alerts, "CLAIM_S", 0.3)
     hook = receiver(refuse=1)
     app, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer, alert_webhook_url=hook.url, alert_poll_s=0.05)
-    billing.set_budget(tenant_id, limit_micros=2_000, alert_percent=1)
+    billing.set_budget(tenant_id, limit_micros=2_000, alert_percents=[1])
     with serve(app) as url:
         spend_past_the_threshold(url, key, billing, tenant_id)
         until(lambda: billing.list_alerts(tenant_id)[0]["sent_at"] is not None)
@@ -104,7 +104,7 @@ def test_a_refused_alert_is_sent_again_once_its_claim_lapses(tmp_path, tokenizer
 
 def test_two_replicas_never_claim_the_same_alert(tmp_path, tokenizer):
     _, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer)
-    budget = billing.set_budget(tenant_id, limit_micros=100, alert_percent=1)
+    budget = billing.set_budget(tenant_id, limit_micros=100, alert_percents=[1])
     principal = billing.authenticate(key)
     billing.settle(billing.reserve(principal, "r1", "ferryman-small", 10, 10), prompt_tokens=10, completion_tokens=10)
     first, second = billing.claim_alerts(60.0), billing.claim_alerts(60.0)
@@ -112,3 +112,35 @@ def test_two_replicas_never_claim_the_same_alert(tmp_path, tokenizer):
     assert second == []
     billing.mark_alert_sent(first[0]["id"])
     assert billing.claim_alerts(0.0) == []  # sent: never taken again, claim or no claim
+
+
+def test_each_threshold_set_through_the_api_is_posted_once(tmp_path, tokenizer, receiver):
+    """Thresholds 25, 50 and 90% set with PUT /admin/budgets: spend runs until the budget refuses, and the receiver
+    gets exactly one message per threshold, in order, each saying its threshold and the spend that reached it."""
+    hook = receiver()
+    app, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer, alert_webhook_url=hook.url, alert_poll_s=0.05)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with serve(app) as url:
+        old = httpx.put(f"{url}/admin/budgets", headers=admin,
+                        json={"tenant_id": tenant_id, "limit_micros": 300, "alert_percent": 80})
+        assert old.status_code == 400 and "alert_percent" in old.json()["error"]["message"]
+        for bad in ([0], [101], [50, "x"], list(range(1, 13))):
+            answer = httpx.put(f"{url}/admin/budgets", headers=admin,
+                               json={"tenant_id": tenant_id, "limit_micros": 300, "alert_percents": bad})
+            assert answer.status_code == 400, bad
+        assert billing.list_budgets(tenant_id) == []  # refusals change nothing
+        made = httpx.put(f"{url}/admin/budgets", headers=admin,
+                         json={"tenant_id": tenant_id, "limit_micros": 300, "alert_percents": [90, 25, 50, 50]})
+        assert made.json()["alert_percents"] == [25, 50, 90]
+        while httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": "ferryman-small", "prompt": "hello there", "max_tokens": 4}).status_code == 200:
+            pass
+        until(lambda: len(billing.list_alerts(tenant_id)) == 3
+              and all(a["sent_at"] for a in billing.list_alerts(tenant_id)))
+        time.sleep(0.5)  # ten more rounds of the sender: nothing more to send
+        listed = httpx.get(f"{url}/admin/alerts", headers=admin).json()
+    assert [b["alert_percent"] for b in hook.bodies] == [a["alert_percent"] for a in listed] == [25, 50, 90]
+    for body, alert in zip(hook.bodies, listed):
+        assert body["spent_micros"] == alert["spent_micros"] >= 300 * alert["alert_percent"] / 100
+        assert f"its {alert['alert_percent']}% alert" in body["text"]
+    assert billing.list_budgets(tenant_id)[0]["spent_micros"] >= 270

@@ -31,17 +31,17 @@ def spend(url: str, key: str, n: int, max_tokens: int = 40) -> None:
 
 @pytest.fixture
 def small_spend(bare_gateway):
-    """Two customers, our labelling tenant and a budget past its alert threshold: well under a dollar in all."""
+    """Two customers, our labelling tenant and a budget past its two alert thresholds: well under a dollar in all."""
     url, billing = bare_gateway
     keys = {}
     for name, internal in (("acme", False), ("globex", False), ("ferryman-operator", True)):
         tenant = billing.create_tenant(name, internal=internal)
         keys[name] = billing.create_key(tenant["id"])[0]
-    billing.set_budget(billing.tenant_by_name("globex")["id"], limit_micros=1_000_000, alert_percent=1)
+    billing.set_budget(billing.tenant_by_name("globex")["id"], limit_micros=1_000_000, alert_percents=[1, 2])
     spend(url, keys["acme"], 3)
     spend(url, keys["globex"], 2)
     spend(url, keys["ferryman-operator"], 6)  # more than acme: still never a "top tenant" unless asked
-    while not billing.list_alerts():
+    while len(billing.list_alerts()) < 2:
         spend(url, keys["globex"], 1, max_tokens=400)
     return url, billing
 
@@ -84,11 +84,18 @@ def test_internal_tenants_are_apart_from_the_top_tenants_until_asked(page, small
 def test_budget_alerts_are_on_the_page(page, small_spend):
     url, billing = small_spend
     sign_in(page, url)
-    [alert] = billing.list_alerts()
-    row = page.wait_for_selector(f"#alerts tbody tr[data-alert-id='{alert['id']}']")
-    assert row.get_attribute("data-tenant") == "globex"
-    assert usd_text(alert["spent_micros"], 6) in row.inner_text() and "$1.000000" in row.inner_text()
-    assert "not sent" in row.inner_text()  # no webhook set on this gateway
+    alerts = billing.list_alerts()
+    assert [a["alert_percent"] for a in alerts] == [1, 2]  # one per threshold
+    for alert in alerts:
+        row = page.wait_for_selector(f"#alerts tbody tr[data-alert-id='{alert['id']}']")
+        assert row.get_attribute("data-tenant") == "globex"
+        assert usd_text(alert["spent_micros"], 6) in row.inner_text() and "$1.000000" in row.inner_text()
+        assert f"{alert['alert_percent']}%" in row.inner_text()
+        assert "not sent" in row.inner_text()  # no webhook set on this gateway
+    budget = page.query_selector("#budget-bars .budget-row[data-tenant=globex]")
+    ticks = budget.query_selector_all(".alert-tick")
+    assert [t.get_attribute("data-percent") for t in ticks] == ["1", "2"]
+    assert "alerts at 1%, 2%" in budget.inner_text()
 
 
 def test_the_chart_axis_never_repeats_a_label_and_shows_cents_above_a_dollar(page, seeded_gateway):

@@ -145,11 +145,11 @@ def test_tenant_key_budget_and_limits_are_enforced_on_the_api(signed_in):
     page.fill(f"{key_budget} input[name=alert]", "101")
     page.click(f"{key_budget} button[type=submit]")
     page.wait_for_selector("#key-editor .error:has-text('from 1 to 100')")
-    page.fill(f"{key_budget} input[name=alert]", "90")
+    page.fill(f"{key_budget} input[name=alert]", "90, 50%")
     page.click(f"{key_budget} button[type=submit]")
     page.wait_for_selector(f"{key_row} td:has-text('$0.00 / $1.50')")
     [key_cap] = [b for b in billing.list_budgets(tenant["id"]) if b["key_id"] == key["id"]]
-    assert (key_cap["limit_micros"], key_cap["period"], key_cap["alert_percent"]) == (1_500_000, "daily", 90)
+    assert (key_cap["limit_micros"], key_cap["period"], key_cap["alert_percents"]) == (1_500_000, "daily", [50, 90])
     page.click(f"{key_budget} button:has-text('Remove budget')")
     page.click(f"{key_budget} button:has-text('Really remove?')")
     page.wait_for_selector(f"{key_row} td:has-text(\"tenant's\")")

@@ -407,11 +407,27 @@ function niceStep(value) {
   return [1, 2, 5, 10].find((m) => m * magnitude >= value) * magnitude;
 }
 
+// Past the budget's first alert threshold: warn; nothing left: bad.
 function budgetState(budget) {
   const used = (budget.spent_micros + budget.reserved_micros) / Math.max(budget.limit_micros, 1);
   if (used >= 1 || budget.remaining_micros <= 0) return "bad";
-  return used * 100 >= budget.alert_percent ? "warn" : "ok";
+  return budget.alert_percents.length && used * 100 >= budget.alert_percents[0] ? "warn" : "ok";
 }
+
+// A budget's spend bar with a tick at each alert threshold.
+function budgetBar(budget, cls = "bar") {
+  const limit = Math.max(budget.limit_micros, 1);
+  const meter = bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / limit],
+                     ["held", (100 * budget.reserved_micros) / limit]], cls);
+  for (const p of budget.alert_percents) {
+    const tick = h("i", { class: "target-tick alert-tick", title: `alert at ${p}%`, dataset: { percent: p } });
+    tick.style.left = `${p}%`;
+    meter.append(tick);
+  }
+  return meter;
+}
+
+const percentsText = (percents) => (percents.length ? percents.map((p) => `${p}%`).join(", ") : "none");
 
 function renderBudgetBars(rows) {
   const biggest = Math.max(1, ...rows.map((r) => r.cost_micros));
@@ -424,11 +440,10 @@ function renderBudgetBars(rows) {
         bar([["plain", (100 * row.cost_micros) / biggest]]),
         h("div", { class: "figures" }, `${usd(row.cost_micros)} this month`, h("small", {}, "unlimited")));
     }
-    const limit = Math.max(b.limit_micros, 1);
-    const share = b.spent_micros / limit;
+    const share = b.spent_micros / Math.max(b.limit_micros, 1);
     return h("div", { class: "budget-row", dataset: { tenant: row.tenant, percent: (100 * share).toFixed(2) } },
-      h("div", { class: "who" }, row.tenant, h("small", {}, `${b.period} · ${b.period_key}`)),
-      bar([[`spent ${budgetState(b)}`, 100 * share], ["held", (100 * b.reserved_micros) / limit]]),
+      h("div", { class: "who" }, row.tenant, h("small", {}, `${b.period} · ${b.period_key} · alerts at ${percentsText(b.alert_percents)}`)),
+      budgetBar(b),
       h("div", { class: "figures" }, `${usd(b.spent_micros)} of ${usd(b.limit_micros)}`,
         h("small", {}, `${percent(share, share < 0.1 ? 1 : 0)} used · ${usd(Math.max(0, b.remaining_micros))} left`)));
   }));
@@ -536,7 +551,7 @@ async function loadTenants() {
 function tenantRow(t, budget) {
   const limits = limitsText(t);
   const budgetCell = budget
-    ? [bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / Math.max(budget.limit_micros, 1)]], "bar mini"),
+    ? [budgetBar(budget, "bar mini"),
        `${usd(budget.limit_micros)} / ${budget.period === "daily" ? "day" : "month"}`]
     : [h("span", { class: "muted" }, "none")];
   return h("tr", { dataset: { tenantId: t.id, tenant: t.name }, class: t.id === selectedTenant ? "selected" : null,
@@ -599,9 +614,9 @@ function budgetForm(title, subtitle, tenantId, keyId, budget) {
                                                   placeholder: "e.g. 250", inputmode: "decimal" })),
       h("label", {}, "Period", h("select", { name: "period" },
         ...["monthly", "daily"].map((p) => h("option", { value: p, selected: budget ? budget.period === p : p === "monthly" }, p)))),
-      h("label", {}, "Alert at (% spent)", h("input", { name: "alert", value: budget ? budget.alert_percent : 80 }))),
-    budget ? h("div", { class: "budget-now" }, bar([[`spent ${budgetState(budget)}`, (100 * budget.spent_micros) / Math.max(budget.limit_micros, 1)],
-                                                     ["held", (100 * budget.reserved_micros) / Math.max(budget.limit_micros, 1)]]),
+      h("label", {}, "Alerts at (% spent)", h("input", { name: "alert", value: budget ? budget.alert_percents.join(", ") : "80",
+                                                         placeholder: "e.g. 50, 80, 100" }))),
+    budget ? h("div", { class: "budget-now" }, budgetBar(budget),
                h("div", { class: "muted" }, `${budget.period_key}: ${usd(budget.spent_micros)} spent, ${usd(budget.reserved_micros)} held, `
                  + `${usd(Math.max(0, budget.remaining_micros))} left`)) : null,
     h("div", { class: "form-foot" }, h("button", { type: "submit", class: "primary" }, budget ? "Save budget" : "Set budget"),
@@ -618,16 +633,23 @@ function budgetForm(title, subtitle, tenantId, keyId, budget) {
     } catch (e) {
       throw fieldError(form, "limit", e.message);
     }
-    const alert = form.elements.alert.value.trim();
-    if (!/^\d+$/.test(alert) || Number(alert) < 1 || Number(alert) > 100) {
-      throw fieldError(form, "alert", "Alert at must be a whole percentage from 1 to 100.");
-    }
+    const percents = alertPercents(form);
     await sendJSON("PUT", "/admin/budgets", { tenant_id: tenantId, key_id: keyId, period: form.elements.period.value,
-                                             limit_micros: limit, alert_percent: Number(alert) });
+                                             limit_micros: limit, alert_percents: percents });
     toast(`Budget saved: ${usd(limit)} ${form.elements.period.value}`);
     await refreshAfterBudget(tenantId, keyId);
   });
   return h("div", { class: "section" }, h("h3", {}, title, " ", h("span", { class: "muted" }, `· ${subtitle}`)), form, error);
+}
+
+// "50, 80, 100" (or "none", or empty) -> [50, 80, 100]
+function alertPercents(form) {
+  const text = form.elements.alert.value.trim().toLowerCase();
+  const parts = text === "" || text === "none" ? [] : text.split(/[\s,]+/).filter(Boolean).map((p) => p.replace(/%$/, ""));
+  if (!parts.every((p) => /^\d+$/.test(p) && Number(p) >= 1 && Number(p) <= 100) || parts.length > 10) {
+    throw fieldError(form, "alert", "Alerts at must be up to 10 whole percentages from 1 to 100, such as 50, 80, 100.");
+  }
+  return parts.map(Number);
 }
 
 async function refreshAfterBudget(tenantId, keyId) {
