@@ -181,7 +181,7 @@ def test_an_upstreams_breaker_and_health_are_warnings_both_ways(caplog):
 
 def test_a_budget_alert_is_one_warning(tmp_path, tokenizer, caplog):
     app, billing, tenant_id, key, _ = make_gateway(tmp_path, tokenizer)
-    budget = billing.set_budget(tenant_id, limit_micros=2_000, alert_percent=1)
+    budget = billing.set_budget(tenant_id, limit_micros=2_000, alert_percents=[1])
     caplog.set_level(logging.INFO, logger="ferryman.billing")
     with serve(app) as url:
         spend_past_the_threshold(url, key, billing, tenant_id)
@@ -192,5 +192,5 @@ def test_a_budget_alert_is_one_warning(tmp_path, tokenizer, caplog):
     [alert] = billing.list_alerts(tenant_id)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [
-        f"budget {budget['id']} crossed its alert threshold for {alert['period_key']}: "
+        f"budget {budget['id']} reached its 1% alert for {alert['period_key']}: "
         f"${alert['spent_micros'] / 1e6:.6f} spent of $0.002000"]
