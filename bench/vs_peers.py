@@ -670,6 +670,8 @@ def upstreams(args: argparse.Namespace) -> None:
         url, port = f"sqlite:///{work / 'ledger.db'}", free_port()
         key = ledger(url)
         procs.append(start_server(["--serve-ferryman", str(port), url, str(catalog)], port))
+        for i in range(len(styles)):  # a fresh process's first requests (imports, caches) are not what c1 p50 means
+            asyncio.run(load(port, key, "c1", 50, f"u{i}"))
         results: dict = {}
         for r in range(args.rounds):
             for i, (style, (kind, copy, plain)) in enumerate(styles.items()):
@@ -680,8 +682,11 @@ def upstreams(args: argparse.Namespace) -> None:
                     runs["direct to it as is"] = (ports[kind], direct_key, "mock")
                 for name, (to, auth, model) in runs.items():
                     size = n if name != "direct to it as is" or kind == copy else max(20, n // 8)
+                    cpu = tree_cpu(procs[-1].pid)
                     result = asyncio.run(load(to, auth, "c1", size, model))
                     results[style, name, r] = _pct(result["latencies"], 50)
+                    if name == "Ferryman":  # its own CPU per request: what the p50 would be with a core to itself
+                        results[style, "cpu", r] = (tree_cpu(procs[-1].pid) - cpu) / result["served"] * 1000
                 print(f"round {r + 1}: {style}: " + ", ".join(
                     f"{name} {results[style, name, r]:.2f} ms" for name in runs), flush=True)
     finally:
@@ -708,9 +713,10 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
         ferryman = stat(style, "Ferryman", added)
         rows.append([style, _mm(stat(style, "direct to the well-behaved copy")),
                      _mm(stat(style, "direct to it as is")) if plain else "- (cannot keep alive)",
-                     _mm(stat(style, "Ferryman")), _mm(ferryman), "yes" if ferryman[0] <= 2 else "NO"])
+                     _mm(stat(style, "Ferryman")), _mm(ferryman), _mm(stat(style, "cpu")),
+                     "yes" if ferryman[0] <= 2 else "NO"])
     result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
-                    "Ferryman p50 ms", "Ferryman added p50 ms", "within 2 ms"], rows)
+                    "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman CPU ms per request", "within 2 ms"], rows)
     print(result)
     if args.no_litellm:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
@@ -727,9 +733,13 @@ The baseline is a direct keep-alive client (raw asyncio, one send per request) t
 same upstream: the same server with TCP_NODELAY, keeping connections alive. "Plain keep-alive client to it" is
 that client against the upstream as it is: the stall Ferryman's client avoids (backends/wire.py re-arms
 TCP_QUICKACK after each read and after each send, so the head's ACK goes at once). Each cell: median of
-{args.rounds} interleaved rounds (min-max); "added" = Ferryman minus the baseline in the same round. llama-cpp-python's
-server is not in the matrix: PyPI has only its source (a llama.cpp build) and no GGUF of our checkpoints ships.
-The machine is shared (2 cores, load average {_loadavg()} at the end).
+{args.rounds} interleaved rounds (min-max); "added" = Ferryman minus the baseline in the same round; before the rounds
+each model gets 50 unmeasured requests (a fresh process's first ones pay imports and cold caches). "Ferryman CPU
+ms per request" is the CPU time (user + system) its process spent per request in that cell: on a quiet core the
+added latency could not be much below it, and where the added p50 is far above it the request waited for a core.
+llama-cpp-python's server is not in the matrix: PyPI has only its source (a llama.cpp build, no wheel for this
+machine) and no GGUF of our checkpoints ships. The machine is shared: 2 cores, about 8 engineers' sessions running
+tests and benches beside it (load average {_loadavg()} at the end).
 
 {result}
 """
