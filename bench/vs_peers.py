@@ -327,13 +327,19 @@ def chat_request(key: str, stream: bool, model: str = "mock") -> bytes:
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def whole_requests(port: int, request: bytes, n: int, latencies: list[float]) -> None:
+async def whole_requests(port: int, request: bytes, n: int, latencies: list[float], quickack: bool = False) -> None:
+    """`quickack`: re-arm TCP_QUICKACK after each send and read, as Ferryman's client does (backends/wire.py): the
+    client then never waits on a server's Nagle / delayed-ACK stall."""
     import asyncio
 
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    from backends.wire import open_connection
+
+    reader, writer = await (open_connection if quickack else asyncio.open_connection)("127.0.0.1", port)
     for _ in range(n):
         t0 = time.perf_counter()
         writer.write(request)
+        if quickack:
+            writer.transport.get_protocol().quickack()
         head = await reader.readuntil(b"\r\n\r\n")
         if b"chunked" in head.lower():
             body = b"".join([c async for c in _chunks(reader)])
@@ -370,7 +376,7 @@ async def streamed_requests(port: int, request: bytes, n: int, ttfc: list[float]
     writer.close()
 
 
-async def load(port: int, key: str, scenario: str, n: int, model: str = "mock") -> dict:
+async def load(port: int, key: str, scenario: str, n: int, model: str = "mock", quickack: bool = False) -> dict:
     import asyncio
 
     concurrency, stream = SCENARIOS[scenario]
@@ -383,7 +389,8 @@ async def load(port: int, key: str, scenario: str, n: int, model: str = "mock") 
     if stream:
         await streamed_requests(port, request, n, latencies, gaps)
     else:
-        await asyncio.gather(*[whole_requests(port, request, n // concurrency, latencies) for _ in range(concurrency)])
+        await asyncio.gather(*[whole_requests(port, request, n // concurrency, latencies, quickack)
+                               for _ in range(concurrency)])
     return {"latencies": latencies, "gaps": gaps, "seconds": time.perf_counter() - t0,
             "served": len(latencies) + 5 * concurrency}
 
@@ -683,7 +690,8 @@ def upstreams(args: argparse.Namespace) -> None:
                 for name, (to, auth, model) in runs.items():
                     size = n if name != "direct to it as is" or kind == copy else max(20, n // 8)
                     cpu = tree_cpu(procs[-1].pid)
-                    result = asyncio.run(load(to, auth, "c1", size, model))
+                    quickack = name == "direct to the well-behaved copy"  # immune, as Ferryman's client is
+                    result = asyncio.run(load(to, auth, "c1", size, model, quickack))
                     results[style, name, r] = _pct(result["latencies"], 50)
                     if name == "Ferryman":  # its own CPU per request: what the p50 would be with a core to itself
                         results[style, "cpu", r] = (tree_cpu(procs[-1].pid) - cpu) / result["served"] * 1000
@@ -729,10 +737,11 @@ connection, head and body in separate sends, no TCP_NODELAY: the Nagle / delayed
 `Content-Length` body, with a chunked body, answering HTTP/1.0 and closing, and closing every connection once
 idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock). Non-streaming chat at
 concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
-The baseline is a direct keep-alive client (raw asyncio, one send per request) to a well-behaved copy of the
-same upstream: the same server with TCP_NODELAY, keeping connections alive. "Plain keep-alive client to it" is
-that client against the upstream as it is: the stall Ferryman's client avoids (backends/wire.py re-arms
-TCP_QUICKACK after each read and after each send, so the head's ACK goes at once). Each cell: median of
+The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
+client does it) to a well-behaved copy of the same upstream: the same server with TCP_NODELAY, keeping connections
+alive (LiteLLM has no such copy: the baseline is LiteLLM itself, read by that stall-immune client). "Plain keep-alive
+client to it" is that client without TCP_QUICKACK against the upstream as it is: the stall Ferryman's client
+avoids (backends/wire.py re-arms TCP_QUICKACK after each read and after each send, so the head's ACK goes at once). Each cell: median of
 {args.rounds} interleaved rounds (min-max); "added" = Ferryman minus the baseline in the same round; before the rounds
 each model gets 50 unmeasured requests (a fresh process's first ones pay imports and cold caches). "Ferryman CPU
 ms per request" is the CPU time (user + system) its process spent per request in that cell: on a quiet core the
