@@ -109,3 +109,47 @@ def test_the_chart_axis_never_repeats_a_label_and_shows_cents_above_a_dollar(pag
         assert len(el.get_attribute("title").split(".")[1]) == 6
     facts = [dollars(e.inner_text()) for e in page.query_selector_all("#routing .facts div[data-model] .money")]
     assert round(sum(facts), 2) == dollars(page.inner_text("#routing-spent"))  # per model adds up to the spend
+
+
+def tenant_screen_figures(page, tenant: str) -> dict:
+    """The Tenants screen with `tenant` open: every money figure (shown, exact) and its budget's split as shown."""
+    page.click(f"#tenant-table tr[data-tenant='{tenant}']")
+    page.wait_for_selector(f"#tenant-detail h2:has-text('{tenant}')")
+    now = "#tenant-detail .budget-form[data-scope=tenant] .budget-now"
+    split = {k: dollars(page.inner_text(f"{now} .money.{k}")) for k in ("spent", "held", "left", "limit")}
+    figures = [(e.inner_text(), e.get_attribute("title")) for e in page.query_selector_all("#tab-tenants .money")]
+    return {"split": split, "figures": figures}
+
+
+def test_the_tenants_screen_has_one_precision_and_its_budget_figures_add_up(page, bare_gateway):
+    url, billing = bare_gateway
+    tiny = billing.create_tenant("tiny")
+    billing.set_budget(tiny["id"], limit_micros=500_000)
+    principal = billing.authenticate(billing.create_key(tiny["id"])[0])
+    for i, out in enumerate((1_234, 2_501)):  # spent 3,735 tokens of small output at $0.80/1M: $0.002988
+        billing.settle(billing.reserve(principal, f"s{i}", "ferryman-small", 0, out), prompt_tokens=0,
+                       completion_tokens=out)
+    billing.reserve(principal, "in-flight", "ferryman-small", 1_111, 777)  # held: $0.000844
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{url}/admin#tenants")
+    page.fill("#login-key", ADMIN_KEY)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#tenant-table tr[data-tenant=tiny]")
+
+    budget = billing.list_budgets(tiny["id"])[0]
+    shown = tenant_screen_figures(page, "tiny")
+    assert all(len(text.split(".")[1]) == 6 for text, _ in shown["figures"])  # every figure under $1: micro-dollars
+    assert shown["split"] == {"spent": budget["spent_micros"] / 1e6, "held": budget["reserved_micros"] / 1e6,
+                              "left": budget["remaining_micros"] / 1e6, "limit": 0.5}
+
+    big = billing.create_tenant("big")  # a $250 budget on the same screen: cents for every figure there
+    billing.set_budget(big["id"], limit_micros=250_000_000)
+    page.reload()
+    page.wait_for_selector("#tenant-table tr[data-tenant=big]")
+    shown = tenant_screen_figures(page, "tiny")
+    assert all(len(text.split(".")[1]) == 2 for text, _ in shown["figures"])
+    assert all(len(title.split(".")[1]) == 6 for _, title in shown["figures"])  # the exact figure on hover
+    split = shown["split"]
+    assert round(split["spent"] + split["held"] + split["left"], 2) == split["limit"] == 0.5  # adds up as shown
+    exact = [title for text, title in shown["figures"]]
+    assert usd_text(budget["spent_micros"], 6) in exact and usd_text(budget["remaining_micros"], 6) in exact

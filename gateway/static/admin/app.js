@@ -108,6 +108,20 @@ function roundParts(values) {
   return floors;
 }
 
+// A budget's spent, held and left, each rounded so that the three shown add up to its limit as shown; past the
+// limit (an overrun) nothing is left and spent + held pass it.
+function budgetSplit(b) {
+  const left = Math.max(0, b.limit_micros - b.spent_micros - b.reserved_micros);
+  const [spent, held, rest] = roundParts([b.spent_micros, b.reserved_micros, left]);
+  return { spent: money(b.spent_micros, spent, { class: "money spent" }), held: money(b.reserved_micros, held, { class: "money held" }),
+           left: money(left, rest, { class: "money left" }), limit: money(b.limit_micros, b.limit_micros, { class: "money limit" }) };
+}
+
+// The Tenants screen's precision: its largest figure is a budget's limit (or an overrun's spend).
+function tenantsPrecision(budgets) {
+  precisionFor(Math.max(0, ...budgets.map((b) => Math.max(b.limit_micros, b.spent_micros + b.reserved_micros))));
+}
+
 function exactDollars(micros) {
   const whole = Math.floor(micros / 1e6);
   let frac = String(micros % 1e6).padStart(6, "0").replace(/0+$/, "");
@@ -438,14 +452,15 @@ function renderBudgetBars(rows) {
       return h("div", { class: "budget-row", dataset: { tenant: row.tenant } },
         h("div", { class: "who" }, row.tenant, h("small", {}, "no budget")),
         bar([["plain", (100 * row.cost_micros) / biggest]]),
-        h("div", { class: "figures" }, `${usd(row.cost_micros)} this month`, h("small", {}, "unlimited")));
+        h("div", { class: "figures" }, money(row.cost_micros), " this month", h("small", {}, "unlimited")));
     }
     const share = b.spent_micros / Math.max(b.limit_micros, 1);
+    const split = budgetSplit(b);
     return h("div", { class: "budget-row", dataset: { tenant: row.tenant, percent: (100 * share).toFixed(2) } },
       h("div", { class: "who" }, row.tenant, h("small", {}, `${b.period} · ${b.period_key} · alerts at ${percentsText(b.alert_percents)}`)),
       budgetBar(b),
-      h("div", { class: "figures" }, `${usd(b.spent_micros)} of ${usd(b.limit_micros)}`,
-        h("small", {}, `${percent(share, share < 0.1 ? 1 : 0)} used · ${usd(Math.max(0, b.remaining_micros))} left`)));
+      h("div", { class: "figures" }, split.spent, " of ", split.limit,
+        h("small", {}, `${percent(share, share < 0.1 ? 1 : 0)} used · `, split.held, " held · ", split.left, " left")));
   }));
   if (!rows.length) $("#budget-bars").replaceChildren(h("div", { class: "empty" }, "No tenants yet."));
 }
@@ -537,6 +552,7 @@ async function loadTenants() {
   const error = $("#tenant-create + .error");
   try {
     const [tenants, budgetList] = await Promise.all([getJSON("/admin/tenants"), getJSON("/admin/budgets")]);
+    tenantsPrecision(budgetList);
     const budgets = new Map(budgetList.filter((b) => b.key_id === null).map((b) => [b.tenant_id, b]));
     $("#tenant-table tbody").replaceChildren(...tenants.map((t) => tenantRow(t, budgets.get(t.id))));
     if (!tenants.length) {
@@ -552,7 +568,7 @@ function tenantRow(t, budget) {
   const limits = limitsText(t);
   const budgetCell = budget
     ? [budgetBar(budget, "bar mini"),
-       `${usd(budget.limit_micros)} / ${budget.period === "daily" ? "day" : "month"}`]
+       money(budget.limit_micros), ` / ${budget.period === "daily" ? "day" : "month"}`]
     : [h("span", { class: "muted" }, "none")];
   return h("tr", { dataset: { tenantId: t.id, tenant: t.name }, class: t.id === selectedTenant ? "selected" : null,
                    onclick: () => showTenant(t.id).catch(tenantError) },
@@ -617,8 +633,7 @@ function budgetForm(title, subtitle, tenantId, keyId, budget) {
       h("label", {}, "Alerts at (% spent)", h("input", { name: "alert", value: budget ? budget.alert_percents.join(", ") : "80",
                                                          placeholder: "e.g. 50, 80, 100" }))),
     budget ? h("div", { class: "budget-now" }, budgetBar(budget),
-               h("div", { class: "muted" }, `${budget.period_key}: ${usd(budget.spent_micros)} spent, ${usd(budget.reserved_micros)} held, `
-                 + `${usd(Math.max(0, budget.remaining_micros))} left`)) : null,
+               budgetNow(budget)) : null,
     h("div", { class: "form-foot" }, h("button", { type: "submit", class: "primary" }, budget ? "Save budget" : "Set budget"),
       budget ? armedButton("Remove budget", "Really remove?", async () => {
         await api("DELETE", `/admin/budgets/${budget.id}`);
@@ -640,6 +655,12 @@ function budgetForm(title, subtitle, tenantId, keyId, budget) {
     await refreshAfterBudget(tenantId, keyId);
   });
   return h("div", { class: "section" }, h("h3", {}, title, " ", h("span", { class: "muted" }, `· ${subtitle}`)), form, error);
+}
+
+function budgetNow(budget) {
+  const split = budgetSplit(budget);
+  return h("div", { class: "muted figures" }, `${budget.period_key}: `, split.spent, " spent, ", split.held, " held, ",
+           split.left, " left of ", split.limit);
 }
 
 // "50, 80, 100" (or "none", or empty) -> [50, 80, 100]
@@ -673,7 +694,7 @@ function keyTable(tenant, keys, keyBudgets) {
         h("td", {}, h("b", {}, k.name), h("div", { class: "mono muted" }, `${k.key_prefix}…`)),
         h("td", { class: "muted" }, limitsText(k),
           k.expires_at ? h("div", {}, `expires ${when(k.expires_at)}`) : null),
-        h("td", {}, budget ? `${usd(budget.spent_micros)} / ${usd(budget.limit_micros)}` : h("span", { class: "muted" }, "tenant's")),
+        h("td", {}, budget ? [money(budget.spent_micros), " / ", money(budget.limit_micros)] : h("span", { class: "muted" }, "tenant's")),
         h("td", {}, keyStatus(k)),
         h("td", { class: "num" }, k.revoked_at ? null : [
           h("button", { type: "button", class: "small", onclick: () => editKey(tenant.id, k.id).catch(tenantError) }, "Edit"), " ",
