@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,12 @@ def replicas():
 
 @pytest.fixture
 def gateway(replicas, tmp_path):
+    with gateway_before(replicas, tmp_path) as gw:
+        yield gw
+
+
+@contextmanager
+def gateway_before(replicas, tmp_path):
     urls = [f"http://127.0.0.1:{p}" for p in replicas]
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key="fm-admin-test")
     billing = Billing(settings.database_url)
@@ -126,3 +133,44 @@ def test_request_not_yet_started_is_retried_on_a_live_replica(gateway, replicas)
     dead = next(rep for rep in large.replicas if rep.url.endswith(f":{first}"))
     assert dead.breaker.failures >= 1 or not dead.breaker.healthy
     assert len(billing.usage(tenant_id)) == 4
+
+
+@pytest.fixture
+def lone_replica():
+    port = _free_port()
+    proc = _start_replica(port)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield {port: proc}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_last_replica_killed_after_one_token_ends_in_an_error_event_and_costs_nothing(lone_replica, tmp_path):
+    """No replica is left to continue on: the client gets an SSE error event, so the request is recorded failed, at
+    zero (docs/BILLING.md: the bill matches what the client saw; it once billed 12 + 1 tokens)."""
+    with gateway_before(lone_replica, tmp_path) as (url, key, billing, tenant_id, large):
+        events = the_stream_killed_after_one_token(url, key, billing, tenant_id, lone_replica)
+    error = json.loads(events[-1])["error"]
+    assert error["type"] == "server_error" and "[DONE]" not in events
+    [record] = billing.usage(tenant_id)
+    assert record["status"] in ("unavailable", "error") and record["completion_tokens"] >= 1
+    assert record["cost_micros"] == 0 and billing.ledger_totals(tenant_id) == {
+        "spent_micros": 0, "reserved_micros": 0, "open_reservations": 0}
+
+
+def the_stream_killed_after_one_token(url, key, billing, tenant_id, replica) -> list[str]:
+    billing.set_budget(tenant_id, limit_micros=1_000_000)
+    events = []
+    with httpx.stream("POST", url + "/v1/completions", json=_body(True), headers={"authorization": f"Bearer {key}"},
+                      timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 1:
+                    next(iter(replica.values())).send_signal(signal.SIGKILL)
+    deadline = time.time() + 10
+    while billing.ledger_totals(tenant_id)["open_reservations"] and time.time() < deadline:
+        time.sleep(0.05)
+    return events
