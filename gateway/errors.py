@@ -124,6 +124,8 @@ async def handle_api_error(request: Request, exc: APIError) -> JSONResponse:
 async def held_back(request: Request, status: int) -> None:
     """A sender that keeps being refused waits for its answer (gateway/tarpit.py); a served request never does."""
     tarpit = getattr(request.app.state, "tarpit", None)
+    if not request.url.path.startswith("/v1/"):  # the tenants' API; admin routes are the operator's
+        return
     sender = getattr(request.state, "tenant", None) or (request.client.host if request.client else "?")
     if tarpit and (delay := tarpit.delay(sender, status)):
         await asyncio.sleep(delay)

@@ -7,7 +7,7 @@ a bucket of `burst` refusals refilled at `per_s`; past it, each further refusal 
 The wait costs nothing (a sleeping task), and an HTTP/1.1 client waits for its answer before it sends the next
 request, so a flood slows to its connections / `delay_s` per second (connections per address are capped:
 gateway/http_limits.py). Requests that are served are never delayed, nor are 402/429/503 (they say when to retry).
-Per gateway process; a legitimate client's occasional mistake stays within the burst.
+Per gateway process, on the tenants' API (`/v1/`); a legitimate client's occasional mistake stays within the burst.
 """
 from __future__ import annotations
 
