@@ -60,6 +60,7 @@ class SamplingFields(BaseModel):
     user: Text | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[int, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id -> added to its logit
     priority: Literal["interactive", "standard", "batch"] | None = None  # Ferryman extension
 
     @field_validator("stop")

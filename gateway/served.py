@@ -34,7 +34,7 @@ log = logging.getLogger("ferryman")
 # OpenAI parameters themselves: penalties and logprobs in the sampler, response_format and forced tool calls as a
 # grammar, tools through the checkpoint's chat template (a template that renders no tools refuses them).
 PASS_THROUGH = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-                "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
+                "logit_bias", "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
                 "temperature", "top_p", "seed", "stop")
 
 
@@ -95,6 +95,9 @@ class ServedModel:
 
     def prompt(self, body) -> Prompt:
         self._refuse_certainly_too_long(body)
+        if not self.text_only and any(not 0 <= t < len(self.tokenizer) for t in body.logit_bias or ()):
+            raise invalid(f"logit_bias names token ids outside this model's vocabulary (0 to {len(self.tokenizer) - 1}).",
+                          "logit_bias")
         if isinstance(body, ChatCompletionRequest):
             return self._chat(body)
         if isinstance(body.prompt, str):
@@ -243,7 +246,8 @@ def _text(message: dict) -> str:
 
 
 def _penalties(body) -> dict:
-    return {"presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0}
+    return {"presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0,
+            "logit_bias": dict(body.logit_bias or {})}
 
 
 def last_user_turn(body: ChatCompletionRequest) -> str:

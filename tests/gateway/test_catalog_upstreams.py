@@ -186,9 +186,10 @@ def test_openai_parameters_reach_the_upstream(gw):
     reply = client(gw).chat.completions.create(
         model="ext-big", messages=[{"role": "developer", "content": "terse"}, {"role": "user", "content": "which parameters?"}],
         response_format={"type": "json_object"}, logprobs=True, top_logprobs=2, presence_penalty=0.5,
-        frequency_penalty=0.5, seed=7, stop=["zzz"], user="u-1", max_completion_tokens=40)
+        frequency_penalty=0.5, seed=7, stop=["zzz"], user="u-1", max_completion_tokens=40, logit_bias={"50256": -100})
     sent = json.loads(reply.choices[0].message.content)
     for name in ("response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "seed", "stop",
+                 "logit_bias",
                  "user", "max_completion_tokens", "model"):
         assert name in sent
     for name in ("max_tokens", "temperature", "top_p"):  # only what the client sent: no defaults of ours

@@ -162,6 +162,18 @@ def _completion_logprobs(client, ask: dict, stream: bool) -> dict:
     return merged
 
 
+def test_logit_bias_reaches_the_sampler_and_a_token_outside_the_vocabulary_is_a_400(stack):
+    gateway, billing, tenant, _, backend = stack
+    token = backend.tokenizer.convert_tokens_to_ids(backend.tokenizer.tokenize("hello")[0])
+    answer = gateway.completions.create(model="qwen-tiny", prompt="say", max_tokens=4, temperature=1.0, seed=2,
+                                        logit_bias={str(token): 100}, logprobs=0)
+    assert answer.choices[0].logprobs.tokens == [backend.tokenizer.decode([token])] * 4
+    before = len(billing.usage(tenant))
+    with pytest.raises(openai.BadRequestError) as err:
+        gateway.completions.create(model="qwen-tiny", prompt="say", max_tokens=4, logit_bias={"99999999": 5})
+    assert err.value.body["param"] == "logit_bias" and len(billing.usage(tenant)) == before
+
+
 def test_what_remains_unsupported_is_a_400(gateway):
     with pytest.raises(openai.BadRequestError):
         gateway.chat.completions.create(model="qwen-tiny", messages=ASK, max_tokens=4,
