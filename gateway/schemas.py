@@ -61,6 +61,9 @@ class SamplingFields(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[int, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id -> added to its logit
+    # vLLM's extensions: our engine honours them, an OpenAI-compatible upstream gets them as sent
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    top_k: int | None = Field(None, ge=-1)
     priority: Literal["interactive", "standard", "batch"] | None = None  # Ferryman extension
 
     @field_validator("stop")

@@ -34,7 +34,7 @@ log = logging.getLogger("ferryman")
 # OpenAI parameters themselves: penalties and logprobs in the sampler, response_format and forced tool calls as a
 # grammar, tools through the checkpoint's chat template (a template that renders no tools refuses them).
 PASS_THROUGH = ("tools", "response_format", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-                "logit_bias", "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
+                "logit_bias", "repetition_penalty", "top_k", "tool_choice", "parallel_tool_calls", "user", "max_tokens", "max_completion_tokens",
                 "temperature", "top_p", "seed", "stop")
 
 
@@ -106,7 +106,7 @@ class ServedModel:
             raise invalid("prompt contains token ids outside the vocabulary", "prompt")
         else:
             prompt = Prompt(list(body.prompt), self.tokenizer.decode(body.prompt))
-        prompt.sampling = {**_penalties(body), "top_logprobs": body.logprobs or 0}
+        prompt.sampling = {**_sampling(body), "top_logprobs": body.logprobs or 0}
         prompt.logprobs = body.logprobs is not None
         return prompt
 
@@ -138,7 +138,7 @@ class ServedModel:
                        or response_grammar(body.response_format))
         except RequestError as exc:
             raise invalid(str(exc), exc.param) from None
-        prompt.sampling = {**_penalties(body), "top_logprobs": body.top_logprobs or 0, "structured": grammar}
+        prompt.sampling = {**_sampling(body), "top_logprobs": body.top_logprobs or 0, "structured": grammar}
         return prompt
 
     async def answer(self, prompt: Prompt, deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[TokenDelta]:
@@ -245,9 +245,10 @@ def _text(message: dict) -> str:
     return _content(message) + "".join(f"{f.get('name') or ''}{f.get('arguments') or ''}" for f in calls)
 
 
-def _penalties(body) -> dict:
+def _sampling(body) -> dict:
     return {"presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0,
-            "logit_bias": dict(body.logit_bias or {})}
+            "logit_bias": dict(body.logit_bias or {}), "repetition_penalty": body.repetition_penalty or 1.0,
+            "top_k": body.top_k if body.top_k is not None else -1}
 
 
 def last_user_turn(body: ChatCompletionRequest) -> str:

@@ -174,6 +174,21 @@ def test_logit_bias_reaches_the_sampler_and_a_token_outside_the_vocabulary_is_a_
     assert err.value.body["param"] == "logit_bias" and len(billing.usage(tenant)) == before
 
 
+def test_vllm_extensions_repetition_penalty_and_top_k_equal_the_replica_servers(stack):
+    gateway, _, _, replica, _ = stack
+    ask = dict(model="qwen-tiny", prompt="a b a b a b", max_tokens=6, temperature=0.8, seed=4, logprobs=1)
+
+    def run(client, **extra):
+        lp = client.completions.create(**ask, extra_body=extra).choices[0].logprobs
+        return lp.tokens, lp.token_logprobs
+
+    plain = run(gateway)
+    for extra in ({"repetition_penalty": 3.0}, {"top_k": 2}):
+        (tokens, ours), (their_tokens, theirs) = run(gateway, **extra), run(replica, **extra)
+        assert tokens == their_tokens and ours == pytest.approx(theirs, abs=1e-5), extra
+        assert (tokens, ours) != plain, extra  # the parameter changed the distribution (or the draw)
+
+
 def test_what_remains_unsupported_is_a_400(gateway):
     with pytest.raises(openai.BadRequestError):
         gateway.chat.completions.create(model="qwen-tiny", messages=ASK, max_tokens=4,
