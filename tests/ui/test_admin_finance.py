@@ -75,6 +75,9 @@ def test_internal_tenants_are_apart_from_the_top_tenants_until_asked(page, small
     rows = [dollars(e.inner_text()) for e in page.query_selector_all(
         "#top-tenants tbody td:nth-child(3), #internal-tenants tbody td:nth-child(3)")]
     assert round(sum(rows), 6) == dollars(page.inner_text("#kpi-cost"))  # every tenant's row adds up to the spend
+    saved = [dollars(e.inner_text()) for e in page.query_selector_all(
+        "#top-tenants tbody td:nth-child(4), #internal-tenants tbody td:nth-child(4)")]
+    assert round(sum(saved), 6) == dollars(page.inner_text("#kpi-saved"))  # and their savings to what was saved
     page.check("#show-internal")
     page.wait_for_selector("#internal-tenants[hidden]", state="attached")
     top = [e.get_attribute("data-tenant") for e in page.query_selector_all("#top-tenants tbody tr")]
@@ -109,6 +112,15 @@ def test_the_chart_axis_never_repeats_a_label_and_shows_cents_above_a_dollar(pag
         assert len(el.get_attribute("title").split(".")[1]) == 6
     facts = [dollars(e.inner_text()) for e in page.query_selector_all("#routing .facts div[data-model] .money")]
     assert round(sum(facts), 2) == dollars(page.inner_text("#routing-spent"))  # per model adds up to the spend
+    saved = [dollars(e.inner_text()) for e in page.query_selector_all(
+        "#top-tenants tbody td:nth-child(4), #internal-tenants tbody td:nth-child(4)")]
+    assert round(sum(saved), 2) == dollars(page.inner_text("#kpi-saved"))  # tenants' savings add up to "Saved"
+    budgeted = [r for r in page.query_selector_all("#budget-bars .budget-row .figures") if r.query_selector(".limit")]
+    assert budgeted
+    for row in budgeted:  # spent + held + left = limit, as shown
+        spent, held, left, limit = (dollars(row.query_selector(f".money.{k}").inner_text())
+                                    for k in ("spent", "held", "left", "limit"))
+        assert round(spent + held + left, 2) == limit
 
 
 def tenant_screen_figures(page, tenant: str) -> dict:

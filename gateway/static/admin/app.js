@@ -95,11 +95,11 @@ function money(micros, shown = micros, props = {}) {
 }
 
 // Parts of a total, each rounded to the screen's precision so that the parts shown add up to the total shown
-// (largest remainders get the leftover units).
-function roundParts(values) {
+// (largest remainders get the leftover units); `total`: the total as shown elsewhere, when it is not the sum's.
+function roundParts(values, total = roundMicros(values.reduce((a, b) => a + b, 0))) {
   const u = unit();
   const floors = values.map((v) => Math.floor(v / u) * u);
-  let left = Math.round((roundMicros(values.reduce((a, b) => a + b, 0)) - floors.reduce((a, b) => a + b, 0)) / u);
+  let left = Math.round((total - floors.reduce((a, b) => a + b, 0)) / u);
   const order = values.map((v, i) => [v - floors[i], i]).sort((a, b) => b[0] - a[0]);
   for (const [, i] of order) {
     if (left-- <= 0) break;
@@ -336,7 +336,7 @@ async function loadSpend() {
     renderDailyChart(byDayModel.rows, since, days);
     renderBudgetBars(budgets);
     renderRouting(byModel.rows, totals);
-    renderTenants(byTenant.rows, internal);
+    renderTenants(byTenant.rows, internal, totals);
     renderAlerts(alerts);
   } catch (error) {
     $("#spend-error").textContent = error.message;
@@ -490,7 +490,7 @@ function renderRouting(models, totals) {
 
 // Customers and our own use apart: "Top tenants" ranks customers (internal ones only when asked), and the rows
 // shown, an "other customers" row and the internal rows add up to the spend above.
-function renderTenants(rows, internal) {
+function renderTenants(rows, internal, totals) {
   const withInternal = $("#show-internal").checked;
   const ranked = rows.filter((r) => withInternal || !internal.has(r.tenant)).sort((a, b) => b.cost_micros - a.cost_micros);
   const top = ranked.slice(0, 8), rest = ranked.slice(8);
@@ -499,10 +499,12 @@ function renderTenants(rows, internal) {
     requests: rest.reduce((n, r) => n + r.requests, 0), cost_micros: rest.reduce((n, r) => n + r.cost_micros, 0),
     savings_micros: rest.reduce((n, r) => n + r.savings_micros, 0) }] : []), ...ours];
   const shown = roundParts(lines.map((r) => r.cost_micros));
+  // every tenant is on a line (top, "other", internal), so the savings column adds up to "Saved" above
+  const saved = roundParts(lines.map((r) => r.savings_micros), savedShown(totals));
   const sum = lines.reduce((n, r) => n + r.cost_micros, 0);
   const row = (r, i) => h("tr", { dataset: r.other ? {} : { tenant: r.tenant }, class: r.other ? "other" : null },
     h("td", {}, r.tenant), h("td", { class: "num" }, count(r.requests)),
-    h("td", { class: "num" }, money(r.cost_micros, shown[i])), h("td", { class: "num" }, money(r.savings_micros)),
+    h("td", { class: "num" }, money(r.cost_micros, shown[i])), h("td", { class: "num" }, money(r.savings_micros, saved[i])),
     h("td", {}, bar([["accent", sum ? 100 * r.cost_micros / sum : 0]], "bar mini"), percent(sum ? r.cost_micros / sum : 0)));
   const customers = top.length + (rest.length ? 1 : 0);
   $("#top-tenants tbody").replaceChildren(...lines.slice(0, customers).map(row));
