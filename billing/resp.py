@@ -38,10 +38,14 @@ class Redis:
         self._connecting: asyncio.Future | None = None
 
     async def call(self, *args):
-        conn = self._conn
-        if conn is None or not conn.open or conn.loop is not asyncio.get_running_loop():  # (tests run many loops)
-            conn = await self._connect()
-        return await conn.send(args)
+        for attempt in range(2):
+            conn = self._conn
+            if conn is None or not conn.open or conn.loop is not asyncio.get_running_loop():  # (tests run many loops)
+                conn = await self._connect()
+            if conn.open or attempt:
+                return await conn.send(args)
+            # Closed between its opening and this command (a Redis restarting, a proxy dropping it): nothing was
+            # sent on it, so one fresh connection is safe to try before the caller sees an outage.
 
     async def script(self, script: Script, keys: list, args: list):
         try:

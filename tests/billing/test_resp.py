@@ -132,3 +132,32 @@ def test_nothing_listening_is_a_connection_error():
 
     with pytest.raises(ConnectionError, match="cannot connect"):
         run(main())
+
+
+def test_a_connection_closed_before_its_first_command_is_replaced_once(redis_url, monkeypatch):
+    """A connection that dies between its opening and the first command sent on it (a restarting Redis, a proxy
+    dropping it) carried nothing: the command goes out on one fresh connection, not to the caller as an outage.
+    A second such death is an outage."""
+    opened = []
+    real_open = resp.Redis._open
+
+    async def open_then_lose(self, dead: int):
+        conn = await real_open(self)
+        opened.append(conn)
+        if len(opened) <= dead:
+            conn.close(ConnectionError("dropped"))
+        return conn
+
+    async def main(dead: int):
+        monkeypatch.setattr(resp.Redis, "_open", lambda self: open_then_lose(self, dead))
+        client = resp.Redis(redis_url)
+        try:
+            return await client.call("PING")
+        finally:
+            await client.close()
+
+    assert run(main(dead=1)) == b"PONG" and len(opened) == 2
+    opened.clear()
+    with pytest.raises(ConnectionError, match="closed"):
+        run(main(dead=2))
+    assert len(opened) == 2

@@ -65,7 +65,7 @@ def test_limits_targets_and_budgets_can_be_removed_and_alerts_listed(tmp_path):
     [key] = billing.list_keys()
     assert (key["rpm"], key["tpm"]) == (None, 50)
 
-    ferryman(url, "tenants", "budget", "acme", "--limit-usd", "0.000010", "--alert-percent", "1")
+    ferryman(url, "tenants", "budget", "acme", "--limit-usd", "0.000010", "--alert-percents", "1")
     ferryman(url, "tenants", "budget", "acme", "--limit-usd", "5", "--key-id", str(key_id))
     secret, _ = billing.create_key(tenant["id"], "spender")
     principal = billing.authenticate(secret)
