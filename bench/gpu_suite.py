@@ -300,7 +300,7 @@ def _graph_vs_eager(engine) -> dict:
     save per step, and whether the forward can be captured at all (the engine does not capture them yet).
     Replaying rewrites the same keys and values into the same slots, so the engine's state is unchanged."""
     runner = engine.model_runner
-    input_ids, positions, meta, _, _ = runner._prepare(engine.scheduler.schedule())
+    input_ids, positions, meta, _, _ = runner._prepare(engine.scheduler.schedule().batch)
     forward = lambda: runner.model(input_ids, positions, meta)
     try:
         with torch.inference_mode():

@@ -132,8 +132,9 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         start = time.perf_counter()
-        batch = self.scheduler.schedule()
-        self.model_runner.swap(self.scheduler.blocks_to_swap_out, self.scheduler.blocks_to_swap_in)
+        plan = self.scheduler.schedule()
+        self.model_runner.swap(plan.swap_out, plan.swap_in)
+        batch = plan.batch
         if self.speculator is not None:
             batch, sampled = self.speculator.run(batch)
         else:
@@ -186,9 +187,7 @@ class LLMEngine:
         self.busy_seconds += device_seconds
 
     def _postprocess(self, batch: ScheduledBatch, sampled: Sampled) -> list[RequestOutput]:
-        for seq, n in batch:
-            seq.num_computed_tokens += n
-            self.block_manager.commit(seq)
+        self.scheduler.advance(batch)  # the sequences due a token are those the runner sampled for
         now = time.perf_counter()
         outputs = []
         for seq, token, logprob in sampled:

@@ -14,20 +14,32 @@ latest-arrived running sequence is preempted: by recompute (its blocks are freed
 later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
 memory and copied back when it resumes).
 
-Swap copies are executed by the model runner before the step's forward pass: all swap-outs, then all
-swap-ins. Host blocks freed by a swap-in are reused only from the next step, so no copy in a step reads
-a block another copy of the same step writes.
+schedule() returns the step's plan (SchedulerOutput); after the forward pass, advance() records what the step
+computed. The engine and the capacity simulator both step through this pair. Swap copies are executed by the
+model runner before the step's forward pass: all swap-outs, then all swap-ins. Host blocks freed by a swap-in
+are reused only from the next step, so no copy in a step reads a block another copy of the same step writes.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
 from backends.engine.sequence import Sequence, SequenceStatus
 
 ScheduledBatch = list[tuple[Sequence, int]]  # (sequence, number of its tokens to compute this step)
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's plan: the batch to compute, and the cache copies to make before it."""
+
+    batch: ScheduledBatch = field(default_factory=list)
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device block, host block)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (host block, device block)
+    preempted: list[Sequence] = field(default_factory=list)
 
 
 class Scheduler:
@@ -41,8 +53,6 @@ class Scheduler:
         self.priority_aging_s = config.priority_aging_s
         self.num_preemptions = 0
         self.num_swap_outs = 0
-        self.blocks_to_swap_out: list[tuple[int, int]] = []  # (device block, host block), this step
-        self.blocks_to_swap_in: list[tuple[int, int]] = []  # (host block, device block), this step
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -51,15 +61,14 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> ScheduledBatch:
-        batch: ScheduledBatch = []
-        budget = self.max_num_batched_tokens
-        self.blocks_to_swap_out, self.blocks_to_swap_in = [], []
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        batch, budget = out.batch, self.max_num_batched_tokens
         self.block_manager.release_swapped_in()
         self._age_waiting()
-        self._make_room_for_higher_class()
-        self._share_seats()
-        preemptions_before = self.num_preemptions
+        self._make_room_for_higher_class(out)
+        self._share_seats(out)
+        preemptions_before = len(out.preempted)
         admitting = True
         seats = self._seats()
         # Class by class: decodes, then running prefill chunks, then admissions (fewest seats' tenant first,
@@ -69,25 +78,33 @@ class Scheduler:
                 break
             if seq.status == SequenceStatus.RUNNING:
                 n = min(seq.num_uncomputed_tokens, budget)
-                if n and self._reserve(seq, n, batch):
+                if n and self._reserve(seq, n, out):
                     batch.append((seq, n))
                     budget -= n
             elif admitting:
-                n = self._admit(seq, budget) if len(self.running) < self.max_num_seqs else 0
+                n = self._admit(seq, budget, out) if len(self.running) < self.max_num_seqs else 0
                 if n:
                     batch.append((seq, n))
                     budget -= n
                 admitting = bool(n)  # nothing jumps a waiting request that does not fit
             # After a preemption the cache is full: admitting now would only preempt again.
-            admitting = admitting and preemptions_before == self.num_preemptions
-        return batch
+            admitting = admitting and preemptions_before == len(out.preempted)
+        return out
+
+    def advance(self, batch: ScheduledBatch) -> list[Sequence]:
+        """After the step's forward pass: the batch's tokens are in the cache (their full blocks join the prefix
+        cache). Returns the sequences whose chunk reached their end, each due its next token(s)."""
+        for seq, n in batch:
+            seq.num_computed_tokens += n
+            self.block_manager.commit(seq)
+        return [seq for seq, _ in batch if seq.num_computed_tokens >= len(seq)]
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         (self.running if seq in self.running else self.waiting).remove(seq)
         self.block_manager.free(seq)
 
-    def _admit(self, seq: Sequence, budget: int) -> int:
+    def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> int:
         swapped = bool(seq.cpu_block_table)
         hits = 0 if swapped else self.block_manager.match_prefix(seq)
         n = min(seq.num_uncomputed_tokens, budget)
@@ -97,7 +114,7 @@ class Scheduler:
                 seq.num_computed_tokens = 0
             return 0
         if swapped:
-            self.blocks_to_swap_in += self.block_manager.swap_in(seq)
+            out.swap_in += self.block_manager.swap_in(seq)
         else:
             self.block_manager.record_prefix_query(len(seq), hits)
         self.block_manager.append(seq, n)
@@ -109,11 +126,11 @@ class Scheduler:
         self.running.sort(key=Sequence.sort_key)
         return n
 
-    def _reserve(self, seq: Sequence, n: int, batch: ScheduledBatch) -> bool:
-        scheduled = {s.seq_id for s, _ in batch}
+    def _reserve(self, seq: Sequence, n: int, out: SchedulerOutput) -> bool:
+        scheduled = {s.seq_id for s, _ in out.batch}
         while not self.block_manager.can_append(seq, n):
             victim = next(s for s in reversed(self.running) if s.seq_id not in scheduled)
-            self._preempt(victim)
+            self._preempt(victim, out)
             if victim is seq:
                 return False
         self.block_manager.append(seq, n)
@@ -128,19 +145,19 @@ class Scheduler:
                 seq.priority, seq.class_since = seq.priority - 1, now
         self.waiting.sort(key=Sequence.sort_key)
 
-    def _make_room_for_higher_class(self) -> None:
+    def _make_room_for_higher_class(self, out: SchedulerOutput) -> None:
         """Preempt the lowest-class running sequences while the first waiting one, of a higher class, lacks a seat or blocks."""
         while self.waiting and self.running and self.running[-1].priority > self.waiting[0].priority:
             seq = self.waiting[0]
             n = min(seq.num_uncomputed_tokens, self.max_num_batched_tokens)
             if len(self.running) < self.max_num_seqs and self.block_manager.can_append(seq, n):
                 return
-            self._preempt(self.running[-1])
+            self._preempt(self.running[-1], out)
 
     def _seats(self) -> Counter:
         return Counter((s.priority, s.cache_salt) for s in self.running)
 
-    def _share_seats(self) -> None:
+    def _share_seats(self, out: SchedulerOutput) -> None:
         """All seats taken: the first waiting request of the best class whose tenant has the smallest share takes
         the latest seat of the same class's tenant with the largest share, if that tenant's share after giving the
         seat up is still at least the taker's (equal weights: it holds 2+ seats more)."""
@@ -154,12 +171,12 @@ class Scheduler:
         victim = max(peers, key=lambda s: (_share(s, seats), s.seq_id))
         given, taken = seats[victim.priority, victim.cache_salt] - 1, seats[seq.priority, seq.cache_salt] + 1
         if given * seq.weight >= taken * victim.weight:  # given / victim.weight >= taken / seq.weight
-            self._preempt(victim)
+            self._preempt(victim, out)
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         if self.preemption_mode == "swap" and self.block_manager.can_swap_out(seq):
-            self.blocks_to_swap_out += self.block_manager.swap_out(seq)
+            out.swap_out += self.block_manager.swap_out(seq)
             self.num_swap_outs += 1
         else:
             self.block_manager.free(seq)
@@ -167,6 +184,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.add(seq)
         self.num_preemptions += 1
+        out.preempted.append(seq)
 
 
 def _share(seq: Sequence, seats: Counter) -> float:

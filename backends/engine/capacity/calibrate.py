@@ -42,9 +42,9 @@ def record_steps(engine) -> list[tuple[Shape, float]]:
     shapes: list[Shape] = []
 
     def traced_schedule():
-        batch = schedule()
-        shapes.append([(n, seq.num_computed_tokens) for seq, n in batch])
-        return batch
+        plan = schedule()
+        shapes.append([(n, seq.num_computed_tokens) for seq, n in plan.batch])
+        return plan
 
     def timed_step():
         start = time.perf_counter()

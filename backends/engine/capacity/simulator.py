@@ -2,8 +2,8 @@
 
 Each step, the real Scheduler picks the batch (decodes, prefill chunks, admissions by class, preemptions when
 blocks run out) from the real BlockManager (paged cache, prefix hits); the clock then advances by the time the
-step-time model predicts for that batch, and every sequence whose chunk reached its end gets a token, as
-LLMEngine._postprocess does. No model runs: token ids are drawn at random, lengths come from the workload.
+step-time model predicts for that batch, and Scheduler.advance, as in the engine, records the step and names the
+sequences whose chunk reached its end: each gets a token. No model runs: token ids are drawn at random, lengths come from the workload.
 
 Replicas each get every R-th request (round robin) and run independently. Priority aging is off (the Scheduler
 reads the wall clock for it). Speculative decoding is modelled, not run: while at most `max_batch` sequences
@@ -22,7 +22,7 @@ from backends.base import SamplingParams
 from backends.engine.block_manager import BlockManager
 from backends.engine.capacity.step_time import Shape, StepModel
 from backends.engine.capacity.workload import Request
-from backends.engine.scheduler import Scheduler
+from backends.engine.scheduler import ScheduledBatch, Scheduler
 from backends.engine.sequence import Sequence
 
 GENERATED = 6  # the token id every simulated output token gets
@@ -186,12 +186,19 @@ class _Replica:
 
     def _step(self) -> list[Record] | None:
         """One engine step; returns the records of requests that finished in it (None: an empty step)."""
-        batch = self.scheduler.schedule()
+        batch = self.scheduler.schedule().batch  # no swap copies to make: no cache holds data here
         if not batch:
             return None
         spec = self.knobs.speculation
-        decodes = sum(n == 1 for _, n in batch)
-        speculating = spec is not None and 0 < decodes <= spec.max_batch
+        speculating = spec is not None and 0 < sum(n == 1 for _, n in batch) <= spec.max_batch
+        self._pass_time(batch, speculating)
+        decoding = {seq.seq_id for seq, n in batch if n == 1}
+        due = self.scheduler.advance(batch)
+        return [rec for seq in due if (rec := self._emit(seq, speculating and seq.seq_id in decoding))]
+
+    def _pass_time(self, batch: ScheduledBatch, speculating: bool) -> None:
+        """Advance the clock by the step's predicted time, charging each sequence its share."""
+        spec = self.knobs.speculation
         shape: Shape = [(spec.k + 1 if speculating and n == 1 else n, seq.num_computed_tokens) for seq, n in batch]
         seconds, shares = self.model.cost(shape)
         if speculating and spec.draft is not None:  # k draft decode steps, shared like the target's by tokens
@@ -204,16 +211,12 @@ class _Replica:
         self.result.kv_usage_max = max(self.result.kv_usage_max, self.blocks.usage)
         self.clock += seconds
         self.busy += seconds
-        return [rec for seq, n in batch if (rec := self._advance(seq, n, speculating))]
 
-    def _advance(self, seq: Sequence, n: int, speculating: bool) -> Record | None:
-        seq.num_computed_tokens += n
-        self.blocks.commit(seq)
-        if seq.num_computed_tokens < len(seq):  # a prefill chunk short of the prompt's end: no token yet
-            return None
+    def _emit(self, seq: Sequence, speculating: bool) -> Record | None:
+        """Give seq its token(s), with accepted drafts when it speculated; its record if that finished it."""
         record = self.records[seq.seq_id]
         left = seq.params.max_tokens - seq.num_output_tokens
-        accepted = self._accepted(seq, left) if speculating and n == 1 else 0
+        accepted = self._accepted(seq, left) if speculating else 0
         self.blocks.append(seq, accepted)  # the verify pass computed the accepted drafts' keys and values
         seq.num_computed_tokens += accepted
         seq.token_ids += [GENERATED] * (accepted + 1)  # what the tokens are does not matter to the scheduler
