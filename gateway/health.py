@@ -103,8 +103,7 @@ async def readiness_problems(app) -> list[str]:
     problems = [f"{name} unreachable ({error})" for name, error in zip(checks, await asyncio.gather(*checks.values()))
                 if error]
     if not problems and hasattr(ferry.billing.ledger, "problem"):  # budget holds in Redis: lost data is a problem
-        with contextlib.suppress(Exception):
-            problems += [p] if (p := await asyncio.wait_for(ferry.billing.ledger.problem(), CHECK_TIMEOUT_S)) else []
+        problems += await _ledger_problem(ferry.billing.ledger)
     states = {name: backend_state(b) for name, b in ferry.backends.items()}
     return problems + [f"model {name} is {state['state']} ({state.get('reason', '')})"
                        for name, state in states.items() if state["state"] != "up"]
@@ -121,6 +120,16 @@ async def _database(billing) -> str | None:
 async def _redis(limiter) -> str | None:
     shared = getattr(limiter, "shared", limiter)
     return await _error_of(shared.redis.call("PING")) if hasattr(shared, "redis") else None
+
+
+async def _ledger_problem(ledger) -> list[str]:
+    """The Redis ledger's: lost data (holds refused while budgets re-seed), or Redis unreachable (the rate limiter
+    may be the process's own, so its check above does not cover the ledger's Redis)."""
+    try:
+        problem = await asyncio.wait_for(ledger.problem(), CHECK_TIMEOUT_S)
+    except Exception as exc:  # a readiness probe reports any failure; it never raises
+        return [f"redis unreachable ({exc.__class__.__name__})"]
+    return [problem] if problem else []
 
 
 async def _error_of(check) -> str | None:
