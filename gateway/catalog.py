@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from classifier.router import SHIPPED
 from gateway.config import Settings
+from gateway.policies import POLICIES
 
 
 class Strict(BaseModel):
@@ -112,38 +113,35 @@ class RouteGroup(Strict):
     is an order of preference."""
 
     name: str = Field(min_length=1)
-    # router: the router's difficulty score picks a tier; cascade: the cheapest answers first and a
-    # low-confidence answer is escalated to the strongest; pinned: its one tier, never another; fallback: the
-    # first of `fallbacks` that is available.
-    policy: Literal["router", "cascade", "pinned", "fallback"] = "router"
+    # one of gateway/policies' POLICIES: router: the router's difficulty score picks a tier; cascade: the cheapest
+    # answers first and a low-confidence answer is escalated to the strongest; pinned: its one tier, never
+    # another; fallback: the first of `fallbacks` that is available.
+    policy: str = "router"
     tiers: list[str] = []  # cheapest to strongest (router, cascade); the one model (pinned); none (fallback)
     # Who serves when the chosen model is unavailable before its first token: true = the other tiers, nearest
     # first; false = nobody; a list = those models in that order (for `fallback`, the whole group).
     fallbacks: bool | list[str] = True
     # the router artifact that scores the group's prompts: `general` (real prompts of a real strong/weak pair),
     # `bundled` (the bundled pair's own), or a path to one `ferryman router train` wrote; None: `general`
-    # (`bundled` for a cascade: routing.default_router)
+    # (`bundled` for a cascade: the policy's `default_router`)
     router: str | None = None
     # a prompt unlike the router's training prompts goes to the strongest or the cheapest tier, or by its score
     unfamiliar: Literal["strongest", "cheapest", "score"] = "score"
 
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, policy: str) -> str:
+        if policy not in POLICIES:
+            raise ValueError(f"expected {', '.join(map(repr, POLICIES))}, got {policy!r}")
+        return policy
+
     def misfit(self) -> tuple[str, str] | None:
         """(key, problem) when the lists do not fit the policy."""
-        if self.policy in ("router", "cascade") and not self.tiers:
-            return "tiers", f"a {self.policy} group lists its models from cheapest to strongest"
-        if self.policy == "pinned" and len(self.tiers) != 1:
-            return "tiers", "a pinned group serves exactly one model; list only it"
-        if self.policy == "pinned" and "fallbacks" in self.model_fields_set and self.fallbacks:
-            return "fallbacks", "a pinned group never falls back; use policy: fallback for that"
-        if self.policy == "fallback" and (not isinstance(self.fallbacks, list) or not self.fallbacks):
-            return "fallbacks", "a fallback group lists its models here, most preferred first"
-        if self.policy == "fallback" and self.tiers:
-            return "tiers", "a fallback group has no tiers: its order of preference is fallbacks"
-        return None
+        return POLICIES[self.policy].misfit(self)
 
     def strongest(self) -> str | None:
         """The tier savings are counted against; None where the policy never chooses a cheaper tier to save."""
-        return self.tiers[-1] if self.policy in ("router", "cascade") else None
+        return self.tiers[-1] if POLICIES[self.policy].saves else None
 
 
 class Catalog(Strict):

@@ -2,8 +2,10 @@
 
 Routes stay thin; everything that touches money or limits happens here, in one order:
 rate limit, then budget reservation, then work, then settlement in a `finally` so that success,
-error, timeout and client disconnect all settle exactly once. Which model serves is gateway/routing.py's call;
-each model renders and counts its own prompt (gateway/served.py).
+error, timeout and client disconnect all settle exactly once. Which models may serve, in which order, is the route
+group's policy's plan (gateway/routing.py, gateway/policies/); Ferry runs the plan (`complete`) and, as a judged try
+settles, asks the policy whether its answer stands (`Policy.on_result`: the cascade). Each model renders and counts
+its own prompt (gateway/served.py).
 """
 from __future__ import annotations
 
@@ -32,16 +34,17 @@ from gateway.catalog import Catalog
 from gateway.config import Settings
 from gateway.errors import APIError, invalid, outage
 from gateway.public_prefixes import public_prefix_len
-from gateway.routing import ModelUnavailable, Plan, Routing
+from gateway.policies import Plan
+from gateway.routing import ModelUnavailable, Routing
 from gateway.schemas import ChatCompletionRequest, SamplingFields
 from gateway.served import Prompt, ServedModel, last_user_turn
 
 log = logging.getLogger("ferryman")
+route_log = logging.getLogger("ferryman.routing")  # a plan's fallbacks and escalations, under their own name
 PRIORITY = {"interactive": 0, "standard": 1, "batch": 2}
 ENV_ADMIN = Actor("env:FERRYMAN_ADMIN_KEY", "admin")
 INLINE_BYTES = 32 * 1024  # inputs larger than this are rendered and scored off the event loop
 SETTLE_RETRY_S = 15 * 60  # a settlement the ledger missed is retried this long (then the reaper frees the hold)
-log = logging.getLogger("ferryman")
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Ticket:
     request_id: str
     principal: Principal
     model: str
-    route: str  # the serving model's name; a cascade's tries "cascade-<model>"
+    route: str  # the label it is recorded and measured under (Plan.route): the model's name, "cascade-<model>"
     difficulty: float | None
     request: GenerationRequest
     reservation: Reservation
@@ -69,13 +72,9 @@ class Ticket:
     first_token_at: float | None = None
     cost_micros: int | None = None
     logprobs: list[float] = field(default_factory=list)
-    earlier_cost_micros: int = 0  # what an escalated request's first try already cost
-    escalated: bool = False  # a cascade's first try whose answer goes to the strongest tier instead
+    then: Plan | None = None  # a judged try whose answer the policy did not keep: the plan that answers instead
     outcome: str | None = None  # the record's status once settled: ok, error, timeout, cancelled, ...
     trace: tracing.Try | None = None  # its backend and first-token spans, once it runs
-
-    def total_cost_micros(self) -> int:
-        return (self.cost_micros or 0) + self.earlier_cost_micros
 
     def final_usage(self) -> Usage:
         """The backend's own count; else, for token ids, the ids as they went; for a text upstream that reported
@@ -100,6 +99,28 @@ class Ticket:
         return [dataclasses.replace(r, request_id=f"{r.request_id}-{i}", params=dataclasses.replace(
             r.params, seed=None if r.params.seed is None else (r.params.seed + i + 2**63) % 2**64 - 2**63))
             for i in range(self.n)]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The try that answers a request, its deltas (the first one already arrived), and the tries before it."""
+
+    ticket: Ticket
+    deltas: AsyncIterator[TokenDelta]
+    fallback_from: tuple[str, ...] = ()  # models of its plan that were unavailable before it
+    earlier: tuple[Ticket, ...] = ()  # settled tries whose answers the policy did not keep (billed too)
+
+    def headers(self) -> dict[str, str]:
+        headers = dict(self.ticket.headers)
+        if self.fallback_from:
+            headers["x-ferryman-fallback-from"] = ",".join(self.fallback_from)
+        if self.earlier:
+            headers["x-ferryman-escalated-from"] = self.earlier[-1].request_id
+        return headers
+
+    def cost_micros(self) -> int:
+        """What the request cost, every try together (known once its stream ended)."""
+        return sum(t.cost_micros or 0 for t in (*self.earlier, self.ticket))
 
 
 class Ferry:
@@ -153,23 +174,49 @@ class Ferry:
 
     # --- routing and admission -----------------------------------------------------------------
 
-    async def complete(self, principal: Principal, body: SamplingFields) -> tuple[Ticket, AsyncIterator[TokenDelta]]:
-        """The ticket of the model that serves, and its deltas (the first one already arrived)."""
+    async def complete(self, principal: Principal, body: SamplingFields) -> Reply:
+        """The try that answers: the first available model of the plan; a judged try's answer only if its policy
+        keeps it (a cascade's cheaper tier, when sure), else the policy's next plan's."""
         size = _size(body)
         with tracing.span(self.tracer, "ferryman.route") as span:
             plan = await _off_loop(size, self.routing.plan, principal, body, self._query(body))
             span.set_attributes(tracing.attributes(route_group=plan.group, difficulty=plan.difficulty,
                                                    models=plan.order, router=plan.router))
+        earlier: tuple[Ticket, ...] = ()
+        while True:
+            reply = await self._first_available(principal, body, size, plan, earlier)
+            ticket = reply.ticket
+            if ticket.model not in plan.judged:
+                return reply
+            kept = [delta async for delta in reply.deltas]  # its end settles it, and the policy judges it (settle)
+            if ticket.then is None:
+                return dataclasses.replace(reply, deltas=_replay(kept))
+            route_log.warning("request %s escalates from %s to %s: the %s policy did not keep its answer",
+                              ticket.request_id, ticket.model, ticket.then.order[0], plan.policy)
+            plan, earlier = ticket.then, (*earlier, ticket)
 
-        async def attempt(model: str, route: str, plan: Plan, logprobs: bool):
-            served = self.models[model]
-            asked = served.with_defaults(body)
-            with tracing.span(self.tracer, "ferryman.admit", model=model):
-                prompt = await _off_loop(size, served.prompt, asked)
-                ticket = await self.admit(principal, asked, served, prompt, plan, route, logprobs)
-            return ticket, await self.start(ticket)
+    async def _first_available(self, principal: Principal, body: SamplingFields, size: int, plan: Plan,
+                               earlier: tuple[Ticket, ...]) -> Reply:
+        failed: list[str] = []
+        for i, model in enumerate(plan.order):
+            try:
+                ticket, deltas = await self._attempt(principal, body, size, plan, model)
+            except ModelUnavailable as exc:
+                failed.append(model)
+                if i == len(plan.order) - 1:
+                    raise
+                route_log.warning("model %s unavailable (%s); the request falls back to %s", model, exc.message,
+                                  plan.order[i + 1])
+                continue
+            return Reply(ticket, deltas, tuple(failed), earlier)
 
-        return await self.routing.serve(plan, attempt, principal)
+    async def _attempt(self, principal: Principal, body: SamplingFields, size: int, plan: Plan, model: str):
+        served = self.models[model]
+        asked = served.with_defaults(body)
+        with tracing.span(self.tracer, "ferryman.admit", model=model):
+            prompt = await _off_loop(size, served.prompt, asked)
+            ticket = await self.admit(principal, asked, served, prompt, plan, plan.route(model), model in plan.judged)
+        return ticket, await self.start(ticket)
 
     def _query(self, body) -> str:
         """The text the router scores: the last user turn, or the completion prompt."""
@@ -342,12 +389,12 @@ class Ferry:
         if status in ("unavailable", "rejected") and ticket.first_token_at is None:
             usage = Usage(0, 0)  # the model never started on it: nothing to charge, the whole hold goes back
         p = ticket.principal
-        if ticket.plan.cascade_to not in (None, ticket.model) and status == "ok":  # a cascade's first try, whole
-            ticket.escalated = self.routing.escalates(ticket)
+        if status == "ok" and ticket.model in ticket.plan.judged:  # whole: its record says whether it was kept
+            ticket.then = self.routing.on_result(ticket)
         fields = dict(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
                       completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
                       difficulty=ticket.difficulty, status=status, estimated=usage.estimated,
-                      route_group=ticket.plan.group, escalated=ticket.escalated, gpu_seconds=usage.gpu_seconds,
+                      route_group=ticket.plan.group, escalated=ticket.then is not None, gpu_seconds=usage.gpu_seconds,
                       prompt_text=ticket.prompt.query if p.store_prompts else None)
         baseline = ticket.plan.baseline(ticket.model)
         try:
@@ -457,6 +504,11 @@ async def _prepend(first: TokenDelta, rest: AsyncIterator[TokenDelta]) -> AsyncI
 async def _empty() -> AsyncIterator[TokenDelta]:
     return
     yield
+
+
+async def _replay(deltas: list[TokenDelta]) -> AsyncIterator[TokenDelta]:
+    for delta in deltas:
+        yield delta
 
 
 def bearer_is(authorization: str | None, secret: str | None) -> bool:

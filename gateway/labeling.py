@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from gateway.config import Settings
 from gateway.errors import APIError
-from gateway.routing import Plan
+from gateway.policies import Plan
 from gateway.schemas import ChatCompletionRequest
 
 OPERATOR = "ferryman-operator"
@@ -67,7 +67,7 @@ class Labeller:
 
     async def ask(self, model: str, prompt: str, max_tokens: int) -> str:
         body, served = self.body(model, prompt, max_tokens), self.ferry.models[model]
-        plan = Plan(self.group.name, [model])  # labelling chooses no tier to save: no savings baseline
+        plan = Plan(self.group.name, (model,))  # labelling chooses no tier to save: no savings baseline
         ticket = await self.ferry.admit(self.principal, body, served, served.prompt(body), plan, "label")
         return "".join([delta.text async for delta in self.ferry.run(ticket)])
 

@@ -48,7 +48,7 @@ def setup(log_format: str = "text", level: str = "info") -> None:
 
 class AccessLog:
     """ASGI middleware: one line per request once its answer is sent (a stream: once it ended and settled).
-    The routes leave what they know in the request's state: tenant, model asked for, the ticket that served."""
+    The routes leave what they know in the request's state: tenant, model asked for, the reply that served."""
 
     def __init__(self, app):
         self.app = app
@@ -77,12 +77,12 @@ def request_fields(scope, status: int, latency_s: float) -> dict:
     fields = {"method": scope["method"], "path": scope["path"], "status": status,
               "latency_ms": round(latency_s * 1000, 1), "tenant": state.get("tenant"),
               "model": state.get("model") or None, "trace_id": state.get("trace_id")}
-    ticket = state.get("ticket")
-    if ticket is not None:
-        usage = ticket.final_usage()
+    reply = state.get("reply")
+    if reply is not None:
+        ticket, usage = reply.ticket, reply.ticket.final_usage()
         fields.update(request_id=ticket.request_id, model=ticket.model, route_group=ticket.plan.group,
                       route=ticket.route, outcome=ticket.outcome, prompt_tokens=usage.prompt_tokens,
-                      completion_tokens=usage.completion_tokens, cost_usd=ticket.total_cost_micros() / 1e6,
-                      fallback_from=ticket.headers.get("x-ferryman-fallback-from"),
-                      escalated_from=ticket.headers.get("x-ferryman-escalated-from"))
+                      completion_tokens=usage.completion_tokens, cost_usd=reply.cost_micros() / 1e6,
+                      fallback_from=",".join(reply.fallback_from) or None,
+                      escalated_from=reply.earlier[-1].request_id if reply.earlier else None)
     return fields

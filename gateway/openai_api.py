@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backends.base import TokenDelta
 from gateway.errors import APIError, outage, responses
-from gateway.ferry import Ferry, Ticket
+from gateway.ferry import Ferry, Reply, Ticket
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(prefix="/v1")
@@ -57,19 +57,19 @@ async def _complete(request: Request, kind: type, authorization: str | None, cha
     request.state.tenant = principal.tenant_name  # for the access log
     body = await request.app.state.bodies.parse(await request.body(), kind)
     request.state.model = ferry.routing.known(body.model)  # a refusal from here on is counted under it
-    ticket, deltas = await ferry.complete(principal, body)
+    reply = await ferry.complete(principal, body)
     request.state.admitted = True  # an error from here on is the answer's, not a refusal
-    request.state.ticket = ticket
-    deltas = request.app.state.drain.guard(deltas)
-    shape = ChatShape(ticket) if chat else CompletionShape(ticket)
+    request.state.reply = reply
+    deltas = request.app.state.drain.guard(reply.deltas)
+    shape = ChatShape(reply.ticket) if chat else CompletionShape(reply.ticket)
     if body.stream:
-        return StreamingResponse(_sse(deltas, ticket, shape, body.include_usage()),
-                                 media_type="text/event-stream", headers=ticket.headers)
-    answers = await _whole(request, deltas, ticket.n)
+        return StreamingResponse(_sse(deltas, reply, shape, body.include_usage()),
+                                 media_type="text/event-stream", headers=reply.headers())
+    answers = await _whole(request, deltas, reply.ticket.n)
     if answers is None:  # nobody is listening: the generation was stopped and settled as cancelled
         return Response(status_code=499)
-    headers = {**ticket.headers, "x-ferryman-cost-usd": _usd(ticket.total_cost_micros())}
-    return JSONResponse(shape.whole(answers, _usage(ticket)), headers=headers)
+    headers = {**reply.headers(), "x-ferryman-cost-usd": _usd(reply.cost_micros())}
+    return JSONResponse(shape.whole(answers, _usage(reply)), headers=headers)
 
 
 class Answer:
@@ -125,9 +125,9 @@ async def _hung_up(request: Request) -> None:
         pass
 
 
-async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(deltas: AsyncIterator[TokenDelta], reply: Reply, shape, include_usage: bool) -> AsyncIterator[str]:
     try:
-        for first in shape.opening(ticket.n):
+        for first in shape.opening(reply.ticket.n):
             yield _event(first)
         async for delta in deltas:
             if delta.text or delta.finish_reason or delta.tool_calls or delta.choice_logprobs:
@@ -136,7 +136,7 @@ async def _sse(deltas: AsyncIterator[TokenDelta], ticket: Ticket, shape, include
         yield _event(_stream_error(exc).body())
         return
     if include_usage:
-        yield _event(shape.usage_chunk(_usage(ticket)))
+        yield _event(shape.usage_chunk(_usage(reply)))
     yield "data: [DONE]\n\n"
 
 
@@ -153,12 +153,12 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def _usage(ticket: Ticket) -> dict:
-    u = ticket.final_usage()
+def _usage(reply: Reply) -> dict:
+    u = reply.ticket.final_usage()
     prompt, completion = u.prompt_tokens, u.completion_tokens
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
              "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-             "cost_usd": float(_usd(ticket.total_cost_micros()))}
+             "cost_usd": float(_usd(reply.cost_micros()))}
     return {**usage, "estimated": True} if u.estimated else usage  # counted by us: the upstream sent no usage
 
 

@@ -9,7 +9,7 @@ from classifier.labelfile import Example, Labels
 from classifier.live import LiveTargets
 from classifier.router import Router
 from classifier.train import train
-from gateway.routing import router_tier
+from gateway.policies.router import router_tier
 
 TIERS = ["tiny", "mid", "big"]
 
