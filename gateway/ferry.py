@@ -48,6 +48,34 @@ SETTLE_RETRY_S = 15 * 60  # a settlement the ledger missed is retried this long 
 
 
 @dataclass
+class Tally:
+    """A try's deltas, counted as they pass (`add`): what it is billed by when its backend reports no usage, and
+    the log-probabilities its policy judges it by."""
+
+    completion_tokens: int = 0  # for a stream that ends without usage
+    choice_tokens: Counter = field(default_factory=Counter)  # likewise, per choice
+    texts: list[str] = field(default_factory=list)  # a text upstream's answer, counted if it reports no usage
+    calls: list[str] = field(default_factory=list)  # and its tool calls' names and arguments
+    usages: dict[int, Usage] = field(default_factory=dict)  # per choice, as its backend reported it
+    logprobs: list[float] = field(default_factory=list)
+
+    def add(self, delta: TokenDelta, texts: bool) -> None:
+        """texts: keep the answer's text and tool calls (a messages prompt, which a text upstream may not count)."""
+        tokens = len(delta.token_ids) or bool(delta.text)
+        self.completion_tokens += tokens
+        self.choice_tokens[delta.index] += tokens
+        if texts:
+            self.texts.append(delta.text)
+            for call in delta.tool_calls or ():
+                function = call.get("function") or {} if isinstance(call, dict) else {}
+                self.calls += [function.get("name") or "", function.get("arguments") or ""]
+        if delta.logprobs:
+            self.logprobs += delta.logprobs
+        if delta.usage is not None:
+            self.usages[delta.index] = delta.usage
+
+
+@dataclass
 class Ticket:
     """An admitted request: it holds a rate-limit slot and a budget reservation until settled."""
 
@@ -55,7 +83,6 @@ class Ticket:
     principal: Principal
     model: str
     route: str  # the label it is recorded and measured under (Plan.route): the model's name, "cascade-<model>"
-    difficulty: float | None
     request: GenerationRequest
     reservation: Reservation
     prompt: Prompt
@@ -63,15 +90,10 @@ class Ticket:
     headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     n: int = 1  # choices: one generation request each, `request` with ids and seeds per choice (choice_requests)
-    completion_tokens: int = 0  # counted from the deltas, for a stream that ends without usage
-    choice_tokens: Counter = field(default_factory=Counter)  # likewise, per choice
-    texts: list[str] = field(default_factory=list)  # a text upstream's answer, counted if it reports no usage
-    calls: list[str] = field(default_factory=list)  # and its tool calls' names and arguments
     served: ServedModel | None = None
-    usages: dict[int, Usage] = field(default_factory=dict)  # per choice, as its backend reported it
+    tally: Tally = field(default_factory=Tally)
     first_token_at: float | None = None
     cost_micros: int | None = None
-    logprobs: list[float] = field(default_factory=list)
     then: Plan | None = None  # a judged try whose answer the policy did not keep: the plan that answers instead
     outcome: str | None = None  # the record's status once settled: ok, error, timeout, cancelled, ...
     trace: tracing.Try | None = None  # its backend and first-token spans, once it runs
@@ -80,15 +102,16 @@ class Ticket:
         """The backend's own count; else, for token ids, the ids as they went; for a text upstream that reported
         none, its model's counting rule (the same whether the request finished, failed or was cancelled). With n
         choices: the prompt once (as OpenAI and vLLM count it), every choice's completion tokens."""
-        if not self.usages and self.prompt.messages is not None and self.served is not None:
-            self.usages[0] = self.served.count_usage(self.prompt, "".join(self.texts), self.calls)
-        if not self.usages:
-            return Usage(self.prompt.tokens, self.completion_tokens, estimated=self.prompt.estimated)
-        first = self.usages[min(self.usages)]
-        completion = sum(self.usages[i].completion_tokens if i in self.usages else self.choice_tokens[i]
+        t = self.tally
+        if not t.usages and self.prompt.messages is not None and self.served is not None:
+            t.usages[0] = self.served.count_usage(self.prompt, "".join(t.texts), t.calls)
+        if not t.usages:
+            return Usage(self.prompt.tokens, t.completion_tokens, estimated=self.prompt.estimated)
+        first = t.usages[min(t.usages)]
+        completion = sum(t.usages[i].completion_tokens if i in t.usages else t.choice_tokens[i]
                          for i in range(self.n))
-        seconds = [u.gpu_seconds for u in self.usages.values() if u.gpu_seconds is not None]
-        estimated = any(u.estimated for u in self.usages.values())
+        seconds = [u.gpu_seconds for u in t.usages.values() if u.gpu_seconds is not None]
+        estimated = any(u.estimated for u in t.usages.values())
         return Usage(first.prompt_tokens, completion, first.cached_tokens, estimated, sum(seconds) if seconds else None)
 
     def choice_requests(self) -> list[GenerationRequest]:
@@ -266,7 +289,7 @@ class Ferry:
             headers["x-ferryman-router"] = plan.router
         if plan.unfamiliar:
             headers["x-ferryman-unfamiliar"] = "true"
-        return Ticket(request_id, principal, served.name, route, plan.difficulty, request, reservation, prompt, plan,
+        return Ticket(request_id, principal, served.name, route, request, reservation, prompt, plan,
                       headers, served=served, n=body.n)
 
     def _max_tokens(self, body: SamplingFields, served: ServedModel, prompt: Prompt) -> int:
@@ -370,18 +393,7 @@ class Ferry:
             ticket.first_token_at = time.perf_counter()
             ticket.trace.first_token()
             metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
-        tokens = len(delta.token_ids) or bool(delta.text)
-        ticket.completion_tokens += tokens
-        ticket.choice_tokens[delta.index] += tokens
-        if ticket.prompt.messages is not None:
-            ticket.texts.append(delta.text)
-            for call in delta.tool_calls or ():
-                function = call.get("function") or {} if isinstance(call, dict) else {}
-                ticket.calls += [function.get("name") or "", function.get("arguments") or ""]
-        if delta.logprobs:
-            ticket.logprobs += delta.logprobs
-        if delta.usage is not None:
-            ticket.usages[delta.index] = delta.usage
+        ticket.tally.add(delta, texts=ticket.prompt.messages is not None)
 
     async def settle(self, ticket: Ticket, status: str) -> None:
         usage, latency = ticket.final_usage(), time.perf_counter() - ticket.started
@@ -393,7 +405,7 @@ class Ferry:
             ticket.then = self.routing.on_result(ticket)
         fields = dict(prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
                       completion_tokens=usage.completion_tokens, latency_ms=latency * 1000, route=ticket.route,
-                      difficulty=ticket.difficulty, status=status, estimated=usage.estimated,
+                      difficulty=ticket.plan.difficulty, status=status, estimated=usage.estimated,
                       route_group=ticket.plan.group, escalated=ticket.then is not None, gpu_seconds=usage.gpu_seconds,
                       prompt_text=ticket.prompt.query if p.store_prompts else None)
         baseline = ticket.plan.baseline(ticket.model)

@@ -26,7 +26,7 @@ class Cascade(Policy):
 
     def on_result(self, plan: Plan, ticket) -> Plan | None:
         p = ticket.principal
-        if not self.scorer.cascade_escalate(ticket.logprobs, p.quality_floor, p.large_share):
+        if not self.scorer.cascade_escalate(ticket.tally.logprobs, p.quality_floor, p.large_share):
             return None
         strongest = plan.strongest
         return Plan(plan.group, (strongest,), "cascade", strongest=strongest, router=plan.router,
