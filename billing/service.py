@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from billing import audit
 from billing.admins import Admins
@@ -153,6 +153,14 @@ class Billing:
             return conn.execute(update(usage_records).where(
                 usage_records.c.request_id == request_id, usage_records.c.tenant_id == principal.tenant_id
             ).values(feedback_score=score, feedback_comment=storable(comment))).rowcount == 1
+
+    def answered_by(self, principal, request_id: str) -> tuple[str | None, str] | None:
+        """The route group and the model of one of the tenant's own records; None when it has no such request."""
+        r = usage_records.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r.route_group, r.model).where(
+                r.request_id == request_id, r.tenant_id == principal.tenant_id)).one_or_none()
+        return None if row is None else (row.route_group, row.model)
 
     def usage(self, tenant_id: int | None = None, since: str | None = None, until: str | None = None,
               limit: int = 100, *, tenant_text: bool = True) -> list[dict]:

@@ -10,7 +10,8 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api, tracing
+from gateway import (admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api,
+                     router_admin, tracing)
 from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
     app.include_router(openai_api.router)
     app.include_router(feedback.router)
+    app.include_router(router_admin.router)
     app.include_router(admin.router)
     app.include_router(admin_access.router)
     app.include_router(admin_ui.router)

@@ -6,7 +6,7 @@ import re
 import httpx
 import pytest
 
-from gateway.admin import LiveWindow, quantile, registry_snapshot
+from gateway.live_view import LiveWindow, quantile, registry_snapshot
 from gateway.admin_ui import STATIC
 from tests.ui.helpers import ADMIN
 
