@@ -69,13 +69,35 @@ def folds(examples: list[Example], k: int = FOLDS) -> list[tuple[np.ndarray, np.
     return list(GroupKFold(min(k, len(set(groups)))).split(examples, groups=groups))
 
 
-def out_of_fold(data: Design, gain: np.ndarray, splits, alpha: float) -> np.ndarray:
-    """Each prompt scored by a ridge fitted without its group."""
+def fit_linear(data: Design, rows: np.ndarray, y: np.ndarray, alpha: float, shape_weight: float = 0.0):
+    """The ridge on n-grams and shape numbers, plus (shape_weight > 0) a ridge on the shape numbers alone, each
+    divided by the spread of its own fitted values and summed: still one linear model, which Router.score
+    evaluates. Why: the n-gram ridge learns what marks a hard prompt of the kinds it saw (an MMLU subject's
+    words) and carries poorly to a kind it never saw; the ten shape numbers carry across kinds (docs/BENCHMARKS.md,
+    folds held out by source), so they get a say of their own that the many n-gram weights cannot outvote.
+    Returns (vocab, mean, scale), the coefficients (n-grams then numbers) and the intercept."""
+    fitted = data.fit(rows)
+    x = data.matrix(rows, *fitted)
+    model = Ridge(alpha=alpha).fit(x, y)
+    coef, intercept = model.coef_ / (spread := model.predict(x).std() or 1.0), model.intercept_ / spread
+    if shape_weight:
+        shape = x[:, len(fitted[0]):].toarray()
+        alone = Ridge(alpha=alpha).fit(shape, y)
+        spread = (alone.predict(shape).std() or 1.0) / shape_weight
+        coef[len(fitted[0]):] += alone.coef_ / spread
+        intercept += alone.intercept_ / spread
+    return fitted, coef, float(intercept)
+
+
+def predict(data: Design, rows: np.ndarray, fitted, coef: np.ndarray, intercept: float) -> np.ndarray:
+    return data.matrix(rows, *fitted) @ coef + intercept
+
+
+def out_of_fold(data: Design, gain: np.ndarray, splits, alpha: float, shape_weight: float = 0.0) -> np.ndarray:
+    """Each prompt scored by a model fitted without its group."""
     z = np.empty(len(gain))
     for fit_rows, held in splits:
-        fitted = data.fit(fit_rows)
-        model = Ridge(alpha=alpha).fit(data.matrix(fit_rows, *fitted), gain[fit_rows])
-        z[held] = model.predict(data.matrix(held, *fitted))
+        z[held] = predict(data, held, *fit_linear(data, fit_rows, gain[fit_rows], alpha, shape_weight))
     return z
 
 
@@ -93,17 +115,24 @@ def policy_table(score: np.ndarray, quality_small: np.ndarray, quality_large: np
     return PolicyTable(cuts, curve.share, curve.quality / max(curve.quality_large, 1e-12))
 
 
-def familiarity(data: Design, splits) -> dict:
+def familiarity(data: Design, splits, kinds: list[str]) -> dict:
     """What the training prompts looked like, for Router.assess: the share of each prompt's words known to a
-    vocabulary fitted without its group (the FAMILIAR_TAIL quantile of it), and the range of the shape numbers."""
+    vocabulary fitted without its group (the FAMILIAR_TAIL quantile of it), and the range of the shape numbers.
+    Taken per kind of prompt (the label file a prompt came from) and joined, the lowest bar and the widest range:
+    pooled, a small source's prompts (415 short open-ended ones beside 11k exam questions) sit in the pooled
+    tails, and a third of them were called unfamiliar though the router was trained on them."""
     known = np.empty(len(data.grams))
     for fit_rows, held in splits:
         counts = Counter(g for i in fit_rows for g in data.grams[i] if g.startswith("w:"))
         for i in held:
             words = [g for g in data.grams[i] if g.startswith("w:")]
             known[i] = sum(counts[w] >= data.min_df for w in words) / (len(words) or 1)
-    low, high = np.quantile(data.raw, [FAMILIAR_TAIL / 2, 1 - FAMILIAR_TAIL / 2], axis=0)
-    return {"known_words": float(np.quantile(known, FAMILIAR_TAIL)), "shape_low": low.tolist(), "shape_high": high.tolist()}
+    kinds = np.asarray(kinds)
+    per_kind = [np.flatnonzero(kinds == k) for k in sorted(set(kinds))]
+    bar = min(np.quantile(known[rows], FAMILIAR_TAIL) for rows in per_kind)
+    ranges = [np.quantile(data.raw[rows], [FAMILIAR_TAIL / 2, 1 - FAMILIAR_TAIL / 2], axis=0) for rows in per_kind]
+    low, high = np.min([r[0] for r in ranges], axis=0), np.max([r[1] for r in ranges], axis=0)
+    return {"known_words": float(bar), "shape_low": low.tolist(), "shape_high": high.tolist()}
 
 
 def platt(z: np.ndarray, label: np.ndarray) -> tuple[float, float]:
@@ -115,20 +144,21 @@ def platt(z: np.ndarray, label: np.ndarray) -> tuple[float, float]:
 
 
 def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, views: tuple[str, ...] = VIEWS,
-          target: np.ndarray | None = None) -> Router:
+          target: np.ndarray | None = None, shape_weight: float = 0.0) -> Router:
     """views: which n-gram views to learn from (features.VIEWS); on real prompts char n-grams of the shape
     only add noise (cross-subject APGR 0.52 with them, 0.56 without). target: what the ridge regresses, one per
-    example (default the gain: strongest tier's score minus the weakest's); the tables use the scores as they are."""
+    example (default the gain: strongest tier's score minus the weakest's); the tables use the scores as they are.
+    shape_weight: the say of a shape-numbers-only ridge beside the full one (fit_linear)."""
     ex = labels.examples
     scores = np.array([e.scores for e in ex])
     gain = scores[:, -1] - scores[:, 0] if target is None else np.asarray(target, dtype=np.float64)
     data, splits = Design([e.prompt for e in ex], views), folds(ex)
-    oof = {a: out_of_fold(data, gain, splits, a) for a in alphas}
+    oof = {a: out_of_fold(data, gain, splits, a, shape_weight) for a in alphas}
     cv_apgr = {a: _apgr(z, scores) for a, z in oof.items()}
     alpha = max(cv_apgr, key=cv_apgr.get)
     a, b = platt(oof[alpha], gain > 0)
-    router = fit_final(data, gain, alpha, (a, b))
-    router.meta = {"familiar": familiarity(data, splits)}
+    router = fit_final(data, gain, alpha, (a, b), shape_weight)
+    router.meta = {"familiar": familiarity(data, splits, [e.source for e in ex])}
     held_out = 1.0 / (1.0 + np.exp(-np.clip(a * oof[alpha] + b, -50, 50)))
     router.tiers = tuple(labels.tiers)
     deployed = np.array([router.score(e.prompt) for e in ex])
@@ -138,7 +168,7 @@ def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, 
     if None not in confidence:
         router.cascade = policy_table(-np.array(confidence), scores[:, 0], scores[:, -1])
     router.meta |= {
-        "default_policy": default_policy, "tiers": list(labels.tiers), "views": list(views), "alpha": alpha, "cv_apgr": cv_apgr[alpha],
+        "default_policy": default_policy, "tiers": list(labels.tiers), "views": list(views), "alpha": alpha, "shape_weight": shape_weight, "cv_apgr": cv_apgr[alpha],
         "examples": len(ex), "groups": len({e.group for e in ex}),
         "trained": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -146,15 +176,13 @@ def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, 
     return router
 
 
-def fit_final(data: Design, gain: np.ndarray, alpha: float, scaling: tuple[float, float]) -> Router:
-    rows = np.arange(len(gain))
-    vocab, mean, scale = data.fit(rows)
-    model = Ridge(alpha=alpha).fit(data.matrix(rows, vocab, mean, scale), gain)
-    coef = model.coef_
+def fit_final(data: Design, gain: np.ndarray, alpha: float, scaling: tuple[float, float],
+              shape_weight: float = 0.0) -> Router:
+    (vocab, mean, scale), coef, intercept = fit_linear(data, np.arange(len(gain)), gain, alpha, shape_weight)
     return Router(
         weights={g: float(coef[i]) for g, i in vocab.items() if coef[i] != 0.0},
         numeric_mean=mean.tolist(), numeric_scale=scale.tolist(), numeric_weight=coef[len(vocab):].tolist(),
-        intercept=float(model.intercept_), platt=scaling, tables=[],
+        intercept=intercept, platt=scaling, tables=[],
     )
 
 

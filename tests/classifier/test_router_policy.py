@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from classifier.router import Router
-from classifier.train import design, folds, train
+from classifier.train import Design, design, fit_linear, folds, train
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,14 @@ def words_only(make_labels):
     return train(make_labels(600, seed=3), alphas=(3.0,), views=("w", "b", "s"))
 
 
-@pytest.mark.parametrize("which", ["all views", "without char n-grams"])
-def test_hand_written_score_matches_the_training_design_matrix(router, words_only, labels, which):
-    router = router if which == "all views" else words_only
+@pytest.fixture(scope="module")
+def with_shape(make_labels):
+    return train(make_labels(600, seed=3), alphas=(3.0,), views=("w", "b", "s"), shape_weight=1.0)
+
+
+@pytest.mark.parametrize("which", ["all views", "without char n-grams", "with the shape-numbers ridge"])
+def test_hand_written_score_matches_the_training_design_matrix(router, words_only, with_shape, labels, which):
+    router = {"all views": router, "without char n-grams": words_only}.get(which, with_shape)
     texts = [e.prompt for e in labels.examples[:50]] + ["", "add 1 2\n" * 400, "Hello there, how are you?"]
     names = sorted(router.weights)
     X = design(texts, {g: i for i, g in enumerate(names)}, np.array(router.numeric_mean),
@@ -110,3 +115,20 @@ def test_folds_hold_out_whole_groups(labels):
     groups = [e.group for e in labels.examples]
     for fit_rows, held in folds(labels.examples):
         assert not {groups[i] for i in fit_rows} & {groups[i] for i in held}
+
+
+def test_the_shape_ridge_is_summed_into_one_linear_model(labels):
+    """fit_linear's blend is the full ridge and the shape-only ridge, each over its own fitted spread, summed with
+    the shape weight: the router evaluates it as one model, and weight 0 is the full ridge alone."""
+    from sklearn.linear_model import Ridge
+
+    rows = np.arange(400)
+    data = Design([e.prompt for e in labels.examples[:400]], ("w", "b", "s"))
+    gain = np.array([e.gain for e in labels.examples[:400]])
+    fitted, coef, intercept = fit_linear(data, rows, gain, 3.0, shape_weight=2.0)
+    x = data.matrix(rows, *fitted)
+    full = Ridge(alpha=3.0).fit(x, gain).predict(x)
+    shape = Ridge(alpha=3.0).fit(x[:, len(fitted[0]):].toarray(), gain).predict(x[:, len(fitted[0]):].toarray())
+    assert x @ coef + intercept == pytest.approx(full / full.std() + 2.0 * shape / shape.std(), abs=1e-9)
+    _, alone, b = fit_linear(data, rows, gain, 3.0)
+    assert x @ alone + b == pytest.approx(full / full.std(), abs=1e-9)
