@@ -118,6 +118,9 @@ class RateLimiter:
         """Requests of `scope` this limiter admitted and has not released yet."""
         return self._inflight.get(scope, 0)
 
+    async def ping(self) -> None:
+        """Nothing to reach: the buckets live in this process."""
+
     async def close(self) -> None:
         """Nothing to close: the buckets live in this process."""
 

@@ -87,5 +87,9 @@ class RedisRateLimiter:
         if keys:
             await self.redis.script(self._release, keys, [])
 
+    async def ping(self) -> None:
+        """Raises when Redis does not answer (the readiness probe)."""
+        await self.redis.call("PING")
+
     async def close(self) -> None:
         await self.redis.close()

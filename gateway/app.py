@@ -16,8 +16,10 @@ from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.ferry import Ferry, bearer_is
 from gateway.served import served_model
+from gateway.shared_limits import RedisOutagePolicy
 from gateway.tarpit import Tarpit
 from gateway.logs import AccessLog
 from gateway.middleware import BodyLimit, DrainGate
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     # /docs serves Swagger UI from the fastapi-offline package's files, so it works offline (no CDN).
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.drain = health.Drain(settings.shutdown_grace_s)
+    app.state.drain = Drain(settings.shutdown_grace_s)
     app.state.tarpit = Tarpit(settings.refusals_per_s, settings.refusal_burst, settings.refusal_delay_s)
     app.state.bodies = Parser(Limits(settings.max_messages, settings.max_content_parts, settings.max_prompt_token_ids))
     errors.install(app)
@@ -107,7 +109,7 @@ async def reap_forever(billing, every_s: float = 60.0) -> None:
 
 
 def build_ferry(settings: Settings, billing=None, limiter=None, router=None, backends=None, tokenizer=None,
-                catalog: Catalog | None = None, tracer=tracing.NOOP, drain: health.Drain | None = None) -> Ferry:
+                catalog: Catalog | None = None, tracer=tracing.NOOP, drain: Drain | None = None) -> Ferry:
     """Defaults for whatever was not injected: SQLite ledger, in-process limits, the catalog's models (the file, else
     the embedded bundled pair), each route group's own router (an injected one stands in for all). An injected
     backend or tokenizer stands in for the catalog's."""
@@ -121,9 +123,9 @@ def build_ferry(settings: Settings, billing=None, limiter=None, router=None, bac
         billing.create_schema()
         billing.ensure_admin_defaults()
     if limiter is None and settings.redis_url:
-        limiter = health.RedisOutagePolicy(RedisRateLimiter(settings.redis_url, settings.redis_prefix,
-                                                            timeout_s=settings.redis_timeout_s),
-                                           settings.redis_outage)
+        limiter = RedisOutagePolicy(RedisRateLimiter(settings.redis_url, settings.redis_prefix,
+                                                     timeout_s=settings.redis_timeout_s),
+                                    settings.redis_outage)
     limiter = limiter or RateLimiter()
     catalog = catalog or from_settings(settings)
     if prices := catalog.prices():  # the file's prices; models it leaves unpriced keep the operator's

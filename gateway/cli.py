@@ -64,7 +64,7 @@ def serve(host: str = typer.Option(None, help="Bind address (default from settin
     from gateway import catalog as catalogs
     from gateway import workers as workers_
     from gateway.app import create_app
-    from gateway.health import serve as serve_draining
+    from gateway.drain import serve as serve_draining
 
     _logging()
     settings = Settings()

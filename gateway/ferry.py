@@ -150,7 +150,7 @@ class Ferry:
     def __init__(self, settings: Settings, billing: Billing, limiter: RateLimiter, router,
                  models: dict[str, ServedModel], catalog: Catalog, tracer=tracing.NOOP, drain=None):
         self.settings, self.billing, self.limiter, self.tracer = settings, billing, limiter, tracer
-        self.drain = drain  # gateway.health.Drain: a stream cut by a restart is the gateway's failure
+        self.drain = drain  # gateway.drain.Drain: a stream cut by a restart is the gateway's failure
         self._settling: set[asyncio.Task] = set()  # settlements retried until the ledger answers
         self.models, self.catalog = models, catalog
         self.backends = {name: m.backend for name, m in models.items()}

@@ -26,7 +26,7 @@ from backends.echo import EchoBackend
 from billing import Billing, RateLimiter
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.health import serve
+from gateway.drain import serve
 from tests.util import LengthRouter
 
 url, port, grace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

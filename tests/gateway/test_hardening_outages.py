@@ -25,7 +25,7 @@ from billing import Billing
 from billing.redis_limits import RedisRateLimiter
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.health import RedisOutagePolicy
+from gateway.shared_limits import RedisOutagePolicy
 from tests.gateway.conftest import ADMIN_KEY, Gateway
 from tests.util import LengthRouter, serve
 
