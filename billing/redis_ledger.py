@@ -53,6 +53,7 @@ log = logging.getLogger("ferryman.billing")
 
 BUDGET_TTL_MS = 40 * 24 * 3600 * 1000  # a budget period's counters outlive the longest period (a month)
 GROUP = "writers"
+RECHECK_S = 1.0  # after Redis answers again, the writer reads its own unacknowledged entries this long (Writer.own)
 
 # Every script first checks (KEYS[1] epoch, ARGV[1] the epoch the caller knows, ARGV[2] its deadline in ms): a
 # call that arrives after its caller gave up does nothing ({'late'}: a stalled path may deliver it later), and a
@@ -463,10 +464,14 @@ class Writer:
             log.exception("ledger writer: final flush failed")
 
     def _run(self) -> None:
-        next_claim = 0.0
+        next_claim, failed, recheck_until = 0.0, False, 0.0
         while not self._stop.is_set():
             try:
                 self.ledger.check_epoch()
+                if failed:  # Redis answers again; a read sent on the failed connection may still land (`own`)
+                    failed, recheck_until = False, time.monotonic() + RECHECK_S
+                if time.monotonic() < recheck_until:
+                    self.own()
                 if time.monotonic() >= next_claim:  # a dead writer's entries, once they sat unacknowledged a while
                     self.claim(self.claim_idle_ms)
                     next_claim = time.monotonic() + self.claim_idle_ms / 3000
@@ -479,6 +484,7 @@ class Writer:
                         self.make_group()
                     continue
                 log.warning("ledger writer: batch failed (%s), retrying", exc.__class__.__name__)
+                failed = True
                 self._stop.wait(1.0)
 
     def step(self, block_ms: int | None) -> int:
@@ -488,6 +494,19 @@ class Writer:
         entries = reply[0][1] if reply else []
         self.write(entries)
         return len(entries)
+
+    def own(self) -> int:
+        """Write the entries delivered to this consumer but never acknowledged; how many. A stalled path delivers a
+        read that timed out once it flows again: Redis then hands new entries to a connection nobody reads, and
+        only this (or `claim`, 30 s later) writes them."""
+        total = 0
+        while True:
+            reply = self.redis.xreadgroup(GROUP, self.consumer, {self.ledger.stream: "0"}, count=self.batch)
+            entries = [e for e in (reply[0][1] if reply else []) if e[1]]  # (a deleted entry has no fields)
+            self.write(entries)
+            total += len(entries)
+            if len(entries) < self.batch:
+                return total
 
     def claim(self, min_idle_ms: int) -> int:
         """Take over and write entries another consumer read but never acknowledged (it died); how many."""

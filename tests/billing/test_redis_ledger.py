@@ -122,6 +122,20 @@ def test_a_writer_that_dies_between_commit_and_ack_double_counts_nothing(billing
     assert redis_counters(billing, principal)[b"spent"] == sum(r["cost_micros"] for r in records)
 
 
+def test_entries_read_on_a_connection_that_failed_are_written_by_their_own_writer(billing):
+    """A stalled path delivers a writer's timed-out read once it flows again: Redis hands the entries to a connection
+    nobody reads. The writer reads its own unacknowledged entries again (Writer.own), not 30 s later (claim)."""
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    for i in range(3):
+        billing.settle(billing.reserve(principal, f"r{i}", SMALL, 10, 100), prompt_tokens=10, completion_tokens=50)
+    writer = billing.writer()
+    late = writer.redis.xreadgroup("writers", writer.consumer, {billing.ledger.stream: ">"}, count=100)  # to nobody
+    assert len(late[0][1]) == 3 and writer.step(block_ms=None) == 0  # new entries only: these are not new
+    assert writer.own() == 3
+    assert len(billing.usage(tenant["id"])) == 3 and billing.ledger.unwritten() == 0
+    assert writer.own() == 0
+
+
 def test_expired_holds_are_reaped_once_as_zero_cost_records(billing, pg_url, redis_url, prefix):
     tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
     billing.reserve(principal, "orphan", SMALL, 10, 100)
