@@ -198,8 +198,10 @@ def test_redis_losing_its_data_twice_under_load_loses_at_most_the_unwritten_batc
 
         # Records: what a client was charged is recorded at that cost, except the batch unwritten at a kill.
         lost = [a for rid, a in served.items() if rid not in records]
-        for loss in losses:  # the stream held only the batch the writer was about to write (~100 ms of settlements)
-            assert all(loss.snapshot_at - served[rid].received < 1.0 for rid in loss.unwritten if rid in served)
+        # The stream held only the batch the writer was about to write (~100 ms of settlements; 1 s on a loaded box).
+        oldest = max((loss.snapshot_at - served[rid].received for loss in losses for rid in loss.unwritten
+                      if rid in served), default=0.0)
+        assert oldest < 1.0
         for a in lost:  # in that batch, or settled in the moment between looking at the stream and the kill
             assert any(a.request_id in loss.unwritten or loss.snapshot_at <= a.received <= loss.killed_at + 0.5
                        for loss in losses), a
@@ -241,7 +243,7 @@ def test_redis_losing_its_data_twice_under_load_loses_at_most_the_unwritten_batc
         remade = [r for r in caplog.records if "lost the settled stream" in r.getMessage()]
         assert len(remade) <= 2 * len(losses) * len(gateways)
         print(f"\n{len(answers)} answers ({len(served)} served) in {elapsed:.1f} s; unwritten at the kills: "
-              f"{[len(loss.unwritten) for loss in losses]}; records lost: {len(lost)} ({lost_micros} µ$); budget "
+              f"{[len(loss.unwritten) for loss in losses]} (the oldest {oldest * 1000:.0f} ms old); records lost: {len(lost)} ({lost_micros} µ$); budget "
               f"{LIMIT} µ$, charged {charged} µ$ (over by {max(0, overspend)}); holds refused for "
               f"{[round(loss.ready_at - loss.back_at, 2) for loss in losses]} s after Redis came back; writer "
               f"group remade {len(remade)} times")
