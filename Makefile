@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-no-browser install browser
+.PHONY: serve test test-fast test-no-browser install browser
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# Before every commit, in about a minute: everything but the tests marked slow and the browser's (pyproject.toml's
+# markers; tests/conftest.py marks by fixture). `make test` still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser"
 
 test-no-browser: $(STAMP)
 	$(BIN)/python -m pytest

@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from classifier.tasks import FAMILIES, LEVELS, Task, is_correct, make_task, make_tasks, make_text_prompts
 
+pytestmark = pytest.mark.slow
+
 MODELS = Path(__file__).resolve().parents[1] / "models"
 NAMES = ("large", "small")
 # Bounds below what the shipped pair does (docs/MODELS.md has the full table). Seeds are fixed and decoding is

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,16 @@ import pytest
 
 from backends.echo import EchoBackend
 from backends.remote import RemoteBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import free_port, gateway_app, wait_healthy
+from tests.util import serve
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "small"
 # Greedy, the bundled small model runs this line of The Tempest on to max_tokens: long enough to kill inside.
 PROMPT = "Enter PROSPERO and MIRANDA\n\nMIRANDA. If by your art, my dearest father, you have"
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_replica(port: int) -> subprocess.Popen:
@@ -41,25 +34,13 @@ def _start_replica(port: int) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, "replica exited during start-up"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
-
-
 @pytest.fixture
 def replicas():
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = {p: _start_replica(p) for p in ports}
     try:
         for port, proc in procs.items():
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield procs
     finally:
         for proc in procs.values():
@@ -76,20 +57,14 @@ def gateway(replicas, tmp_path):
 @contextmanager
 def gateway_before(replicas, tmp_path):
     urls = [f"http://127.0.0.1:{p}" for p in replicas]
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key="fm-admin-test")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    tenant = billing.create_tenant("acme")
-    key, _ = billing.create_key(tenant["id"])
     large = RemoteBackend("ferryman-large", urls, health_interval_s=0.2)
     from transformers import AutoTokenizer
 
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     backends={"ferryman-small": EchoBackend("ferryman-small"), "ferryman-large": large},
-                     tokenizer=AutoTokenizer.from_pretrained(MODEL))
-    with serve(app) as url:
-        yield url, key, billing, tenant["id"], large
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=AutoTokenizer.from_pretrained(MODEL),
+                         backends={"ferryman-small": EchoBackend("ferryman-small"), "ferryman-large": large})
+    tenant_id, key = wiring.tenant()
+    with serve(wiring.app) as url:
+        yield url, key, wiring.billing, tenant_id, large
 
 
 def _body(stream: bool) -> dict:
@@ -113,11 +88,13 @@ def test_replica_killed_mid_stream_answer_continues_identically(gateway, replica
                 [serving] = [rep for rep in large.replicas if rep.in_flight]
                 killed = int(serving.url.rsplit(":", 1)[1])
                 replicas[killed].send_signal(signal.SIGKILL)
-    assert killed is not None and replicas[killed].wait(5) == -signal.SIGKILL
+    assert killed is not None
+    assert replicas[killed].wait(5) == -signal.SIGKILL
     assert "".join(pieces) == expected  # one uninterrupted stream, token for token the same answer
     assert sum(rep.breaker.failures for rep in large.replicas) == 1
     records = billing.usage(tenant_id)
-    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    assert len(records) == 2
+    assert {r["status"] for r in records} == {"ok"}
     assert records[0]["completion_tokens"] == reference["usage"]["completion_tokens"]  # billed once, in full
 
 
@@ -129,7 +106,8 @@ def test_request_not_yet_started_is_retried_on_a_live_replica(gateway, replicas)
     headers = {"authorization": f"Bearer {key}"}
     for _ in range(4):
         r = httpx.post(url + "/v1/completions", json={**_body(False), "max_tokens": 5}, headers=headers, timeout=60)
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] >= 1
     dead = next(rep for rep in large.replicas if rep.url.endswith(f":{first}"))
     assert dead.breaker.failures >= 1 or not dead.breaker.healthy
     assert len(billing.usage(tenant_id)) == 4
@@ -137,10 +115,10 @@ def test_request_not_yet_started_is_retried_on_a_live_replica(gateway, replicas)
 
 @pytest.fixture
 def lone_replica():
-    port = _free_port()
+    port = free_port()
     proc = _start_replica(port)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield {port: proc}
     finally:
         proc.kill()
@@ -153,10 +131,13 @@ def test_the_last_replica_killed_after_one_token_ends_in_an_error_event_and_cost
     with gateway_before(lone_replica, tmp_path) as (url, key, billing, tenant_id, large):
         events = the_stream_killed_after_one_token(url, key, billing, tenant_id, lone_replica)
     error = json.loads(events[-1])["error"]
-    assert error["type"] == "server_error" and "[DONE]" not in events
+    assert error["type"] == "server_error"
+    assert "[DONE]" not in events
     [record] = billing.usage(tenant_id)
-    assert record["status"] in ("unavailable", "error") and record["completion_tokens"] >= 1
-    assert record["cost_micros"] == 0 and billing.ledger_totals(tenant_id) == {
+    assert record["status"] in ("unavailable", "error")
+    assert record["completion_tokens"] >= 1
+    assert record["cost_micros"] == 0
+    assert billing.ledger_totals(tenant_id) == {
         "spent_micros": 0, "reserved_micros": 0, "open_reservations": 0}
 
 

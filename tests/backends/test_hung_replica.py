@@ -17,7 +17,10 @@ import pytest
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.remote import RemoteBackend
-from tests.backends.test_failover import MODEL, PROMPT, _free_port, _start_replica, _wait_healthy
+from tests.backends.test_failover import MODEL, PROMPT, _start_replica
+from tests.harness import free_port, wait_healthy
+
+pytestmark = pytest.mark.slow
 
 TOKEN_TIMEOUT_S = 1.5
 SLACK_S = 3.0  # the live replica's prefill of prompt + sent tokens, on a shared CPU
@@ -25,10 +28,10 @@ SLACK_S = 3.0  # the live replica's prefill of prompt + sent tokens, on a shared
 
 @pytest.fixture(scope="module")
 def replicas():
-    procs = {p: _start_replica(p) for p in (_free_port(), _free_port())}
+    procs = {p: _start_replica(p) for p in (free_port(), free_port())}
     try:
         for port, proc in procs.items():
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
         yield procs
     finally:
         for proc in procs.values():
@@ -76,9 +79,11 @@ def test_hung_replica_fails_over_within_the_inter_token_timeout(replicas):
 
     reference, deltas = asyncio.run(scenario())
     try:
-        assert "proc" in stopped and stopped["proc"].poll() is None
+        assert "proc" in stopped
+        assert stopped["proc"].poll() is None
         tokens = lambda ds: [t for _, d in ds for t in d.token_ids]
-        assert tokens(deltas) == tokens(reference) and len(tokens(reference)) == 300  # the same greedy answer
+        assert tokens(deltas) == tokens(reference)
+        assert len(tokens(reference)) == 300  # the same greedy answer
         assert "".join(d.text for _, d in deltas) == "".join(d.text for _, d in reference)
         resumed = next(at for at, _ in deltas[5:] if at > stopped["at"])
         assert resumed - stopped["at"] < TOKEN_TIMEOUT_S + SLACK_S  # not the 30 s read timeout
@@ -99,7 +104,7 @@ def _pieces(response: httpx.Response):
 def test_sigterm_drains_the_replica_and_exits_zero(replicas):
     port, proc = next(iter(replicas.items()))
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, proc)  # the replica the previous test stopped is back
+    wait_healthy(url, proc)  # the replica the previous test stopped is back
     body = {"prompt": PROMPT, "max_tokens": 300, "temperature": 0}
     expected = httpx.post(url + "/v1/completions", json=body, timeout=120).json()["choices"][0]
 
@@ -113,7 +118,9 @@ def test_sigterm_drains_the_replica_and_exits_zero(replicas):
                 time.sleep(0.1)  # the signal is handled on the replica's event loop
                 assert httpx.get(url + "/health", timeout=5).status_code == 503
                 refused = httpx.post(url + "/v1/completions", json=body, timeout=5)
-                assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "1"
                 assert refused.json()["error"]["code"] == "draining"
-    assert "".join(texts) == expected["text"] and finish == expected["finish_reason"]  # the stream in flight finished
+    assert "".join(texts) == expected["text"]
+    assert finish == expected["finish_reason"]  # the stream in flight finished
     assert proc.wait(30) == 0

@@ -1,8 +1,12 @@
 import asyncio
 
+import pytest
+
 from backends.base import GenerationRequest, SamplingParams
 from backends.echo import EchoBackend
 from backends.idle import ScaleToZero
+
+pytestmark = pytest.mark.slow
 
 
 async def _answer(backend, request_id: str) -> list[int]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import statistics
 import time
 
 import pytest
 
 from backends.openai_upstream import _lines
 from backends.wire import Pool, WireError
+from tests.harness import free_port
 from tests.upstream_styles import STYLES, upstream
 
 
@@ -76,7 +77,8 @@ def test_connection_the_server_dropped_while_idle_is_replaced():
         return bodies, len(accepted)
 
     bodies, connections = asyncio.run(main())
-    assert bodies == [b"hello"] * 3 and connections == 3
+    assert bodies == [b"hello"] * 3
+    assert connections == 3
 
 
 def test_chunked_sse_split_anywhere_and_a_body_without_length():
@@ -91,7 +93,8 @@ def test_chunked_sse_split_anywhere_and_a_body_without_length():
         for _ in range(2):
             async with p.stream("/chat/completions", b"{}") as (answer, chunks):
                 lines = [line async for line in _lines(chunks)]
-        assert answer.status == 200 and len(accepted) == 1  # read to its end: back to the pool, reused
+        assert answer.status == 200
+        assert len(accepted) == 1  # read to its end: back to the pool, reused
         assert [line for line in lines if line] == [b'data: {"a": 1}', b'data: {"b": 2}', b"data: [DONE]"]
         p.close()
         server.close()
@@ -102,7 +105,8 @@ def test_chunked_sse_split_anywhere_and_a_body_without_length():
         server.close()
         server, _ = await serve(b"HTTP/1.1 204 No Content\r\n\r\n")
         p = pool(server, timeout_s=1.0)
-        assert (await p.post("/x", b"{}"))[1] == b"" and len(p.idle) == 1  # no body to wait for
+        assert (await p.post("/x", b"{}"))[1] == b""
+        assert len(p.idle) == 1  # no body to wait for
         p.close()
         server.close()
 
@@ -117,9 +121,7 @@ def test_timeout_and_refused_connection_are_wire_errors():
             await p.post("/chat/completions", b"{}")
         assert not p.idle
         server.close()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         refused = Pool(f"http://127.0.0.1:{port}", {}, timeout_s=1, connect_timeout_s=1, max_connections=1)
         with pytest.raises(WireError, match="ConnectError"):
             await refused.post("/chat/completions", b"{}")
@@ -189,15 +191,17 @@ def test_every_upstream_socket_habit_answers_without_the_delayed_ack_stall(style
 
     async def main(url):
         p = Pool(url, {}, timeout_s=5.0, connect_timeout_s=1.0, max_connections=4)
-        start = time.perf_counter()
-        bodies = [json.loads((await p.post("/chat/completions", b"{}"))[1]) for _ in range(25)]
-        elapsed = time.perf_counter() - start
+        bodies, took = [], []
+        for _ in range(25):
+            start = time.perf_counter()
+            bodies.append(json.loads((await p.post("/chat/completions", b"{}"))[1]))
+            took.append(time.perf_counter() - start)
         pooled = len(p.idle)
         p.close()
-        return bodies, elapsed, pooled
+        return bodies, took, pooled
 
     with upstream(style, lambda body: answer) as url:
-        bodies, elapsed, pooled = asyncio.run(main(url))
+        bodies, took, pooled = asyncio.run(main(url))
     assert bodies == [answer] * 25
-    assert elapsed < 25 * 0.040
+    assert statistics.median(took) < 0.040, took  # the median: a loaded machine's pauses hit a few, Nagle every one
     assert pooled == (0 if style == "http10" else 1)  # an HTTP/1.0 answer closes its connection

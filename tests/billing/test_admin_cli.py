@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +14,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from billing import Billing
 from billing.audit import Actor
 from gateway.cli import app
+from tests.harness import free_port
 
 FERRYMAN = Path(sys.executable).parent / "ferryman"
 
@@ -59,18 +60,12 @@ def test_admin_keys_and_the_audit_log_from_the_command_line(sqlite_url):
     billing.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, str, str]:
     """One `ferryman serve` start (a catalog with no engine, so it starts fast): its banner, and its URL once ready;
     stopped with SIGTERM when the caller's check returns."""
     (tmp_path / "catalog.yaml").write_text("models:\n  - name: up\n    kind: openai\n    base_url: http://127.0.0.1:9/v1\n"
                                            "    price: {input: 1.0, cached_input: 0.5, output: 2.0}\n")
-    port = _free_port()
+    port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
     environment.update(PYTHONUNBUFFERED="1", FERRYMAN_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", **env)
     process = subprocess.Popen([str(FERRYMAN), "serve", "--port", str(port), "--config", str(tmp_path / "catalog.yaml")],
@@ -94,6 +89,7 @@ def _me(url: str, key: str) -> httpx.Response:
     return httpx.get(f"{url}/admin/me", headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
+@pytest.mark.slow
 def test_serve_mints_the_admin_key_once_and_never_prints_one_it_was_given(tmp_path):
     process, banner, url = _serve(tmp_path)
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.billing.helpers import gateway_app
 from tests.billing.test_gateway_bills import Scripted, records, small_cost
+from tests.harness import free_port
 from tests.util import serve
 
 
@@ -46,6 +47,7 @@ def wait_settled(billing, tenant_id: int, n: int) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_client_that_hangs_up_on_a_whole_answer_stops_its_generation_and_pays_what_was_generated(sqlite_url):
     app, billing, tenant_id, key, backend = counting_gateway(sqlite_url)
     body = json.dumps({"model": "ferryman-small", "prompt": "slow", "max_tokens": 60}).encode()  # 60 x 50 ms = 3 s
@@ -61,7 +63,8 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_its_generation_and_pays_
         time.sleep(1.0)
         assert backend.produced == produced  # the generation stopped: nothing more was made for nobody
     [left] = records(billing).values()
-    assert left["status"] == "cancelled" and 1 <= left["completion_tokens"] <= produced < 40
+    assert left["status"] == "cancelled"
+    assert 1 <= left["completion_tokens"] <= produced < 40
     assert left["cost_micros"] == small_cost(5, left["completion_tokens"]) > 0
     assert left["request_id"] in backend.aborted  # the engine was told to stop, not just left unread
     assert billing.ledger_totals(tenant_id) == {"spent_micros": left["cost_micros"], "reserved_micros": 0,
@@ -72,9 +75,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_its_generation_and_pays_
 @pytest.fixture
 def own_redis(tmp_path):
     """A Redis of this test's own (no persistence), so pausing it stalls nobody else."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     deadline = time.time() + 10
@@ -90,6 +91,7 @@ def own_redis(tmp_path):
     proc.wait(10)
 
 
+@pytest.mark.slow
 def test_a_ledger_that_stalls_as_a_stream_ends_keeps_the_answer_whole_and_bills_it_once(sqlite_url, own_redis):
     proc, redis_url = own_redis
     app, billing, tenant_id, key, _ = counting_gateway(sqlite_url, redis_url=redis_url,
@@ -111,10 +113,12 @@ def test_a_ledger_that_stalls_as_a_stream_ends_keeps_the_answer_whole_and_bills_
         deadline = time.time() + 20
         while not records(billing) and time.time() < deadline:
             time.sleep(0.1)
-    assert not any('"error"' in e for e in events) and events[-1] == "data: [DONE]"
+    assert not any('"error"' in e for e in events)
+    assert events[-1] == "data: [DONE]"
     usage = json.loads(events[-2][6:])["usage"]
     assert usage["completion_tokens"] == 20
     [record] = records(billing).values()  # once: the stalled settlement and its retry are one
-    assert record["status"] == "ok" and record["cost_micros"] == small_cost(5, 20) == round(usage["cost_usd"] * 1e6)
+    assert record["status"] == "ok"
+    assert record["cost_micros"] == small_cost(5, 20) == round(usage["cost_usd"] * 1e6)
     assert billing.ledger_totals(tenant_id)["spent_micros"] == record["cost_micros"]
     billing.close()

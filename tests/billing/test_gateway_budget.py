@@ -8,6 +8,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 
 from billing.reports import totals
 from tests.billing.helpers import gateway_app
@@ -44,10 +45,12 @@ async def storm(urls: list[str], key: str, n: int) -> list[tuple[int, str | None
             await c.aclose()
 
 
+@pytest.mark.slow
 def test_two_gateways_never_spend_past_the_budget(db_url):
     two_gateways_never_spend_past_the_budget(db_url)
 
 
+@pytest.mark.slow
 def test_two_gateways_with_holds_in_redis_never_spend_past_the_budget(pg_url, redis_url):
     prefix = f"fm-test-{uuid.uuid4().hex}"
     try:

@@ -3,7 +3,6 @@ across a gateway crash, a writer crash, or a second settle; and no database roun
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from sqlalchemy import event, select
 from billing import Billing, BudgetExceeded
 from billing.models import budget_alerts, budget_spend
 from tests.billing.test_gateway_budget import PROMPT, forget_keys
+from tests.harness import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = "ferryman-small"
@@ -63,7 +63,8 @@ def test_holds_never_pass_the_budget_and_a_second_settle_charges_nothing(billing
     holds = [billing.reserve(principal, f"r{i}", SMALL, 0, 250) for i in range(3)]  # 200 micro-USD each
     with pytest.raises(BudgetExceeded) as refused:
         billing.reserve(principal, "r3", SMALL, 0, 250)
-    assert refused.value.retryable and refused.value.reserved_micros == 600
+    assert refused.value.retryable
+    assert refused.value.reserved_micros == 600
     for hold in holds:
         billing.settle(hold, prompt_tokens=0, completion_tokens=100)  # 80 micro-USD
     again = billing.settle(holds[0], prompt_tokens=0, completion_tokens=250)
@@ -102,7 +103,8 @@ def test_the_written_record_is_the_settled_one_field_for_field(billing):
     for record in settled:
         row = rows[record.request_id]
         assert {k: row[k] for k in vars(record)} == vars(record)
-    assert rows["f1"]["prompt_text"] == "2 + 2 = ?" and rows["f0"]["difficulty"] is None
+    assert rows["f1"]["prompt_text"] == "2 + 2 = ?"
+    assert rows["f0"]["difficulty"] is None
 
 
 def test_a_writer_that_dies_between_commit_and_ack_double_counts_nothing(billing):
@@ -117,7 +119,8 @@ def test_a_writer_that_dies_between_commit_and_ack_double_counts_nothing(billing
     live = billing.writer()
     assert live.claim(0) == 5  # the same five entries, delivered again
     records = billing.usage(tenant["id"])
-    assert len(records) == 5 and billing.ledger.unwritten() == 0
+    assert len(records) == 5
+    assert billing.ledger.unwritten() == 0
     assert spend_rows(billing) == [(sum(r["cost_micros"] for r in records), 0)]
     assert redis_counters(billing, principal)[b"spent"] == sum(r["cost_micros"] for r in records)
 
@@ -162,28 +165,16 @@ def test_the_request_path_makes_no_database_round_trip(billing):
         billing.settle(billing.reserve(principal, f"r{i}", SMALL, 10, 100), prompt_tokens=10, completion_tokens=5)
     assert (checkouts, statements) == ([], [])
     writer.drain()  # the 50 records: one transaction
-    assert len(checkouts) == 1 and len(statements) <= 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    assert len(checkouts) == 1
+    assert len(statements) <= 4
 
 
 def start_gateway(pg_url: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.billing.gateway_process", str(port), pg_url, redis_url,
                              prefix], cwd=ROOT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert proc.poll() is None, "gateway process exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc, f"http://127.0.0.1:{port}"
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError("gateway did not start")
+    wait_healthy(f"http://127.0.0.1:{port}", proc, timeout_s=60)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 async def client(url: str, key: str, n: int, results: list) -> None:
@@ -211,6 +202,7 @@ async def burst(urls: list[str], key: str, proc_a: subprocess.Popen) -> list:
     return results
 
 
+@pytest.mark.slow
 def test_a_gateway_killed_mid_burst_loses_and_double_counts_nothing(billing, pg_url, redis_url, prefix):
     tenant, principal, key = tenant_with_key(billing, limit_micros=200 * 80 + 7)  # fits 200 of 256 requests
     proc_a, url_a = start_gateway(pg_url, redis_url, prefix)
@@ -227,12 +219,16 @@ def test_a_gateway_killed_mid_burst_loses_and_double_counts_nothing(billing, pg_
 
     accepted = {rid for _, status, rid in results if status == 200}
     lost = sum(1 for url, status, _ in results if status is None)
-    assert {status for _, status, _ in results} <= {200, 402, None} and lost and accepted
+    assert {status for _, status, _ in results} <= {200, 402, None}
+    assert lost
+    assert accepted
     records = {r["request_id"]: r for r in billing.usage(tenant["id"], limit=1000)}
     assert accepted <= set(records)  # every answered request is recorded (once: request_id is unique)
     unanswered = set(records) - accepted  # admitted by the killed gateway, its answer never sent
-    assert 0 < len(unanswered) <= lost and "expired" in {records[r]["status"] for r in unanswered}
-    assert billing.ledger.open_holds() == (0, 0) and billing.ledger.unwritten() == 0
+    assert 0 < len(unanswered) <= lost
+    assert "expired" in {records[r]["status"] for r in unanswered}
+    assert billing.ledger.open_holds() == (0, 0)
+    assert billing.ledger.unwritten() == 0
     total = sum(r["cost_micros"] for r in records.values())
     assert spend_rows(billing) == [(total, 0)]  # the database's spend: each record counted exactly once
     assert redis_counters(billing, principal) == {b"spent": total, b"reserved": 0}
@@ -305,7 +301,8 @@ def test_feedback_sent_before_the_writer_wrote_the_record_waits_for_it(pg_url, r
         assert billing.unwritten() == 0
         t0 = time.monotonic()
         r = client.post("/v1/feedback", json={"request_id": "req-none", "score": 0.5}, headers=headers)
-        assert r.status_code == 404 and time.monotonic() - t0 < 0.25
+        assert r.status_code == 404
+        assert time.monotonic() - t0 < 0.75  # nothing unwritten: no wait for the writer (WRITER_WAIT_S, 1 s)
     billing.close()
 
 
@@ -327,7 +324,9 @@ def test_redis_cut_under_the_holds_answers_503_bills_nothing_and_recovers(pg_url
             assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
             proxy.cut()
             r = client.post("/v1/completions", json=body, headers=headers)
-            assert r.status_code == 503 and "Redis" in r.json()["error"]["message"] and r.headers["retry-after"]
+            assert r.status_code == 503
+            assert "Redis" in r.json()["error"]["message"]
+            assert r.headers["retry-after"]
             proxy.restore()
             r = client.post("/v1/completions", json=body, headers=headers)
             assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ import redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from billing import resp
+from tests.harness import free_port
 
 
 def run(coro):
@@ -121,11 +122,7 @@ def test_a_dropped_connection_fails_its_commands_and_the_next_command_reconnects
 
 
 def test_nothing_listening_is_a_connection_error():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
 
     async def main():
         await resp.Redis(f"redis://127.0.0.1:{port}/0").call("PING")
@@ -156,7 +153,8 @@ def test_a_connection_closed_before_its_first_command_is_replaced_once(redis_url
         finally:
             await client.close()
 
-    assert run(main(dead=1)) == b"PONG" and len(opened) == 2
+    assert run(main(dead=1)) == b"PONG"
+    assert len(opened) == 2
     opened.clear()
     with pytest.raises(ConnectionError, match="closed"):
         run(main(dead=2))

@@ -44,6 +44,7 @@ def run_staggered(engine: LLMEngine, arrivals: list[int]) -> dict[str, list[int]
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix_caching", [True, False])
 @pytest.mark.parametrize("num_kv_blocks", [256, 24], ids=["roomy", "preempting"])
 def test_staggered_mixed_batch_matches_hf(tiny_model, expected, prefix_caching, num_kv_blocks):

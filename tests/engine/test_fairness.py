@@ -17,6 +17,8 @@ from backends.engine.capacity.step_time import StepModel
 from backends.engine.capacity.workload import Request
 from tests.engine.conftest import hf_greedy
 
+pytestmark = pytest.mark.slow
+
 rng = random.Random(5)
 FLOOD_PROMPTS = [[rng.randrange(3, 380) for _ in range(12)] for _ in range(6)]
 VICTIM_PROMPT = [rng.randrange(3, 380) for _ in range(20)]

@@ -18,6 +18,8 @@ import torch
 from backends.base import SamplingParams
 from backends.engine import EngineConfig, LLMEngine
 
+pytestmark = pytest.mark.slow
+
 SIZES = dict(vocab_size=389, hidden_size=72, intermediate_size=136, num_hidden_layers=2, num_attention_heads=6,
              num_key_value_heads=2, max_position_embeddings=96, rms_norm_eps=1e-5, initializer_range=0.15,
              bos_token_id=1, eos_token_id=2, pad_token_id=0)

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from backends.base import SamplingParams
 from backends.engine import EngineConfig, LLMEngine
+
+pytestmark = pytest.mark.slow
 
 LARGE = Path(__file__).resolve().parents[2] / "models" / "large"
 

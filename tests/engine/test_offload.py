@@ -11,6 +11,8 @@ from backends.engine.block_manager import BlockManager
 from backends.engine.sequence import Sequence
 from tests.engine.conftest import hf_greedy
 
+pytestmark = pytest.mark.slow
+
 rng = random.Random(11)
 LONG_PROMPTS = [[rng.randrange(3, 380) for _ in range(200)] for _ in range(4)]
 MAX_TOKENS = 40

@@ -13,6 +13,8 @@ from backends.engine.distributed import microbatches
 from backends.engine.parallel import stage_layers
 from tests.engine.conftest import hf_greedy
 
+pytestmark = pytest.mark.slow
+
 LARGE = Path(__file__).resolve().parents[2] / "models" / "large"
 rng = random.Random(5)
 PROMPTS = [[rng.randrange(3, 380) for _ in range(n)] for n in (3, 9, 30, 57, 1, 22)]

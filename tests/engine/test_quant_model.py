@@ -11,6 +11,8 @@ from backends.engine.quant import (QuantLinear, load_quantized, quant_shells, qu
 from backends.engine.quant.formats import dequantize_int4, dequantize_int8
 from backends.engine.quant.linear import CACHED_ROWS, FBGEMM
 
+pytestmark = pytest.mark.slow
+
 VOCAB = 64
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 CASES = [  # mode, M, N, K, group_size, bias, dtype
     *[("int8", m, 80, 256, None, True, torch.float32) for m in (1, 3, 17)],
@@ -40,7 +42,8 @@ def check_kernels(device: str) -> None:
             y = kernels.int8_matmul(x, tensors[0], tensors[1], b)
         else:
             y = kernels.int4_matmul(x, *tensors, group_size, b)
-        assert y.dtype == dtype and y.shape == (m, n), (mode, m, y.dtype, y.shape)
+        assert y.dtype == dtype, (mode, m, y.dtype, y.shape)
+        assert y.shape == (m, n), (mode, m, y.dtype, y.shape)
         tol = 1e-4 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(y.float(), expected, atol=tol, rtol=tol, msg=lambda e: f"{mode} M={m}: {e}")
 
@@ -83,11 +86,13 @@ def test_kernels_compile_for_gpus(mode, arch, dtype, tiles, tmp_path, monkeypatc
     assert compiled.asm["cubin"]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_kernels_match_reference_on_gpu():
     check_kernels("cuda")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quant_linear_uses_kernel_on_gpu(mode):

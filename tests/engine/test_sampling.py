@@ -20,6 +20,7 @@ def tokens(engine: LLMEngine, prompts, params) -> list[list[int]]:
     return [c.token_ids for c in engine.generate(prompts, params)]
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible_whatever_the_batch(engine):
     seeded = SamplingParams(max_tokens=16, temperature=1.0, seed=1234, ignore_eos=True)
     alone = tokens(engine, [PROMPT], seeded)[0]
@@ -30,6 +31,7 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(engine):
     assert other_seed != alone
 
 
+@pytest.mark.slow
 def test_top_k_one_and_tiny_top_p_are_greedy(engine, hf_model):
     want = hf_greedy(hf_model, PROMPT, 12)
     assert tokens(engine, [PROMPT], SamplingParams(max_tokens=12, temperature=1.5, top_k=1, seed=1, ignore_eos=True))[0] == want

@@ -11,6 +11,8 @@ from backends.base import SamplingParams
 from backends.engine import EngineConfig, LLMEngine
 from tests.engine.conftest import hf_greedy
 
+pytestmark = pytest.mark.slow
+
 PROMPT = [7, 8, 9, 10, 11, 7, 8]
 
 

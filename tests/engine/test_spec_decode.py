@@ -13,6 +13,8 @@ from backends.engine.spec_decode import NgramProposer, rejection_sample
 from tests.engine.conftest import build_tokenizer, hf_greedy
 from tests.engine.test_batching import MAX_TOKENS, PROMPTS, run_staggered
 
+pytestmark = pytest.mark.slow
+
 ARRIVALS = [0, 0, 1, 2, 2, 3, 5, 8, 9, 9, 14]
 CHI2_DF7_P001 = 24.32  # chi-square critical value, 7 degrees of freedom, p = 0.001
 

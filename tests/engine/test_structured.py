@@ -56,6 +56,7 @@ def engine(tiny_model) -> LLMEngine:
     return LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=1024))
 
 
+@pytest.mark.slow
 def test_every_constrained_answer_validates_in_a_mixed_batch(engine, hf_model):
     assert len(SCHEMAS) >= 20
     free = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)

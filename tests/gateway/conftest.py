@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from billing import Billing
+from tests.harness import ADMIN_KEY, echo_backends, gateway_app
+from tests.util import serve
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_KEY = "fm-admin-test-key"
 
 
 @dataclass
@@ -36,17 +33,10 @@ def tokenizer():
 
 
 def make_gateway(tmp_path, tokenizer, delay_s: float = 0.0, **settings) -> tuple:
-    config = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key=ADMIN_KEY, **settings)
-    billing = Billing(config.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    decode = lambda ids: tokenizer.decode(ids)
-    backends = {name: EchoBackend(name, decode, delay_s) for name in ("ferryman-small", "ferryman-large")}
-    app = create_app(config, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     backends=backends, tokenizer=tokenizer)
-    tenant = billing.create_tenant("acme")
-    key, _ = billing.create_key(tenant["id"], "test")
-    return app, billing, tenant["id"], key, backends
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer,
+                         backends=echo_backends(tokenizer.decode, delay_s), **settings)
+    tenant_id, key = wiring.tenant()
+    return wiring.app, wiring.billing, tenant_id, key, wiring.backends
 
 
 @pytest.fixture

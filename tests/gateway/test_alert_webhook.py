@@ -114,6 +114,7 @@ def test_two_replicas_never_claim_the_same_alert(tmp_path, tokenizer):
     assert billing.claim_alerts(0.0) == []  # sent: never taken again, claim or no claim
 
 
+@pytest.mark.slow
 def test_each_threshold_set_through_the_api_is_posted_once(tmp_path, tokenizer, receiver):
     """Thresholds 25, 50 and 90% set with PUT /admin/budgets: spend runs until the budget refuses, and the receiver
     gets exactly one message per threshold, in order, each saying its threshold and the spend that reached it."""

@@ -5,10 +5,8 @@ import openai
 import pytest
 
 from backends.base import TokenDelta, Usage
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 
 class FixedConfidence:
@@ -33,17 +31,12 @@ class FixedConfidence:
 @pytest.fixture
 def cascade_gateway(tmp_path, tokenizer):
     def make(small_logprob: float):
-        settings = Settings(database_url=f"sqlite:///{tmp_path / f'l{small_logprob}.db'}", cascade=True)
-        billing = Billing(settings.database_url)
-        billing.create_schema()
-        billing.ensure_admin_defaults()
-        tenant = billing.create_tenant("acme")
-        key, _ = billing.create_key(tenant["id"])
         backends = {"ferryman-small": FixedConfidence("ferryman-small", small_logprob),
                     "ferryman-large": FixedConfidence("ferryman-large", -0.01)}
-        app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                         backends=backends, tokenizer=tokenizer)
-        return app, billing, tenant["id"], key, backends
+        wiring = gateway_app(f"sqlite:///{tmp_path / f'l{small_logprob}.db'}", tokenizer=tokenizer, backends=backends,
+                             cascade=True)
+        tenant_id, key = wiring.tenant()
+        return wiring.app, wiring.billing, tenant_id, key, backends
     return make
 
 

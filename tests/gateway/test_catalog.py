@@ -31,6 +31,7 @@ def test_the_issue_example_loads_as_written(tmp_path, monkeypatch):
     assert catalog.route("auto").tiers == ["ferryman-small", "ext-big"] and catalog.route("auto").fallbacks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, line", [
     (("input: 2.5", "input: -2.5"), "models[1].price.input: Input should be greater than or equal to 0"),
     (("kind: openai", "kind: vllm"), "models[1]: Input tag 'vllm'"),
@@ -51,6 +52,7 @@ def test_a_bad_file_stops_the_start_with_one_line_naming_the_key(tmp_path, chang
     assert "sk-live-123" not in run.stderr
 
 
+@pytest.mark.slow
 def test_ferryman_config_names_the_file_too(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "FERRYMAN_CONFIG": str(tmp_path / "missing.yaml")}
     run = subprocess.run([str(FERRYMAN), "serve"], capture_output=True, text=True, env=env, timeout=60)

@@ -11,11 +11,9 @@ import pytest
 
 from backends.base import BackendUnavailable, TokenDelta, Usage
 from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import Catalog
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 TIERS = ["t-cheap", "t-mid", "t-strong"]
 HARD = "x" * 80  # LengthRouter: 0.8 >= 0.5, the strongest tier
@@ -42,17 +40,13 @@ class Sure(EchoBackend):
 @pytest.fixture
 def make(tmp_path, tokenizer):
     def make(backends: dict, routes: list[dict], timeouts: dict | None = None):
-        settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key="fm-admin-test-key")
-        billing = Billing(settings.database_url)
-        billing.create_schema()
         models = [{"name": n, "kind": "engine", "path": "models/small", "price": {"input": 1.0 * (i + 1), "output": 2.0},
                    "timeout_s": (timeouts or {}).get(n, 120.0)} for i, n in enumerate(TIERS)]
         catalog = Catalog.model_validate({"models": models, "routes": routes})
-        app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
-                         tokenizer=tokenizer, catalog=catalog)
-        tenant = billing.create_tenant("acme")
-        key, _ = billing.create_key(tenant["id"])
-        return app, billing, tenant["id"], key
+        wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, backends=backends,
+                             catalog=catalog)
+        tenant_id, key = wiring.tenant()
+        return wiring.app, wiring.billing, tenant_id, key
     return make
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,12 +15,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from backends.engine.chat import render_chat
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import Catalog
-from gateway.config import Settings
 from tests.fake_upstream import usage_of
-from tests.util import LengthRouter, serve
+from tests.harness import free_port, gateway_app, wait_healthy
+from tests.util import serve
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "models" / "small"
@@ -33,30 +31,12 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "description
                                                             "required": ["city"]}}}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str]) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "FAKE_UPSTREAM_KEY": "sk-fake-upstream"},
                             cwd=ROOT)
     return f"http://127.0.0.1:{port}", proc
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert proc.poll() is None, f"{url} exited during start-up"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +50,7 @@ def processes():
                "ext-doomed": _start([*fake, "--name", "ext-doomed"])}
     try:
         for url, proc in started.values():
-            _wait_healthy(url, proc)
+            wait_healthy(url, proc)
         yield {name: url for name, (url, _) in started.items()}, {name: proc for name, (_, proc) in started.items()}
     finally:
         for _, proc in started.values():
@@ -90,7 +70,7 @@ def _catalog(urls: dict) -> Catalog:
             openai_model("ext-big", {"input": 2.5, "cached_input": 1.25, "output": 10.0}, api_key_env="FAKE_UPSTREAM_KEY",
                          context_length=128000),
             openai_model("ext-limited", one), openai_model("ext-quiet", one), openai_model("ext-doomed", one),
-            {"name": "dead-large", "kind": "replicas", "urls": [f"http://127.0.0.1:{_free_port()}"],
+            {"name": "dead-large", "kind": "replicas", "urls": [f"http://127.0.0.1:{free_port()}"],
              "tokenizer": str(SMALL), "price": {"input": 2.0, "output": 8.0}}],
         "routes": [{"name": "auto", "tiers": ["local", "ext-big"]},
                    {"name": "limited", "policy": "fallback", "fallbacks": ["ext-limited", "ext-big"]},
@@ -103,15 +83,10 @@ def gw(processes, tmp_path_factory):
     urls, procs = processes
     os.environ["FAKE_UPSTREAM_KEY"] = "sk-fake-upstream"  # the catalog names the variable; the key is never in it
     tmp = tmp_path_factory.mktemp("catalog")
-    settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    tenant = billing.create_tenant("acme")
-    key, _ = billing.create_key(tenant["id"])
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=_catalog(urls))
-    with serve(app) as url:
-        yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "procs": procs, "urls": urls}
+    wiring = gateway_app(f"sqlite:///{tmp / 'ledger.db'}", catalog=_catalog(urls))
+    tenant_id, key = wiring.tenant()
+    with serve(wiring.app) as url:
+        yield {"url": url, "key": key, "billing": wiring.billing, "tenant": tenant_id, "procs": procs, "urls": urls}
 
 
 def client(gw, key=None) -> openai.OpenAI:
@@ -133,14 +108,17 @@ def test_replicas_render_with_their_own_tokenizer_plain_and_streamed(gw):
                                                                temperature=0)
     reply = raw.parse()
     prompt = render_chat(AutoTokenizer.from_pretrained(SMALL), messages)
-    assert raw.headers["x-ferryman-model"] == "local" and reply.model == "local"
-    assert reply.usage.prompt_tokens == len(prompt) and reply.choices[0].message.content
+    assert raw.headers["x-ferryman-model"] == "local"
+    assert reply.model == "local"
+    assert reply.usage.prompt_tokens == len(prompt)
+    assert reply.choices[0].message.content
     chunks = list(client(gw).chat.completions.create(model="local", messages=messages, max_tokens=8, temperature=0,
                                                      stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     rec = record(gw, raw.headers["x-request-id"])
-    assert rec["cost_micros"] == micros("local", len(prompt), reply.usage.completion_tokens) and not rec["estimated"]
+    assert rec["cost_micros"] == micros("local", len(prompt), reply.usage.completion_tokens)
+    assert not rec["estimated"]
 
 
 def test_text_upstream_plain_and_streamed_billed_at_its_reported_usage(gw):
@@ -148,7 +126,8 @@ def test_text_upstream_plain_and_streamed_billed_at_its_reported_usage(gw):
     expected = usage_of(messages, "echo hello there world")
     raw = client(gw).chat.completions.with_raw_response.create(model="ext-big", messages=messages, max_tokens=50)
     reply = raw.parse()
-    assert reply.choices[0].message.content == "echo hello there world" and raw.headers["x-ferryman-model"] == "ext-big"
+    assert reply.choices[0].message.content == "echo hello there world"
+    assert raw.headers["x-ferryman-model"] == "ext-big"
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (expected["prompt_tokens"],
                                                                          expected["completion_tokens"])
     cost = micros("ext-big", expected["prompt_tokens"], expected["completion_tokens"])
@@ -160,7 +139,8 @@ def test_text_upstream_plain_and_streamed_billed_at_its_reported_usage(gw):
         model="ext-big", messages=messages, max_tokens=50, stream=True, stream_options={"include_usage": True})
     chunks = list(stream.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo hello there world"
-    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == expected["prompt_tokens"]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.prompt_tokens == expected["prompt_tokens"]
     assert record(gw, stream.headers["x-request-id"])["cost_micros"] == cost
 
 
@@ -168,7 +148,8 @@ def test_tool_call_round_trip_whole_and_streamed(gw):
     ask = [{"role": "user", "content": "weather in Paris?"}]
     first = client(gw).chat.completions.create(model="ext-big", messages=ask, tools=WEATHER, tool_choice="auto")
     [call] = first.choices[0].message.tool_calls
-    assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"}
     answer = [*ask, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
               {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
@@ -177,7 +158,8 @@ def test_tool_call_round_trip_whole_and_streamed(gw):
 
     chunks = list(client(gw).chat.completions.create(model="ext-big", messages=ask, tools=WEATHER, stream=True))
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or ())]
-    assert calls[0].function.name == "get_weather" and calls[0].id == "call_1"
+    assert calls[0].function.name == "get_weather"
+    assert calls[0].id == "call_1"
     assert "".join(tc.function.arguments or "" for tc in calls) == '{"city": "Paris"}'
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
@@ -217,7 +199,8 @@ def test_a_parameter_the_model_cannot_honour_is_a_400_naming_it(gw):
     image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
     with pytest.raises(openai.BadRequestError) as err:
         client(gw).chat.completions.create(model="ext-big", messages=[{"role": "user", "content": image}])
-    assert err.value.body["param"] == "messages.0.content" and "vision" in err.value.body["message"]
+    assert err.value.body["param"] == "messages.0.content"
+    assert "vision" in err.value.body["message"]
     # In a group, tools narrow the tiers to those that can call them: `auto` sends an easy question to ext-big.
     raw = client(gw).chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "hi"}],
                                                                tools=WEATHER)
@@ -227,7 +210,8 @@ def test_a_parameter_the_model_cannot_honour_is_a_400_naming_it(gw):
 def test_the_fake_upstream_speaks_only_text(gw):
     r = httpx.post(gw["urls"]["ext-big"] + "/v1/chat/completions", json={"model": "ext-big", "prompt": [1, 2, 3]},
                    headers={"authorization": "Bearer sk-fake-upstream"})
-    assert r.status_code == 400 and "token-id" in r.json()["error"]["message"]
+    assert r.status_code == 400
+    assert "token-id" in r.json()["error"]["message"]
 
 
 def test_mixed_group_routes_by_difficulty_and_counts_savings_against_its_strongest_tier(gw):
@@ -238,7 +222,8 @@ def test_mixed_group_routes_by_difficulty_and_counts_savings_against_its_stronge
     assert (easy.headers["x-ferryman-model"], easy.headers["x-ferryman-route"]) == ("local", "local")
     assert (hard.headers["x-ferryman-model"], hard.headers["x-ferryman-route"]) == ("ext-big", "ext-big")
     cheap = record(gw, easy.headers["x-request-id"])
-    assert cheap["route_group"] == "auto" and cheap["model"] == "local"
+    assert cheap["route_group"] == "auto"
+    assert cheap["model"] == "local"
     u = easy.parse().usage
     assert cheap["baseline_cost_micros"] == micros("ext-big", u.prompt_tokens, u.completion_tokens)
     assert cheap["cost_micros"] == micros("local", u.prompt_tokens, u.completion_tokens)
@@ -248,13 +233,16 @@ def test_429_upstream_passes_to_the_next_tier_or_reaches_the_client(gw):
     raw = client(gw).chat.completions.with_raw_response.create(
         model="limited", messages=[{"role": "user", "content": "hello"}], max_tokens=10)
     assert raw.parse().choices[0].message.content == "echo hello"
-    assert raw.headers["x-ferryman-model"] == "ext-big" and raw.headers["x-ferryman-fallback-from"] == "ext-limited"
+    assert raw.headers["x-ferryman-model"] == "ext-big"
+    assert raw.headers["x-ferryman-fallback-from"] == "ext-limited"
     assert record(gw, raw.headers["x-request-id"])["route_group"] == "limited"
     with pytest.raises(openai.RateLimitError) as err:
         client(gw).chat.completions.create(model="ext-limited", messages=[{"role": "user", "content": "hello"}])
-    assert err.value.body["code"] == "upstream_rate_limited" and int(err.value.response.headers["retry-after"]) >= 1
+    assert err.value.body["code"] == "upstream_rate_limited"
+    assert int(err.value.response.headers["retry-after"]) >= 1
     failed = [r for r in gw["billing"].usage(gw["tenant"]) if r["model"] == "ext-limited"]
-    assert failed and all(r["cost_micros"] == 0 and r["status"] == "unavailable" for r in failed)
+    assert failed
+    assert all(r["cost_micros"] == 0 and r["status"] == "unavailable" for r in failed)
     assert gw["billing"].ledger_totals(gw["tenant"])["open_reservations"] == 0
 
 
@@ -262,7 +250,8 @@ def test_with_every_large_replica_down_auto_falls_back_to_the_small_model(gw):
     raw = client(gw).chat.completions.with_raw_response.create(
         model="all-down", messages=[{"role": "user", "content": HARD}], max_tokens=4, temperature=0)
     assert raw.parse().choices[0].message.content
-    assert raw.headers["x-ferryman-model"] == "local" and raw.headers["x-ferryman-fallback-from"] == "dead-large"
+    assert raw.headers["x-ferryman-model"] == "local"
+    assert raw.headers["x-ferryman-fallback-from"] == "dead-large"
 
 
 def test_an_upstream_without_usage_is_billed_on_an_estimate_marked_so(gw):
@@ -270,7 +259,9 @@ def test_an_upstream_without_usage_is_billed_on_an_estimate_marked_so(gw):
         model="ext-quiet", messages=[{"role": "user", "content": "hello there"}], max_tokens=10)
     usage = raw.parse().usage
     rec = record(gw, raw.headers["x-request-id"])
-    assert rec["estimated"] and rec["prompt_tokens"] == usage.prompt_tokens > 0 and rec["completion_tokens"] > 0
+    assert rec["estimated"]
+    assert rec["prompt_tokens"] == usage.prompt_tokens > 0
+    assert rec["completion_tokens"] > 0
 
 
 def test_allow_list_decides_what_a_tenant_sees_and_may_call(gw):
@@ -283,7 +274,8 @@ def test_allow_list_decides_what_a_tenant_sees_and_may_call(gw):
     for name in ("auto", "local"):
         with pytest.raises(openai.PermissionDeniedError) as err:
             client(gw, key).chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
-        assert err.value.body["code"] == "model_not_allowed" and name in err.value.body["message"]
+        assert err.value.body["code"] == "model_not_allowed"
+        assert name in err.value.body["message"]
     with pytest.raises(openai.NotFoundError):
         client(gw, key).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
     assert billing.usage(tenant["id"]) == []
@@ -297,7 +289,8 @@ def test_killed_upstream_process_falls_back_to_the_next_tier(gw):
     gw["procs"]["ext-doomed"].kill()
     gw["procs"]["ext-doomed"].wait()
     after = client(gw).chat.completions.with_raw_response.create(**ask)
-    assert after.headers["x-ferryman-model"] == "local" and after.headers["x-ferryman-fallback-from"] == "ext-doomed"
+    assert after.headers["x-ferryman-model"] == "local"
+    assert after.headers["x-ferryman-fallback-from"] == "ext-doomed"
     chunks = list(client(gw).chat.completions.create(**ask, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == after.parse().choices[0].message.content
     rec = record(gw, after.headers["x-request-id"])

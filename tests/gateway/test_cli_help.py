@@ -3,6 +3,7 @@ values it takes; limits, targets and budgets can be removed again; alerts can be
 capacity-plan layout is refused with the reason."""
 from __future__ import annotations
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -84,6 +85,7 @@ def test_limits_targets_and_budgets_can_be_removed_and_alerts_listed(tmp_path):
     assert "has no budget" in ferryman(url, "tenants", "budget-delete", "acme", code=1)
 
 
+@pytest.mark.slow
 def test_a_layout_the_model_cannot_be_sharded_into_is_refused():
     result = runner.invoke(app, ["plan", "capacity", "--layouts", "2x1,3x1", "--duration", "1"])
     assert result.exit_code == 1

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 FERRYMAN = str(Path(sys.executable).parent / "ferryman")
 
 

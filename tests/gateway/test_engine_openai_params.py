@@ -12,12 +12,10 @@ import pytest
 
 from backends.engine import EngineBackend, EngineConfig
 from backends.server import create_replica_app
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import Catalog
-from gateway.config import Settings
 from tests.engine.test_tool_calls import ASK, FAMILIES, WEATHER, _checkpoint, _tokenizer
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +26,14 @@ def stack(tmp_path_factory):
     backend = EngineBackend("qwen-tiny", EngineConfig(model=str(path), name="qwen-tiny", block_size=4,
                                                       num_kv_blocks=512))
     db = tmp_path_factory.mktemp("db") / "ledger.db"
-    settings = Settings(database_url=f"sqlite:///{db}", admin_key="fm-admin-test-key")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
     catalog = Catalog.model_validate({"models": [{"name": "qwen-tiny", "kind": "engine", "path": str(path),
                                                   "price": {"input": 1.0, "output": 2.0}}]})
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     backends={"qwen-tiny": backend}, tokenizer=backend.tokenizer, catalog=catalog)
-    tenant = billing.create_tenant("agents")
-    key, _ = billing.create_key(tenant["id"])
+    wiring = gateway_app(f"sqlite:///{db}", tokenizer=backend.tokenizer, backends={"qwen-tiny": backend},
+                         catalog=catalog)
+    tenant_id, key = wiring.tenant("agents")
     replica = create_replica_app(backend, backend.tokenizer)  # the same engine, as its own OpenAI server
-    with serve(app) as url, serve(replica) as replica_url:
-        yield (openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), billing, tenant["id"],
+    with serve(wiring.app) as url, serve(replica) as replica_url:
+        yield (openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), wiring.billing, tenant_id,
                openai.OpenAI(base_url=replica_url + "/v1", api_key="none", max_retries=0), backend)
 
 
@@ -74,7 +68,9 @@ def test_streamed_tool_call_through_the_gateway(gateway):
         final = stream.get_final_completion().choices[0]
     [call] = final.message.tool_calls
     assert (call.function.name, call.function.arguments) == ("get_weather", whole.function.arguments)
-    assert final.finish_reason == "tool_calls" and len(pieces) > 3 and "".join(pieces) == call.function.arguments
+    assert final.finish_reason == "tool_calls"
+    assert len(pieces) > 3
+    assert "".join(pieces) == call.function.arguments
     jsonschema_rs.validate(WEATHER["function"]["parameters"], json.loads(call.function.arguments))
 
 
@@ -103,7 +99,8 @@ def test_n_choices_through_the_gateway_are_all_billed(stack):
     prompt = answer.usage.prompt_tokens
     record = billing.usage(tenant)[0]
     assert answer.usage.completion_tokens == record["completion_tokens"] == tokens > 12
-    assert record["prompt_tokens"] == prompt and record["status"] == "ok"  # the prompt once
+    assert record["prompt_tokens"] == prompt
+    assert record["status"] == "ok"  # the prompt once
     assert record["cost_micros"] == prompt * 1 + tokens * 2
     # one prefill: the later choices found the first one's prompt blocks in the prefix cache
     assert backend.engine.block_manager.prefix_hits - hits >= 2 * ((prompt - 1) // 4 * 4)
@@ -121,7 +118,8 @@ def test_n_choices_stream_with_their_indexes(gateway):
             texts[c.index] += c.delta.content or ""
             finished |= {c.index} if c.finish_reason else set()
             tokens += len(c.logprobs.content) if c.logprobs else 0
-    assert finished == {0, 1} and all(texts.values())
+    assert finished == {0, 1}
+    assert all(texts.values())
     assert chunks[-1].usage.completion_tokens == tokens > 6
     whole = gateway.chat.completions.create(model="qwen-tiny", messages=ASK, n=2, temperature=1.0, seed=3,
                                             max_tokens=6)
@@ -137,7 +135,8 @@ def test_completion_logprobs_equal_the_replica_servers(stack, stream):
     assert ours["token_logprobs"] == pytest.approx(theirs["token_logprobs"], abs=1e-5)
     for a, b in zip(ours["top_logprobs"], theirs["top_logprobs"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
-    assert len(ours["tokens"]) == 6 and all(len(top) == 3 for top in ours["top_logprobs"])
+    assert len(ours["tokens"]) == 6
+    assert all(len(top) == 3 for top in ours["top_logprobs"])
 
 
 def test_chat_logprobs_equal_the_replica_servers(stack):
@@ -171,7 +170,8 @@ def test_logit_bias_reaches_the_sampler_and_a_token_outside_the_vocabulary_is_a_
     before = len(billing.usage(tenant))
     with pytest.raises(openai.BadRequestError) as err:
         gateway.completions.create(model="qwen-tiny", prompt="say", max_tokens=4, logit_bias={"99999999": 5})
-    assert err.value.body["param"] == "logit_bias" and len(billing.usage(tenant)) == before
+    assert err.value.body["param"] == "logit_bias"
+    assert len(billing.usage(tenant)) == before
 
 
 def test_vllm_extensions_repetition_penalty_and_top_k_equal_the_replica_servers(stack):
@@ -185,7 +185,8 @@ def test_vllm_extensions_repetition_penalty_and_top_k_equal_the_replica_servers(
     plain = run(gateway)
     for extra in ({"repetition_penalty": 3.0}, {"top_k": 2}):
         (tokens, ours), (their_tokens, theirs) = run(gateway, **extra), run(replica, **extra)
-        assert tokens == their_tokens and ours == pytest.approx(theirs, abs=1e-5), extra
+        assert tokens == their_tokens, extra
+        assert ours == pytest.approx(theirs, abs=1e-5), extra
         assert (tokens, ours) != plain, extra  # the parameter changed the distribution (or the draw)
 
 

@@ -64,6 +64,7 @@ def fuzz(operation, url: str, key: str, failures: list[str]) -> None:
     no_5xx()
 
 
+@pytest.mark.slow
 def test_no_input_gets_a_5xx(live):
     """derandomize=True: hypothesis draws from a fixed seed, so every run sends the same cases."""
     url, key, billing, tenant_id = live
@@ -82,6 +83,7 @@ def test_no_input_gets_a_5xx(live):
 
 
 
+@pytest.mark.slow
 def test_round_two_inputs_limits_and_raw_heads_get_no_5xx(limited):
     """The /v1 operations again, against per-request limits they often cross (400 naming the limit) and behind the
     HTTP limits; then generated request heads (header names, values and counts, request targets, raw bytes) sent

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,9 @@ import httpx
 import pytest
 
 from billing import Billing
+from tests.harness import free_port
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +49,7 @@ class Gateway:
         self.billing.ensure_admin_defaults()
         tenant = self.billing.create_tenant("acme")
         self.tenant_id, self.key = tenant["id"], self.billing.create_key(tenant["id"], "test")[0]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen([sys.executable, "-c", GATEWAY, self.db, str(port), str(grace_s)], cwd=ROOT,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -116,26 +116,34 @@ def test_sigterm_drains_streams_in_flight_refuses_new_work_settles_each_and_exit
     gw.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     ready = httpx.get(gw.url + "/ready")
-    assert ready.status_code == 503 and "shutting down" in ready.json()["error"]["message"]
+    assert ready.status_code == 503
+    assert "shutting down" in ready.json()["error"]["message"]
     assert httpx.get(gw.url + "/health").status_code == 200
     refused = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {gw.key}"},
                          json={"model": "ferryman-small", "messages": [{"role": "user", "content": "hi"}]})
-    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "shutting_down"
 
     short.join(30)
-    assert short.ended_cleanly and short.events[-1] == "[DONE]" and short.tokens() == 20
+    assert short.ended_cleanly
+    assert short.events[-1] == "[DONE]"
+    assert short.tokens() == 20
     long.join(30)
-    assert long.ended_cleanly and 3.5 < time.perf_counter() - t < 15
+    assert long.ended_cleanly
+    assert 3.5 < time.perf_counter() - t < 15
     error = json.loads(long.events[-1])["error"]
-    assert error["code"] == "shutting_down" and error["type"] == "server_error"
+    assert error["code"] == "shutting_down"
+    assert error["type"] == "server_error"
     assert gw.process.wait(30) == 0
 
     records = {r["request_id"]: r for r in gw.records()}
     assert set(records) == {short.request_id, long.request_id}  # the refused request left nothing
-    assert records[short.request_id]["status"] == "ok" and records[short.request_id]["completion_tokens"] == 20
+    assert records[short.request_id]["status"] == "ok"
+    assert records[short.request_id]["completion_tokens"] == 20
     cut = records[long.request_id]
-    assert cut["completion_tokens"] == long.tokens() and 0 < long.tokens() < 400
+    assert cut["completion_tokens"] == long.tokens()
+    assert 0 < long.tokens() < 400
     # cut by the restart (an error event, the gateway's failure): on record with its tokens, and free
     assert (cut["status"], cut["cost_micros"]) == ("error", 0)
     assert gw.billing.ledger_totals(gw.tenant_id)["open_reservations"] == 0

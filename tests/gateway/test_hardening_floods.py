@@ -16,6 +16,8 @@ from tests.gateway.conftest import Gateway, make_gateway
 from tests.gateway.test_hardening_inputs import Prober, assert_openai_error, other_tenant_key, post
 from tests.util import serve
 
+pytestmark = pytest.mark.slow
+
 LIMITS = dict(max_messages=4, max_content_parts=3, max_prompt_token_ids=100)
 
 
@@ -107,7 +109,8 @@ def test_the_four_floods_are_refused_and_never_stall_another_tenant(gateway):
         t.join()
     prober.done.set()
     prober.join(10)
-    assert prober.statuses and set(prober.statuses) == {200}
+    assert prober.statuses
+    assert set(prober.statuses) == {200}
     assert max(prober.latencies) < STALL_BOUND_S, prober.latencies
     assert gateway.records() == []
     assert gateway.billing.ledger_totals(gateway.tenant_id)["open_reservations"] == 0
@@ -116,7 +119,7 @@ def test_the_four_floods_are_refused_and_never_stall_another_tenant(gateway):
 def test_a_sender_that_keeps_being_refused_waits_for_its_answers_and_a_served_request_never_does(tmp_path, tokenizer):
     """gateway/tarpit.py: past a burst of refusals per sender, each refusal waits; the same address's valid key and
     another tenant are answered at once."""
-    app, billing, tenant_id, key, backends = make_gateway(tmp_path, tokenizer, refusal_burst=5, refusal_delay_s=0.5,
+    app, billing, tenant_id, key, backends = make_gateway(tmp_path, tokenizer, refusal_burst=5, refusal_delay_s=1.0,
                                                        refusals_per_s=0.1)
     with serve(app) as url:
         gw = Gateway(url, billing, tenant_id, key, backends)
@@ -127,17 +130,19 @@ def test_a_sender_that_keeps_being_refused_waits_for_its_answers_and_a_served_re
             assert_openai_error(post(gw, "/v1/chat/completions", chat([user("hi")]), authorization=f"Bearer {junk}"),
                                 401)
             took.append(time.perf_counter() - t)
-        assert max(took[:4]) < 0.4 and min(took[-2:]) >= 0.5, took  # the burst at once, then held back
+        # the burst at once, then held back (an answer "at once" may take a moment on a loaded 2-core machine)
+        assert max(took[:4]) < 0.9, took
+        assert min(took[-2:]) >= 1.0, took
         t = time.perf_counter()
         assert post(gw, "/v1/chat/completions", chat([user("hi")])).status_code == 200  # same address, valid key
-        assert time.perf_counter() - t < 0.4
+        assert time.perf_counter() - t < 0.9
         for _ in range(7):  # a tenant's own over-limit bodies count against it, not against another tenant
             assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"})), 404, "model")
         t = time.perf_counter()
         assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"})), 404, "model")
-        assert time.perf_counter() - t >= 0.5
+        assert time.perf_counter() - t >= 1.0
         t = time.perf_counter()
         assert_openai_error(post(gw, "/v1/completions", json.dumps({"model": "nope", "prompt": "x"}),
                                  authorization=f"Bearer {other_tenant_key(gw)}"), 404, "model")
-        assert time.perf_counter() - t < 0.4
+        assert time.perf_counter() - t < 0.9
     billing.close()

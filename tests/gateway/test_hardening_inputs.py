@@ -11,13 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import embedded
 from gateway.config import Settings
-from tests.gateway.conftest import ADMIN_KEY, Gateway
-from tests.util import LengthRouter, serve
+from tests.gateway.conftest import Gateway
+from tests.harness import echo_backends, gateway_app
+from tests.util import serve
 
 BAD_INPUTS = [  # (name, path, raw body, status, the parameter the error must name)
     ("seed past int64", "/v1/chat/completions",
@@ -55,7 +53,8 @@ def post(gw, path: str, body, **headers) -> httpx.Response:
 def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> dict:
     assert r.status_code == status, r.text
     error = r.json()["error"]  # OpenAI's shape, never {"detail": ...}
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
     assert error["param"] == param
     return error
 
@@ -71,7 +70,8 @@ def test_bad_input_is_an_openai_4xx_naming_the_parameter_and_changes_nothing(gat
 
 def test_malformed_json_says_what_is_wrong_and_where(gateway):
     error = assert_openai_error(post(gateway, "/v1/chat/completions", '{"model": "auto", 30'), 400)
-    assert "could not parse the JSON body" in error["message"] and "at character 18" in error["message"]
+    assert "could not parse the JSON body" in error["message"]
+    assert "at character 18" in error["message"]
 
 
 def test_wrong_method_is_an_openai_405(gateway):
@@ -102,7 +102,8 @@ def test_a_failure_after_the_stream_started_is_an_sse_error_event_then_a_clean_e
     assert events[-1] == {"error": {"message": "The server had an error while processing your request.",
                                     "type": "server_error", "param": None, "code": None}}
     [record] = gateway.records()
-    assert record["status"] == "error" and record["completion_tokens"] == 2
+    assert record["status"] == "error"
+    assert record["completion_tokens"] == 2
     assert gateway.billing.ledger_totals(gateway.tenant_id)["open_reservations"] == 0
 
 
@@ -119,11 +120,13 @@ def test_openapi_lists_the_error_statuses_of_each_v1_route(gateway):
 def test_docs_page_works_offline(gateway):
     """/docs is Swagger UI served from the gateway's own files: no CDN on the page."""
     page = httpx.get(gateway.url + "/docs").text
-    assert "http://" not in page and "https://" not in page
+    assert "http://" not in page
+    assert "https://" not in page
     for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
         assert asset in page
         r = httpx.get(gateway.url + asset)
-        assert r.status_code == 200 and len(r.content) > 10_000
+        assert r.status_code == 200
+        assert len(r.content) > 10_000
 
 
 # --- point 3: nothing on the event loop scales with input size ----------------------------------------------
@@ -173,7 +176,8 @@ def test_huge_bodies_get_413_at_once_and_never_stall_other_tenants(gateway):
     for _ in range(3):
         t = time.perf_counter()
         error = assert_openai_error(post(gateway, "/v1/chat/completions", five_mb), 413)
-        assert error["code"] == "request_too_large" and time.perf_counter() - t < 2.0
+        assert error["code"] == "request_too_large"
+        assert time.perf_counter() - t < 2.0
 
     def chunked():  # no Content-Length: refused as soon as the count passes the limit
         for _ in range(80):
@@ -185,10 +189,12 @@ def test_huge_bodies_get_413_at_once_and_never_stall_other_tenants(gateway):
     time.sleep(0.3)
     prober.done.set()
     prober.join(10)
-    assert prober.statuses and set(prober.statuses) == {200}
+    assert prober.statuses
+    assert set(prober.statuses) == {200}
     assert max(prober.latencies) < SMALL_BOUND_S, prober.latencies
     assert rss_mb() - baseline < 100, (baseline, rss_mb())
-    assert gateway.records()[0]["completion_tokens"] == 1 and len(gateway.records()) == 1
+    assert gateway.records()[0]["completion_tokens"] == 1
+    assert len(gateway.records()) == 1
 
 
 def test_a_prompt_that_cannot_fit_is_refused_without_tokenizing_it(gateway):
@@ -203,12 +209,13 @@ def test_a_prompt_that_cannot_fit_is_refused_without_tokenizing_it(gateway):
     for _ in range(3):
         t = time.perf_counter()
         error = assert_openai_error(post(gateway, "/v1/chat/completions", body), 400, "messages")
-        assert time.perf_counter() - t < 1.0
+        assert time.perf_counter() - t < 2.5  # tokenizing 1.5 MB would take ~5 s
     time.sleep(0.2)
     prober.done.set()
     prober.join(10)
     assert "maximum context length is 512 tokens" in error["message"]
-    assert set(prober.statuses) == {200} and max(prober.latencies) < SMALL_BOUND_S, prober.latencies
+    assert set(prober.statuses) == {200}, prober.latencies
+    assert max(prober.latencies) < SMALL_BOUND_S, prober.latencies
     assert rss_mb() - baseline < 50, (baseline, rss_mb())
 
 
@@ -216,19 +223,15 @@ def test_a_prompt_that_cannot_fit_is_refused_without_tokenizing_it(gateway):
 def long_context_gateway(tmp_path, tokenizer):
     """The echo gateway with the bundled pair's context stretched to 200k tokens, so long prompts really get
     tokenized."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key=ADMIN_KEY)
-    catalog = embedded(settings)
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    catalog = embedded(Settings(database_url=database_url))
     for entry in catalog.models:
         entry.context_length = 200_000
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    backends = {e.name: EchoBackend(e.name, tokenizer.decode) for e in catalog.models}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
-                     tokenizer=tokenizer, catalog=catalog)
-    tenant = billing.create_tenant("acme")
-    with serve(app) as url:
-        yield Gateway(url, billing, tenant["id"], billing.create_key(tenant["id"], "test")[0], backends)
+    backends = echo_backends(tokenizer.decode, names=[e.name for e in catalog.models])
+    wiring = gateway_app(database_url, tokenizer=tokenizer, backends=backends, catalog=catalog)
+    tenant_id, key = wiring.tenant()
+    with serve(wiring.app) as url:
+        yield Gateway(url, wiring.billing, tenant_id, key, backends)
 
 
 def test_a_long_prompt_is_tokenized_off_the_event_loop(long_context_gateway):
@@ -245,10 +248,12 @@ def test_a_long_prompt_is_tokenized_off_the_event_loop(long_context_gateway):
     for _ in range(2):
         t = time.perf_counter()
         r = post(gw, "/v1/chat/completions", body)
-        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 100_000
+        assert r.status_code == 200
+        assert r.json()["usage"]["prompt_tokens"] > 100_000
         took = time.perf_counter() - t
     prober.done.set()
     prober.join(10)
     assert took > 3 * max(prober.latencies)  # the long prompt really took its time...
-    assert set(prober.statuses) == {200} and max(prober.latencies) < SMALL_BOUND_S, prober.latencies  # ...not theirs
+    assert set(prober.statuses) == {200}, prober.latencies
+    assert max(prober.latencies) < SMALL_BOUND_S, prober.latencies  # ...not theirs
     assert rss_mb() - baseline < 150, (baseline, rss_mb())

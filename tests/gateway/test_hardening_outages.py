@@ -21,12 +21,12 @@ from sqlalchemy import create_engine, text
 
 from backends.echo import EchoBackend
 from backends.remote import RemoteBackend
-from billing import Billing
 from billing.redis_limits import RedisRateLimiter
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.shared_limits import RedisOutagePolicy
 from tests.gateway.conftest import ADMIN_KEY, Gateway
+from tests.harness import free_port, gateway_app
 from tests.util import LengthRouter, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,25 +97,12 @@ def reachable(port: int) -> bool:
     return False
 
 
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gateway_with(tokenizer, database_url: str, limiter=None, billing=None):
-    settings = Settings(database_url=database_url, admin_key=ADMIN_KEY)
-    billing = billing or Billing(database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    tenant = billing.create_tenant(f"acme-{uuid.uuid4().hex[:6]}", rpm=1000)
-    key, _ = billing.create_key(tenant["id"], "test")
-    backends = {name: EchoBackend(name, tokenizer.decode) for name in ("ferryman-small", "ferryman-large")}
-    app = create_app(settings, billing=billing, limiter=limiter, router=LengthRouter(), backends=backends,
-                     tokenizer=tokenizer)
-    with serve(app) as url:
-        yield Gateway(url, billing, tenant["id"], key, backends)
+    wiring = gateway_app(database_url, tokenizer=tokenizer, limiter=limiter, billing=billing)
+    tenant_id, key = wiring.tenant(f"acme-{uuid.uuid4().hex[:6]}", rpm=1000)
+    with serve(wiring.app) as url:
+        yield Gateway(url, wiring.billing, tenant_id, key, wiring.backends)
 
 
 def chat(gw) -> httpx.Response:
@@ -128,7 +115,9 @@ def assert_503(r: httpx.Response, code: str, names: str) -> None:
     assert r.status_code == 503, r.text
     assert int(r.headers["retry-after"]) >= 1
     error = r.json()["error"]
-    assert error["type"] == "server_error" and error["code"] == code and names in error["message"]
+    assert error["type"] == "server_error"
+    assert error["code"] == code
+    assert names in error["message"]
 
 
 def assert_ready(gw, problem: str | None) -> None:
@@ -137,7 +126,9 @@ def assert_ready(gw, problem: str | None) -> None:
     if problem is None:
         assert r.status_code == 200, r.text
     else:
-        assert r.status_code == 503 and "retry-after" in r.headers and problem in r.json()["error"]["message"]
+        assert r.status_code == 503
+        assert "retry-after" in r.headers
+        assert problem in r.json()["error"]["message"]
 
 
 # --- Redis --------------------------------------------------------------------------------------------------
@@ -155,14 +146,15 @@ def redis_limiter(port: int, policy: str) -> RedisOutagePolicy:
 
 
 def test_redis_at_a_dead_port_fails_closed_with_503(tmp_path, tokenizer):
-    with gateway_with(tokenizer, f"sqlite:///{tmp_path / 'l.db'}", redis_limiter(dead_port(), "closed")) as gw:
+    with gateway_with(tokenizer, f"sqlite:///{tmp_path / 'l.db'}", redis_limiter(free_port(), "closed")) as gw:
         assert_503(chat(gw), "rate_limiter_unavailable", "Redis")
         assert_ready(gw, "redis unreachable")
-        assert gw.records() == [] and gw.billing.ledger_totals(gw.tenant_id)["open_reservations"] == 0
+        assert gw.records() == []
+        assert gw.billing.ledger_totals(gw.tenant_id)["open_reservations"] == 0
 
 
 def test_redis_at_a_dead_port_falls_back_to_local_limits_when_configured(tmp_path, tokenizer):
-    with gateway_with(tokenizer, f"sqlite:///{tmp_path / 'l.db'}", redis_limiter(dead_port(), "local")) as gw:
+    with gateway_with(tokenizer, f"sqlite:///{tmp_path / 'l.db'}", redis_limiter(free_port(), "local")) as gw:
         gw.billing.update_tenant(gw.tenant_id, rpm=2)
         gw.billing._invalidate()
         assert [chat(gw).status_code for _ in range(3)] == [200, 200, 429]  # the process's own limit holds
@@ -195,7 +187,7 @@ def test_redis_that_goes_away_mid_run_and_comes_back(tmp_path, tokenizer, redis_
 
 def test_ready_names_a_model_whose_replicas_are_all_down(tmp_path, tokenizer):
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'l.db'}", admin_key=ADMIN_KEY)
-    dead = RemoteBackend("ferryman-large", [f"http://127.0.0.1:{dead_port()}"], health_interval_s=0.1)
+    dead = RemoteBackend("ferryman-large", [f"http://127.0.0.1:{free_port()}"], health_interval_s=0.1)
     backends = {"ferryman-small": EchoBackend("ferryman-small", tokenizer.decode), "ferryman-large": dead}
     app = create_app(settings, router=LengthRouter(), backends=backends, tokenizer=tokenizer)
     with serve(app) as url:
@@ -203,9 +195,11 @@ def test_ready_names_a_model_whose_replicas_are_all_down(tmp_path, tokenizer):
         while time.time() < deadline and httpx.get(url + "/ready").status_code == 200:
             time.sleep(0.1)  # until the first health check has failed
         r = httpx.get(url + "/ready")
-        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
         [problem] = r.json()["problems"]
-        assert problem.startswith("model ferryman-large is down (") and "down: health check" in problem
+        assert problem.startswith("model ferryman-large is down (")
+        assert "down: health check" in problem
         assert r.json()["upstreams"]["ferryman-large"]["state"] == "down"
         assert httpx.get(url + "/health").status_code == 200
 
@@ -262,18 +256,23 @@ def ferryman(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.slow
 def test_database_down_at_start_is_one_line_naming_the_url_without_its_password():
-    url = f"postgresql+psycopg://root:hunter2@127.0.0.1:{dead_port()}/test"
-    done = ferryman("serve", "--port", str(dead_port()), FERRYMAN_DATABASE_URL=url)
+    url = f"postgresql+psycopg://root:hunter2@127.0.0.1:{free_port()}/test"
+    done = ferryman("serve", "--port", str(free_port()), FERRYMAN_DATABASE_URL=url)
     assert done.returncode != 0
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1, lines
-    assert url.replace("hunter2", "***") in lines[0] and "hunter2" not in lines[0]
+    assert url.replace("hunter2", "***") in lines[0]
+    assert "hunter2" not in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_settings_are_one_line_naming_each():
     done = ferryman("serve", FERRYMAN_PORT="eighty", FERRYMAN_REDIS_OUTAGE="maybe")
     assert done.returncode != 0
     lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ferryman: bad setting: "), lines
-    assert "FERRYMAN_PORT='eighty'" in lines[0] and "FERRYMAN_REDIS_OUTAGE='maybe'" in lines[0]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("ferryman: bad setting: "), lines
+    assert "FERRYMAN_PORT='eighty'" in lines[0]
+    assert "FERRYMAN_REDIS_OUTAGE='maybe'" in lines[0]

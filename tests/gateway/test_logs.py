@@ -8,16 +8,16 @@ import json
 import logging
 
 import httpx
+import pytest
 
 from backends.base import BackendUnavailable
 from backends.echo import EchoBackend
 from backends.remote import RemoteBackend
-from billing import RateLimiter
-from gateway.app import create_app
 from gateway.logs import JSONFormatter
 from tests.gateway.conftest import make_gateway
 from tests.gateway.test_alert_webhook import spend_past_the_threshold
-from tests.util import LengthRouter, serve
+from tests.harness import echo_backends, free_port, gateway_app
+from tests.util import serve
 
 SECRET_PROMPT = "the launch code is 0451"
 
@@ -65,13 +65,12 @@ class Down(EchoBackend):
 
 
 def test_a_fallback_is_a_warning_and_in_the_access_line(tmp_path, tokenizer, caplog):
-    first, billing, _, key, backends = make_gateway(tmp_path, tokenizer)
     # the embedded `auto` group: a short question goes to the small model first, the large one if it is down
-    app = create_app(first.state.settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     tokenizer=tokenizer,
-                     backends={"ferryman-small": Down("ferryman-small"), "ferryman-large": backends["ferryman-large"]})
+    backends = echo_backends(tokenizer.decode) | {"ferryman-small": Down("ferryman-small")}
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, backends=backends)
+    _, key = wiring.tenant()
     caplog.set_level(logging.INFO)
-    with serve(app) as url:
+    with serve(wiring.app) as url:
         r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                        json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200, r.text
@@ -117,19 +116,17 @@ def test_replica_health_is_logged_only_when_it_changes_and_breakers_say_open_and
     assert all(r.levelno == logging.WARNING for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_engine_serve_logs_its_start_requests_at_debug_and_its_drain(tmp_path):
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     err = open(tmp_path / "stderr", "w+")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ferryman"), "engine", "serve", "--model",
                              str(root / "models" / "small"), "--name", "tiny", "--port", str(port)],

@@ -3,7 +3,6 @@ counting them, and with `serve --workers 2` one scrape summing both workers."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backends.base import BackendUnavailable
 from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
+from billing import Billing
 from tests.gateway.conftest import ADMIN_KEY
 from tests.gateway.test_proxy_wire import CountingUpstream
 from tests.gateway.test_workers import REDIS, _redis_up, _wait_ready
-from tests.util import LengthRouter, serve
+from tests.harness import free_port, gateway_app
+from tests.util import serve
 
 METRICS_KEY = "fm-metrics-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -46,17 +44,12 @@ def refused(samples: dict, reason: str, model: str) -> float:
 
 @pytest.fixture
 def gateway(tmp_path, tokenizer):
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key=ADMIN_KEY,
-                        metrics_key=METRICS_KEY)
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
     backends = {"ferryman-small": EchoBackend("ferryman-small", tokenizer.decode, delay_s=0.01),
                 "ferryman-large": Down("ferryman-large")}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), backends=backends,
-                     tokenizer=tokenizer)
-    with serve(app) as url:
-        yield url, billing
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, backends=backends,
+                         metrics_key=METRICS_KEY)
+    with serve(wiring.app) as url:
+        yield url, wiring.billing
 
 
 def test_metrics_are_closed_to_tenants_and_open_to_the_metrics_key_and_the_admin_key(gateway):
@@ -75,6 +68,7 @@ def ask(url: str, key: str, model: str = "ferryman-small", max_tokens: int = 4, 
                             "stream": stream})
 
 
+@pytest.mark.slow
 def test_every_refusal_is_counted_by_reason_and_model_and_in_the_live_error_share(gateway):
     url, billing = gateway
     keys = {}
@@ -131,6 +125,8 @@ def test_every_refusal_is_counted_by_reason_and_model_and_in_the_live_error_shar
     assert live["error_share"] == pytest.approx(10 / 12)
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 @pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_one_scrape_sums_both_workers(tmp_path):
     upstream = CountingUpstream()
@@ -142,9 +138,7 @@ def test_one_scrape_sums_both_workers(tmp_path):
     billing.create_schema()
     billing.ensure_admin_defaults()
     key, _ = billing.create_key(billing.create_tenant("two-workers")["id"], "test")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "FERRYMAN_DATABASE_URL": database, "FERRYMAN_REDIS_URL": REDIS,
            "FERRYMAN_REDIS_PREFIX": f"fm-test-{tmp_path.name}", "FERRYMAN_METRICS_KEY": METRICS_KEY}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

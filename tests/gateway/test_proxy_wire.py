@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 
 import httpx
 import pytest
 
-from billing import Billing
-from gateway.app import create_app
 from gateway.catalog import Catalog
-from gateway.config import Settings
+from tests.harness import free_port, gateway_app
 from tests.util import serve
 
 USAGE = {"prompt_tokens": 24, "completion_tokens": 3, "total_tokens": 27}
@@ -26,9 +23,7 @@ class CountingUpstream:
 
     def __init__(self):
         self.connections, self.bodies = 0, []
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         threading.Thread(target=self._run, args=(ready,), daemon=True).start()
@@ -77,25 +72,22 @@ def _streamed() -> bytes:
 @pytest.fixture
 def proxy(tmp_path):
     upstream = CountingUpstream()
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key="fm-admin-wire")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
     catalog = Catalog.model_validate({"models": [{
         "name": "up", "kind": "openai", "base_url": f"http://127.0.0.1:{upstream.port}/v1",
         "price": {"input": 1.0, "output": 2.0}}]})
-    tenant = billing.create_tenant("wire")
-    key, _ = billing.create_key(tenant["id"], "test")
-    with serve(create_app(settings, billing=billing, catalog=catalog)) as url:
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", catalog=catalog, router=None)
+    tenant_id, key = wiring.tenant("wire")
+    with serve(wiring.app) as url:
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
-            yield client, upstream, billing, tenant["id"]
+            yield client, upstream, wiring.billing, tenant_id
 
 
 def test_sequential_requests_reuse_one_upstream_connection(proxy):
     client, upstream, billing, tenant_id = proxy
     for i in range(100):
         r = client.post("/v1/chat/completions", json={"model": "up", "messages": [{"role": "user", "content": f"q{i}"}]})
-        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "one two three"
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == "one two three"
     for i in range(20):
         with client.stream("POST", "/v1/chat/completions", json={
                 "model": "up", "stream": True, "messages": [{"role": "user", "content": f"s{i}"}]}) as r:

@@ -11,10 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from backends.engine import EngineBackend, EngineConfig
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {name: ROOT / "models" / name.split("-")[1] for name in ("ferryman-small", "ferryman-large")}
@@ -24,18 +22,12 @@ QUESTIONS = ["reverse abcd", "add 12 34", "Tell me about the sea and the ships t
 @pytest.fixture(scope="module")
 def real_gateway(tmp_path_factory, tokenizer):
     tmp = tmp_path_factory.mktemp("real")
-    settings = Settings(database_url=f"sqlite:///{tmp / 'ledger.db'}")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    tenant = billing.create_tenant("acme")
-    key, _ = billing.create_key(tenant["id"])
     backends = {name: EngineBackend(name, EngineConfig(model=str(path), name=name, kv_cache_memory_gb=0.1))
                 for name, path in MODELS.items()}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     backends=backends, tokenizer=tokenizer)
-    with serve(app) as url:
-        yield openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), billing, tenant["id"]
+    wiring = gateway_app(f"sqlite:///{tmp / 'ledger.db'}", tokenizer=tokenizer, backends=backends)
+    tenant_id, key = wiring.tenant()
+    with serve(wiring.app) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), wiring.billing, tenant_id
 
 
 def hf_greedy(model_dir: Path, tokenizer, question: str, max_new_tokens: int) -> str:

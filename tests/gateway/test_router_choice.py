@@ -8,14 +8,12 @@ import openai
 import pytest
 from prometheus_client import REGISTRY
 
-from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
 from classifier.router import SHIPPED, Router
-from gateway.app import create_app
 from gateway.catalog import Catalog, CatalogError, embedded, from_settings, load
 from gateway.config import Settings
 from tests.classifier.strange_prompts import STRANGE_KINDS
 from tests.gateway.conftest import ADMIN_KEY
+from tests.harness import echo_backends, gateway_app
 from tests.util import serve
 
 TIERS = ["t-cheap", "t-strong"]
@@ -35,16 +33,10 @@ def models(n: int = 2) -> list[dict]:
 @pytest.fixture
 def make(tmp_path, tokenizer):
     def make(routes: list[dict]):
-        settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_key=ADMIN_KEY)
-        billing = Billing(settings.database_url)
-        billing.create_schema()
         catalog = Catalog.model_validate({"models": models(), "routes": routes})
-        backends = {t: EchoBackend(t) for t in TIERS}
-        app = create_app(settings, billing=billing, limiter=RateLimiter(), backends=backends, tokenizer=tokenizer,
-                         catalog=catalog)
-        tenant = billing.create_tenant("acme")
-        key, _ = billing.create_key(tenant["id"])
-        return app, key
+        wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, catalog=catalog, router=None,
+                             backends=echo_backends(names=TIERS))
+        return wiring.app, wiring.tenant()[1]
     return make
 
 

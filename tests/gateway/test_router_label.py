@@ -4,6 +4,7 @@ import csv
 import json
 import random
 
+import pytest
 from typer.testing import CliRunner
 
 from billing import Billing
@@ -24,6 +25,7 @@ def test_reference_and_judge_scores():
     assert judge_score("no rating") is None and judge_score("[[11]]") is None
 
 
+@pytest.mark.slow
 def test_label_writes_one_row_per_prompt_bills_the_operator_and_resumes(tmp_path):
     rng = random.Random(3)
     tasks = [make_task(family, 1, rng) for family in ("reverse", "copy", "add")]

@@ -7,11 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import Catalog, embedded
 from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 
 class Recording(EchoBackend):
@@ -26,18 +25,14 @@ class Recording(EchoBackend):
 
 
 def test_each_request_carries_its_tenants_catalog_weight(tmp_path, tokenizer):
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    catalog = embedded(settings).model_dump()
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    catalog = embedded(Settings(database_url=database_url)).model_dump()
     catalog["models"][0]["tenant_weights"] = {"heavy": 3}
     small = Recording("ferryman-small")
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     backends={"ferryman-small": small, "ferryman-large": EchoBackend("ferryman-large")},
-                     tokenizer=tokenizer, catalog=Catalog.model_validate(catalog))
-    keys = {name: billing.create_key(billing.create_tenant(name)["id"])[0] for name in ("heavy", "light")}
-    with serve(app) as url:
+    wiring = gateway_app(database_url, tokenizer=tokenizer, catalog=Catalog.model_validate(catalog),
+                         backends={"ferryman-small": small, "ferryman-large": EchoBackend("ferryman-large")})
+    keys = {name: wiring.tenant(name)[1] for name in ("heavy", "light")}
+    with serve(wiring.app) as url:
         for name in ("heavy", "light"):
             client = openai.OpenAI(base_url=url + "/v1", api_key=keys[name], max_retries=0)
             client.chat.completions.create(model="ferryman-small", messages=[{"role": "user", "content": "hi"}],

@@ -16,27 +16,26 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from billing import RateLimiter
 from gateway import tracing
-from gateway.app import create_app
 from gateway.logs import JSONFormatter
 from tests.gateway.conftest import make_gateway
 from tests.gateway.test_logs import Down
-from tests.util import LengthRouter, serve
+from tests.harness import echo_backends, gateway_app
+from tests.util import serve
 
 HARD = "explain " * 20  # LengthRouter: long enough to score past 0.5, so `auto` picks the large model
 
 
 def traced_gateway(tmp_path, tokenizer, down: str | None = None):
     """A gateway recording its spans in memory; the model `down` answers every request as unavailable."""
-    first, billing, tenant_id, key, echo = make_gateway(tmp_path, tokenizer)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(first.state.settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                     tokenizer=tokenizer, backends={**echo, **({down: Down(down)} if down else {})},
-                     tracer_provider=provider)
-    return app, billing, tenant_id, key, exporter
+    backends = echo_backends(tokenizer.decode) | ({down: Down(down)} if down else {})
+    wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, backends=backends,
+                         tracer_provider=provider)
+    tenant_id, key = wiring.tenant()
+    return wiring.app, wiring.billing, tenant_id, key, exporter
 
 
 def chat(url, key, content, **extra):
@@ -131,7 +130,8 @@ def test_a_refused_budget_ends_the_trace_at_the_ledger_with_an_error(tmp_path, t
     assert r.status_code == 402
     spans = by_name(exporter.get_finished_spans())
     assert spans["ferryman.ledger.reserve"][0].status.status_code == StatusCode.ERROR
-    assert "ferryman.backend" not in spans and "ferryman.ledger.settle" not in spans
+    assert "ferryman.backend" not in spans
+    assert "ferryman.ledger.settle" not in spans
     assert spans["POST /v1/chat/completions"][0].attributes["http.response.status_code"] == 402
 
 
@@ -161,10 +161,9 @@ def test_spans_reach_an_otlp_http_collector(tmp_path, tokenizer):
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     provider = tracing.provider(f"http://127.0.0.1:{collector.server_port}/v1/traces")
     try:
-        first, billing, _, key, echo = make_gateway(tmp_path, tokenizer)
-        app = create_app(first.state.settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(),
-                         tokenizer=tokenizer, backends=echo, tracer_provider=provider)
-        with serve(app) as url:
+        wiring = gateway_app(f"sqlite:///{tmp_path / 'ledger.db'}", tokenizer=tokenizer, tracer_provider=provider)
+        _, key = wiring.tenant()
+        with serve(wiring.app) as url:
             r = chat(url, key, "hi")
         provider.force_flush()
     finally:

@@ -13,14 +13,12 @@ from pathlib import Path
 import openai
 import pytest
 
-from billing import Billing, RateLimiter
-from gateway.app import create_app
 from gateway.catalog import Catalog
-from gateway.config import Settings
 from prometheus_client import REGISTRY
 from tests.backends.test_failover import MODEL as SMALL
 from tests.upstream_styles import upstream
-from tests.util import LengthRouter, serve
+from tests.harness import gateway_app
+from tests.util import serve
 
 TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
 PRICE = {"input": 1.0, "cached_input": 0.25, "output": 2.0}  # USD per 1M tokens
@@ -70,15 +68,10 @@ def gw(tmp_path_factory):
         counted = verbose_tokenizer(tmp_path_factory.mktemp("verbose"))
         models.append({**models[-1], "name": "counted", "tokenizer": str(counted)})
         catalog = Catalog.model_validate({"models": models})
-        settings = Settings(database_url=f"sqlite:///{tmp_path_factory.mktemp('transcripts') / 'ledger.db'}")
-        billing = Billing(settings.database_url)
-        billing.create_schema()
-        billing.ensure_admin_defaults()
-        tenant = billing.create_tenant("acme")
-        key, _ = billing.create_key(tenant["id"])
-        app = create_app(settings, billing=billing, limiter=RateLimiter(), router=LengthRouter(), catalog=catalog)
-        with serve(app) as url:
-            yield {"url": url, "key": key, "billing": billing, "tenant": tenant["id"], "counted": counted}
+        wiring = gateway_app(f"sqlite:///{tmp_path_factory.mktemp('transcripts') / 'ledger.db'}", catalog=catalog)
+        tenant_id, key = wiring.tenant()
+        with serve(wiring.app) as url:
+            yield {"url": url, "key": key, "billing": wiring.billing, "tenant": tenant_id, "counted": counted}
 
 
 def assembled(chunks) -> tuple[str, list[tuple[str, str, str]]]:

@@ -16,6 +16,9 @@ from gateway import workers
 from gateway.catalog import Catalog
 from gateway.config import Settings
 from tests.gateway.test_proxy_wire import CountingUpstream
+from tests.harness import free_port
+
+pytestmark = pytest.mark.slow
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -42,6 +45,7 @@ def test_workers_refuse_per_process_state():
     assert workers.refusal(without, _catalog("engine"), 1) is None  # one process: anything goes
 
 
+@pytest.mark.redis
 @pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     upstream = CountingUpstream()
@@ -53,9 +57,7 @@ def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     billing.create_schema()
     billing.ensure_admin_defaults()
     key, _ = billing.create_key(billing.create_tenant("two-workers")["id"], "test")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "FERRYMAN_DATABASE_URL": database, "FERRYMAN_REDIS_URL": REDIS,
            "FERRYMAN_REDIS_PREFIX": f"fm-test-{tmp_path.name}"}  # its own keys: Redis holds its budget holds too
     ferryman = Path(sys.executable).parent / "ferryman"

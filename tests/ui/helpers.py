@@ -6,12 +6,10 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from backends.echo import EchoBackend
-from billing import Billing, BudgetExceeded, RateLimiter
+from billing import Billing, BudgetExceeded
 from billing.ledger import utcnow
-from gateway.app import create_app
-from gateway.config import Settings
-from tests.util import LengthRouter, serve
+from tests.harness import LENGTH_ROUTER, gateway_app
+from tests.util import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "ui"
@@ -24,18 +22,13 @@ SEEDED = (("acme-support", "interactive", 6_000_000, 42, 0.25), ("globex-analyti
 
 
 @contextmanager
-def running_gateway(db_dir: Path, tokenizer, seed: bool, router=None):
-    settings = Settings(database_url=f"sqlite:///{db_dir / 'ledger.db'}", admin_key=ADMIN_KEY)
-    billing = Billing(settings.database_url)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
+def running_gateway(db_dir: Path, tokenizer, seed: bool, router=LENGTH_ROUTER):
+    wiring = gateway_app(f"sqlite:///{db_dir / 'ledger.db'}", tokenizer=tokenizer, admin_key=ADMIN_KEY, router=router)
+    billing = wiring.billing
     if seed:
         seed_history(billing)
-    backends = {name: EchoBackend(name, tokenizer.decode) for name in ("ferryman-small", "ferryman-large")}
-    app = create_app(settings, billing=billing, limiter=RateLimiter(), router=router or LengthRouter(), backends=backends,
-                     tokenizer=tokenizer)
     try:
-        with serve(app) as url:
+        with serve(wiring.app) as url:
             yield url, billing
     finally:
         billing.close()
