@@ -36,7 +36,7 @@ OPEN = {"AlpacaEval-dev": "alpaca_dev.csv"}
 STRONG, WEAK = "gpt4_1106_preview", "Mixtral-8x7B-Instruct-v0.1_concise"  # the pair of the exam files
 VIEWS = ("w", "b", "s")
 ALPHAS = (10.0,)  # of 3 and 10, 10 held up better on every whole-source fold (docs/BENCHMARKS.md)
-SHAPE_WEIGHT = 1.0  # equal say; 2.0 was also tried (lower on 5 of 8 folds: docs/BENCHMARKS.md)
+SHAPE_WEIGHT = 1.0  # equal say; 2.0 scored lower on 5 of 8 held-out folds (bench/router_eval.py also picks it per fold)
 LICENCE = "trained on AlpacaEval data (CC BY-NC 4.0, non-commercial) and RouteLLM's MMLU/GSM8K outcomes (Apache-2.0)"
 
 
