@@ -25,7 +25,7 @@ from tests.billing.helpers import gateway_app
 from tests.util import serve
 
 PREFIX = "fm-loss"
-RECOVERY_S = 1.5  # holds refused this long after a loss is noticed (FERRYMAN_REDIS_RECOVERY_S)
+RECOVERY_S = 2.0  # holds refused this long after a loss is noticed (FERRYMAN_REDIS_RECOVERY_S)
 DOWN_S = 1.0  # how long Redis stays dead before it comes back empty
 COST = 11  # micro-USD: 12 prompt tokens ("hello there" + BOS) x 0.2 + 10 completion x 0.8, rounded up; = its hold
 LIMIT = 240 * COST + 5  # the tenant's budget: 240 requests
@@ -237,7 +237,8 @@ def test_redis_losing_its_data_twice_under_load_loses_at_most_the_unwritten_batc
             assert any(a.code == "ledger_recovering" and loss.back_at <= a.received for a in answers)
             noticed = loss.ready_at - RECOVERY_S  # the epoch was written then: every hold after it is refused
             assert not [a for a in served.values() if noticed <= a.sent and a.received <= loss.ready_at]
-        assert all(status == 200 for t, _, status, _ in probe.seen if t < losses[0].killed_at)
+        # Ready until the first kill (answers noted before it began: the probe's thread may note a later one first).
+        assert not [seen for seen in probe.seen if seen[0] < losses[0].snapshot_at and seen[2] != 200]
 
         # The writers remade their consumer group once per loss each, and kept writing (no NOGROUP loop).
         remade = [r for r in caplog.records if "lost the settled stream" in r.getMessage()]
