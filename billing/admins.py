@@ -1,6 +1,6 @@
 """People's keys to the admin API, each with one role; stored as sha256 like tenant keys.
 
-What each role may do is decided per route (gateway/admin_access.py); here: issue, list, revoke, and who a key is.
+What each role may do is decided per route (gateway/api/deps.py); here: issue, list, revoke, and who a key is.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The admin API's bodies in and out (Base -> Create / Update / Public, as in FastAPI's full-stack template), apart
-from the routes that use them (gateway/admin.py)."""
+from the routes that use them (gateway/api/)."""
 from __future__ import annotations
 
 from datetime import datetime

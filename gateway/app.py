@@ -6,18 +6,16 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Header, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 
-from gateway import (admin, admin_access, admin_ui, api_docs, errors, feedback, health, metrics, openai_api,
-                     router_admin, tracing)
+from gateway import api, api_docs, errors, tracing
+from gateway.api.completions import BODIES
 from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
 from gateway.config import Settings
 from gateway.drain import Drain
-from gateway.ferry import Ferry, bearer_is
+from gateway.ferry import Ferry
 from gateway.served import served_model
 from gateway.shared_limits import RedisOutagePolicy
 from gateway.tarpit import Tarpit
@@ -78,22 +76,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.Traced, tracer=tracer)  # the request's span; its trace id goes to the access log
     app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
-    app.include_router(openai_api.router)
-    app.include_router(feedback.router)
-    app.include_router(router_admin.router)
-    app.include_router(admin.router)
-    app.include_router(admin_access.router)
-    app.include_router(admin_ui.router)
-    app.include_router(health.router)
-    api_docs.install(app, openai_api.BODIES)
-
-    @app.get("/metrics", responses=errors.responses(401, 403))
-    async def prometheus_metrics(request: Request, authorization: str | None = Header(None)):
-        """Closed like the admin API: an admin or operator key, or FERRYMAN_METRICS_KEY for the monitoring."""
-        if not (settings.metrics_key and bearer_is(authorization, settings.metrics_key)):
-            ferry = app.state.ferry
-            admin_access.check_role(await ferry.ledger(ferry.admin_actor, authorization), ("operator",), request)
-        return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(api.router)
+    api_docs.install(app, BODIES)
 
     return app
 

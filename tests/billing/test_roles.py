@@ -85,7 +85,7 @@ def test_every_admin_route_answers_each_role_as_the_table_says(gw):
     client, billing, keys = gw
     routes = {(method.upper(), path) for path, item in client.get("/openapi.json").json()["paths"].items()
               if path.startswith("/admin") for method in item}
-    assert routes == set(TABLE), "a new /admin route needs its roles (gateway/admin_access.py) and a row here"
+    assert routes == set(TABLE), "a new /admin route needs its roles (gateway/api/deps.py) and a row here"
     tenant_key = billing.create_key(tenant(billing))[0]
     for (method, _), (allowed, request) in sorted(TABLE.items()):
         for role in ROLES:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from gateway.live_view import LiveWindow, quantile, registry_snapshot
-from gateway.admin_ui import STATIC
+from gateway.api.ui import STATIC
 from tests.ui.helpers import ADMIN
 
 

@@ -301,7 +301,7 @@ async function showApp() {
 
 const TABS = { spend: loadSpend, tenants: loadTenants, prices: loadPrices, live: startLive, access: loadAccess,
                audit: loadAudit };
-// The roles of gateway/admin_access.py, per tab: the routes each tab calls.
+// The roles of gateway/api/deps.py, per tab: the routes each tab calls.
 const TAB_ROLES = { spend: ["admin", "finance"], tenants: ["admin", "operator"], prices: ["admin", "operator"],
                     live: ["admin", "operator"], access: ["admin"], audit: ["admin", "finance"] };
 

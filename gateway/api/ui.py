@@ -12,7 +12,7 @@ from gateway.errors import APIError
 
 router = APIRouter()
 
-STATIC = Path(__file__).resolve().parent / "static" / "admin"
+STATIC = Path(__file__).resolve().parents[1] / "static" / "admin"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 # Only our own files, scripts and styles may load, and the page may only talk to this gateway.

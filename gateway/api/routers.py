@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from gateway.admin_access import Operator
+from gateway.api.deps import Operator
 from gateway.errors import responses
 
 router = APIRouter()

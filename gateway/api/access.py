@@ -1,62 +1,20 @@
-"""Who may call which admin route, people's admin keys, and the audit log.
-
-Every /admin route takes one of the guards below as a parameter; each names the roles it lets in besides `admin`,
-which may do everything. The roles:
-
-- `admin`: everything, including admin keys.
-- `operator`: tenants, keys, rate limits, budgets and prices; the live view and /metrics. No spend, usage records
-  or reports.
-- `finance`: reads spend, budgets, reports and their CSV, usage records without what tenants wrote (prompt text,
-  feedback comments: null), prices, tenants, and the audit log; changes nothing.
-
-tests/billing/test_roles.py calls every /admin route with every role against its own copy of this table, so a new
-route cannot go without one.
-"""
+"""People's admin keys (`admin` only), the caller's own role (`/admin/me`), and the audit log (gateway/api/deps.py
+says who may call which route)."""
 from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from billing import Billing
-from billing.admins import ROLES
-from billing.audit import MAX_PAGE, Actor, to_csv
+from billing.audit import MAX_PAGE, to_csv
 from billing.operators import MAX_ID
+from gateway.api.deps import READ, Admin, AnyRole, Finance, Role
 from gateway.errors import APIError, invalid, responses
 
 router = APIRouter()
-
-Role = Literal[ROLES]
-
-
-def allow(*roles: str):
-    """A guard: the caller's admin key (401 without one) with `admin` or one of `roles` (403 otherwise). It hands the
-    route the ledger as the caller, so every change the route makes is recorded in the audit log as theirs."""
-    def guard(request: Request, authorization: str | None = Header(None)) -> Billing:
-        ferry = request.app.state.ferry
-        actor = ferry.admin_actor(authorization)
-        check_role(actor, roles, request)
-        return ferry.billing.acting(actor)
-    return guard
-
-
-def check_role(actor: Actor, roles: tuple[str, ...], request: Request) -> None:
-    if actor.role != "admin" and actor.role not in roles:
-        needed = " or ".join(("admin", *roles))
-        raise APIError(403, f"The admin key '{actor.name}' has the {actor.role} role; {request.method} "
-                            f"{request.url.path} needs {needed}.", "invalid_request_error", "role_not_allowed")
-
-
-Admin = Annotated[Billing, Depends(allow())]
-Operator = Annotated[Billing, Depends(allow("operator"))]  # admin or operator
-Finance = Annotated[Billing, Depends(allow("finance"))]  # admin or finance
-AnyRole = Annotated[Billing, Depends(allow("operator", "finance"))]
-
-READ = responses(401, 403, 503)
-
 
 # --- who am I ---------------------------------------------------------------------------------------
 

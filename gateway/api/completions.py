@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backends.base import TokenDelta
+from gateway.api.deps import ferry_of
 from gateway.errors import APIError, outage, responses
 from gateway.ferry import Ferry, Reply, Ticket
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -19,10 +20,6 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("ferryman")
 COMPLETION_ERRORS = responses(400, 401, 402, 403, 404, 413, 429, 503, 504)
-
-
-def ferry_of(request: Request) -> Ferry:
-    return request.app.state.ferry
 
 
 @router.get("/models", responses=responses(401, 503))
