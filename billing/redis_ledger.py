@@ -363,7 +363,9 @@ class RedisLedger:
             if current is not None and current.decode() == self.epoch:
                 return
             if current is None:
-                wait = self.recovery_s if self.epoch else 0.0  # a process that knew nothing has nothing in flight
+                # A process just started has nothing in flight, but others may have (Redis lost its data as it
+                # started): it waits as well, unless the ledger has no record yet (a new prefix: nothing to lose).
+                wait = self.recovery_s if self.epoch or self._has_records() else 0.0
                 self.redis.set(self.epoch_key, f"{uuid.uuid4().hex} {int((time.time() + wait) * 1000)}", nx=True)
                 current = self.redis.get(self.epoch_key)
             epoch = current.decode()
@@ -375,6 +377,10 @@ class RedisLedger:
                 self.redis.eval(ADOPT, 3 + len(hold.budgets), self.epoch_key, self.holds_key, self.expiry_key,
                                 *self._period_keys(hold), epoch, rid, hold.amount_micros, expires_ms, hold.entry())
             self.epoch, self.ready_at = epoch, int(epoch.split()[1]) / 1000
+
+    def _has_records(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(usage_records.c.request_id).limit(1)).first() is not None
 
     def check_epoch(self) -> None:
         """Recover now if Redis's epoch is not the one this process holds under (the writer calls it each turn)."""

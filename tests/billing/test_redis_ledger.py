@@ -139,6 +139,29 @@ def test_entries_read_on_a_connection_that_failed_are_written_by_their_own_write
     assert writer.own() == 0
 
 
+def test_a_gateway_that_starts_on_a_redis_that_lost_its_data_waits_for_the_others_in_flight(billing, pg_url,
+                                                                                             redis_url, prefix):
+    """Redis lost its data (its epoch is gone) as a new gateway starts: that gateway, the first to notice, has nothing
+    in flight but the others may, so it refuses holds for the recovery window too, unless the ledger has no record
+    yet (a new prefix: the first start is not kept waiting)."""
+    from billing.rules import LedgerRecovering
+
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    billing.settle(billing.reserve(principal, "r0", SMALL, 10, 100), prompt_tokens=10, completion_tokens=5)
+    billing.writer().drain()  # the ledger has a record
+    holding = billing.reserve(principal, "r1", SMALL, 10, 100)  # in flight in the running gateway
+    billing.ledger.redis.delete(billing.ledger.epoch_key)  # ...as Redis loses its data
+    fresh = Billing(pg_url, redis_url=redis_url, redis_prefix=prefix, recovery_s=30)
+    try:
+        with pytest.raises(LedgerRecovering):
+            fresh.reserve(principal, "r2", SMALL, 10, 100)
+    finally:
+        fresh.close()
+    billing.settle(holding, prompt_tokens=10, completion_tokens=5)  # the running gateway re-holds it, settles it once
+    billing.writer().drain()
+    assert billing.ledger.open_holds() == (0, 0) and len(billing.usage(tenant["id"])) == 2
+
+
 def test_expired_holds_are_reaped_once_as_zero_cost_records(billing, pg_url, redis_url, prefix):
     tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
     billing.reserve(principal, "orphan", SMALL, 10, 100)
