@@ -183,6 +183,7 @@ def test_implausible_reported_usage_is_no_usage(usage):
     assert delta.usage is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", STYLES)
 def test_every_upstream_socket_habit_answers_without_the_delayed_ack_stall(style):
     """http.server without TCP_NODELAY sends the body only once the head is ACKed; a kernel that delays that ACK

@@ -25,17 +25,9 @@ def gateway_app(db_url: str, delay_s: float = 0.0, limiter=None, backends: dict 
     (or the `backends` given), with its own Billing: two of these on one database are two replicas.
     With `redis_url`, budget holds are in Redis and records reach the database through the batch writer.
     `billing_options`: Billing's keyword arguments (deadlines, redis_timeout_s, recovery_s)."""
-    from backends.echo import EchoBackend
-    from billing import RateLimiter
-    from gateway.app import create_app
-    from gateway.config import Settings
-    from tests.util import LengthRouter
+    from tests.harness import echo_backends, gateway_app as wire
 
-    settings = Settings(database_url=db_url, admin_key=ADMIN_KEY)
     billing = Billing(db_url, redis_url=redis_url, redis_prefix=redis_prefix, **billing_options)
-    billing.create_schema()
-    billing.ensure_admin_defaults()
-    backends = backends or {name: EchoBackend(name, delay_s=delay_s) for name in ("ferryman-small", "ferryman-large")}
-    app = create_app(settings, billing=billing, limiter=limiter or RateLimiter(), router=LengthRouter(),
-                     backends=backends, tokenizer=ByteTokenizer())
-    return app, billing
+    wiring = wire(db_url, billing=billing, limiter=limiter, tokenizer=ByteTokenizer(), admin_key=ADMIN_KEY,
+                  backends=backends or echo_backends(delay_s=delay_s))
+    return wiring.app, wiring.billing

@@ -3,6 +3,8 @@ import random
 import threading
 import time
 
+import pytest
+
 from billing import Billing, BudgetExceeded
 from billing.reports import totals
 
@@ -17,6 +19,7 @@ def replica(db_url: str) -> Billing:
     return b
 
 
+@pytest.mark.slow
 def test_concurrent_requests_on_two_replicas_never_overspend(db_url):
     a, b = replica(db_url), replica(db_url)
     tenant = a.create_tenant("acme")

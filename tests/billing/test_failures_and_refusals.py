@@ -26,6 +26,7 @@ def test_a_server_failure_before_the_first_token_costs_nothing_but_keeps_its_rec
         "spent_micros": 0, "reserved_micros": 0, "open_reservations": 0}
 
 
+@pytest.mark.slow
 def test_a_client_that_left_pays_for_what_was_generated_a_stream_that_broke_pays_nothing(billing):
     p = tenant_with_key(billing, "acme", 10_000)
     left = billing.settle(billing.reserve(p, "left", LARGE, 100, 100), prompt_tokens=100, completion_tokens=10,

@@ -3,6 +3,7 @@ budget shown, report and CSV equals the records to the micro-dollar; a corrupted
 import random
 import threading
 
+import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -40,6 +41,7 @@ def traffic(billing: Billing, secrets: list[str], n: int, tag: str) -> None:
         t.join()
 
 
+@pytest.mark.slow
 def test_ledger_check_reconciles_every_figure_and_fails_on_a_corrupted_counter(db_url):
     billing = Billing(db_url)
     billing.create_schema()

@@ -115,6 +115,7 @@ def test_the_same_settle_at_once_on_two_tasks_charges_once(book):
     assert book.records_cost(tenant) == one.cost_micros
 
 
+@pytest.mark.slow
 def test_a_reaped_hold_settles_late_to_the_stored_zero_cost_record(book):
     b = book.billing
     tenant, _, secret = customer(book, limit_micros=10_000)
@@ -250,6 +251,7 @@ def test_a_server_failure_with_no_token_is_free_and_the_alert_fires_once(book):
     assert book.spent(tenant) == 840
 
 
+@pytest.mark.slow
 def test_each_alert_threshold_fires_once_per_period_also_two_at_once(book):
     """Thresholds 25, 50 and 100%: each alerts once when spend reaches it, a settlement that passes two alerts both,
     retries and later settlements add none, and the next period alerts afresh. The same rows on every ledger."""

@@ -17,12 +17,15 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import pytest
 import redis
 from sqlalchemy import select
 
 from billing.models import budget_spend
 from tests.billing.helpers import gateway_app
 from tests.util import serve
+
+pytestmark = pytest.mark.slow
 
 PREFIX = "fm-loss"
 RECOVERY_S = 2.0  # holds refused this long after a loss is noticed (FERRYMAN_REDIS_RECOVERY_S)

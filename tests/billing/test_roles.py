@@ -81,6 +81,7 @@ def gw(db_url):
     billing.close()
 
 
+@pytest.mark.slow
 def test_every_admin_route_answers_each_role_as_the_table_says(gw):
     client, billing, keys = gw
     routes = {(method.upper(), path) for path, item in client.get("/openapi.json").json()["paths"].items()

@@ -51,6 +51,7 @@ def expected(hf_model) -> dict[str, list[int]]:
     return want | {"i": hf_greedy(hf_model, INTERACTIVE_PROMPT, 6)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 @pytest.mark.parametrize("shortage", ["seats", "blocks"])
 def test_interactive_request_preempts_batch_class(tiny_model, expected, shortage, mode):

@@ -161,6 +161,7 @@ def test_redis_at_a_dead_port_falls_back_to_local_limits_when_configured(tmp_pat
         assert len(gw.records()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["closed", "local"])
 def test_redis_that_goes_away_mid_run_and_comes_back(tmp_path, tokenizer, redis_port, policy):
     proxy = TcpProxy(redis_port)

@@ -14,6 +14,8 @@ from backends.engine import EngineBackend, EngineConfig
 from tests.harness import gateway_app
 from tests.util import serve
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = {name: ROOT / "models" / name.split("-")[1] for name in ("ferryman-small", "ferryman-large")}
 QUESTIONS = ["reverse abcd", "add 12 34", "Tell me about the sea and the ships that sail upon it."]

@@ -59,6 +59,7 @@ def pg_url_via(pg_schema):
     proxy.close()
 
 
+@pytest.mark.slow
 def test_a_stalled_postgresql_answers_503_within_its_deadlines_and_bills_nothing(tokenizer, pg_url_via):
     url, proxy = pg_url_via
     billing = Billing(url, deadlines=DEADLINES, cache_ttl_s=0.5)  # the key's cache runs out during the stall
@@ -93,6 +94,7 @@ def test_a_stalled_postgresql_answers_503_within_its_deadlines_and_bills_nothing
     billing.close()
 
 
+@pytest.mark.slow
 def test_a_stalled_redis_answers_503_within_its_timeout_bills_nothing_and_its_late_scripts_do_nothing(
         tokenizer, pg_url_via):
     pg_url, _ = pg_url_via  # (the database path is not stalled here)

@@ -157,6 +157,7 @@ def test_a_refused_upstream_key_is_the_operators_503_and_the_group_falls_back(gw
     assert ready.json()["upstreams"]["plain"] == {"state": "up"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["openai", "replicas"])
 def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw, kind):
     """Its health endpoint still answers (the probes see nothing wrong): the breaker is what notices. The same
