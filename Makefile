@@ -30,10 +30,11 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
-# Before every commit, in about a minute: everything but the tests marked slow and the browser's (pyproject.toml's
-# markers; tests/conftest.py marks by fixture). `make test` still runs everything.
+# Before every commit, in about a minute: everything but the tests marked slow, the browser's and those that need
+# PostgreSQL (most billing tests also run on SQLite; those stay). Markers: pyproject.toml, tests/conftest.py.
+# `make test` still runs everything.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser"
+	$(BIN)/python -m pytest -m "not slow and not browser and not postgres"
 
 test-no-browser: $(STAMP)
 	$(BIN)/python -m pytest

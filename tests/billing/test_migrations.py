@@ -1,4 +1,5 @@
 """`ferryman db upgrade` builds exactly the schema the code expects, on SQLite and PostgreSQL."""
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -8,6 +9,7 @@ from billing.db import alembic_config, current, make_engine, upgrade
 from billing.models import metadata
 
 
+@pytest.mark.slow
 def test_upgrade_matches_the_models_and_is_idempotent(db_url):
     upgrade(db_url)
     upgrade(db_url)

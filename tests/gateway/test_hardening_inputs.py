@@ -165,6 +165,7 @@ def other_tenant_key(gw) -> str:
     return gw.billing.create_key(tenant["id"], "probe")[0]
 
 
+@pytest.mark.slow
 def test_huge_bodies_get_413_at_once_and_never_stall_other_tenants(gateway):
     prober = Prober(gateway, other_tenant_key(gateway))
     warm = post(gateway, "/v1/chat/completions", '{"model": "ferryman-small", "messages": [{"role": "user", '
@@ -197,6 +198,7 @@ def test_huge_bodies_get_413_at_once_and_never_stall_other_tenants(gateway):
     assert len(gateway.records()) == 1
 
 
+@pytest.mark.slow
 def test_a_prompt_that_cannot_fit_is_refused_without_tokenizing_it(gateway):
     """1.5 MB of text (under the 4 MiB body limit): no token of this vocabulary spells more than a few dozen
     characters, so it cannot fit a 512-token context; the 400 comes at once and memory stays where it was."""
@@ -234,6 +236,7 @@ def long_context_gateway(tmp_path, tokenizer):
         yield Gateway(url, wiring.billing, tenant_id, key, backends)
 
 
+@pytest.mark.slow
 def test_a_long_prompt_is_tokenized_off_the_event_loop(long_context_gateway):
     """300 KB of text takes the tokenizer about a second: it runs in a worker thread, so the other tenant's
     small requests keep their latency meanwhile; memory returns to where it was."""

@@ -1,5 +1,6 @@
 """`ferryman router train --from-ledger`: labels from feedback on prompts of tenants that opted in."""
 import httpx
+import pytest
 
 from gateway.ledger_labels import ledger_labels
 
@@ -29,6 +30,7 @@ def test_prompts_graded_on_every_tier_become_label_rows(gateway):
     assert [(e.prompt, e.scores) for e in labels.examples] == [("what is 2+2", (0.0, 0.75))]
 
 
+@pytest.mark.slow
 def test_train_from_ledger_adds_the_ledgers_rows_to_the_label_files(gateway, tmp_path):
     from typer.testing import CliRunner
 

@@ -188,6 +188,7 @@ def test_a_hung_upstream_costs_one_first_token_timeout_then_nothing(gw, kind):
         assert "no response in 1 s" in replica["reason"]
 
 
+@pytest.mark.slow
 def test_an_upstream_without_usage_is_billed_by_one_counting_rule_whole_or_streamed(gw):
     """No tokenizer in the catalog: the documented estimate, ceil(bytes / 4) of the prompt's texts and tools plus 4
     per message, and of the answer's text and tool-call names and arguments; the usage says `estimated`."""
