@@ -298,9 +298,18 @@ class RedisLedger:
         answer = await self._settle_fenced(res, record)
         if answer[0] == b"ok":
             return record
-        log.warning("request %s was already settled or reaped: not charged again", res.request_id)
         stored = await self.record(res.request_id)
-        if stored is None:
+        if stored is not None:
+            log.warning("request %s was already settled or reaped: not charged again", res.request_id)
+            return stored
+        # No hold and no record: Redis went back in time without losing its epoch (an AOF that missed its last
+        # fsync, a snapshot, a promoted replica), taking the hold with it. Hold it again and settle it, once.
+        log.error("request %s: its hold vanished from Redis (restored from an older state?); holding it again",
+                  res.request_id)
+        await asyncio.to_thread(self._adopt, res, self.epoch)
+        if (await self._settle_fenced(res, record))[0] == b"ok":
+            return record
+        if (stored := await self.record(res.request_id)) is None:  # (else settled meanwhile by a concurrent call)
             raise LookupError(f"request '{res.request_id}' has no open hold and no record")
         return stored
 
@@ -372,11 +381,15 @@ class RedisLedger:
             if self.epoch:
                 log.error("Redis lost the ledger's data (epoch %s is gone): holding %d request(s) in flight again, "
                           "refusing new holds until budgets re-seed", self.epoch.split()[0], len(self.in_flight))
-            expires_ms = round((_epoch_s(self.clock()) + self.reservation_ttl_s) * 1000)
-            for rid, hold in list(self.in_flight.items()):
-                self.redis.eval(ADOPT, 3 + len(hold.budgets), self.epoch_key, self.holds_key, self.expiry_key,
-                                *self._period_keys(hold), epoch, rid, hold.amount_micros, expires_ms, hold.entry())
+            for hold in list(self.in_flight.values()):
+                self._adopt(hold, epoch)
             self.epoch, self.ready_at = epoch, int(epoch.split()[1]) / 1000
+
+    def _adopt(self, hold: Hold, epoch: str) -> None:
+        """Hold a request in flight again under `epoch` (once; no limit check: it was admitted)."""
+        expires_ms = round((_epoch_s(self.clock()) + self.reservation_ttl_s) * 1000)
+        self.redis.eval(ADOPT, 3 + len(hold.budgets), self.epoch_key, self.holds_key, self.expiry_key,
+                        *self._period_keys(hold), epoch, hold.request_id, hold.amount_micros, expires_ms, hold.entry())
 
     def _has_records(self) -> bool:
         with self.engine.connect() as conn:

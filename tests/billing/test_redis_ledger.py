@@ -162,6 +162,23 @@ def test_a_gateway_that_starts_on_a_redis_that_lost_its_data_waits_for_the_other
     assert billing.ledger.open_holds() == (0, 0) and len(billing.usage(tenant["id"])) == 2
 
 
+def test_a_hold_that_vanished_with_a_rollback_of_redis_is_held_again_and_settled_once(billing):
+    """Redis back from an older state with its epoch (AOF everysec after a power cut, a snapshot, a promoted
+    replica): a request's hold is gone and it has no record. Its settlement holds it again and charges it once."""
+    tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
+    hold = billing.reserve(principal, "r0", SMALL, 10, 100)
+    for key in billing.ledger._period_keys(hold):  # the older state lacks the hold, and what it reserved
+        billing.ledger.redis.hincrby(key, "reserved", -hold.amount_micros)
+    billing.ledger.redis.hdel(billing.ledger.holds_key, "r0")
+    record = billing.settle(hold, prompt_tokens=10, completion_tokens=5)
+    assert record.status == "ok" and record.cost_micros > 0
+    assert billing.settle(hold, prompt_tokens=10, completion_tokens=5) == record  # a second settle: the same
+    billing.writer().drain()
+    assert [r["cost_micros"] for r in billing.usage(tenant["id"])] == [record.cost_micros]
+    assert billing.ledger.open_holds() == (0, 0)
+    assert redis_counters(billing, principal) == {b"spent": record.cost_micros, b"reserved": 0}
+
+
 def test_expired_holds_are_reaped_once_as_zero_cost_records(billing, pg_url, redis_url, prefix):
     tenant, principal, _ = tenant_with_key(billing, limit_micros=10**9)
     billing.reserve(principal, "orphan", SMALL, 10, 100)
