@@ -1,5 +1,6 @@
-"""The admin API's bodies in and out (Base -> Create / Update / Public, as in FastAPI's full-stack template), apart
-from the routes that use them (gateway/api/)."""
+"""The bodies in and out of the gateway's own API: the admin routes, `/v1/usage` and `/v1/feedback` (Base -> Create /
+Update / Public, as in FastAPI's full-stack template), apart from the routes that use them (gateway/api/). OpenAI's
+request bodies are gateway/schemas.py's."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -7,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from billing.admins import ROLES
 from billing.operators import MAX_ALERTS, MAX_ID, MAX_LIMIT, MAX_MICROS
 
 Count = Annotated[int | None, Field(ge=1, le=MAX_LIMIT)]
@@ -15,6 +17,7 @@ Micros = Annotated[int, Field(ge=0, le=MAX_MICROS)]
 Percent = Annotated[int, Field(ge=1, le=100)]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
 Priority = Literal["interactive", "standard", "batch"]
+Role = Literal[ROLES]
 
 
 # --- tenants ---------------------------------------------------------------------------------------
@@ -224,3 +227,77 @@ class LiveView(BaseModel):
     p95_latency_s: float | None
     error_share: float | None
     engines: list[EngineLive]
+
+
+# --- admin keys and the audit log -------------------------------------------------------------------
+
+class Me(BaseModel):
+    name: str  # the admin key's name; "env:FERRYMAN_ADMIN_KEY" for the bootstrap key
+    role: str
+
+
+class AdminKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    role: Role
+
+
+class AdminKeyPublic(BaseModel):
+    id: int
+    name: str
+    role: str
+    key_prefix: str  # the secret itself is never kept
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class AdminKeyCreated(AdminKeyPublic):
+    key: str  # the secret: in this answer only
+
+
+class AuditEntry(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str  # an admin key's name, "env:FERRYMAN_ADMIN_KEY", "cli:<user>" or "system:gateway"
+    actor_role: str
+    action: str  # "tenant.create", "key.revoke", "price.set", "admin_key.create", ...
+    target: str  # "tenant:3", "price:ferryman-small", ...
+    before: dict | None  # the fields that changed, as they were; null: created
+    after: dict | None  # ... and as they became; null: deleted
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]  # newest first
+    next_before_id: int | None  # pass as before_id for the next (older) page; null: this is the last
+
+
+# --- feedback and the routers --------------------------------------------------------------------------
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=200, description="The x-request-id of the answer graded")
+    score: float = Field(ge=0.0, le=1.0, description="How good the answer was: 0 useless, 1 perfect")
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackResponse(BaseModel):
+    object: str = "feedback"
+    request_id: str
+    score: float
+
+
+class RouterTarget(BaseModel):
+    group: str
+    tenant_id: str
+    target_share: float | None  # strongest-tier share the tenant's target asks for (a floor: feedback-corrected)
+    realised_share: float | None  # over the window
+    window: int  # scores in the window
+    feedback_quality: float | None  # mean feedback score on the group's recent answers to the tenant
+    feedback_count: int  # grades behind it
+
+
+class RouterGroup(BaseModel):
+    group: str
+    policy: str
+    router: str  # the artifact that scores the group's prompts: `general`, `bundled`, a path; `injected` in tests
+    unfamiliar: str  # where a prompt unlike the router's training prompts goes: strongest, cheapest, score
+    trained_on: list[str]  # the artifact's training files, as its meta records them ([] when it does not)
+    examples: int | None  # labelled prompts it was trained on

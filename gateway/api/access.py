@@ -2,26 +2,22 @@
 says who may call which route)."""
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
 
 from billing.audit import MAX_PAGE, to_csv
 from billing.operators import MAX_ID
-from gateway.api.deps import READ, Admin, AnyRole, Finance, Role
+from gateway.admin_schemas import AdminKeyCreate, AdminKeyCreated, AdminKeyPublic, AuditPage, Me
+from gateway.api.deps import READ, Admin, AnyRole, Finance
 from gateway.errors import APIError, invalid, responses
 
 router = APIRouter()
 
+
 # --- who am I ---------------------------------------------------------------------------------------
-
-class Me(BaseModel):
-    name: str  # the admin key's name; "env:FERRYMAN_ADMIN_KEY" for the bootstrap key
-    role: str
-
 
 @router.get("/admin/me", responses=READ)
 def me(billing: AnyRole) -> Me:
@@ -30,24 +26,6 @@ def me(billing: AnyRole) -> Me:
 
 
 # --- admin keys ----------------------------------------------------------------------------------------
-
-class AdminKeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    role: Role
-
-
-class AdminKeyPublic(BaseModel):
-    id: int
-    name: str
-    role: str
-    key_prefix: str  # the secret itself is never kept
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class AdminKeyCreated(AdminKeyPublic):
-    key: str  # the secret: in this answer only
-
 
 @router.get("/admin/admin-keys", responses=READ)
 def list_admin_keys(billing: Admin) -> list[AdminKeyPublic]:
@@ -74,22 +52,6 @@ def revoke_admin_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], billing: Adm
 
 
 # --- the audit log ------------------------------------------------------------------------------------
-
-class AuditEntry(BaseModel):
-    id: int
-    created_at: datetime
-    actor: str  # an admin key's name, "env:FERRYMAN_ADMIN_KEY", "cli:<user>" or "system:gateway"
-    actor_role: str
-    action: str  # "tenant.create", "key.revoke", "price.set", "admin_key.create", ...
-    target: str  # "tenant:3", "price:ferryman-small", ...
-    before: dict | None  # the fields that changed, as they were; null: created
-    after: dict | None  # ... and as they became; null: deleted
-
-
-class AuditPage(BaseModel):
-    entries: list[AuditEntry]  # newest first
-    next_before_id: int | None  # pass as before_id for the next (older) page; null: this is the last
-
 
 Text = Annotated[str | None, Query(min_length=1, max_length=160)]
 

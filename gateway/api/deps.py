@@ -17,19 +17,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
 
 from billing import Billing
-from billing.admins import ROLES
 from billing.audit import Actor
 from billing.operators import MAX_ID
 from gateway.errors import APIError, invalid, responses
 from gateway.ferry import Ferry
-
-Role = Literal[ROLES]
-
 
 def ferry_of(request: Request) -> Ferry:
     return request.app.state.ferry

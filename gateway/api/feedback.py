@@ -6,27 +6,15 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Header, Request
-from pydantic import BaseModel, Field
 
 from gateway import metrics
+from gateway.admin_schemas import FeedbackRequest, FeedbackResponse
 from gateway.errors import APIError, responses
 
 router = APIRouter()
 # With holds in Redis a settled request's record reaches the database through the batch writer, within ~100 ms:
 # feedback that comes sooner waits for it (on the event loop, holding no thread) rather than answering 404.
 WRITER_WAIT_S = 1.0
-
-
-class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=200, description="The x-request-id of the answer graded")
-    score: float = Field(ge=0.0, le=1.0, description="How good the answer was: 0 useless, 1 perfect")
-    comment: str | None = Field(None, max_length=4000)
-
-
-class FeedbackResponse(BaseModel):
-    object: str = "feedback"
-    request_id: str
-    score: float
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, responses=responses(400, 401, 404, 503))
