@@ -34,13 +34,17 @@ def tok():
 def test_checkpoints_are_gqa_llama_in_bfloat16() -> None:
     for name in NAMES:
         cfg = json.loads((MODELS / name / "config.json").read_text())
-        assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+        assert cfg["architectures"] == ["LlamaForCausalLM"]
+        assert cfg["model_type"] == "llama"
         assert cfg["num_key_value_heads"] < cfg["num_attention_heads"]
         assert cfg["hidden_act"] == "silu"
         header = (MODELS / name / "model.safetensors").read_bytes()[:100_000].decode("latin-1")
-        assert '"dtype":"BF16"' in header and '"dtype":"F32"' not in header
+        assert '"dtype":"BF16"' in header
+        assert '"dtype":"F32"' not in header
         gen = json.loads((MODELS / name / "generation_config.json").read_text())
-        assert gen["eos_token_id"] == 2 and gen["bos_token_id"] == 1 and gen["pad_token_id"] == 0
+        assert gen["eos_token_id"] == 2
+        assert gen["bos_token_id"] == 1
+        assert gen["pad_token_id"] == 0
     total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
     assert total < 40 * 2**20
 
@@ -106,7 +110,8 @@ def test_small_model_tracks_large_on_text(models: dict, tok) -> None:
 
 def test_make_tasks_is_deterministic_and_balanced() -> None:
     a, b = make_tasks(40, seed=3), make_tasks(40, seed=3)
-    assert a == b and a != make_tasks(40, seed=4)
+    assert a == b
+    assert a != make_tasks(40, seed=4)
     assert {(t.family, t.level) for t in a} == {(f, lv) for f in FAMILIES for lv in LEVELS}
     assert all(t.level == 2 for t in make_tasks(10, seed=0, levels=(2,)))
 
@@ -118,7 +123,8 @@ def test_task_answers_are_right() -> None:
     for level in LEVELS:
         add = make_task("add", level, rng)
         x, y = map(int, add.prompt.split()[1:])
-        assert int(add.answer) == x + y and len(str(y)) == level
+        assert int(add.answer) == x + y
+        assert len(str(y)) == level
         items = make_task("reverse", level, rng).prompt.split()[1:]
         assert len(items) == (2, 4, 6, 8, 10)[level - 1]
         srt = make_task("sort", level, rng)
@@ -131,13 +137,18 @@ def test_task_answers_are_right() -> None:
 
 def test_is_correct_is_exact_after_strip() -> None:
     task = Task("add", 1, "add 3 4", "7")
-    assert is_correct(task, "7") and is_correct(task, " 7\n")
-    assert not is_correct(task, "77") and not is_correct(task, "7.") and not is_correct(task, "")
+    assert is_correct(task, "7")
+    assert is_correct(task, " 7\n")
+    assert not is_correct(task, "77")
+    assert not is_correct(task, "7.")
+    assert not is_correct(task, "")
 
 
 def test_text_prompts_come_from_heldout_text() -> None:
     prompts = make_text_prompts(5, seed=1)
-    assert prompts == make_text_prompts(5, seed=1) and len(set(prompts)) == 5
+    assert prompts == make_text_prompts(5, seed=1)
+    assert len(set(prompts)) == 5
     heldout = " ".join((MODELS / "heldout.txt").read_text(encoding="utf-8").split())
     for prompt in prompts:
-        assert prompt.startswith("continue: ") and prompt.removeprefix("continue: ") in heldout
+        assert prompt.startswith("continue: ")
+        assert prompt.removeprefix("continue: ") in heldout

@@ -24,14 +24,17 @@ def test_loads_on_first_request_and_unloads_when_idle():
     async def scenario():
         backend = ScaleToZero("m", load, idle_s=0.2)
         await backend.start()
-        assert backend.backend is None and loads == []  # nothing loaded before the first request
+        assert backend.backend is None
+        assert loads == []  # nothing loaded before the first request
         assert await _answer(backend, "a") == [5, 6, 7]
         assert await _answer(backend, "b") == [5, 6, 7]
-        assert len(loads) == 1 and backend.backend is not None
+        assert len(loads) == 1
+        assert backend.backend is not None
         await asyncio.sleep(0.6)
         assert backend.backend is None  # unloaded after sitting idle
         assert await _answer(backend, "c") == [5, 6, 7]
-        assert len(loads) == 2 and len(backend.cold_starts) == 2
+        assert len(loads) == 2
+        assert len(backend.cold_starts) == 2
         await backend.stop()
 
     asyncio.run(scenario())
@@ -53,7 +56,8 @@ def test_never_unloads_while_a_stream_is_open():
         await backend.start()
         request = GenerationRequest("slow", [1], SamplingParams(max_tokens=12))
         deltas = [d async for d in backend.generate(request)]  # 0.6 s, many idle periods long
-        assert len(deltas) == 12 and deltas[-1].finish_reason == "length"
+        assert len(deltas) == 12
+        assert deltas[-1].finish_reason == "length"
         assert stopped == []
         await asyncio.sleep(0.3)
         assert stopped == [True]  # and once idle, it does unload

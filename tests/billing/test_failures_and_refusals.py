@@ -22,7 +22,8 @@ def test_a_server_failure_before_the_first_token_costs_nothing_but_keeps_its_rec
     record = billing.settle(billing.reserve(p, "failed", LARGE, 100, 100), prompt_tokens=100, completion_tokens=0,
                             status=status, baseline_model=LARGE)
     assert (record.status, record.prompt_tokens, record.cost_micros, record.savings_micros) == (status, 100, 0, 0)
-    assert billing.usage()[0]["status"] == status and billing.ledger_totals() == {
+    assert billing.usage()[0]["status"] == status
+    assert billing.ledger_totals() == {
         "spent_micros": 0, "reserved_micros": 0, "open_reservations": 0}
 
 
@@ -45,19 +46,23 @@ def test_budget_refusal_says_whether_it_is_spent_or_only_held_by_requests_in_fli
     first, second = billing.reserve(p, "a", LARGE, 100, 100), billing.reserve(p, "b", LARGE, 100, 100)
     with pytest.raises(BudgetExceeded) as held:
         billing.reserve(p, "c", LARGE, 100, 100)
-    assert held.value.retryable and held.value.retry_after_s > 0 and "retry shortly" in str(held.value)
+    assert held.value.retryable
+    assert held.value.retry_after_s > 0
+    assert "retry shortly" in str(held.value)
     assert (held.value.spent_micros, held.value.reserved_micros, held.value.requested_micros) == (0, 2000, 1000)
     billing.settle(first, prompt_tokens=100, completion_tokens=100)
     billing.settle(second, prompt_tokens=100, completion_tokens=90)  # 1920 spent: 80 left, nothing held
     with pytest.raises(BudgetExceeded) as spent:
         billing.reserve(p, "c", LARGE, 100, 100)
-    assert not spent.value.retryable and spent.value.retry_after_s is None
+    assert not spent.value.retryable
+    assert spent.value.retry_after_s is None
     assert "larger budget" in str(spent.value)
     # Held, but the request could not fit even when every hold is gone: not worth a retry either.
     hold = billing.reserve(p, "d", LARGE, 10, 5)  # 60
     with pytest.raises(BudgetExceeded) as too_big:
         billing.reserve(p, "e", LARGE, 100, 100)
-    assert too_big.value.reserved_micros == 60 and not too_big.value.retryable
+    assert too_big.value.reserved_micros == 60
+    assert not too_big.value.retryable
     billing.release(hold)
 
 
@@ -94,7 +99,8 @@ def test_opted_in_prompt_with_a_nul_byte_still_settles(billing):
     p = billing.authenticate(billing.create_key(p.tenant_id)[0])
     record = billing.settle(billing.reserve(p, "r", LARGE, 1, 1), prompt_tokens=1, completion_tokens=1,
                             prompt_text="a\x00b")
-    assert record.prompt_text == "a\ufffdb" and billing.usage()[0]["prompt_text"] == "a\ufffdb"
+    assert record.prompt_text == "a\ufffdb"
+    assert billing.usage()[0]["prompt_text"] == "a\ufffdb"
 
 
 def test_each_replica_start_prints_a_demo_key_and_the_others_keep_working(db_url):
@@ -103,7 +109,8 @@ def test_each_replica_start_prints_a_demo_key_and_the_others_keep_working(db_url
     keys = [b.issue_demo_key() for b in replicas] + [replicas[0].issue_demo_key()]
     checker = Billing(db_url)
     principals = [checker.authenticate(k) for k in keys]
-    assert all(p is not None and p.tenant_name == "demo" for p in principals) and len(set(keys)) == 3
+    assert all(p is not None and p.tenant_name == "demo" for p in principals)
+    assert len(set(keys)) == 3
     demo = checker.list_keys(principals[0].tenant_id)
     assert all(k["revoked_at"] is None and abs(k["expires_at"] - k["created_at"] - timedelta(days=7)) < timedelta(seconds=1)
                for k in demo)

@@ -189,8 +189,10 @@ def test_finance_reads_usage_records_without_what_tenants_wrote(gw):
     [seen] = client.get("/admin/usage", headers=bearer(keys[A]), params=params).json()
     [redacted] = client.get("/admin/usage", headers=bearer(keys[F]), params=params).json()
     assert (seen["prompt_text"], seen["feedback_comment"]) == ("our merger plan with globex", "it leaked the merger plan")
-    assert redacted["prompt_text"] is None and redacted["feedback_comment"] is None
+    assert redacted["prompt_text"] is None
+    assert redacted["feedback_comment"] is None
     assert {k: v for k, v in redacted.items() if k not in ("prompt_text", "feedback_comment")} == {
         k: v for k, v in seen.items() if k not in ("prompt_text", "feedback_comment")}
-    assert redacted["cost_micros"] > 0 and redacted["feedback_score"] == 0.5
+    assert redacted["cost_micros"] > 0
+    assert redacted["feedback_score"] == 0.5
     assert client.get("/admin/usage", headers=bearer(keys[O]), params=params).status_code == 403

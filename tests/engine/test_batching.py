@@ -95,7 +95,8 @@ def test_abort_frees_blocks_and_others_continue(tiny_model, hf_model):
     engine.add_request("b", PROMPTS[4], greedy)
     engine.step()
     final = engine.abort("a")
-    assert final.finish_reason == "abort" and engine.abort("a") is None
+    assert final.finish_reason == "abort"
+    assert engine.abort("a") is None
     tokens = []
     while engine.has_unfinished():
         tokens += [t for o in engine.step() for t in o.token_ids]
@@ -113,7 +114,8 @@ def test_bad_requests_are_rejected_and_change_nothing(tiny_model, prompt, max_to
     engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=16))
     with pytest.raises(ValueError, match=error):
         engine.add_request("x", prompt, SamplingParams(max_tokens=max_tokens))
-    assert not engine.has_unfinished() and not engine.seqs
+    assert not engine.has_unfinished()
+    assert not engine.seqs
 
 
 def test_lower_priority_number_is_admitted_first(tiny_model):
@@ -129,4 +131,5 @@ def test_offline_generate_rejects_a_bad_prompt_before_adding_any(tiny_model):
     engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=16))
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[1, 2, 3], []], SamplingParams(max_tokens=2))
-    assert not engine.has_unfinished() and not engine.seqs
+    assert not engine.has_unfinished()
+    assert not engine.seqs

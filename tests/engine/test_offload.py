@@ -53,7 +53,8 @@ def test_long_contexts_beyond_the_device_kv_budget_stay_exact(tiny_model, expect
         assert computed[0] == least, "a swapped sequence resumes where it stopped: nothing is recomputed"
     else:
         assert computed[0] > least
-    assert engine.block_manager.num_free_blocks == 40 and len(engine.block_manager.free_cpu_blocks) == len(swap and range(128))
+    assert engine.block_manager.num_free_blocks == 40
+    assert len(engine.block_manager.free_cpu_blocks) == len(swap and range(128))
 
 
 def test_swap_falls_back_to_recompute_when_host_blocks_run_out(tiny_model, expected_long):
@@ -72,10 +73,14 @@ def test_swap_bookkeeping_and_deferred_host_block_reuse():
     seq.num_computed_tokens = 10
     device = list(seq.block_table)
     out = bm.swap_out(seq)
-    assert [d for d, _ in out] == device and seq.block_table == [] and bm.num_free_blocks == 8
-    assert len(seq.cpu_block_table) == 3 and len(bm.free_cpu_blocks) == 1
+    assert [d for d, _ in out] == device
+    assert seq.block_table == []
+    assert bm.num_free_blocks == 8
+    assert len(seq.cpu_block_table) == 3
+    assert len(bm.free_cpu_blocks) == 1
     back = bm.swap_in(seq)
-    assert [h for h, _ in back] == [h for _, h in out] and len(seq.block_table) == 3
+    assert [h for h, _ in back] == [h for _, h in out]
+    assert len(seq.block_table) == 3
     assert len(bm.free_cpu_blocks) == 1, "host blocks read by this step's swap-in are not reusable until the next step"
     bm.release_swapped_in()
     assert len(bm.free_cpu_blocks) == 4

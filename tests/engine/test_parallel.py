@@ -72,5 +72,6 @@ def test_stages_and_microbatches_partition_their_input():
     assert [list(stage_layers(80, 3, s)) for s in range(3)] == [list(range(27)), list(range(27, 54)), list(range(54, 80))]
     batch = [(object(), n) for n in (1, 1, 1, 1, 30, 2)]
     groups = microbatches(batch, 2)
-    assert [item for g in groups for item in g] == batch and len(groups) == 2
+    assert [item for g in groups for item in g] == batch
+    assert len(groups) == 2
     assert microbatches(batch[:1], 4) == [batch[:1]]

@@ -71,7 +71,8 @@ def test_interactive_request_preempts_batch_class(tiny_model, expected, shortage
 def test_same_class_waits_its_turn(tiny_model, expected):
     engine = engine_for(tiny_model, max_num_seqs=4)
     steps, outputs = flood_then_interactive(engine, BATCH)
-    assert steps > 5 and engine.scheduler.num_preemptions == 0  # FIFO: it waits for a batch request to finish
+    assert steps > 5
+    assert engine.scheduler.num_preemptions == 0  # FIFO: it waits for a batch request to finish
     assert dict(outputs) == expected
 
 

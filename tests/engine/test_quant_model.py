@@ -63,7 +63,8 @@ def test_quant_linear_matches_dequantized_reference(mode, dtype):
     x = torch.randn(2, 5, 128).to(dtype)
     expected = (x.float() @ w.T + linear.bias.detach()).to(dtype)
     out = layer(x)
-    assert out.dtype == dtype and out.shape == (2, 5, 48)
+    assert out.dtype == dtype
+    assert out.shape == (2, 5, 48)
     if mode == "int8" and FBGEMM:  # fbgemm quantizes activations too (per row, 7-bit): close, not equal
         assert ((out.float() - expected.float()).norm() / expected.float().norm()) < 0.02
     else:
@@ -110,7 +111,8 @@ def test_int8_cpu_packing_follows_the_loaded_weights():
     x = torch.randn(3, 128)
     before = layer(x)
     layer.load_state_dict(source.state_dict())
-    assert torch.equal(layer(x), source(x)) and not torch.equal(layer(x), before)
+    assert torch.equal(layer(x), source(x))
+    assert not torch.equal(layer(x), before)
     layer.qweight[:16].copy_(-layer.qweight[:16])  # an in-place row-slice copy, as the engine's fused loader does
     assert torch.allclose(layer(x)[:, :16] - layer.bias[:16], -(source(x)[:, :16] - source.bias[:16]), atol=1e-5)
 

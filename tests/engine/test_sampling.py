@@ -49,16 +49,19 @@ def test_top_k_samples_only_among_the_k_best(engine):
         engine.block_manager.free(seq)
     best = set(logits[0].topk(3).indices.tolist())
     drawn = {t[0] for t in tokens(engine, [PROMPT] * 40, [SamplingParams(**{**params.__dict__, "seed": s}) for s in range(40)])}
-    assert drawn <= best and len(drawn) > 1
+    assert drawn <= best
+    assert len(drawn) > 1
 
 
 def test_stop_token_and_max_tokens(engine, hf_model):
     want = hf_greedy(hf_model, PROMPT, 12)
     stop_at = want[5]
     out = engine.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0, stop_token_ids=[stop_at], ignore_eos=True))[0]
-    assert out.token_ids == want[: want.index(stop_at) + 1] and out.finish_reason == "stop"
+    assert out.token_ids == want[: want.index(stop_at) + 1]
+    assert out.finish_reason == "stop"
     out = engine.generate([PROMPT], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0]
-    assert out.token_ids == want[:4] and out.finish_reason == "length"
+    assert out.token_ids == want[:4]
+    assert out.finish_reason == "length"
 
 
 def test_eos_stops_unless_ignored(tiny_model, hf_model):
@@ -66,7 +69,8 @@ def test_eos_stops_unless_ignored(tiny_model, hf_model):
     engine = LLMEngine(EngineConfig(str(tiny_model), block_size=4, num_kv_blocks=64))
     engine.eos_token_ids = {want[4]}  # pretend the checkpoint's eos is a token greedy decoding will meet
     stopped = engine.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0))[0]
-    assert stopped.token_ids == want[: want.index(want[4]) + 1] and stopped.finish_reason == "stop"
+    assert stopped.token_ids == want[: want.index(want[4]) + 1]
+    assert stopped.finish_reason == "stop"
     ignored = engine.generate([PROMPT], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0]
     assert ignored.token_ids == want
 

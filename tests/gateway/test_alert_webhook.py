@@ -83,11 +83,13 @@ def test_an_alert_is_posted_once_with_its_exact_figures(tmp_path, tokenizer, rec
         listed = httpx.get(f"{url}/admin/alerts", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     [alert] = billing.list_alerts(tenant_id)
     [body] = hook.bodies
-    assert body["tenant"] == "acme" and body["period_key"] == alert["period_key"]
+    assert body["tenant"] == "acme"
+    assert body["period_key"] == alert["period_key"]
     assert (body["spent_micros"], body["limit_micros"], body["alert_percent"]) == (alert["spent_micros"], 2_000, 1)
     assert "acme" in body["text"]
     assert f"$0.{alert['spent_micros']:06d} of its $0.002000 budget" in body["text"]
-    assert listed[0]["tenant"] == "acme" and listed[0]["sent_at"] is not None
+    assert listed[0]["tenant"] == "acme"
+    assert listed[0]["sent_at"] is not None
 
 
 def test_a_refused_alert_is_sent_again_once_its_claim_lapses(tmp_path, tokenizer, receiver, monkeypatch):
@@ -124,7 +126,8 @@ def test_each_threshold_set_through_the_api_is_posted_once(tmp_path, tokenizer, 
     with serve(app) as url:
         old = httpx.put(f"{url}/admin/budgets", headers=admin,
                         json={"tenant_id": tenant_id, "limit_micros": 300, "alert_percent": 80})
-        assert old.status_code == 400 and "alert_percent" in old.json()["error"]["message"]
+        assert old.status_code == 400
+        assert "alert_percent" in old.json()["error"]["message"]
         for bad in ([0], [101], [50, "x"], list(range(1, 13))):
             answer = httpx.put(f"{url}/admin/budgets", headers=admin,
                                json={"tenant_id": tenant_id, "limit_micros": 300, "alert_percents": bad})

@@ -20,7 +20,8 @@ def test_shipped_examples_load(example, monkeypatch):
     for var in ("CLUSTER_KEY", "OPENAI_API_KEY", "TOGETHER_API_KEY"):
         monkeypatch.setenv(var, "sk-test")
     catalog = load(example)
-    assert catalog.route("auto") is not None and all(m.price for m in catalog.models)
+    assert catalog.route("auto") is not None
+    assert all(m.price for m in catalog.models)
 
 
 def test_the_issue_example_loads_as_written(tmp_path, monkeypatch):
@@ -28,7 +29,8 @@ def test_the_issue_example_loads_as_written(tmp_path, monkeypatch):
     catalog = load(_write(tmp_path, ISSUE_EXAMPLE))
     assert [m.kind for m in catalog.models] == ["engine", "openai"]
     assert catalog.prices()["ext-big"] == {"input": 2.5, "cached_input": 1.25, "output": 10.0}
-    assert catalog.route("auto").tiers == ["ferryman-small", "ext-big"] and catalog.route("auto").fallbacks
+    assert catalog.route("auto").tiers == ["ferryman-small", "ext-big"]
+    assert catalog.route("auto").fallbacks
 
 
 @pytest.mark.slow
@@ -48,7 +50,8 @@ def test_a_bad_file_stops_the_start_with_one_line_naming_the_key(tmp_path, chang
                          timeout=60)
     assert run.returncode != 0
     [message] = run.stderr.strip().splitlines()
-    assert message.startswith(f"ferryman: bad model catalog: {path}: ") and line in message
+    assert message.startswith(f"ferryman: bad model catalog: {path}: ")
+    assert line in message
     assert "sk-live-123" not in run.stderr
 
 
@@ -56,17 +59,22 @@ def test_a_bad_file_stops_the_start_with_one_line_naming_the_key(tmp_path, chang
 def test_ferryman_config_names_the_file_too(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "FERRYMAN_CONFIG": str(tmp_path / "missing.yaml")}
     run = subprocess.run([str(FERRYMAN), "serve"], capture_output=True, text=True, env=env, timeout=60)
-    assert run.returncode != 0 and "missing.yaml" in run.stderr and "No such file" in run.stderr
+    assert run.returncode != 0
+    assert "missing.yaml" in run.stderr
+    assert "No such file" in run.stderr
 
 
 def test_embedded_default_is_the_bundled_pair_shaped_by_the_old_settings():
     plain = embedded(Settings())
     assert [m.name for m in plain.models] == ["ferryman-small", "ferryman-large"]
-    assert plain.route("auto").policy == "router" and plain.prices() == {}  # the price table keeps its prices
+    assert plain.route("auto").policy == "router"
+    assert plain.prices() == {}  # the price table keeps its prices
     tuned = embedded(Settings(large_speculation="draft", large_quantization="int8", idle_unload_s=30, cascade=True))
     large = tuned.model("ferryman-large")
-    assert isinstance(large, EngineEntry) and (large.speculation, large.quantization) == ("ferryman-small", "int8")
-    assert large.idle_unload_s == 30 and tuned.route("auto").policy == "cascade"
+    assert isinstance(large, EngineEntry)
+    assert (large.speculation, large.quantization) == ("ferryman-small", "int8")
+    assert large.idle_unload_s == 30
+    assert tuned.route("auto").policy == "cascade"
     remote = embedded(Settings(large_upstreams="http://a:1, http://b:2"))
     assert isinstance(remote.model("ferryman-large"), ReplicasEntry)
     assert remote.model("ferryman-large").urls == ["http://a:1", "http://b:2"]

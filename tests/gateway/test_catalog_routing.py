@@ -67,7 +67,8 @@ def test_three_tiers_router_picks_the_ends_and_a_down_tier_passes_to_the_nearest
         assert hard.headers["x-ferryman-fallback-from"] == "t-strong"
         with pytest.raises(openai.InternalServerError) as err:
             ask(url, key, "strict", HARD)
-        assert err.value.status_code == 503 and err.value.body["code"] == "model_unavailable"
+        assert err.value.status_code == 503
+        assert err.value.body["code"] == "model_unavailable"
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer fm-admin-test-key"}).text
     served = {r["request_id"]: r for r in billing.usage(tenant_id)}[hard.headers["x-request-id"]]
     assert (served["model"], served["route"], served["route_group"], served["status"]) == ("t-mid", "t-mid", "auto", "ok")
@@ -83,7 +84,8 @@ def test_a_pinned_group_never_falls_back(make):
     with serve(app) as url:
         with pytest.raises(openai.InternalServerError) as err:
             ask(url, key, "only-cheap", "hi")
-        assert err.value.status_code == 503 and err.value.body["code"] == "model_unavailable"
+        assert err.value.status_code == 503
+        assert err.value.body["code"] == "model_unavailable"
         assert "x-ferryman-fallback-from" not in err.value.response.headers
         assert ask(url, key, "only-mid", HARD).headers["x-ferryman-model"] == "t-mid"
     assert sorted(r["model"] for r in billing.usage(tenant_id)) == ["t-cheap", "t-mid"]  # nothing else was asked
@@ -138,7 +140,8 @@ def test_cascade_group_escalates_an_unsure_answer_to_the_strongest_tier(make, lo
     app, billing, tenant_id, key = make(backends, [{"name": "careful", "tiers": TIERS, "policy": "cascade"}])
     with serve(app) as url:
         raw = ask(url, key, "careful", "hi")
-    assert raw.parse().choices[0].message.content == served and raw.headers["x-ferryman-model"] == served
+    assert raw.parse().choices[0].message.content == served
+    assert raw.headers["x-ferryman-model"] == served
     records = {r["route"]: r for r in billing.usage(tenant_id)}
     assert sorted(records) == (["cascade-t-cheap"] if served == "t-cheap" else ["cascade-t-cheap", "cascade-t-strong"])
     first = records["cascade-t-cheap"]
@@ -176,6 +179,7 @@ def test_a_model_silent_past_its_timeout_passes_the_request_on_and_costs_nothing
     app, billing, tenant_id, key = make(backends, [{"name": "auto", "tiers": TIERS}], timeouts={"t-strong": 0.3})
     with serve(app) as url:
         raw = ask(url, key, "auto", HARD)
-    assert raw.headers["x-ferryman-model"] == "t-mid" and raw.headers["x-ferryman-fallback-from"] == "t-strong"
+    assert raw.headers["x-ferryman-model"] == "t-mid"
+    assert raw.headers["x-ferryman-fallback-from"] == "t-strong"
     [timed_out] = [r for r in billing.usage(tenant_id) if r["model"] == "t-strong"]
     assert (timed_out["status"], timed_out["cost_micros"]) == ("timeout", 0)

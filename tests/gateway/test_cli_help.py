@@ -26,7 +26,8 @@ def test_every_command_and_option_has_help_and_no_flag_is_doubly_negated():
                 if param.name != "help" and not getattr(param, "help", None)]
     assert missing == []
     flags = [o for _, command in tree for param in command.params for o in param.opts + param.secondary_opts]
-    assert len(tree) > 40 and [f for f in flags if f.startswith("--no-no-")] == []
+    assert len(tree) > 40
+    assert [f for f in flags if f.startswith("--no-no-")] == []
     assert "--no-prefix-caching" in flags
 
 
@@ -35,11 +36,14 @@ def test_priority_and_period_list_their_values_and_refuse_others(tmp_path):
     def shown(*command: str) -> str:
         return runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
 
-    assert "--priority " in shown("tenants", "create") and "<interactive|standard|batch>" in shown("tenants", "create")
+    assert "--priority " in shown("tenants", "create")
+    assert "<interactive|standard|batch>" in shown("tenants", "create")
     assert "<interactive|standard|batch>" in shown("tenants", "update")
-    assert "--period " in shown("tenants", "budget") and "<daily|monthly>" in shown("tenants", "budget")
+    assert "--period " in shown("tenants", "budget")
+    assert "<daily|monthly>" in shown("tenants", "budget")
     refused = runner.invoke(app, ["tenants", "create", "acme", "--priority", "urgent", "--database-url", url])
-    assert refused.exit_code == 2 and "'urgent' is not one of" in refused.output
+    assert refused.exit_code == 2
+    assert "'urgent' is not one of" in refused.output
     assert not (tmp_path / "ledger.db").exists()  # refused before the ledger was opened
 
 
@@ -75,7 +79,8 @@ def test_limits_targets_and_budgets_can_be_removed_and_alerts_listed(tmp_path):
     [alert] = billing.list_alerts()
     listed = ferryman(url, "tenants", "alerts", "acme").splitlines()
     assert listed[0].split()[:5] == ["id", "tenant", "key_id", "budget_id", "period_key"]
-    assert listed[1].split()[:2] == [str(alert["id"]), "acme"] and alert["period_key"] in listed[1]
+    assert listed[1].split()[:2] == [str(alert["id"]), "acme"]
+    assert alert["period_key"] in listed[1]
     assert len(ferryman(url, "tenants", "alerts").splitlines()) == 2
 
     assert "deleted" in ferryman(url, "tenants", "budget-delete", "acme")
@@ -92,4 +97,5 @@ def test_a_layout_the_model_cannot_be_sharded_into_is_refused():
     assert ("layout TP3 PP1 x1: tensor-parallel degree 3 does not divide llama-3-70b's 64 attention heads "
             "(8 KV heads) evenly; it can use TP 1, 2, 4, 8") in " ".join(result.output.split())
     result = runner.invoke(app, ["plan", "simulate", "--layout", "1x81", "--duration", "1"])
-    assert result.exit_code == 1 and "81 pipeline stages for llama-3-70b's 80 layers" in result.output
+    assert result.exit_code == 1
+    assert "81 pipeline stages for llama-3-70b's 80 layers" in result.output

@@ -21,8 +21,10 @@ def test_reference_and_judge_scores():
     assert reference_score("the answer is p i h s", "p i h s") == 1.0
     assert reference_score("12345", "234") == 0.0  # containment is by whole words
     assert reference_score("", "") == 0.0
-    assert judge_score("Rating: [[10]]") == 1.0 and judge_score("[[1]]") == 0.0
-    assert judge_score("no rating") is None and judge_score("[[11]]") is None
+    assert judge_score("Rating: [[10]]") == 1.0
+    assert judge_score("[[1]]") == 0.0
+    assert judge_score("no rating") is None
+    assert judge_score("[[11]]") is None
 
 
 @pytest.mark.slow
@@ -39,7 +41,8 @@ def test_label_writes_one_row_per_prompt_bills_the_operator_and_resumes(tmp_path
 
     first = CliRunner().invoke(app, args, env=env)
     assert first.exit_code == 0, first.output
-    assert "3 prompts x 2 tiers" in first.output and "3 rows added" in first.output
+    assert "3 prompts x 2 tiers" in first.output
+    assert "3 rows added" in first.output
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["prompt"] for r in rows) == sorted(t.prompt for t in tasks)

@@ -46,7 +46,9 @@ def test_roles_made_on_the_page_see_what_they_may_and_revocation_is_audited(page
     page.click("#tabs a[data-tab=access]")
     operator = make_key(page, "olga", "operator")
     finance = make_key(page, "fred", "finance")
-    assert operator.startswith("fm-admin-") and finance.startswith("fm-admin-") and operator != finance
+    assert operator.startswith("fm-admin-")
+    assert finance.startswith("fm-admin-")
+    assert operator != finance
     sign_out(page)
 
     # the operator: tenants, prices, live; no spend, no access, no audit
@@ -72,7 +74,8 @@ def test_roles_made_on_the_page_see_what_they_may_and_revocation_is_audited(page
     assert page.inner_text("#spend-error") == ""
     page.click("#tabs a[data-tab=audit]")
     row = page.wait_for_selector("#audit-table tr[data-action='tenant.create']")
-    assert "olga" in row.inner_text() and "operator" in row.inner_text()
+    assert "olga" in row.inner_text()
+    assert "operator" in row.inner_text()
     tenant_id = billing.tenant_by_name("acme")["id"]
     assert status(url, finance, "GET", "/admin/reports/usage?format=csv") == 200
     assert status(url, finance, "POST", "/admin/tenants", {"name": "nope"}) == 403
