@@ -37,4 +37,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser and not postgres"
 
 test-no-browser: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not browser"

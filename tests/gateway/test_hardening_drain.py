@@ -24,20 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = """
 import sys
 from transformers import AutoTokenizer
-from backends.echo import EchoBackend
-from billing import Billing, RateLimiter
-from gateway.app import create_app
-from gateway.config import Settings
 from gateway.drain import serve
-from tests.util import LengthRouter
+from tests.harness import echo_backends, gateway_app
 
 url, port, grace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained("models/large")
-settings = Settings(database_url=url, admin_key="fm-admin-drain", shutdown_grace_s=grace)
-backends = {name: EchoBackend(name, tokenizer.decode, 0.05) for name in ("ferryman-small", "ferryman-large")}
-app = create_app(settings, billing=Billing(url), limiter=RateLimiter(), router=LengthRouter(), backends=backends,
-                 tokenizer=tokenizer)
-serve(app, "127.0.0.1", port)
+backends = echo_backends(tokenizer.decode, 0.05)
+wiring = gateway_app(url, tokenizer=tokenizer, backends=backends, admin_key="fm-admin-drain", shutdown_grace_s=grace)
+serve(wiring.app, "127.0.0.1", port)
 """
 
 
