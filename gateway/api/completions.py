@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Header, Request
@@ -13,8 +12,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backends.base import TokenDelta
 from gateway.api.deps import ferry_of
+from gateway.api.shapes import Answer, ChatShape, CompletionShape, usage_of, usd
 from gateway.errors import APIError, outage, responses
-from gateway.ferry import Ferry, Reply, Ticket
+from gateway.ferry import Ferry, Reply
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(prefix="/v1")
@@ -65,31 +65,8 @@ async def _complete(request: Request, kind: type, authorization: str | None, cha
     answers = await _whole(request, deltas, reply.ticket.n)
     if answers is None:  # nobody is listening: the generation was stopped and settled as cancelled
         return Response(status_code=499)
-    headers = {**reply.headers(), "x-ferryman-cost-usd": _usd(reply.cost_micros())}
-    return JSONResponse(shape.whole(answers, _usage(reply)), headers=headers)
-
-
-class Answer:
-    """One choice's whole answer gathered from its deltas: text, tool calls, log-probabilities, finish reason."""
-
-    def __init__(self):
-        self.text, self.finish, self.tool_calls, self.logprobs = "", None, [], None
-
-    def add(self, delta: TokenDelta) -> None:
-        self.text += delta.text
-        self.finish = delta.finish_reason or self.finish
-        for call in delta.tool_calls or ():  # streamed pieces: a call's head (its index new), then its arguments
-            i = call.get("index")
-            if i is None or i >= len(self.tool_calls):
-                self.tool_calls.append({**call, "function": dict(call.get("function") or {})})
-            else:
-                function = self.tool_calls[i]["function"]
-                function["arguments"] = function.get("arguments", "") + call["function"].get("arguments", "")
-        if delta.choice_logprobs:  # chat's {"content": [...]} or a completion's lists: each list grows
-            more = delta.choice_logprobs
-            self.logprobs = self.logprobs or {k: [] for k, v in more.items() if isinstance(v, list)}
-            for key, items in self.logprobs.items():
-                items += more.get(key) or ()
+    headers = {**reply.headers(), "x-ferryman-cost-usd": usd(reply.cost_micros())}
+    return JSONResponse(shape.whole(answers, usage_of(reply)), headers=headers)
 
 
 async def _whole(request: Request, deltas: AsyncIterator[TokenDelta], n: int) -> list[Answer] | None:
@@ -133,7 +110,7 @@ async def _sse(deltas: AsyncIterator[TokenDelta], reply: Reply, shape, include_u
         yield _event(_stream_error(exc).body())
         return
     if include_usage:
-        yield _event(shape.usage_chunk(_usage(reply)))
+        yield _event(shape.usage_chunk(usage_of(reply)))
     yield "data: [DONE]\n\n"
 
 
@@ -148,78 +125,3 @@ def _stream_error(exc: Exception) -> APIError:
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
-def _usage(reply: Reply) -> dict:
-    u = reply.ticket.final_usage()
-    prompt, completion = u.prompt_tokens, u.completion_tokens
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-             "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-             "cost_usd": float(_usd(reply.cost_micros()))}
-    return {**usage, "estimated": True} if u.estimated else usage  # counted by us: the upstream sent no usage
-
-
-def _usd(micros: int | None) -> str:
-    return f"{(micros or 0) / 1_000_000:.6f}"
-
-
-class ChatShape:
-    """chat.completion and chat.completion.chunk objects."""
-
-    def __init__(self, ticket: Ticket):
-        self.base = {"id": "chatcmpl-" + ticket.request_id[4:], "created": int(time.time()), "model": ticket.model,
-                     "system_fingerprint": None}
-
-    def whole(self, answers: list[Answer], usage: dict) -> dict:
-        choices = [self._choice(i, answer) for i, answer in enumerate(answers)]
-        return {**self.base, "object": "chat.completion", "choices": choices, "usage": usage}
-
-    @staticmethod
-    def _choice(i: int, answer: Answer) -> dict:
-        message = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
-        if answer.tool_calls:
-            message["tool_calls"] = answer.tool_calls
-        content = (answer.logprobs or {}).get("content")
-        logprobs = {"content": content} if content else None
-        return {"index": i, "message": message, "logprobs": logprobs, "finish_reason": answer.finish}
-
-    def opening(self, n: int) -> list[dict]:
-        return [self._chunk(i, {"role": "assistant", "content": ""}, None) for i in range(n)]
-
-    def chunk(self, d: TokenDelta) -> dict:
-        delta = {"content": d.text} if d.text else {}
-        if d.tool_calls:
-            delta["tool_calls"] = d.tool_calls
-        return self._chunk(d.index, delta, d.finish_reason, d.choice_logprobs)
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-
-    def _chunk(self, i: int, delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
-        choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
-
-
-class CompletionShape:
-    """text_completion objects (streamed chunks share the same object type)."""
-
-    def __init__(self, ticket: Ticket):
-        self.base = {"id": "cmpl-" + ticket.request_id[4:], "object": "text_completion", "created": int(time.time()),
-                     "model": ticket.model, "system_fingerprint": None}
-
-    def whole(self, answers: list[Answer], usage: dict) -> dict:
-        choices = [self._choice(i, a.text, a.logprobs, a.finish) for i, a in enumerate(answers)]
-        return {**self.base, "choices": choices, "usage": usage}
-
-    def opening(self, n: int) -> list[dict]:
-        return []
-
-    def chunk(self, d: TokenDelta) -> dict:
-        return {**self.base, "choices": [self._choice(d.index, d.text, d.choice_logprobs, d.finish_reason)]}
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return {**self.base, "choices": [], "usage": usage}
-
-    @staticmethod
-    def _choice(i: int, text: str, logprobs: dict | None, finish: str | None) -> dict:
-        return {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
