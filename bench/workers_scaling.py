@@ -51,7 +51,7 @@ def serve(workers: int, database_url: str, redis_url: str, catalog: Path) -> tup
 
 
 def worker_pids(proc: subprocess.Popen, workers: int) -> list[int]:
-    """The processes that serve: the server itself for one worker, else its children (uvicorn's workers)."""
+    """The processes that serve: the server itself for one worker, else its children (the supervisor's workers)."""
     if workers == 1:
         return [proc.pid]
     for _ in range(100):

@@ -62,11 +62,12 @@ class Drain:
             yield delta
 
 
-def serve(app, host: str, port: int) -> None:
-    """Run the gateway until SIGTERM/SIGINT, drain, and return (exit 0). A second signal stops at once."""
+def serve(app, host: str, port: int, sockets: list | None = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT, drain, and return (exit 0). A second signal stops at once.
+    `sockets`: listen on these (a worker of `serve --workers`, gateway/workers.py) instead of binding host:port."""
     config = http_limits.uvicorn_config(app, app.state.settings, host=host, port=port, log_level="warning",
                                         timeout_graceful_shutdown=5)
-    DrainingServer(config, app.state.drain).run()
+    DrainingServer(config, app.state.drain).run(sockets=sockets)
 
 
 class DrainingServer(uvicorn.Server):

@@ -23,6 +23,7 @@ class CountingUpstream:
 
     def __init__(self):
         self.connections, self.bodies = 0, []
+        self.delay_s = 0.0  # before each chat answer (a slow model)
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -47,6 +48,7 @@ class CountingUpstream:
                     continue
                 body = json.loads(data)
                 self.bodies.append(body)
+                await asyncio.sleep(self.delay_s)
                 writer.write(_streamed() if body.get("stream") else _whole())
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

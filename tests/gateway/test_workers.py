@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,66 @@ def test_workers_refuse_per_process_state():
 @pytest.mark.redis
 @pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
+    _, billing, key, port, proc = _two_workers(tmp_path)
+    try:
+        _wait_ready(port, proc)
+        for i in range(40):  # a fresh connection each, so the kernel spreads them over both workers
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                           json={"model": "up", "messages": [{"role": "user", "content": f"q{i}"}]}, timeout=30)
+            assert r.status_code == 200, r.text
+        deadline = time.time() + 10  # records reach the database through each worker's batch writer
+        while len(billing.usage(limit=100)) < 40 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(billing.usage(limit=100)) == 40
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
+def test_a_dead_worker_is_replaced_and_sigterm_drains_every_worker(tmp_path):
+    """A worker SIGKILLed is started again. SIGTERM to `serve --workers 2` with a request in flight: new requests get 503 + Retry-After (not a
+    connection left waiting on a socket nobody accepts), the one in flight is answered and billed, exit 0."""
+    upstream, billing, key, port, proc = _two_workers(tmp_path)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    ask = {"headers": {"authorization": f"Bearer {key}"}, "timeout": 60,
+           "json": {"model": "up", "messages": [{"role": "user", "content": "slow"}]}}
+    in_flight = {}
+    try:
+        _wait_ready(port, proc)
+        first = _workers(proc.pid)
+        os.kill(first[0], signal.SIGKILL)  # a worker that dies is started again
+        deadline = time.time() + 120
+        while not (len(now := _workers(proc.pid)) == 2 and first[0] not in now) and time.time() < deadline:
+            time.sleep(0.2)
+        _wait_ready(port, proc)
+        assert len(now) == 2 and first[0] not in now, (first, now)
+        upstream.delay_s = 4.0
+        asking = threading.Thread(target=lambda: in_flight.update(r=httpx.post(url, **ask)))
+        asking.start()
+        deadline = time.time() + 30
+        while not upstream.bodies and time.time() < deadline:
+            time.sleep(0.05)
+        assert upstream.bodies, "the request never reached the upstream"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        refused = httpx.post(url, **{**ask, "timeout": 10})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert refused.headers["retry-after"]
+        asking.join(60)
+        assert in_flight["r"].status_code == 200, in_flight["r"].text
+        assert proc.wait(60) == 0
+        assert [r["status"] for r in billing.usage(limit=10)] == ["ok"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _two_workers(tmp_path):
+    """`ferryman serve --workers 2` over a SQLite ledger with one tenant's key, in front of a CountingUpstream."""
     upstream = CountingUpstream()
     (tmp_path / "catalog.yaml").write_text(f"models:\n  - name: up\n    kind: openai\n"
                                            f"    base_url: http://127.0.0.1:{upstream.port}/v1\n"
@@ -63,19 +125,7 @@ def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     ferryman = Path(sys.executable).parent / "ferryman"
     proc = subprocess.Popen([str(ferryman), "serve", "--workers", "2", "--port", str(port),
                              "--config", str(tmp_path / "catalog.yaml")], env=env, stdout=subprocess.DEVNULL)
-    try:
-        _wait_ready(port, proc)
-        for i in range(40):  # a fresh connection each, so the kernel spreads them over both workers
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                           json={"model": "up", "messages": [{"role": "user", "content": f"q{i}"}]}, timeout=30)
-            assert r.status_code == 200, r.text
-        deadline = time.time() + 10  # records reach the database through each worker's batch writer
-        while len(billing.usage(limit=100)) < 40 and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(billing.usage(limit=100)) == 40
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    return upstream, billing, key, port, proc
 
 
 def _workers(pid: int) -> list[int]:
