@@ -747,8 +747,8 @@ each model gets 50 unmeasured requests (a fresh process's first ones pay imports
 ms per request" is the CPU time (user + system) its process spent per request in that cell: on a quiet core the
 added latency could not be much below it, and where the added p50 is far above it the request waited for a core.
 llama-cpp-python's server is not in the matrix: PyPI has only its source (a llama.cpp build, no wheel for this
-machine) and no GGUF of our checkpoints ships. The machine is shared: 2 cores, about 8 engineers' sessions running
-tests and benches beside it (load average {_loadavg()} at the end).
+machine) and no GGUF of our checkpoints ships. The machine has 2 cores, shared with whatever else
+runs on it (load average {_loadavg()} at the end: above ~2, read the ratios, not the milliseconds).
 
 {result}
 """
