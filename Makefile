@@ -30,7 +30,7 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
-# Before every commit, in about a minute: everything but the tests marked slow, the browser's and those that need
+# Before every commit, in about 90 s: everything but the tests marked slow, the browser's and those that need
 # PostgreSQL (most billing tests also run on SQLite; those stay). Markers: pyproject.toml, tests/conftest.py.
 # `make test` still runs everything.
 test-fast: $(STAMP)

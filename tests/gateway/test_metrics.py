@@ -17,7 +17,7 @@ from backends.echo import EchoBackend
 from billing import Billing
 from tests.gateway.conftest import ADMIN_KEY
 from tests.gateway.test_proxy_wire import CountingUpstream
-from tests.gateway.test_workers import REDIS, _redis_up, _wait_ready
+from tests.gateway.test_workers import REDIS, _wait_ready
 from tests.harness import free_port, gateway_app
 from tests.util import serve
 
@@ -127,7 +127,6 @@ def test_every_refusal_is_counted_by_reason_and_model_and_in_the_live_error_shar
 
 @pytest.mark.slow
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_one_scrape_sums_both_workers(tmp_path):
     upstream = CountingUpstream()
     (tmp_path / "catalog.yaml").write_text(f"models:\n  - name: up\n    kind: openai\n"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.slow
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 def _catalog(kind: str) -> Catalog:
     entry = ({"name": "m", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"} if kind == "openai" else
              {"name": "m", "kind": "engine", "path": "models/small"})
@@ -48,7 +39,6 @@ def test_workers_refuse_per_process_state():
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
     _, billing, key, port, proc = _two_workers(tmp_path)
     try:
@@ -67,7 +57,6 @@ def test_two_workers_serve_one_port_and_one_ledger(tmp_path):
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not _redis_up(), reason="needs Redis on 127.0.0.1:6379")
 def test_a_dead_worker_is_replaced_and_sigterm_drains_every_worker(tmp_path):
     """A worker SIGKILLed is started again. SIGTERM to `serve --workers 2` with a request in flight: new requests get 503 + Retry-After (not a
     connection left waiting on a socket nobody accepts), the one in flight is answered and billed, exit 0."""
