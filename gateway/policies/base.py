@@ -2,6 +2,7 @@
 small protocol (`Policy`), and the `fallbacks` switch, which is the catalog's and no policy's own."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
@@ -38,7 +39,7 @@ class Plan:
         return f"{self.policy}-{model}" if model in self.tagged else model
 
 
-class Policy:
+class Policy(ABC):
     """A route group's policy: which of its models serve a request, in which order. One subclass per policy,
     registered by name in gateway/policies/__init__.py; the catalog validates a group against its `misfit`."""
 
@@ -57,8 +58,9 @@ class Policy:
         """(key, problem) when the group's lists do not fit the policy."""
         return None
 
+    @abstractmethod
     def plan(self, ask: Ask) -> Plan:
-        raise NotImplementedError
+        """Which of the group's models serve this request, in which order."""
 
     def on_result(self, plan: Plan, ticket) -> Plan | None:
         """Asked as a judged try settles (`plan.judged`), whole: the plan that answers instead, or None to keep
