@@ -315,6 +315,18 @@ general_settings: {{master_key: {LITELLM_KEY}}}
                             stdout=subprocess.DEVNULL, stderr=open(work / "litellm.log", "w"))
 
 
+def llamacpp(directory: Path, work: Path, port: int, alias: str = "mock") -> subprocess.Popen:
+    """llama-cpp-python's server (bench/llamacpp_setup.sh builds it into `directory`) on the GGUF of models/large,
+    named `mock` as every upstream here; one thread: the box's other core is the client's and Ferryman's. Without
+    --interrupt_requests false it ends a stream in flight (no finish reason) when any request comes, a probe too."""
+    return subprocess.Popen([str(directory / "venv" / "bin" / "python"), "-m", "llama_cpp.server", "--model",
+                             str(directory / "gguf" / "large-f32.gguf"), "--model_alias", alias, "--n_ctx", "512",
+                             "--n_threads", "1", "--n_threads_batch", "1", "--interrupt_requests", "false", "--verbose",
+                             "false", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=open(work / "llamacpp.log", "w"))
+
+
 # --- the gateway load: a keep-alive HTTP/1.1 client, so the client is not what gets measured -------------
 
 CONTENT = re.compile(rb'"content":\s*"[^"]')
@@ -633,10 +645,13 @@ UPSTREAMS = {
     "http.server, HTTP/1.0, closes": ("http10", "nodelay", False),
     "http.server, closes idle connections": ("idle-close", "nodelay", False),
     "LiteLLM proxy (uvicorn)": ("litellm", "litellm", True),
+    "llama-cpp-python server (uvicorn)": ("llamacpp", "llamacpp", True),
 }
+LLAMACPP_VERSION = "0.3.36"  # what bench/llamacpp_setup.sh builds by default
 
 
-def start_upstream(kind: str, work: Path, mock_port: int) -> tuple[subprocess.Popen, int]:
+def start_upstream(kind: str, work: Path, mock_port: int, llamacpp_dir: Path | None = None
+                   ) -> tuple[subprocess.Popen, int]:
     from bench.gateway_overhead import free_port
 
     port = free_port()
@@ -644,6 +659,10 @@ def start_upstream(kind: str, work: Path, mock_port: int) -> tuple[subprocess.Po
         return start_server(["--serve-mock", str(port)], port), port
     if kind == "litellm":
         proc = litellm(work, mock_port, port)
+        wait_listening(proc, port)
+        return proc, port
+    if kind == "llamacpp":
+        proc = llamacpp(llamacpp_dir, work, port)
         wait_listening(proc, port)
         return proc, port
     return start_server(["--serve-threaded", str(port), kind], port), port
@@ -659,14 +678,15 @@ def upstreams(args: argparse.Namespace) -> None:
     from bench.gateway_overhead import free_port, ledger
 
     work, n = Path(tempfile.mkdtemp(prefix="ferryman-upstreams-")), args.requests_c1
-    styles = {s: k for s, k in UPSTREAMS.items() if not (args.no_litellm and k[0] == "litellm")}
+    styles = {s: k for s, k in UPSTREAMS.items() if not (args.no_litellm and k[0] == "litellm")
+              and not (args.llamacpp is None and k[0] == "llamacpp")}
     procs, ports = [], {}
     try:
         mock = start_upstream("mock", work, 0)
         procs.append(mock[0])
         ports["mock"] = mock[1]
         for kind in {k for style in styles.values() for k in style[:2]} - {"mock"}:
-            proc, ports[kind] = start_upstream(kind, work, ports["mock"])
+            proc, ports[kind] = start_upstream(kind, work, ports["mock"], args.llamacpp)
             procs.append(proc)
         os.environ["BENCH_LITELLM_KEY"] = LITELLM_KEY
         catalog = work / "catalog.yaml"
@@ -723,6 +743,9 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
                      _mm(stat(style, "direct to it as is")) if plain else "- (cannot keep alive)",
                      _mm(stat(style, "Ferryman")), _mm(ferryman), _mm(stat(style, "cpu")),
                      "yes" if ferryman[0] <= 2 else "NO"])
+    if args.llamacpp is None:
+        rows.append(["llama-cpp-python server (uvicorn)", "not measured: no build (`bench/llamacpp_setup.sh DIR`, "
+                     "then `--llamacpp DIR`)", "-", "-", "-", "-", "-"])
     result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
                     "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman CPU ms per request", "within 2 ms"], rows)
     print(result)
@@ -735,24 +758,28 @@ with a budget, a key and rate limits) in front of OpenAI-compatible upstreams of
 own process: the asyncio mock (TCP_NODELAY, head and body in one send); Python's `http.server` (a thread per
 connection, head and body in separate sends, no TCP_NODELAY: the Nagle / delayed-ACK stall) with a
 `Content-Length` body, with a chunked body, answering HTTP/1.0 and closing, and closing every connection once
-idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock). Non-streaming chat at
+idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock); llama-cpp-python
+{LLAMACPP_VERSION}'s server (uvicorn; llama.cpp built from PyPI's sdist by `bench/llamacpp_setup.sh`, -DGGML_NATIVE=ON)
+generating from an f32 GGUF of models/large (llama.cpp's convert_hf_to_gguf.py), one thread, whatever it samples
+by default for 16 tokens at most. Non-streaming chat at
 concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
 The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
 client does it) to a well-behaved copy of the same upstream: the same server with TCP_NODELAY, keeping connections
-alive (LiteLLM has no such copy: the baseline is LiteLLM itself, read by that stall-immune client). "Plain keep-alive
+alive (LiteLLM and llama-cpp-python have no such copy: the baseline is the server itself, read by that
+stall-immune client). "Plain keep-alive
 client to it" is that client without TCP_QUICKACK against the upstream as it is: the stall Ferryman's client
 avoids (backends/wire.py re-arms TCP_QUICKACK after each read and after each send, so the head's ACK goes at once). Each cell: median of
 {args.rounds} interleaved rounds (min-max); "added" = Ferryman minus the baseline in the same round; before the rounds
 each model gets 50 unmeasured requests (a fresh process's first ones pay imports and cold caches). "Ferryman CPU
 ms per request" is the CPU time (user + system) its process spent per request in that cell: on a quiet core the
 added latency could not be much below it, and where the added p50 is far above it the request waited for a core.
-llama-cpp-python's server is not in the matrix: PyPI has only its source (a llama.cpp build, no wheel for this
-machine) and no GGUF of our checkpoints ships. The machine has 2 cores, shared with whatever else
+The machine has 2 cores, shared with whatever else
 runs on it (load average {_loadavg()} at the end: above ~2, read the ratios, not the milliseconds).
 
 {result}
 """
-    command = f"bench/vs_peers.py --upstreams --rounds {args.rounds} --requests-c1 {args.requests_c1}"
+    command = f"bench/vs_peers.py --upstreams --rounds {args.rounds} --requests-c1 {args.requests_c1}" + (
+        " --llamacpp DIR (built by `bench/llamacpp_setup.sh DIR`)" if args.llamacpp else "")
     write_section("vs_peers_upstreams", "Ferryman in front of upstreams of every socket habit", command, body)
 
 
@@ -927,6 +954,8 @@ def main() -> None:
     parser.add_argument("--requests-stream", type=int, default=200)
     parser.add_argument("--upstreams", action="store_true", help="Ferryman in front of upstreams of every socket "
                         "habit, against a direct client to a well-behaved copy of each")
+    parser.add_argument("--llamacpp", type=Path, metavar="DIR", help="with --upstreams: also llama-cpp-python's "
+                        "server, from the directory bench/llamacpp_setup.sh DIR built")
     args = parser.parse_args()
     engines(args) if args.engines else upstreams(args) if args.upstreams else gateways(args)
 

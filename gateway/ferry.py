@@ -56,6 +56,7 @@ class Tally:
     choice_tokens: Counter = field(default_factory=Counter)  # likewise, per choice
     texts: list[str] = field(default_factory=list)  # a text upstream's answer, counted if it reports no usage
     calls: list[str] = field(default_factory=list)  # and its tool calls' names and arguments
+    named: set = field(default_factory=set)  # (choice, call) whose name is counted: once, though a server repeats it
     usages: dict[int, Usage] = field(default_factory=dict)  # per choice, as its backend reported it
     logprobs: list[float] = field(default_factory=list)
 
@@ -66,9 +67,14 @@ class Tally:
         self.choice_tokens[delta.index] += tokens
         if texts:
             self.texts.append(delta.text)
-            for call in delta.tool_calls or ():
+            for i, call in enumerate(delta.tool_calls or ()):
                 function = call.get("function") or {} if isinstance(call, dict) else {}
-                self.calls += [function.get("name") or "", function.get("arguments") or ""]
+                key = (delta.index, call.get("index", i) if isinstance(call, dict) else i)
+                # llama-cpp-python repeats the name in every delta of a streamed call: counted each time, a 48-token
+                # call was billed 241 completion tokens
+                name = "" if key in self.named else function.get("name") or ""
+                self.named.add(key)
+                self.calls += [name, function.get("arguments") or ""]
         if delta.logprobs:
             self.logprobs += delta.logprobs
         if delta.usage is not None:
