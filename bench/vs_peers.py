@@ -334,7 +334,7 @@ CONTENT = re.compile(rb'"content":\s*"[^"]')
 
 def chat_request(key: str, stream: bool, model: str = "mock") -> bytes:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say something short."}],
-                       "max_tokens": 16, "stream": stream}).encode()
+                       "max_tokens": 16, "temperature": 0, "stream": stream}).encode()  # greedy: the same work each time
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
@@ -760,8 +760,8 @@ connection, head and body in separate sends, no TCP_NODELAY: the Nagle / delayed
 `Content-Length` body, with a chunked body, answering HTTP/1.0 and closing, and closing every connection once
 idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock); llama-cpp-python
 {LLAMACPP_VERSION}'s server (uvicorn; llama.cpp built from PyPI's sdist by `bench/llamacpp_setup.sh`, -DGGML_NATIVE=ON)
-generating from an f32 GGUF of models/large (llama.cpp's convert_hf_to_gguf.py), one thread, whatever it samples
-by default for 16 tokens at most. Non-streaming chat at
+generating from an f32 GGUF of models/large (llama.cpp's convert_hf_to_gguf.py), one thread, greedy, 16 tokens
+(every request the same work). Non-streaming chat at
 concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
 The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
 client does it) to a well-behaved copy of the same upstream: the same server with TCP_NODELAY, keeping connections
