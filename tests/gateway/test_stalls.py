@@ -133,3 +133,60 @@ def test_a_stalled_redis_answers_503_within_its_timeout_bills_nothing_and_its_la
             direct.delete(k)
         direct.close()
         billing.close()
+
+
+CACHE_S = 3.0  # the key's and the prices' cache: requests in the stall's first seconds need no database
+
+
+@pytest.mark.slow
+def test_a_stalled_postgresql_under_the_redis_ledger_answers_503_and_loses_nothing_accepted(tokenizer, pg_url_via):
+    # Scaled out (holds in Redis, records written to PostgreSQL in batches): while PostgreSQL stalls, a request the
+    # caches can serve is held and settled in Redis and its record waits in the stream; one that needs the database
+    # (its key, past the cache) gets 503 within the deadlines and leaves nothing. Once PostgreSQL flows, every
+    # answered request's record is written with the cost its client was told.
+    url, proxy = pg_url_via
+    prefix = f"fm-test-{uuid.uuid4().hex}"
+    billing = Billing(url, redis_url=f"redis://127.0.0.1:{REDIS_PORT}/0", redis_prefix=prefix,
+                      redis_timeout_s=REDIS_TIMEOUT_S, deadlines=DEADLINES, cache_ttl_s=CACHE_S)
+    direct = redis.Redis(port=REDIS_PORT)
+    try:
+        with gateway_with(tokenizer, url, billing=billing) as gw:
+            billing.set_budget(gw.tenant_id, limit_micros=10**6)
+            served = [chat(gw)]
+            proxy.stall()
+            stalled_at = time.monotonic()
+            served += [chat(gw) for _ in range(3)]
+            cached_s = time.monotonic() - stalled_at
+            time.sleep(max(0.0, CACHE_S + 0.5 - cached_s))  # past the caches: the key needs the database
+            answers = stalled_requests(gw)
+            ready = ready_status(gw)
+            waiting = direct.xlen(f"{prefix}:ledger:settled")  # the settled records the writer could not write
+            proxy.restore()
+            bound = 2 * (DEADLINES.use_s + DEADLINES.connect_s) + DEADLINES.checkout_s + 5
+            assert waiting >= 3
+            for r in served:
+                assert r.status_code == 200, r.text
+            for r, took in answers:
+                assert_503(r, "database_unavailable", "database")
+                assert took < bound, (took, bound)
+            assert ready[0] == 503 and "database unreachable" in ready[1] and ready[2] < 10
+            served.append(served_again(gw))
+            assert served[-1].status_code == 200, served[-1].text
+            deadline = time.time() + 15
+            while len(gw.records()) < len(served) and time.time() < deadline:
+                time.sleep(0.2)  # the batch writer retries what the stall held up
+            told = {r.headers["x-request-id"]: round(float(r.headers["x-ferryman-cost-usd"]) * 1e6) for r in served}
+            records = gw.records()
+            assert {x["request_id"]: x["cost_micros"] for x in records} == told
+            assert {x["status"] for x in records} == {"ok"}
+            assert billing.ledger.open_holds() == (0, 0)
+            assert gw.billing.ledger_totals(gw.tenant_id) == {"spent_micros": sum(told.values()),
+                                                              "reserved_micros": 0, "open_reservations": 0}
+        print(f"\nPostgreSQL stalled under the Redis ledger: 3 requests served from the caches, {STALLED} answered "
+              f"503 in {min(t for _, t in answers):.1f}-{max(t for _, t in answers):.1f} s (bound {bound:.1f} s), "
+              f"{len(records)} records written after it")
+    finally:
+        for k in direct.scan_iter(f"{prefix}:*"):
+            direct.delete(k)
+        direct.close()
+        billing.close()
