@@ -9,7 +9,12 @@ time, so no class starves forever. Within a class, seats (decode slots) are shar
 divided by its weight (the catalog's `tenant_weights`, default 1). Prefill chunks and admissions go to the
 tenant of the smallest share first, and while every seat is taken, the tenant of the largest share gives up
 its latest seat to a waiting request whose tenant would still hold no larger a share after the move, so one
-tenant's flood of long generations cannot keep another tenant waiting for a seat. When the cache runs out of blocks, the lowest-priority,
+tenant's flood of long generations cannot keep another tenant waiting for a seat. A seat alone does not bound that
+tenant's latency where a step's time grows with its batch (a CPU, or a compute-bound device): so while one tenant holds
+a strictly smaller share than every other, its work goes into the step first, and the others' decodes, chunks and
+admissions join only as far as the step's predicted time (StepTimes, fitted to the engine's own measured steps) stays
+within `fair_step_slowdown` times that of the step without them. Where batching is cheap (a GPU's memory-bound decode)
+the fixed cost of a step dominates and the limit rarely binds. When the cache runs out of blocks, the lowest-priority,
 latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
 later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
 memory and copied back when it resumes).
@@ -24,6 +29,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
@@ -53,6 +60,8 @@ class Scheduler:
         self.priority_aging_s = config.priority_aging_s
         self.num_preemptions = 0
         self.num_swap_outs = 0
+        self.fair_step_slowdown = config.fair_step_slowdown
+        self.step_times = StepTimes()  # the engine feeds it each step's measured time
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -69,20 +78,24 @@ class Scheduler:
         self._make_room_for_higher_class(out)
         self._share_seats(out)
         preemptions_before = len(out.preempted)
-        admitting = True
-        seats = self._seats()
-        # Class by class: decodes, then running prefill chunks, then admissions (fewest seats' tenant first,
-        # then FIFO).
-        for seq in sorted(self.running + self.waiting, key=lambda s: _schedule_order(s, seats)):
+        admitting, limit = True, None
+        seats, protected = self._seats(), self._protected()
+        # Class by class: the protected tenant's work first, then decodes, running prefill chunks, admissions
+        # (fewest seats' tenant first, then FIFO).
+        for seq in sorted(self.running + self.waiting, key=lambda s: _schedule_order(s, seats, protected)):
             if not budget:
                 break
+            capped = protected is not None and seq.priority >= protected[0] and seq.cache_salt != protected[1]
+            if capped and limit is None:
+                limit = self._step_limit(batch)
+            room = self._room(batch, limit, budget) if capped else budget
             if seq.status == SequenceStatus.RUNNING:
-                n = min(seq.num_uncomputed_tokens, budget)
+                n = min(seq.num_uncomputed_tokens, room)
                 if n and self._reserve(seq, n, out):
                     batch.append((seq, n))
                     budget -= n
             elif admitting:
-                n = self._admit(seq, budget, out) if len(self.running) < self.max_num_seqs else 0
+                n = self._admit(seq, room, out) if room and len(self.running) < self.max_num_seqs else 0
                 if n:
                     batch.append((seq, n))
                     budget -= n
@@ -173,6 +186,38 @@ class Scheduler:
         if given * seq.weight >= taken * victim.weight:  # given / victim.weight >= taken / seq.weight
             self._preempt(victim, out)
 
+    def _protected(self) -> tuple[int, str | None] | None:
+        """(best class, tenant) of the tenant whose share of seats is strictly the smallest of those with work; None
+        for one tenant, a tie, or no limit set."""
+        if self.fair_step_slowdown is None or self.step_times.coef is None:
+            return None
+        seats = Counter()
+        for seq in self.running + self.waiting:
+            seats[seq.cache_salt] += (seq.status == SequenceStatus.RUNNING) / seq.weight
+        if len(seats) < 2:
+            return None
+        (least, share), (_, next_share) = sorted(seats.items(), key=lambda item: item[1])[:2]
+        if share == next_share:
+            return None
+        return min(s.priority for s in self.running + self.waiting if s.cache_salt == least), least
+
+    def _step_limit(self, batch: ScheduledBatch) -> float | None:
+        """The step's predicted seconds with the protected tenant's work (and any higher class's) in, times the slowdown
+        allowed; None while that work is empty (nothing to protect this step)."""
+        if not batch:
+            return None
+        return self.fair_step_slowdown * self.step_times.seconds(len(batch), sum(n for _, n in batch))
+
+    def _room(self, batch: ScheduledBatch, limit: float | None, budget: int) -> int:
+        """Tokens one more sequence may bring without the step's predicted time passing the limit."""
+        if limit is None:
+            return budget
+        spare = limit - self.step_times.seconds(len(batch) + 1, sum(n for _, n in batch) + 1)
+        if spare < 0:
+            return 0
+        per_token = self.step_times.coef[2]
+        return budget if per_token <= 0 else min(budget, 1 + int(spare / per_token))
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         if self.preemption_mode == "swap" and self.block_manager.can_swap_out(seq):
@@ -192,8 +237,49 @@ def _share(seq: Sequence, seats: Counter) -> float:
     return seats[seq.priority, seq.cache_salt] / seq.weight
 
 
-def _schedule_order(seq: Sequence, seats: Counter) -> tuple[int, bool, float, bool]:
-    # Decodes first (share 0), then prefill chunks and admissions by their tenant's share of the class's seats.
+def _schedule_order(seq: Sequence, seats: Counter, protected: tuple | None) -> tuple[int, bool, bool, float, bool]:
+    # The protected tenant's work first; then decodes (share 0), then prefill chunks and admissions by their tenant's
+    # share of the class's seats.
+    others = protected is not None and seq.cache_salt != protected[1]
     waiting, prefill = seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1
     share = _share(seq, seats) if prefill or waiting else 0
-    return seq.priority, waiting, share, prefill
+    return seq.priority, others, waiting, share, prefill
+
+
+class StepTimes:
+    """A step's seconds as a fixed cost, plus one per sequence, plus one per prefill token (tokens beyond one per
+    sequence), fitted to the engine's own measured steps: a moving average of each step shape seen, then the fixed
+    and per-sequence costs by least squares over the decode-only shapes, the per-token cost as the median of what the
+    other shapes leave over. Shapes rather than raw steps, so a long run of one shape (a full batch) does not erase
+    what the others showed. coef is None until two decode-only shapes are known, or while the fit is negative."""
+
+    AVERAGING = 0.1  # the weight of each new step in its shape's average
+    REFIT = 16  # steps between fits (a fit reads every shape seen)
+
+    def __init__(self) -> None:
+        self.shapes: dict[tuple[int, int], float] = {}  # (sequences, tokens) -> average seconds
+        self.coef: tuple[float, float, float] | None = None  # (fixed, per sequence, per prefill token)
+        self.steps = 0
+
+    def observe(self, batch: ScheduledBatch, seconds: float) -> None:
+        if not batch:
+            return
+        shape = (len(batch), sum(n for _, n in batch))
+        old = self.shapes.get(shape, seconds)
+        self.shapes[shape] = old + self.AVERAGING * (seconds - old)
+        self.steps += 1
+        if self.steps % self.REFIT == 0 or self.coef is None:
+            self._fit()
+
+    def _fit(self) -> None:
+        decodes = [(s, t) for (s, n), t in self.shapes.items() if s == n]
+        if len({s for s, _ in decodes}) < 2:
+            return
+        per_seq, fixed = np.polyfit([s for s, _ in decodes], [t for _, t in decodes], 1)
+        extra = [(t - fixed - per_seq * s) / (n - s) for (s, n), t in self.shapes.items() if n > s]
+        per_token = max(0.0, float(np.median(extra))) if extra else 0.0
+        self.coef = (float(fixed), float(per_seq), per_token) if fixed >= 0 and per_seq >= 0 else None
+
+    def seconds(self, sequences: int, tokens: int) -> float:
+        fixed, per_seq, per_token = self.coef
+        return fixed + per_seq * sequences + per_token * (tokens - sequences)
