@@ -8,11 +8,14 @@ millisecond; a larger one is parsed in a separate process (one per gateway proce
 large body), which also checks the per-request limits (gateway/json_limits.py), so 200,000 tiny messages
 cost this process nothing but the bytes. Only a body within the limits comes back, as plain JSON data
 (which unpickles much faster than validated models), and is validated here in time bounded by the limits.
+The helper runs at a lower CPU priority (nice PARSER_NICENESS): where cores are contended, as under a flood of
+large bodies, the event loop serving every tenant gets the CPU before the parsing of those bodies does.
 """
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +25,7 @@ from gateway.json_limits import Limits, Refusal, load
 
 INLINE_BYTES = 64 * 1024
 INLINE_VALUES = 2_000
+PARSER_NICENESS = 10
 
 
 class Parser:
@@ -45,7 +49,8 @@ class Parser:
 
     def _executor(self) -> ProcessPoolExecutor:
         # spawn, not fork: the gateway process has threads (a forked child could inherit a held lock).
-        self._pool = self._pool or ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = self._pool or ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=os.nice, initargs=(PARSER_NICENESS,))
         return self._pool
 
     def close(self) -> None:
