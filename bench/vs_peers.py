@@ -759,7 +759,7 @@ own process: the asyncio mock (TCP_NODELAY, head and body in one send); Python's
 connection, head and body in separate sends, no TCP_NODELAY: the Nagle / delayed-ACK stall) with a
 `Content-Length` body, with a chunked body, answering HTTP/1.0 and closing, and closing every connection once
 idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the asyncio mock); llama-cpp-python
-{LLAMACPP_VERSION}'s server (uvicorn; llama.cpp built from PyPI's sdist by `bench/llamacpp_setup.sh`, -DGGML_NATIVE=ON)
+{LLAMACPP_VERSION}'s server (uvicorn; llama.cpp built from PyPI's sdist into DIR by `bench/llamacpp_setup.sh DIR`, -DGGML_NATIVE=ON)
 generating from an f32 GGUF of models/large (llama.cpp's convert_hf_to_gguf.py), one thread, greedy, 16 tokens
 (every request the same work). Non-streaming chat at
 concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
@@ -779,7 +779,7 @@ runs on it (load average {_loadavg()} at the end: above ~2, read the ratios, not
 {result}
 """
     command = f"bench/vs_peers.py --upstreams --rounds {args.rounds} --requests-c1 {args.requests_c1}" + (
-        " --llamacpp DIR (built by `bench/llamacpp_setup.sh DIR`)" if args.llamacpp else "")
+        " --llamacpp DIR" if args.llamacpp else "")
     write_section("vs_peers_upstreams", "Ferryman in front of upstreams of every socket habit", command, body)
 
 
