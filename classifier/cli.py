@@ -21,12 +21,16 @@ def train(
     quality_floor: float = typer.Option(None, help="Default policy: keep this fraction of the strongest tier's quality"),
     large_share: float = typer.Option(None, help="Default policy: send at most this share of calls up a tier"),
     views: str = typer.Option("w,b,s,c", help="n-gram views: w words, b bigrams, s first word x length, c shape chars"),
+    start: str = typer.Option(None, "--from", help="Fine-tune this artifact (`general` or a path) on the labels "
+                                                    "instead of training from scratch; keeps its views"),
 ) -> None:
-    """Fit the scorer and calibrate its policy tables, all cross-validated by task; save the artifact."""
+    """Fit the scorer and calibrate its policy tables, all cross-validated by task; save the artifact. With --from,
+    start from an artifact's weights and move them toward the labels (classifier/tune.py)."""
     from classifier.features import VIEWS
     from classifier.labelfile import read_labels
     from classifier.train import DEFAULT_POLICY
     from classifier.train import train as fit
+    from classifier.tune import fine_tune
 
     if quality_floor is not None and large_share is not None:
         raise typer.BadParameter("give at most one of --quality-floor and --large-share")
@@ -46,8 +50,18 @@ def train(
         # the gateway, which mounts this app, passes the reader: the classifier knows no database
         data = ctx.obj["ledger_labels"](data.tiers if data else None, data)
         typer.echo(f"{len(data.examples)} labelled prompts after adding the ledger's")
-    router = fit(data, policy, views=chosen)
-    router.meta["trained_on"] = [p.name for p in labels] + (["ledger feedback"] if from_ledger else [])
+    trained_on = [p.name for p in labels] + (["ledger feedback"] if from_ledger else [])
+    if start is None:
+        router = fit(data, policy, views=chosen)
+    else:
+        try:
+            router = fine_tune(_load(start), data, policy)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--from {start}: {exc}")
+        trained_on = [*router.meta["fine_tuned_from"], *trained_on]
+        typer.echo(f"fine-tuned from {start}: prior strength {router.meta['prior_strength']}, cross-validated APGR "
+                   f"{router.meta['cv_apgr_prior']:.3f} before, {router.meta['cv_apgr']:.3f} after")
+    router.meta["trained_on"] = trained_on
     router.save(out)
     m = router.meta
     typer.echo(f"router saved to {out}: {m['examples']} prompts in {m['groups']} groups, tiers {', '.join(m['tiers'])}; "
@@ -63,16 +77,21 @@ def evaluate_cmd(
     """APGR, CPT(50%), CPT(80%) and AUC of the weakest vs the strongest tier over every row of the file."""
     from classifier.evaluate import figures, markdown_table
     from classifier.labelfile import read_labels
-    from classifier.router import Router
 
-    try:
-        router = Router.load(router_path)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc))
+    router = _load(router_path)
     result = figures(router, read_labels(labels).examples)
     typer.echo(markdown_table(list(result), [list(result.values())]))
     if as_json:
         typer.echo(json.dumps(result))
+
+
+def _load(path: str):
+    from classifier.router import Router
+
+    try:
+        return Router.load(path)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc))
 
 
 @router_app.command()

@@ -81,10 +81,14 @@ def target(examples: list[Example], judged: dict[str, float]) -> np.ndarray:
     return gain
 
 
+def fit(examples: list[Example], judged: dict[str, float]) -> Router:
+    """The recipe on some examples (bench/router_eval.py fits it without a source, to fine-tune from)."""
+    return train(Labels(("weak", "strong"), examples), alphas=ALPHAS, views=VIEWS, target=target(examples, judged),
+                 shape_weight=SHAPE_WEIGHT)
+
+
 def build(shared: Path = SHARED) -> Router:
-    examples = [e for found in sources(shared).values() for e in found]
-    router = train(Labels(("weak", "strong"), examples), alphas=ALPHAS, views=VIEWS,
-                   target=target(examples, judged_gain(shared)), shape_weight=SHAPE_WEIGHT)
+    router = fit([e for found in sources(shared).values() for e in found], judged_gain(shared))
     router.meta |= {"trained_on": [*EXAMS.values(), *OPEN.values()], "licence": LICENCE}
     return router
 

@@ -92,16 +92,23 @@ class Router:
 
     def assess(self, text: str) -> tuple[float, bool]:
         """The score, and whether the text is unlike the training prompts (so the score says little about it)."""
-        found = grams(text, chars=bool(self._views[-1]))
-        hits = sum(sum(map(w.get, f, repeat(0.0))) for w, f in zip(self._views, found))
-        z = self.intercept + hits / math.sqrt(sum(map(len, found)) or 1)
-        shape = numeric(text)
-        for x, m, s, c in zip(shape, self.numeric_mean, self.numeric_scale, self.numeric_weight):
-            z += c * min(max((x - m) / s, -CLIP), CLIP)
+        found, shape = grams(text, chars=bool(self._views[-1])), numeric(text)
+        z = self._decision(found, shape)
         a, b = self.platt
         p = 1.0 / (1.0 + math.exp(-min(max(a * z + b, -50.0), 50.0)))
         score = min(max(p + JITTER * (zlib.crc32(text.encode()) / 2**32 - 0.5), 0.0), 1.0)
         return score, self._unfamiliar(found[0], shape)
+
+    def decision(self, text: str) -> float:
+        """The linear model's value before calibration (what training fits and fine-tuning starts from)."""
+        return self._decision(grams(text, chars=bool(self._views[-1])), numeric(text))
+
+    def _decision(self, found: tuple[set[str], ...], shape: list[float]) -> float:
+        hits = sum(sum(map(w.get, f, repeat(0.0))) for w, f in zip(self._views, found))
+        z = self.intercept + hits / math.sqrt(sum(map(len, found)) or 1)
+        for x, m, s, c in zip(shape, self.numeric_mean, self.numeric_scale, self.numeric_weight):
+            z += c * min(max((x - m) / s, -CLIP), CLIP)
+        return z
 
     def _unfamiliar(self, words: set[str], shape: list[float]) -> bool:
         """Fewer of its words known than all but FAMILIAR_TAIL of the training prompts had (each measured against a

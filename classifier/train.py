@@ -40,6 +40,7 @@ class Design:
     """Features of one set of prompts, fitted (vocabulary, standardisation) on a subset of them."""
 
     def __init__(self, texts: list[str], views: tuple[str, ...] = VIEWS, min_df: int = 2) -> None:
+        self.texts = texts
         self.grams = [{g for g in named(t) if g[0] in views} for t in texts]
         self.raw = np.array([numeric(t) for t in texts])
         self.min_df = min_df
@@ -154,38 +155,51 @@ def train(labels: Labels, default_policy: dict = DEFAULT_POLICY, alphas=ALPHAS, 
     gain = scores[:, -1] - scores[:, 0] if target is None else np.asarray(target, dtype=np.float64)
     data, splits = Design([e.prompt for e in ex], views), folds(ex)
     oof = {a: out_of_fold(data, gain, splits, a, shape_weight) for a in alphas}
-    cv_apgr = {a: _apgr(z, scores) for a, z in oof.items()}
+    cv_apgr = {a: scores_apgr(z, scores) for a, z in oof.items()}
     alpha = max(cv_apgr, key=cv_apgr.get)
-    a, b = platt(oof[alpha], gain > 0)
-    router = fit_final(data, gain, alpha, (a, b), shape_weight)
-    router.meta = {"familiar": familiarity(data, splits, [e.source for e in ex])}
-    held_out = 1.0 / (1.0 + np.exp(-np.clip(a * oof[alpha] + b, -50, 50)))
+    router = fit_final(data, gain, alpha, shape_weight)
+    router.meta = {"familiar": familiarity(data, splits, [e.source for e in ex]), "views": list(views),
+                   "alpha": alpha, "shape_weight": shape_weight, "cv_apgr": cv_apgr[alpha],
+                   "gain_per_unit": gain_per_unit(oof[alpha], gain)}
+    return calibrate(router, labels, oof[alpha], gain, default_policy)
+
+
+def calibrate(router: Router, labels: Labels, oof: np.ndarray, gain: np.ndarray, default_policy: dict) -> Router:
+    """Platt scaling and the policy tables from out-of-fold decision values `oof` of the labelled prompts (each
+    scored by a model that never saw it); the tiers, counts and default policy into the meta."""
+    ex = labels.examples
+    scores = np.array([e.scores for e in ex])
+    a, b = router.platt = platt(oof, gain > 0)
+    held_out = 1.0 / (1.0 + np.exp(-np.clip(a * oof + b, -50, 50)))
     router.tiers = tuple(labels.tiers)
     deployed = np.array([router.score(e.prompt) for e in ex])
     router.tables = [policy_table(held_out, scores[:, k], scores[:, k + 1], deployed)
                      for k in range(len(labels.tiers) - 1)]
     confidence = [e.confidence for e in ex]
-    if None not in confidence:
-        router.cascade = policy_table(-np.array(confidence), scores[:, 0], scores[:, -1])
-    router.meta |= {
-        "default_policy": default_policy, "tiers": list(labels.tiers), "views": list(views), "alpha": alpha, "shape_weight": shape_weight, "cv_apgr": cv_apgr[alpha],
-        "examples": len(ex), "groups": len({e.group for e in ex}),
-        "trained": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    router.cascade = policy_table(-np.array(confidence), scores[:, 0], scores[:, -1]) if None not in confidence else None
+    router.meta |= {"default_policy": default_policy, "tiers": list(labels.tiers), "examples": len(ex),
+                    "groups": len({e.group for e in ex}), "trained": datetime.datetime.now().isoformat(timespec="seconds")}
     router.threshold_for()  # a default policy the tables cannot answer fails here, not in the gateway
     return router
 
 
-def fit_final(data: Design, gain: np.ndarray, alpha: float, scaling: tuple[float, float],
-              shape_weight: float = 0.0) -> Router:
+def fit_final(data: Design, gain: np.ndarray, alpha: float, shape_weight: float = 0.0) -> Router:
     (vocab, mean, scale), coef, intercept = fit_linear(data, np.arange(len(gain)), gain, alpha, shape_weight)
     return Router(
         weights={g: float(coef[i]) for g, i in vocab.items() if coef[i] != 0.0},
         numeric_mean=mean.tolist(), numeric_scale=scale.tolist(), numeric_weight=coef[len(vocab):].tolist(),
-        intercept=intercept, platt=scaling, tables=[],
+        intercept=intercept, platt=(1.0, 0.0), tables=[],
     )
 
 
-def _apgr(z: np.ndarray, scores: np.ndarray) -> float:
+def gain_per_unit(oof: np.ndarray, gain: np.ndarray) -> float:
+    """The gain one unit of out-of-fold decision value stands for (least-squares slope): what fine-tuning
+    (classifier/tune.py) scales a prior's score by, so that it is worth what it predicted on prompts it never saw."""
+    spread = oof.var()
+    return float(np.cov(oof, gain, bias=True)[0, 1] / spread) if spread > 0 else 0.0
+
+
+def scores_apgr(z: np.ndarray, scores: np.ndarray) -> float:
+    """APGR of decision values z over the weakest and the strongest tier's scores (0.5 where there is no gap)."""
     curve = routing_curve(z, scores[:, 0], scores[:, -1])
     return apgr(curve) if curve.quality_large > curve.quality_small else 0.5
