@@ -137,8 +137,9 @@ async def read_request(reader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
-def serve_mock(port: int) -> None:
-    """An OpenAI-compatible upstream that answers at once: what a proxy adds is all that is measured."""
+def serve_mock(port: int, delay_ms: int = 0) -> None:
+    """An OpenAI-compatible upstream that answers at once: what a proxy adds is all that is measured. `delay_ms`:
+    it answers after that long idle instead (a real upstream's latency without its CPU)."""
     import asyncio
 
     whole = json.dumps(ANSWER).encode()
@@ -150,6 +151,8 @@ def serve_mock(port: int) -> None:
         try:
             while True:
                 _, body = await read_request(reader)
+                if delay_ms:
+                    await asyncio.sleep(delay_ms / 1000)
                 if b'"stream":true' in body.replace(b" ", b""):
                     writer.write(stream_head)
                     for chunk in stream:
@@ -464,7 +467,7 @@ def gateways(args: argparse.Namespace) -> None:
     with contextlib.ExitStack() as stack:
         try:
             up = free_port()
-            servers["direct"] = (start_server(["--serve-mock", str(up)], up), up, "none")
+            servers["direct"] = (start_server(["--serve-mock", str(up), str(args.upstream_delay_ms)], up), up, "none")
             catalog = ferryman_catalog(work, up)
             sqlite = f"sqlite:///{work / 'ledger.db'}"
             urls = {"ferryman sqlite": sqlite} if "ferryman sqlite" in wanted else {}
@@ -555,7 +558,7 @@ def report_gateways(args: argparse.Namespace, names: list[str], scenarios: list[
     if set(names) != set(SERVERS) - ({"litellm"} if args.no_litellm else set()) - \
             ({"ferryman postgres"} if not args.postgres else set()) - \
             ({"ferryman postgres+redis"} if not (args.postgres and args.redis) else set()) or \
-            scenarios != list(SCENARIOS):
+            scenarios != list(SCENARIOS) or args.upstream_delay_ms:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
         return
     body = f"""
@@ -646,6 +649,7 @@ UPSTREAMS = {
     "http.server, closes idle connections": ("idle-close", "nodelay", False),
     "LiteLLM proxy (uvicorn)": ("litellm", "litellm", True),
     "llama-cpp-python server (uvicorn)": ("llamacpp", "llamacpp", True),
+    "asyncio, answers after 8 ms idle (LiteLLM's latency, not its CPU)": ("mock-8ms", "mock-8ms", True),
 }
 LLAMACPP_VERSION = "0.3.36"  # what bench/llamacpp_setup.sh builds by default
 
@@ -655,8 +659,8 @@ def start_upstream(kind: str, work: Path, mock_port: int, llamacpp_dir: Path | N
     from bench.gateway_overhead import free_port
 
     port = free_port()
-    if kind == "mock":
-        return start_server(["--serve-mock", str(port)], port), port
+    if kind in ("mock", "mock-8ms"):
+        return start_server(["--serve-mock", str(port), "8" if kind == "mock-8ms" else "0"], port), port
     if kind == "litellm":
         proc = litellm(work, mock_port, port)
         wait_listening(proc, port)
@@ -679,7 +683,8 @@ def upstreams(args: argparse.Namespace) -> None:
 
     work, n = Path(tempfile.mkdtemp(prefix="ferryman-upstreams-")), args.requests_c1
     styles = {s: k for s, k in UPSTREAMS.items() if not (args.no_litellm and k[0] == "litellm")
-              and not (args.llamacpp is None and k[0] == "llamacpp")}
+              and not (args.llamacpp is None and k[0] == "llamacpp")
+              and (not args.only_upstreams or k[0] in args.only_upstreams)}
     procs, ports = [], {}
     try:
         mock = start_upstream("mock", work, 0)
@@ -749,7 +754,7 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
     result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
                     "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman CPU ms per request", "within 2 ms"], rows)
     print(result)
-    if args.no_litellm:
+    if args.no_litellm or args.only_upstreams:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
         return
     body = f"""
@@ -773,6 +778,10 @@ avoids (backends/wire.py re-arms TCP_QUICKACK after each read and after each sen
 each model gets 50 unmeasured requests (a fresh process's first ones pay imports and cold caches). "Ferryman CPU
 ms per request" is the CPU time (user + system) its process spent per request in that cell: on a quiet core the
 added latency could not be much below it, and where the added p50 is far above it the request waited for a core.
+The row "asyncio, answers after 8 ms idle" is a control for the upstreams that take milliseconds (LiteLLM,
+llama-cpp-python): the asyncio mock answering after 8 ms, about LiteLLM's own p50 here, with none of its CPU or
+socket habits. Where the rows agree, what Ferryman adds in front of LiteLLM is what an upstream of that latency costs it
+(its CPU per request is higher in both: its work, done after a wait), not LiteLLM's doing.
 The machine has 2 cores, shared with whatever else
 runs on it (load average {_loadavg()} at the end: above ~2, read the ratios, not the milliseconds).
 
@@ -949,6 +958,8 @@ def main() -> None:
                         help="gateways to run (direct always runs); a filtered run prints and leaves the docs alone")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS),
                         help="loads to run; a filtered run prints and leaves the docs alone")
+    parser.add_argument("--upstream-delay-ms", type=int, default=0, help="the mock answers after this long idle "
+                        "(a real upstream's latency); a run with a delay prints and leaves the docs alone")
     parser.add_argument("--requests-c1", type=int, default=400)
     parser.add_argument("--requests-c32", type=int, default=1600)
     parser.add_argument("--requests-stream", type=int, default=200)
@@ -956,6 +967,8 @@ def main() -> None:
                         "habit, against a direct client to a well-behaved copy of each")
     parser.add_argument("--llamacpp", type=Path, metavar="DIR", help="with --upstreams: also llama-cpp-python's "
                         "server, from the directory bench/llamacpp_setup.sh DIR built")
+    parser.add_argument("--only-upstreams", nargs="+", choices=sorted({k[0] for k in UPSTREAMS.values()}),
+                        help="with --upstreams: only these styles; a filtered run prints and leaves the docs alone")
     args = parser.parse_args()
     engines(args) if args.engines else upstreams(args) if args.upstreams else gateways(args)
 
