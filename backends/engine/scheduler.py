@@ -1,8 +1,9 @@
 """Continuous batching: every step, decodes first, then prefill chunks, under one token budget.
 
 Running decodes never wait behind a long prompt: the prompt is prefilled a budget-sized chunk per step
-alongside them. Priority classes (0 interactive, 1 standard, 2 batch) are served in order: a class's
-decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
+alongside them (one exception: a tenant the step limit below protects has its chunk placed before the others'
+decodes, which then get what budget is left). Priority classes (0 interactive, 1 standard, 2 batch) are served in
+order: a class's decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
 seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
 time, so no class starves forever. Within a class, seats (decode slots) are shared between tenants (the
 `cache_salt` the gateway sets per tenant) by weighted fair share: a tenant's share is its seats in the class
