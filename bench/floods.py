@@ -44,7 +44,10 @@ NOTE = ("The gateway runs as `ferryman serve` runs it: its HTTP limits (gateway/
         " each flood's rate; the victim's requests are served and never wait. The box is a shared 2-core machine, "
         "loaded by other work during the run, so single rounds are noisy (see the min-max). Before the tarpit "
         "(2026-12-04, 4 s windows) the p99 ratios were messages 1.55x, token ids 3.08x, big prompt 3.67x, junk "
-        "keys 17x.")
+        "keys 17x. The large-body parser process runs at nice +10 since 2026-12-05 12:30 (gateway/bodies.py: on "
+        "contended cores the loop serving the victim runs first); the run before it (03:14, 8 s windows, a more "
+        "loaded box: not a like-for-like comparison) gave p99 ratio medians of 1.60-1.80x, single rounds up to "
+        "2.21-2.50x.")
 CONCURRENCY = {"messages": 2, "token ids": 2, "big prompt": 2, "junk keys": 8}
 
 

@@ -1,12 +1,13 @@
 """Fairness between tenants: another tenant's flood of long generations against one tenant's chat turns.
 
 Tenant B sends short chat turns (Poisson); tenant A floods at t=0.5 s with many long generations, same priority
-class. Three modes on the same arrivals: B alone (unloaded), B with A's flood (two tenants: the scheduler's
-weighted fair share of seats and the step limit; and the seats alone), and the same requests all from one tenant (what fair sharing prevents: B's turns
-queue FIFO behind the flood). Figure: B's p50 latency (arrival to last token) and its ratio to unloaded, median
-(min-max) over interleaved rounds, and where B's time goes (the step in progress at arrival, waiting for a seat, its
-own prefill and decode steps, the batch it shared), on the real engine (models/small, one thread). A second table runs the same
-shape on the capacity simulator (the real Scheduler on an 8B model's H100 step times; deterministic).
+class. Four modes on the same arrivals: B alone (unloaded); B with A's flood as two tenants, with the scheduler's
+weighted fair share of seats and its step limit, and with the seats alone; and the same requests all from one tenant
+(what fair sharing prevents: B's turns queue FIFO behind the flood). Figures: B's p50 latency (arrival to last token)
+and its ratio to unloaded, median (min-max) over interleaved rounds, and where B's time goes (the step in progress at
+arrival, waiting for a seat, its own prefill and decode steps, the batch it shared), on the real engine (models/small,
+one thread). A second table runs the same shape on the capacity simulator (the real Scheduler on an 8B model's H100
+step times; deterministic).
 
     .venv/bin/python bench/tenant_fairness.py                 # 3 rounds, about 3 minutes
     .venv/bin/python bench/tenant_fairness.py --rounds 1 --no-write
@@ -113,7 +114,8 @@ def simulated() -> list[list]:
     knobs = EngineKnobs(max_num_seqs=16, max_num_batched_tokens=512, num_blocks=4000)
     rows, base = [], None
     for mode, requests in (("unloaded", chat), ("flood, two tenants (fair share)", chat + flood),
-                           ("flood, one tenant (FIFO)", [Request(r.arrival, 64, 32, seed=r.seed, tenant="A") for r in chat] + flood)):
+                           ("flood, one tenant (FIFO)",
+                            [Request(r.arrival, 64, 32, seed=r.seed, tenant="A") for r in chat] + flood)):
         result = simulate(sorted(requests, key=lambda r: r.arrival), model, knobs)
         p50 = float(np.median([(r.last_token if r.finished else result.end) - r.request.arrival
                                for r in result.records if r.request.seed < 10_000])) * 1e3
@@ -144,7 +146,8 @@ def main() -> None:
             if mode in parts:
                 parts[mode].append({k: statistics.median(t[k] for t in turns) for k in turns[0]})
     load.append(os.getloadavg()[0])
-    real, where, sim = real_table(p50s), breakdown_table(parts), table(["mode", "B's p50 latency ms", "vs unloaded"], simulated())
+    sim = table(["mode", "B's p50 latency ms", "vs unloaded"], simulated())
+    real, where = real_table(p50s), breakdown_table(parts)
     print(real, "\n\n" + where, "\n\n" + sim, f"\n\nload average (1 min) {load[0]:.1f} at start, {load[1]:.1f} at end")
     if not args.no_write:
         write(args, real, where, sim, load)
@@ -152,7 +155,8 @@ def main() -> None:
 
 def real_table(p50s: dict[str, list[float]]) -> str:
     ratios = {m: [v / u for v, u in zip(p50s[m], p50s[MODES[0]])] for m in MODES}
-    return table(["mode", "B's p50 latency ms", "vs unloaded"], [[m, spread(p50s[m], 1), spread(ratios[m]) + "x"] for m in MODES])
+    rows = [[m, spread(p50s[m], 1), spread(ratios[m]) + "x"] for m in MODES]
+    return table(["mode", "B's p50 latency ms", "vs unloaded"], rows)
 
 
 def breakdown_table(parts: dict[str, list[dict]]) -> str:
