@@ -59,8 +59,9 @@ def train(
         except ValueError as exc:
             raise typer.BadParameter(f"--from {start}: {exc}")
         trained_on = [*router.meta["fine_tuned_from"], *trained_on]
-        typer.echo(f"fine-tuned from {start}: prior strength {router.meta['prior_strength']}, cross-validated APGR "
-                   f"{router.meta['cv_apgr_prior']:.3f} before, {router.meta['cv_apgr']:.3f} after")
+        m = router.meta
+        typer.echo(f"from {start}: APGR on the labels {m['apgr_prior']:.3f} as it was, {m['cv_apgr']:.3f} fine-tuned "
+                   f"(cross-validated) at prior strength {m['prior_strength']}")
     router.meta["trained_on"] = trained_on
     router.save(out)
     m = router.meta

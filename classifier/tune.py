@@ -72,7 +72,7 @@ def fine_tune(prior: Router, labels: Labels, default_policy: dict = DEFAULT_POLI
     router.meta |= {"familiar": widened(prior, data), "fine_tuned_from": prior.meta.get("trained_on", []),
                     "prior_strength": strength, "alpha": strength, "cv_apgr": cv[strength],
                     "gain_per_unit": gain_per_unit(oof[strength], gain),
-                    "cv_apgr_prior": scores_apgr(np.array([prior.decision(e.prompt) for e in ex]), scores)}
+                    "apgr_prior": scores_apgr(np.array([prior.decision(e.prompt) for e in ex]), scores)}
     return calibrate(router, labels, oof[strength], gain, default_policy)
 
 
