@@ -2,12 +2,12 @@
 
 Tenant B sends short chat turns (Poisson); tenant A floods at t=0.5 s with many long generations, same priority
 class. Four modes on the same arrivals: B alone (unloaded); B with A's flood as two tenants, with the scheduler's
-weighted fair share of seats and its step limit, and with the seats alone; and the same requests all from one tenant
-(what fair sharing prevents: B's turns queue FIFO behind the flood). Figures: B's p50 latency (arrival to last token)
-and its ratio to unloaded, median (min-max) over interleaved rounds, and where B's time goes (the step in progress at
-arrival, waiting for a seat, its own prefill and decode steps, the batch it shared), on the real engine (models/small,
-one thread). A second table runs the same shape on the capacity simulator (the real Scheduler on an 8B model's H100
-step times; deterministic).
+weighted fair share of seats and of each step's sequences, and with the seats alone; and the same requests all from
+one tenant (what fair sharing prevents: B's turns queue FIFO behind the flood). Figures: B's p50 latency (arrival
+to last token) and its ratio to unloaded, median (min-max) over interleaved rounds, and where B's time goes (the step
+in progress at arrival, waiting for a seat, its own prefill and decode steps, the batch it shared), on the real
+engine (models/small, one thread). A second table runs the same shape on the capacity simulator (the real Scheduler
+on an 8B model's H100 step times; deterministic).
 
     .venv/bin/python bench/tenant_fairness.py                 # 3 rounds, about 3 minutes
     .venv/bin/python bench/tenant_fairness.py --rounds 1 --no-write
@@ -36,7 +36,7 @@ from backends.engine.capacity.workload import Request  # noqa: E402
 from bench.report import spread, table, write_section  # noqa: E402
 
 KNOBS = dict(max_num_seqs=8, max_num_batched_tokens=128, num_kv_blocks=2048, block_size=16, num_threads=1)
-MODES = ("unloaded", "flood, two tenants (fair share + step limit)", "flood, two tenants (fair seats only)",
+MODES = ("unloaded", "flood, two tenants (fair seats and steps)", "flood, two tenants (fair seats only)",
          "flood, one tenant (FIFO)")
 PARTS = ("step in progress at arrival", "waiting for a seat", "own prefill steps", "own decode steps")
 
@@ -55,7 +55,7 @@ def run(engine: LLMEngine, plan: list[tuple], mode: str, deadline: float) -> tup
     """Replay in real time; B's latencies (a turn unfinished at the deadline counts its wait so far) and where each
     finished turn's time went (breakdown())."""
     plan = [a for a in plan if a[4] == "tB" or mode != MODES[0]]
-    engine.scheduler.fair_step_slowdown = None if mode == MODES[2] else engine.config.fair_step_slowdown
+    engine.scheduler.fair_step_share = mode != MODES[2]
     pending, at = list(reversed(plan)), {a[1]: a[0] for a in plan}
     open_b, latencies, steps = {a[1] for a in plan if a[4] == "tB"}, [], []
     start = time.perf_counter()
@@ -173,25 +173,24 @@ def write(args: argparse.Namespace, real: str, where: str, sim: str, load: list[
             f"{args.flood_tokens}-token generations at t=0.5 s; median (min-max) over {args.rounds} interleaved "
             f"rounds on a shared 2-core box (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end). "
             "A turn unfinished 10 s after the window counts its wait so far (the FIFO row is a lower bound). "
-            "'Fair seats only' is the same engine with the step limit off (fair_step_slowdown None): what the "
+            "'Fair seats only' is the same engine with the step share off (fair_step_share False): what the "
             f"seat share alone gave.\n\n{real}\n\nWhere a finished turn's time goes (the median turn of each "
             "round, median (min-max) over rounds): the step already running when it arrived, steps run before it "
             "had a seat, its own prefill and decode steps; and how many sequences shared its decode steps.\n\n"
             f"{where}\n\nSimulator (the real Scheduler on llama-3-8b bf16 / H100 step times, max_num_seqs 16; "
-            "deterministic; the shape of tests/engine/test_fairness.py; it feeds the Scheduler no measured steps, so "
-            f"the seat share alone): B 4/s x 32 tokens, A 200 x 1,000 tokens at t=1 s.\n\n{sim}\n\n"
-            + NOTE.format(slowdown=f"{EngineConfig.fair_step_slowdown:g}"))
+            "deterministic; the shape of tests/engine/test_fairness.py)"
+            f": B 4/s x 32 tokens, A 200 x 1,000 tokens at t=1 s.\n\n{sim}\n\n"
+            + NOTE)
     write_section("tenant_fairness", "Fairness between tenants: a flood of long generations", command, body)
 
 
 NOTE = ("Target (issue 26.7): B's p50 within 1.5x of unloaded under A's flood. The seat share gives B a seat at once; "
-        "what it leaves is the step growing with the batch: on this CPU (a 4-layer model, one thread) a decode step "
-        "of 8 sequences costs about twice one of 1. The step limit (backends/engine/scheduler.py) holds A's part of "
-        "each step B is in to what keeps the step's predicted cost within fair_step_slowdown ({slowdown}x) of B's "
-        "work alone, by the cost the engine measures per step (on a CPU the engine thread's CPU time, which other "
-        "processes' load does not inflate); the step of A's already running when a turn lands is not limited. Under "
-        "heavy load from other processes a step's wall time is mostly waiting for a core, which batching does not "
-        "change, so the gap the limit closes shrinks with the load (compare the rows at the load shown).")
+        "what it leaves is the step growing with the batch and its context: on this CPU (a 4-layer model, one "
+        "thread) a decode step of B's with A's 7 long generations costs about twice one of B's alone. The step share "
+        "(backends/engine/scheduler.py) lets A add to a step B is in no more sequences than B has in it (equal "
+        "weights), and its first one always; the step of A's already running when a turn lands is not shared. "
+        "Under heavy load from other processes a step's wall time is mostly waiting for a core, which batching does "
+        "not change, so the gap the share closes shrinks with the load (compare the rows at the load shown).")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
     quantization: str | None = None  # "int8" | "int4" weight-only, via backends.engine.quant when present
     priority_aging_s: float | None = None  # a waiting request climbs one class per this many seconds; None: never
-    # While a tenant holds strictly the smallest share of seats, others' work joins a step only as far as the step's
-    # predicted time stays within this multiple of that without them (Scheduler); None: no such limit. Below the 1.5x
-    # p50 bound of issue 26.7, so the others' full step already running when a request lands fits inside it too.
-    fair_step_slowdown: float | None = 1.25
+    # While a tenant holds strictly the smallest share of seats, each other tenant adds to a step it is in no more
+    # sequences than its weight's worth of that tenant's (Scheduler); False: seats are shared, steps are not.
+    fair_step_share: bool = True
     preemption_mode: str = "recompute"  # "recompute" | "swap" (recompute still when host blocks run out)
     swap_space_gb: float = 0.0  # host memory for the KV blocks of sequences preempted by swap
     num_cpu_blocks: int | None = None  # None: derived from swap_space_gb
@@ -53,8 +52,6 @@ class EngineConfig:
         self.name = self.name or path.resolve().name
         if self.block_size <= 0 or self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
-        if self.fair_step_slowdown is not None and self.fair_step_slowdown < 1:
-            raise ValueError("fair_step_slowdown must be at least 1 (or None)")
         if self.preemption_mode not in ("recompute", "swap"):
             raise ValueError(f"preemption_mode must be 'recompute' or 'swap', not {self.preemption_mode!r}")
         if self.preemption_mode == "swap" and not (self.num_cpu_blocks or self.swap_space_gb > 0):

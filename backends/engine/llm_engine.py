@@ -69,9 +69,6 @@ class LLMEngine:
         self.tokenizer = _load_tokenizer(config.model)
         self.metrics = EngineMetrics(config.name)
         self.step_cost = engine_step_model(config)  # weighs each sequence's share of a step's measured time
-        # The scheduler's step limit weighs steps by their cost: on a CPU the engine thread's own CPU time, which
-        # other processes' load does not inflate (wall time would count the waits for a core as the step's).
-        self.step_clock = time.thread_time if config.device == "cpu" else time.perf_counter
         self.busy_seconds = 0.0  # device-seconds of every step (all ranks): what the requests' gpu_seconds add up to
         eos = config.hf_config.get("eos_token_id")
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -134,7 +131,7 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def step(self) -> list[RequestOutput]:
-        start, cost_start = time.perf_counter(), self.step_clock()
+        start = time.perf_counter()
         plan = self.scheduler.schedule()
         self.model_runner.swap(plan.swap_out, plan.swap_in)
         batch = plan.batch
@@ -144,7 +141,6 @@ class LLMEngine:
             sampled = self.model_runner.run(batch)
         self._charge(batch, time.perf_counter() - start)
         outputs = self._postprocess(batch, sampled)
-        self.scheduler.step_times.observe(plan.batch, self.step_clock() - cost_start)
         self.metrics.observe_step(self.scheduler, self.block_manager)
         return outputs
 

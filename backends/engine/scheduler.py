@@ -1,24 +1,24 @@
 """Continuous batching: every step, decodes first, then prefill chunks, under one token budget.
 
 Running decodes never wait behind a long prompt: the prompt is prefilled a budget-sized chunk per step
-alongside them (one exception: a tenant the step limit below protects has its chunk placed before the others'
+alongside them (one exception: a tenant the step share below protects has its chunk placed before the others'
 decodes, which then get what budget is left). Priority classes (0 interactive, 1 standard, 2 batch) are served in
-order: a class's decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes the
-seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
+order: a class's decodes, prefill chunks and admissions all come before the next class's, and a waiting request takes
+the seat and blocks of a lower-class running one; with aging, a request that waits long climbs a class at a
 time, so no class starves forever. Within a class, seats (decode slots) are shared between tenants (the
 `cache_salt` the gateway sets per tenant) by weighted fair share: a tenant's share is its seats in the class
 divided by its weight (the catalog's `tenant_weights`, default 1). Prefill chunks and admissions go to the
 tenant of the smallest share first, and while every seat is taken, the tenant of the largest share gives up
 its latest seat to a waiting request whose tenant would still hold no larger a share after the move, so one
 tenant's flood of long generations cannot keep another tenant waiting for a seat. A seat alone does not bound that
-tenant's latency where a step's time grows with its batch (a CPU, or a compute-bound device): so while one tenant holds
-a strictly smaller share than every other, its work goes into the step first, and the others' decodes, chunks and
-admissions join only as far as the step's predicted time (StepTimes, fitted to the engine's own measured steps) stays
-within `fair_step_slowdown` times that of the step without them. Where batching is cheap (a GPU's memory-bound decode)
-the fixed cost of a step dominates and the limit rarely binds. When the cache runs out of blocks, the lowest-priority,
-latest-arrived running sequence is preempted: by recompute (its blocks are freed and it is prefilled again
-later, its full blocks often still in the prefix cache by then) or by swap (its blocks are copied to host
-memory and copied back when it resumes).
+tenant's latency where a step's time grows with its batch and its context (a CPU, or a compute-bound device): so while
+one tenant holds a strictly smaller share than every other, each step shares its sequences too: that tenant's work goes
+in first, and each other tenant adds no more sequences than its weight's worth of that tenant's (equal weights: as
+many), however many seats it holds; the others' first running sequence always computes, so none starves.
+
+When the cache runs out of blocks, the lowest-priority, latest-arrived running sequence is preempted: by
+recompute (its blocks are freed and it is prefilled again later, its full blocks often still in the prefix
+cache by then) or by swap (its blocks are copied to host memory and copied back when it resumes).
 
 schedule() returns the step's plan (SchedulerOutput); after the forward pass, advance() records what the step
 computed. The engine and the capacity simulator both step through this pair. Swap copies are executed by the
@@ -30,8 +30,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.config import EngineConfig
@@ -61,8 +59,7 @@ class Scheduler:
         self.priority_aging_s = config.priority_aging_s
         self.num_preemptions = 0
         self.num_swap_outs = 0
-        self.fair_step_slowdown = config.fair_step_slowdown
-        self.step_times = StepTimes()  # the engine feeds it each step's measured time
+        self.fair_step_share = config.fair_step_share
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -79,27 +76,27 @@ class Scheduler:
         self._make_room_for_higher_class(out)
         self._share_seats(out)
         preemptions_before = len(out.preempted)
-        admitting, limit = True, None
+        admitting, in_step = True, Counter()  # sequences per tenant in this step
         seats, protected = self._seats(), self._protected()
         # Class by class: the protected tenant's work first, then decodes, running prefill chunks, admissions
         # (fewest seats' tenant first, then FIFO).
         for seq in sorted(self.running + self.waiting, key=lambda s: _schedule_order(s, seats, protected)):
             if not budget:
                 break
-            capped = protected is not None and seq.priority >= protected[0] and seq.cache_salt != protected[1]
-            if capped and limit is None:
-                limit = self._step_limit(batch)
-            room = self._room(batch, limit, budget) if capped else budget
+            if not self._fits_share(seq, protected, in_step):
+                continue
             if seq.status == SequenceStatus.RUNNING:
-                n = min(seq.num_uncomputed_tokens, room)
+                n = min(seq.num_uncomputed_tokens, budget)
                 if n and self._reserve(seq, n, out):
                     batch.append((seq, n))
                     budget -= n
+                    in_step[seq.cache_salt] += 1
             elif admitting:
-                n = self._admit(seq, room, out) if room and len(self.running) < self.max_num_seqs else 0
+                n = self._admit(seq, budget, out) if len(self.running) < self.max_num_seqs else 0
                 if n:
                     batch.append((seq, n))
                     budget -= n
+                    in_step[seq.cache_salt] += 1
                 admitting = bool(n)  # nothing jumps a waiting request that does not fit
             # After a preemption the cache is full: admitting now would only preempt again.
             admitting = admitting and preemptions_before == len(out.preempted)
@@ -187,37 +184,30 @@ class Scheduler:
         if given * seq.weight >= taken * victim.weight:  # given / victim.weight >= taken / seq.weight
             self._preempt(victim, out)
 
-    def _protected(self) -> tuple[int, str | None] | None:
-        """(best class, tenant) of the tenant whose share of seats is strictly the smallest of those with work; None
-        for one tenant, a tie, or no limit set."""
-        if self.fair_step_slowdown is None or self.step_times.coef is None:
+    def _protected(self) -> Sequence | None:
+        """The first sequence of the tenant whose share of seats is strictly the smallest of those with work (its
+        class and weight stand for the tenant's); None for one tenant, a tie, or the step share off."""
+        if not self.fair_step_share:
             return None
-        seats = Counter()
+        seats, first = Counter(), {}
         for seq in self.running + self.waiting:
             seats[seq.cache_salt] += (seq.status == SequenceStatus.RUNNING) / seq.weight
+            first.setdefault(seq.cache_salt, seq)
         if len(seats) < 2:
             return None
         (least, share), (_, next_share) = sorted(seats.items(), key=lambda item: item[1])[:2]
-        if share == next_share:
-            return None
-        return min(s.priority for s in self.running + self.waiting if s.cache_salt == least), least
+        return None if share == next_share else first[least]
 
-    def _step_limit(self, batch: ScheduledBatch) -> float | None:
-        """The step's predicted seconds with the protected tenant's work (and any higher class's) in, times the slowdown
-        allowed; None while that work is empty (nothing to protect this step)."""
-        if not batch:
-            return None
-        return self.fair_step_slowdown * self.step_times.seconds(len(batch), sum(n for _, n in batch))
-
-    def _room(self, batch: ScheduledBatch, limit: float | None, budget: int) -> int:
-        """Tokens one more sequence may bring without the step's predicted time passing the limit."""
-        if limit is None:
-            return budget
-        spare = limit - self.step_times.seconds(len(batch) + 1, sum(n for _, n in batch) + 1)
-        if spare < 0:
-            return 0
-        per_token = self.step_times.coef[2]
-        return budget if per_token <= 0 else min(budget, 1 + int(spare / per_token))
+    @staticmethod
+    def _fits_share(seq: Sequence, protected: Sequence | None, in_step: Counter) -> bool:
+        """Whether seq may join the step: another tenant's (same class or lower) only within its weight's worth of
+        the protected tenant's sequences in it, but the others' first running sequence always."""
+        if protected is None or seq.cache_salt == protected.cache_salt or seq.priority < protected.priority:
+            return True
+        theirs = sum(in_step.values()) - in_step[protected.cache_salt]
+        if not theirs and seq.status == SequenceStatus.RUNNING:
+            return True
+        return (in_step[seq.cache_salt] + 1) * protected.weight <= in_step[protected.cache_salt] * seq.weight
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
@@ -238,49 +228,10 @@ def _share(seq: Sequence, seats: Counter) -> float:
     return seats[seq.priority, seq.cache_salt] / seq.weight
 
 
-def _schedule_order(seq: Sequence, seats: Counter, protected: tuple | None) -> tuple[int, bool, bool, float, bool]:
+def _schedule_order(seq: Sequence, seats: Counter, protected: Sequence | None) -> tuple[int, bool, bool, float, bool]:
     # The protected tenant's work first; then decodes (share 0), then prefill chunks and admissions by their tenant's
     # share of the class's seats.
-    others = protected is not None and seq.cache_salt != protected[1]
+    others = protected is not None and seq.cache_salt != protected.cache_salt
     waiting, prefill = seq.status == SequenceStatus.WAITING, seq.num_uncomputed_tokens > 1
     share = _share(seq, seats) if prefill or waiting else 0
     return seq.priority, others, waiting, share, prefill
-
-
-class StepTimes:
-    """A step's seconds as a fixed cost, plus one per sequence, plus one per prefill token (tokens beyond one per
-    sequence), fitted to the engine's own measured steps: a moving average of each step shape seen, then the fixed
-    and per-sequence costs by least squares over the decode-only shapes, the per-token cost as the median of what the
-    other shapes leave over. Shapes rather than raw steps, so a long run of one shape (a full batch) does not erase
-    what the others showed. coef is None until two decode-only shapes are known, or while the fit is negative."""
-
-    AVERAGING = 0.1  # the weight of each new step in its shape's average
-    REFIT = 16  # steps between fits (a fit reads every shape seen)
-
-    def __init__(self) -> None:
-        self.shapes: dict[tuple[int, int], float] = {}  # (sequences, tokens) -> average seconds
-        self.coef: tuple[float, float, float] | None = None  # (fixed, per sequence, per prefill token)
-        self.steps = 0
-
-    def observe(self, batch: ScheduledBatch, seconds: float) -> None:
-        if not batch:
-            return
-        shape = (len(batch), sum(n for _, n in batch))
-        old = self.shapes.get(shape, seconds)
-        self.shapes[shape] = old + self.AVERAGING * (seconds - old)
-        self.steps += 1
-        if self.steps % self.REFIT == 0 or self.coef is None:
-            self._fit()
-
-    def _fit(self) -> None:
-        decodes = [(s, t) for (s, n), t in self.shapes.items() if s == n]
-        if len({s for s, _ in decodes}) < 2:
-            return
-        per_seq, fixed = np.polyfit([s for s, _ in decodes], [t for _, t in decodes], 1)
-        extra = [(t - fixed - per_seq * s) / (n - s) for (s, n), t in self.shapes.items() if n > s]
-        per_token = max(0.0, float(np.median(extra))) if extra else 0.0
-        self.coef = (float(fixed), float(per_seq), per_token) if fixed >= 0 and per_seq >= 0 else None
-
-    def seconds(self, sequences: int, tokens: int) -> float:
-        fixed, per_seq, per_token = self.coef
-        return fixed + per_seq * sequences + per_token * (tokens - sequences)

@@ -49,7 +49,7 @@ class EngineKnobs:
     enable_prefix_caching: bool = True
     preemption_mode: str = "recompute"
     priority_aging_s: None = None
-    fair_step_slowdown: None = None  # the simulator feeds the Scheduler no measured steps: no step limit
+    fair_step_share: bool = True
     num_blocks: int | None = None  # None: what the step model's memory holds
     speculation: Speculation | None = None
     drain_s: float = 30.0  # the clock stops this long after the last arrival; unfinished requests are cut off
