@@ -169,7 +169,9 @@ class OpenAIUpstream:
             raise BackendUnavailable(f"{self.name}: {exc}") from None
         except NOT_AN_ANSWER as exc:
             raise self._garbled(exc) from None
-        yield TokenDelta("", [], finish or "stop", self._usage(usage))
+        if finish is None:  # llama-cpp-python ends a stream it interrupts with [DONE] alone: never call that "stop"
+            raise BackendUnavailable(f"{self.name} ended its stream without a finish_reason: the answer was cut short")
+        yield TokenDelta("", [], finish, self._usage(usage))
 
     def _garbled(self, exc: Exception) -> BackendUnavailable:
         """An upstream's malformed answer is its fault, not the caller's: never a 400 or a 500 to the tenant."""

@@ -27,6 +27,7 @@ TRANSCRIPTS = Path(__file__).parents[1] / "transcripts"
 LARGE = Path(__file__).parents[2] / "models" / "large"
 PRICE = {"input": 0.5, "output": 1.5}  # USD per 1M tokens
 NAMES = ("llamacpp_text", "llamacpp_tools")
+CUT = "llamacpp_text_cut"  # the text stream as the server ends one it interrupts: [DONE] with no finish_reason
 
 
 def recorded(name: str) -> tuple[dict, dict, bytes]:
@@ -37,7 +38,9 @@ def recorded(name: str) -> tuple[dict, dict, bytes]:
 
 
 def replay(body: dict) -> dict | bytes:
-    _, answer, stream = recorded(body["model"])
+    _, answer, stream = recorded(body["model"].removesuffix("_cut"))
+    if body["model"] == CUT:
+        stream = b"\n\n".join(e for e in stream.split(b"\n\n") if b'"finish_reason": "' not in e)
     return stream if body.get("stream") else answer
 
 
@@ -55,7 +58,7 @@ def gw(tmp_path_factory):
     with upstream("nodelay-chunked", replay) as url:
         catalog = Catalog.model_validate({"models": [
             {"name": name, "kind": "openai", "base_url": url, "upstream_model": name, "price": PRICE,
-             "health_path": None, "tokenizer": str(LARGE)} for name in NAMES]})
+             "health_path": None, "tokenizer": str(LARGE)} for name in NAMES + (CUT,)]})
         wiring = gateway_app(f"sqlite:///{tmp_path_factory.mktemp('llamacpp') / 'ledger.db'}", catalog=catalog)
         tenant_id, key = wiring.tenant()
         with serve(wiring.app) as base:
@@ -112,3 +115,20 @@ def test_a_stream_reaches_the_client_whole_and_is_billed_the_tokenizers_count_wi
     record = billed(gw, raw.headers["x-request-id"])
     assert (record["prompt_tokens"], record["completion_tokens"], record["cost_micros"]) == (prompt, completion, cost)
     assert told["cost_usd"] == cost / 1e6
+
+
+def test_a_stream_the_server_cut_short_ends_in_an_error_event_and_costs_nothing(gw):
+    """llama-cpp-python ends a stream it interrupts (another request arrived) with [DONE] and no finish_reason; a
+    direct client sees a short answer that looks whole. Through Ferryman it is an error event, billed zero (the
+    rule for failures of the gateway's dependencies, docs/BILLING.md), never a made-up "stop"."""
+    request, _, _ = recorded("llamacpp_text")
+    text = ""
+    with pytest.raises(openai.APIError, match="without a finish_reason"):
+        stream = gw["client"].chat.completions.create(model=CUT, stream=True, **sent(request))
+        for chunk in stream:
+            assert not (chunk.choices and chunk.choices[0].finish_reason)
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    assert text  # the cut came after text had reached the client
+    [record] = [r for r in gw["billing"].usage(gw["tenant"]) if r["model"] == CUT]
+    assert record["status"] in ("unavailable", "error")
+    assert record["cost_micros"] == 0
