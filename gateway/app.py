@@ -76,7 +76,8 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.Traced, tracer=tracer)  # the request's span; its trace id goes to the access log
     app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
-    app.include_router(api.router)
+    for routes in api.ROUTERS:
+        app.include_router(routes)
     api_docs.install(app, BODIES)
 
     return app

@@ -398,7 +398,7 @@ class Ferry:
         if ticket.first_token_at is None and (delta.token_ids or delta.text or delta.tool_calls):
             ticket.first_token_at = time.perf_counter()
             ticket.trace.first_token()
-            metrics.TTFT.labels(ticket.route).observe(ticket.first_token_at - ticket.started)
+            metrics.series(metrics.TTFT, ticket.route).observe(ticket.first_token_at - ticket.started)
         ticket.tally.add(delta, texts=ticket.prompt.messages is not None)
 
     async def settle(self, ticket: Ticket, status: str) -> None:
@@ -429,11 +429,11 @@ class Ferry:
             raise
         finally:
             await self.limiter.release(p)
-        metrics.REQUESTS.labels(ticket.route, status).inc()
-        metrics.LATENCY.labels(ticket.route).observe(latency)
-        metrics.TOKENS.labels(ticket.route, "prompt").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(ticket.route, "completion").inc(usage.completion_tokens)
-        metrics.COST.labels(ticket.model).inc(record.cost_micros / 1e6)
+        metrics.series(metrics.REQUESTS, ticket.route, status).inc()
+        metrics.series(metrics.LATENCY, ticket.route).observe(latency)
+        metrics.series(metrics.TOKENS, ticket.route, "prompt").inc(usage.prompt_tokens)
+        metrics.series(metrics.TOKENS, ticket.route, "completion").inc(usage.completion_tokens)
+        metrics.series(metrics.COST, ticket.model).inc(record.cost_micros / 1e6)
         if overrun := rules.overrun_micros(ticket.reservation, record):
             _overran(ticket, record, overrun)
 

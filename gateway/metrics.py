@@ -52,6 +52,18 @@ STATUS_REASONS = {400: "bad_request", 404: "bad_request", 405: "bad_request", 41
                   503: "unavailable"}
 
 
+_SERIES: dict = {}
+
+
+def series(metric, *labels: str):
+    """metric.labels(*labels), the same child prometheus_client keeps, found once: its labels() checks and locks on
+    every call, six times a request. Only for labels of bounded count (routes, models, statuses)."""
+    child = _SERIES.get((metric, labels))
+    if child is None:
+        child = _SERIES[metric, labels] = metric.labels(*labels)
+    return child
+
+
 def refused(status: int, code: str | None, model: str = "") -> None:
     """Count a request refused before any work; a status that is no refusal (a 500 is a fault) is not counted."""
     if why := REASONS.get(code or "") or STATUS_REASONS.get(status):
