@@ -277,17 +277,16 @@ def serve_asgi_floor(port: int, upstream_port: int) -> None:
 
 
 def serve_ferryman(port: int, database_url: str, catalog_file: str, redis_url: str = "") -> None:
-    import uvicorn
-
     from gateway import catalog
     from gateway.app import create_app
     from gateway.config import Settings
+    from gateway.drain import serve
 
     # With Redis: rate limits and budget holds there, records written in batches (the multi-replica configuration).
     settings = Settings(database_url=database_url, config=Path(catalog_file), redis_url=redis_url or None,
                         redis_prefix=f"ferryman-bench-{port}")
     app = create_app(settings, catalog=catalog.load(Path(catalog_file)))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    serve(app, "127.0.0.1", port)  # as `ferryman serve` runs it: its HTTP protocol, draining server
 
 
 def ferryman_catalog(work: Path, upstream_port: int) -> Path:
