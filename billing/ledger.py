@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -186,22 +187,54 @@ class SqlLedger:
         self._new_alert = Prepared(upsert(budget_alerts).on_conflict_do_nothing(), dialect,
                                    ["budget_id", "period_key", "spent_micros", "limit_micros", "alert_percent",
                                     "created_at"])
+        # SQLite: each thread keeps one connection for the money path; a pool checkout and return per transaction
+        # cost about as much Python as the transaction's own statements, and more after an idle wait (cold caches).
+        # PostgreSQL keeps the pool: its watchdog watches each checkout, and a connection it cuts must be replaced.
+        self._kept = threading.local() if dialect.name == "sqlite" else None
+        self._kept_all: list = []
+
+    def _connection(self):
+        if self._kept is None:
+            return self.engine.raw_connection()
+        connection = getattr(self._kept, "connection", None)
+        if connection is None:
+            connection = self._kept.connection = self.engine.raw_connection()
+            self._kept_all.append(connection)
+        return connection
 
     @contextmanager
     def _transaction(self):
         """A transaction on the driver's connection, for the Prepared statements of the money path."""
-        connection = self.engine.raw_connection()
+        connection = self._connection()
         try:
             cursor = connection.cursor()
-            if self.engine.dialect.name == "sqlite":
+            if self._kept is not None:
                 cursor.execute("BEGIN IMMEDIATE")  # see billing.db: take the write lock up front
             yield cursor
             connection.commit()
         except BaseException:
-            connection.rollback()
+            self._roll_back(connection)
             raise
         finally:
+            if self._kept is None:
+                connection.close()
+
+    def _roll_back(self, connection) -> None:
+        try:
+            connection.rollback()
+        except Exception:  # a connection that cannot even roll back is not kept: the next transaction opens another
+            if self._kept is not None:
+                self._kept.connection = None
+                connection.invalidate()
+            raise
+
+    def close(self) -> None:
+        """Give back the connections threads kept (then the engine can close them)."""
+        for connection in self._kept_all:
             connection.close()
+        self._kept_all.clear()
+        if self._kept is not None:
+            self._kept = threading.local()
 
     async def blocking(self, fn, *args, **kwargs):
         return await blocking(self.engine, fn, *args, **kwargs)

@@ -93,6 +93,8 @@ class Billing:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self.holds_in_redis:
             self.ledger.redis.close()  # (the pipelined connections close with their event loops)
+        else:
+            self.ledger.close()
         self.engine.dispose()
 
     def _invalidate(self) -> None:

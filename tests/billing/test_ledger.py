@@ -208,6 +208,37 @@ def test_reaper_releases_holds_of_a_dead_replica_and_a_late_settle_changes_nothi
     b.close()
 
 
+def test_on_sqlite_the_money_path_keeps_one_connection_per_thread_and_gives_it_back_on_close(sqlite_url):
+    """A pool checkout and return per transaction cost about as much as a hold's statements (issue 27, point 1):
+    each thread that reserves and settles keeps one connection. Two threads, two connections, the same ledger; all
+    given back on close."""
+    import threading
+
+    from sqlalchemy import event
+
+    b = ledger(sqlite_url)
+    tenant, _, p = tenant_with_key(b, 1_000_000)
+    b.ledger.prices(LARGE)  # cached for the test's length: its lookup is not the money path's
+    checkouts = []
+    event.listen(b.engine, "checkout", lambda *_: checkouts.append(threading.get_ident()))
+
+    def requests(prefix: str) -> None:
+        for i in range(20):
+            b.ledger._settle(b.ledger._reserve(p, f"{prefix}{i}", LARGE, 10, 10), prompt_tokens=10,
+                             completion_tokens=5)
+
+    threads = [threading.Thread(target=requests, args=(prefix,)) for prefix in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checkouts) == 2 and len(set(checkouts)) == 2  # 80 transactions, one checkout per thread
+    assert count(b, usage_records) == 40 and count(b, reservations) == 0
+    assert budget_of(b, tenant["id"])["spent_micros"] == 40 * b.cost_micros(LARGE, 10, 0, 5)
+    b.close()
+    assert b.engine.pool.checkedout() == 0
+
+
 def test_a_request_id_can_hold_only_one_reservation(billing):
     tenant, _, p = tenant_with_key(billing, 10_000)
     billing.reserve(p, "dup", LARGE, 10, 10)
