@@ -154,15 +154,22 @@ class Prepared:
     def __init__(self, statement, dialect, columns: list[str] | None = None):
         compiled = statement.compile(dialect=dialect, column_keys=columns)
         self.sql = compiled.string
-        self.names = list(compiled.positiontup) if dialect.positional else None
         self.processors = {name: process for name, bind in compiled.binds.items()
                            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect))}
         self.literals = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
+        # Positional drivers (sqlite3): each place's name and processor, so a call builds its list in one pass.
+        self.places = ([(name, self.processors.get(name)) for name in compiled.positiontup] if dialect.positional
+                       else None)
 
     def __call__(self, cursor, **values):
-        values = {**self.literals, **values}
+        if self.literals:
+            values = {**self.literals, **values}
+        if self.places is not None:
+            cursor.execute(self.sql, [values[name] if process is None else process(values[name])
+                                      for name, process in self.places])
+            return cursor
         for name, process in self.processors.items():
             if name in values:
                 values[name] = process(values[name])
-        cursor.execute(self.sql, values if self.names is None else [values[n] for n in self.names])
+        cursor.execute(self.sql, values)
         return cursor

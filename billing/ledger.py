@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Callable
 
 from sqlalchemy import BigInteger, Engine, and_, bindparam, delete, func, or_, select, update
@@ -162,6 +163,12 @@ class _Full(Exception):
         self.budget_id, self.period_key = budget_id, period_key
 
 
+@lru_cache(maxsize=256)
+def _percents(text: str) -> tuple[int, ...]:
+    """A budget's alert thresholds as SQLite returns them (JSON text), parsed once per distinct value."""
+    return tuple(json.loads(text))
+
+
 def _hold_of(r) -> SqlHold:
     """A reservation row as the hold it is (reaping, abandoning: no price needed, it settles at zero)."""
     return SqlHold(r.request_id, r.tenant_id, r.key_id, r.model, r.amount_micros, FREE,
@@ -284,7 +291,7 @@ class SqlLedger:
         except _Full as full:
             raise self._exceeded(full.budget_id, full.period_key, amount, model, prompt_tokens, max_tokens) from None
         return SqlHold(request_id, principal.tenant_id, principal.key_id, model, amount, price,
-                       now.strftime("%Y-%m-%d"), principal.store_prompts, spend[0], spend[1])
+                       now.date().isoformat(), principal.store_prompts, spend[0], spend[1])
 
     def _hold(self, cursor, ref: BudgetRef, now: datetime, amount: int) -> int:
         budget_id, key = ref.id, rules.period_key(ref.period, now)
@@ -333,7 +340,7 @@ class SqlLedger:
                        percents, now: datetime) -> None:
         """An alert row per threshold this settlement reached (billing.rules.alerts_due); the budget_spend row is
         locked to this transaction, so no other settlement records the same ones."""
-        due = rules.alerts_due(spent, limit, json.loads(percents) if isinstance(percents, str) else percents, alerted)
+        due = rules.alerts_due(spent, limit, _percents(percents) if isinstance(percents, str) else percents, alerted)
         if due:
             self._alerted_sql(cursor, spend=spend_id, percent=due[-1])
         for percent in due:
