@@ -18,6 +18,7 @@ import base64
 import contextlib
 import ipaddress
 import socket
+import time
 from typing import AsyncIterator
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
@@ -49,6 +50,8 @@ class QuickAck(asyncio.StreamReaderProtocol):
     read; setting it also sends an ACK that is pending. Our own side has TCP_NODELAY (asyncio's default) and
     writes each request in one send."""
 
+    on_eof = None  # the pool's: called when the server closes this connection while it sits idle
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
@@ -59,6 +62,11 @@ class QuickAck(asyncio.StreamReaderProtocol):
         self.quickack()
         super().data_received(data)
 
+    def eof_received(self):
+        if self.on_eof is not None:
+            self.on_eof()
+        return super().eof_received()
+
     def quickack(self) -> None:
         """Called after each read, and after sending a request (sending right after a read puts the kernel back
         into delayed-ACK mode, so the answer's first segment would wait again)."""
@@ -68,6 +76,7 @@ class QuickAck(asyncio.StreamReaderProtocol):
 
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere the stall is the platform's
+SPARE_AFTER_CLOSE_S = 1.0  # a server that closes a connection this soon after answering closes every one
 
 
 async def open_connection(host: str, port: int, **kwargs):
@@ -102,8 +111,11 @@ class Pool:
                      f"{extra}").encode("latin-1")
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.slots = asyncio.Semaphore(max_connections)
+        self.spare: asyncio.Future | None = None  # the next request's connection, opening (see _open_spare)
 
     def close(self) -> None:
+        if self.spare is not None:
+            self.spare.cancel()
         while self.idle:
             self.idle.pop()[1].close()
 
@@ -144,14 +156,42 @@ class Pool:
     def _release(self, conn, answer: Answer) -> None:
         if answer.headers.get("connection", "").lower() == "close":
             conn[1].close()
+            self._open_spare()
         else:
+            released = time.monotonic()
+            conn[1].transport.get_protocol().on_eof = lambda: self._closed_idle(conn, released)
             self.idle.append(conn)
+
+    def _closed_idle(self, conn, released: float) -> None:
+        """The server closed a pooled connection. Within a second of its answer: it closes every connection after
+        one answer (without saying so), so the next one is opened now."""
+        if conn in self.idle:
+            self.idle.remove(conn)
+            conn[1].close()
+            if time.monotonic() - released < SPARE_AFTER_CLOSE_S:
+                self._open_spare()
+
+    def _open_spare(self) -> None:
+        """An upstream that closes each connection after one answer (HTTP/1.0, Connection: close, or silently)
+        makes every request connect first. The next request's connection is opened now instead, off its path,
+        while this answer goes back to the client: bench/vs_peers.py --upstreams, the closing styles."""
+        if self.spare is None and not self.idle:
+            self.spare = asyncio.ensure_future(self._spare())
+
+    async def _spare(self) -> None:
+        try:
+            self.idle.append(await self._connect())
+        except WireError:
+            pass  # the next request connects itself, and says why that failed
+        finally:
+            self.spare = None
 
     async def _send(self, request: bytes):
         # A pooled connection that the server closed while it sat idle fails before the first byte of an answer:
         # the request then goes again on a fresh connection (none of it reached the upstream's application).
         while self.idle:
             conn = self.idle.pop()
+            conn[1].transport.get_protocol().on_eof = None  # in use: an end now is this exchange's to handle
             if conn[0].at_eof() or conn[1].is_closing():
                 conn[1].close()
                 continue

@@ -41,6 +41,14 @@ async def serve(answer: bytes, *, close_after: bool = False, silent: bool = Fals
     return server, accepted
 
 
+async def spare_opened(p: Pool) -> None:
+    """Until the connection the pool opens ahead (for a server that closes each one) is open, 2 s at most."""
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if p.spare is None and p.idle:
+            return
+
+
 def pool(server, timeout_s: float = 5.0) -> Pool:
     port = server.sockets[0].getsockname()[1]
     return Pool(f"http://127.0.0.1:{port}/v1", {"authorization": "Bearer k"}, timeout_s=timeout_s,
@@ -72,13 +80,43 @@ def test_connection_the_server_dropped_while_idle_is_replaced():
         for _ in range(3):
             bodies.append((await p.post("/chat/completions", b"{}"))[1])
             await asyncio.sleep(0.05)  # the close reaches the pooled connection, or not yet: both must work
+        await spare_opened(p)
         p.close()
         server.close()
         return bodies, len(accepted)
 
     bodies, connections = asyncio.run(main())
     assert bodies == [b"hello"] * 3
-    assert connections == 3
+    assert connections == 4  # three answered; the fourth opened ahead once the server closed the third
+
+
+@pytest.mark.parametrize("says_so", [True, False])
+def test_an_upstream_that_closes_every_connection_has_the_next_one_opened_ahead(says_so):
+    """A server that closes each connection after one answer (with Connection: close, or silently) would make
+    every request connect first. The pool opens the next request's connection while the answer goes back to the
+    client (issue 27, point 1): only the first request connects on its way."""
+    answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello" if says_so else WHOLE
+
+    async def main():
+        server, accepted = await serve(answer, close_after=True)
+        p = pool(server)
+        on_path, connect = [], p._connect
+
+        async def watched():
+            on_path.append(asyncio.current_task() is not p.spare)
+            return await connect()
+
+        p._connect = watched
+        for _ in range(5):
+            assert (await p.post("/chat/completions", b"{}"))[1] == b"hello"
+            await spare_opened(p)  # the client's turn: the close arrives, the next connection opens
+        p.close()
+        server.close()
+        return on_path, len(accepted)
+
+    on_path, connections = asyncio.run(main())
+    assert on_path == [True, False, False, False, False, False], on_path
+    assert connections == 6  # five answered, one opened for a sixth
 
 
 def test_chunked_sse_split_anywhere_and_a_body_without_length():
@@ -197,7 +235,8 @@ def test_every_upstream_socket_habit_answers_without_the_delayed_ack_stall(style
             start = time.perf_counter()
             bodies.append(json.loads((await p.post("/chat/completions", b"{}"))[1]))
             took.append(time.perf_counter() - start)
-        pooled = len(p.idle)
+        await spare_opened(p)
+        pooled = [not (conn[0].at_eof() or conn[1].is_closing()) for conn in p.idle]
         p.close()
         return bodies, took, pooled
 
@@ -205,4 +244,4 @@ def test_every_upstream_socket_habit_answers_without_the_delayed_ack_stall(style
         bodies, took, pooled = asyncio.run(main(url))
     assert bodies == [answer] * 25
     assert statistics.median(took) < 0.040, took  # the median: a loaded machine's pauses hit a few, Nagle every one
-    assert pooled == (0 if style == "http10" else 1)  # an HTTP/1.0 answer closes its connection
+    assert pooled == [True]  # kept alive; where the server closes each one (http10, idle-close): the next, opened
