@@ -159,7 +159,7 @@ class Pool:
             self._open_spare()
         else:
             released = time.monotonic()
-            conn[1].transport.get_protocol().on_eof = lambda: self._closed_idle(conn, released)
+            _on_eof(conn, lambda: self._closed_idle(conn, released))
             self.idle.append(conn)
 
     def _closed_idle(self, conn, released: float) -> None:
@@ -191,10 +191,10 @@ class Pool:
         # the request then goes again on a fresh connection (none of it reached the upstream's application).
         while self.idle:
             conn = self.idle.pop()
-            conn[1].transport.get_protocol().on_eof = None  # in use: an end now is this exchange's to handle
             if conn[0].at_eof() or conn[1].is_closing():
                 conn[1].close()
                 continue
+            _on_eof(conn, None)  # in use: an end now is this exchange's to handle
             try:
                 return conn, await self._exchange(conn, request)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -289,6 +289,13 @@ class Pool:
                 return await awaitable
         except TimeoutError:
             raise WireTimeout(f"ReadTimeout: no data from the upstream in {self.timeout_s:g} s") from None
+
+
+def _on_eof(conn, call) -> None:
+    """What a pooled connection's protocol calls when the server closes it (a transport already lost has none)."""
+    protocol = conn[1].transport.get_protocol()
+    if protocol is not None:
+        protocol.on_eof = call
 
 
 class Proxy:

@@ -119,6 +119,31 @@ def test_an_upstream_that_closes_every_connection_has_the_next_one_opened_ahead(
     assert connections == 6  # five answered, one opened for a sixth
 
 
+def test_a_pooled_connection_the_server_reset_is_passed_over():
+    """A server killed while a connection sits pooled resets it (no orderly close: the pool hears of no end of
+    the answer stream, the transport is just gone). The next request passes over it and reports the refused
+    connection as the upstream's failure, not a crash of ours (CI saw AttributeError here once)."""
+    import socket
+    import struct
+
+    async def main():
+        server, accepted = await serve(WHOLE)
+        p = pool(server)
+        assert (await p.post("/chat/completions", b"{}"))[1] == b"hello"
+        server.close()
+        for writer in accepted:  # SO_LINGER 0: close() sends a reset
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        await asyncio.sleep(0.1)
+        try:
+            with pytest.raises(WireError):
+                await p.post("/chat/completions", b"{}")
+        finally:
+            p.close()
+
+    asyncio.run(main())
+
+
 def test_chunked_sse_split_anywhere_and_a_body_without_length():
     events = b"data: {\"a\": 1}\r\n\r\ndata: {\"b\": 2}\n\ndata: [DONE]\n\n"
     pieces = [events[:7], events[7:30], events[30:]]  # an event cut in two, and a chunk with several events
