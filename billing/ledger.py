@@ -194,8 +194,8 @@ class SqlLedger:
         self._new_alert = Prepared(upsert(budget_alerts).on_conflict_do_nothing(), dialect,
                                    ["budget_id", "period_key", "spent_micros", "limit_micros", "alert_percent",
                                     "created_at"])
-        # SQLite: each thread keeps one connection for the money path; a pool checkout and return per transaction
-        # cost about as much Python as the transaction's own statements, and more after an idle wait (cold caches).
+        # SQLite: each thread keeps one connection for the money path, sparing every transaction a pool checkout and
+        # return (SQLAlchemy's events, weakrefs and queue: Python work that one kept connection does not need).
         # PostgreSQL keeps the pool: its watchdog watches each checkout, and a connection it cuts must be replaced.
         self._kept = threading.local() if dialect.name == "sqlite" else None
         self._kept_all: list = []

@@ -150,7 +150,7 @@ class Ledger(Protocol):
 # --- the rules --------------------------------------------------------------------------------------------
 
 def period_key(period: str, now: datetime) -> str:
-    day = now.date().isoformat()  # 'YYYY-MM-DD' (strftime's parsing cost more than the rest of a hold's Python)
+    day = now.date().isoformat()  # 'YYYY-MM-DD', cheaper than strftime on every hold
     return day if period == "daily" else day[:7]
 
 

@@ -12,8 +12,6 @@ read whole and answered 200) and answers malformed HTTP in plain text. `GuardedH
   the next one is answered 429 and closed. Behind a proxy every client has the proxy's address: raise or disable it;
 - malformed HTTP answered 400 in the OpenAI error shape.
 
-It also writes each answer's head and body in one send (`Corked`).
-
 Each refusal is a JSON OpenAI error object, then the connection is closed. Keep-alive idling is uvicorn's own
 `timeout_keep_alive` (`keep_alive_timeout_s`). All of it is set in gateway/config.py.
 """
@@ -64,7 +62,7 @@ class GuardedHttp(HttpToolsProtocol):
         self.address, self.deadline = None, None
 
     def connection_made(self, transport) -> None:
-        super().connection_made(Corked(transport, self.loop))
+        super().connection_made(transport)
         self.address = self.client[0] if self.client else None
         self.open_per_client[self.address] += 1
         cap = self.limits.max_connections_per_client
@@ -167,41 +165,3 @@ class GuardedHttp(HttpToolsProtocol):
     def _timed_out(self) -> None:
         self.deadline = None
         self.refuse(408, f"The request did not arrive within {self.limits.request_timeout_s:g} s.", "request_timeout")
-
-
-class Corked:
-    """A transport whose writes within one step of the event loop leave in one send.
-
-    uvicorn writes a response's head and its body separately; on loopback and virtual machines each send costs
-    the sender the receiver's wake-up, and the client wakes twice (bench/vs_peers.py --upstreams: the two sends were
-    ~17% of the gateway's CPU per request). Writes made in the same step go out together just after it: a whole
-    answer in one send, a stream's head at once (the step ends waiting for the first token)."""
-
-    def __init__(self, transport, loop):
-        self.transport, self.loop, self.pending = transport, loop, []
-
-    def write(self, data: bytes) -> None:
-        if not self.pending:
-            self.loop.call_soon(self.flush)
-        self.pending.append(data)
-
-    def flush(self) -> None:
-        if self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
-            if not self.transport.is_closing():
-                self.transport.write(data)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self.transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() + sum(map(len, self.pending))
-
-    def __getattr__(self, name):  # everything else is the transport's own
-        return getattr(self.transport, name)
