@@ -8,23 +8,28 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/docs-assets"
 SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 
 
-def install(app: FastAPI, bodies: tuple = ()) -> None:
+def install(app: FastAPI, bodies: tuple = (), documented: list = ()) -> None:
     """`bodies`: request models that routes read themselves (documented by reference); their schemas join the
-    document's components."""
+    document's components. `documented`: FastAPI routes of paths the app serves with plain Starlette routes, which
+    FastAPI would leave out of the document."""
     app.mount(ASSETS, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
-    document = app.openapi
+
+    def document() -> dict:
+        return get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
+                           routes=[*documented, *app.routes])
 
     def openapi() -> dict:
         """FastAPI lists a 422 on every route with parameters; invalid values are answered 400 here
         (gateway/errors.py), so the document drops the 422 it would never see."""
         if app.openapi_schema is None:
-            spec = document()
+            spec = app.openapi_schema = document()
             for operation in (op for path in spec["paths"].values() for op in path.values()):
                 operation["responses"].pop("422", None)
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import api, api_docs, errors, tracing
-from gateway.api.completions import BODIES
+from gateway.api.completions import BODIES, SERVED, documented
 from gateway.alerts import send_forever
 from gateway.bodies import Limits, Parser
 from gateway.catalog import Catalog, from_settings
@@ -76,9 +76,11 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.Traced, tracer=tracer)  # the request's span; its trace id goes to the access log
     app.add_middleware(AccessLog)  # outermost: refusals of the guards above are logged too
+    for path, endpoint in SERVED.items():  # first: the routes every tenant request takes are matched first
+        app.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
     for routes in api.ROUTERS:
         app.include_router(routes)
-    api_docs.install(app, BODIES)
+    api_docs.install(app, BODIES, documented.routes)
 
     return app
 
