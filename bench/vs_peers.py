@@ -300,7 +300,7 @@ def ferryman_catalog(work: Path, upstream_port: int) -> Path:
     return path
 
 
-def litellm(work: Path, upstream_port: int, port: int) -> subprocess.Popen:
+def litellm(work: Path, upstream_port: int, port: int, pin: tuple[str, ...] = ()) -> subprocess.Popen:
     python = bench_python("litellm", with_ours=False)
     if subprocess.run([str(python), "-c", "import litellm.proxy.proxy_server"], capture_output=True).returncode:
         print(f"installing litellm[proxy]=={LITELLM_VERSION} into {python.parent.parent}", flush=True)
@@ -312,16 +312,16 @@ def litellm(work: Path, upstream_port: int, port: int) -> subprocess.Popen:
 general_settings: {{master_key: {LITELLM_KEY}}}
 """)
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
-    return subprocess.Popen([str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
+    return subprocess.Popen([*pin, str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
                              "--port", str(port), "--num_workers", "1"], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(work / "litellm.log", "w"))
 
 
-def llamacpp(directory: Path, work: Path, port: int, alias: str = "mock") -> subprocess.Popen:
+def llamacpp(directory: Path, work: Path, port: int, alias: str = "mock", pin: tuple[str, ...] = ()) -> subprocess.Popen:
     """llama-cpp-python's server (bench/llamacpp_setup.sh builds it into `directory`) on the GGUF of models/large,
     named `mock` as every upstream here; one thread: the box's other core is the client's and Ferryman's. Without
     --interrupt_requests false it ends a stream in flight (no finish reason) when any request comes, a probe too."""
-    return subprocess.Popen([str(directory / "venv" / "bin" / "python"), "-m", "llama_cpp.server", "--model",
+    return subprocess.Popen([*pin, str(directory / "venv" / "bin" / "python"), "-m", "llama_cpp.server", "--model",
                              str(directory / "gguf" / "large-f32.gguf"), "--model_alias", alias, "--n_ctx", "512",
                              "--n_threads", "1", "--n_threads_batch", "1", "--interrupt_requests", "false", "--verbose",
                              "false", "--host", "127.0.0.1",
@@ -425,8 +425,8 @@ def tree_cpu(pid: int) -> float:
     return sum(stats[p][1] for p in tree if p in stats)
 
 
-def start_server(args: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT)
+def start_server(args: list[str], port: int, pin: tuple[str, ...] = ()) -> subprocess.Popen:
+    proc = subprocess.Popen([*pin, sys.executable, __file__, *args], cwd=ROOT)
     wait_listening(proc, port)
     return proc
 
@@ -653,22 +653,23 @@ UPSTREAMS = {
 LLAMACPP_VERSION = "0.3.36"  # what bench/llamacpp_setup.sh builds by default
 
 
-def start_upstream(kind: str, work: Path, mock_port: int, llamacpp_dir: Path | None = None
-                   ) -> tuple[subprocess.Popen, int]:
+def start_upstream(kind: str, work: Path, mock_port: int, llamacpp_dir: Path | None = None,
+                   cpu: int | None = None) -> tuple[subprocess.Popen, int]:
+    """`cpu`: the upstream runs on that core alone (taskset), as it would on a machine of its own."""
     from bench.gateway_overhead import free_port
 
-    port = free_port()
+    port, pin = free_port(), () if cpu is None else ("taskset", "-c", str(cpu))
     if kind in ("mock", "mock-8ms"):
-        return start_server(["--serve-mock", str(port), "8" if kind == "mock-8ms" else "0"], port), port
+        return start_server(["--serve-mock", str(port), "8" if kind == "mock-8ms" else "0"], port, pin), port
     if kind == "litellm":
-        proc = litellm(work, mock_port, port)
+        proc = litellm(work, mock_port, port, pin)
         wait_listening(proc, port)
         return proc, port
     if kind == "llamacpp":
-        proc = llamacpp(llamacpp_dir, work, port)
+        proc = llamacpp(llamacpp_dir, work, port, pin=pin)
         wait_listening(proc, port)
         return proc, port
-    return start_server(["--serve-threaded", str(port), kind], port), port
+    return start_server(["--serve-threaded", str(port), kind], port, pin), port
 
 
 def upstreams(args: argparse.Namespace) -> None:
@@ -686,11 +687,11 @@ def upstreams(args: argparse.Namespace) -> None:
               and (not args.only_upstreams or k[0] in args.only_upstreams)}
     procs, ports = [], {}
     try:
-        mock = start_upstream("mock", work, 0)
+        mock = start_upstream("mock", work, 0, cpu=args.upstream_cpu)
         procs.append(mock[0])
         ports["mock"] = mock[1]
         for kind in {k for style in styles.values() for k in style[:2]} - {"mock"}:
-            proc, ports[kind] = start_upstream(kind, work, ports["mock"], args.llamacpp)
+            proc, ports[kind] = start_upstream(kind, work, ports["mock"], args.llamacpp, args.upstream_cpu)
             procs.append(proc)
         os.environ["BENCH_LITELLM_KEY"] = LITELLM_KEY
         catalog = work / "catalog.yaml"
@@ -756,6 +757,11 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
     if args.no_litellm or args.only_upstreams:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
         return
+    pinned = args.upstream_cpu is not None
+    placement = (f"Every upstream process ran on core {args.upstream_cpu} alone (taskset), as on a machine of its own; "
+                 "Ferryman and the client were left to the scheduler." if pinned else
+                 "Every process was left to the scheduler: a CPU-heavy upstream's work after its answer (LiteLLM's "
+                 "callbacks) competes with Ferryman and the client for the 2 cores.")
     body = f"""
 Ferryman (one uvicorn process, SQLite ledger, a catalog with one `kind: openai` model per upstream, one tenant
 with a budget, a key and rate limits) in front of OpenAI-compatible upstreams of different socket habits, each its
@@ -783,11 +789,12 @@ socket habits. Where the rows agree, what Ferryman adds in front of LiteLLM is w
 (its CPU per request is higher in both: its work, done after a wait), not LiteLLM's doing.
 The machine has 2 cores, shared with whatever else
 runs on it (load average {_loadavg()} at the end: above ~2, read the ratios, not the milliseconds).
+{placement}
 
 {result}
 """
     command = f"bench/vs_peers.py --upstreams --rounds {args.rounds} --requests-c1 {args.requests_c1}" + (
-        " --llamacpp DIR" if args.llamacpp else "")
+        " --llamacpp DIR" if args.llamacpp else "") + (f" --upstream-cpu {args.upstream_cpu}" if pinned else "")
     write_section("vs_peers_upstreams", "Ferryman in front of upstreams of every socket habit", command, body)
 
 
@@ -968,6 +975,9 @@ def main() -> None:
                         "server, from the directory bench/llamacpp_setup.sh DIR built")
     parser.add_argument("--only-upstreams", nargs="+", choices=sorted({k[0] for k in UPSTREAMS.values()}),
                         help="with --upstreams: only these styles; a filtered run prints and leaves the docs alone")
+    parser.add_argument("--upstream-cpu", type=int, metavar="N", help="with --upstreams: every upstream on core N "
+                        "alone (taskset), as on a machine of its own: a CPU-heavy upstream's work after its answer "
+                        "(LiteLLM's callbacks, llama.cpp's threads) then does not take the gateway's or the client's core")
     args = parser.parse_args()
     engines(args) if args.engines else upstreams(args) if args.upstreams else gateways(args)
 
