@@ -14,6 +14,8 @@ def sign_in(page, url: str, key: str) -> None:
     page.fill("#login-key", key)
     page.click("#login-form button[type=submit]")
     page.wait_for_selector("#app-view:not([hidden])")
+    # The page shows itself, then asks /admin/me who signed in: the name and the role's tabs come with that answer.
+    page.wait_for_selector("#whoami:not(:empty)")
 
 
 def sign_out(page) -> None:
