@@ -10,7 +10,7 @@ interleaved rounds:
   client through Ferryman (SQLite ledger, the mock as a `kind: openai` model): Ferryman's added p50 and its CPU
   per request.
 If Ferryman's added time grows with the wait as the fixed work does, it is the machine's penalty on any work after
-idling (a VM whose idle vCPU the host runs something else on), not something Ferryman does per millisecond waited.
+idling (whatever the host does with an idle vCPU), not something Ferryman does per millisecond waited.
 """
 from __future__ import annotations
 
