@@ -409,6 +409,26 @@ async def load(port: int, key: str, scenario: str, n: int, model: str = "mock", 
             "served": len(latencies) + 5 * concurrency}
 
 
+TURN = 10  # requests a client sends back to back before the other client's turn
+
+
+async def in_turns(clients: dict[str, tuple[int, str, str, bool]], n: int, server_pid: int) -> dict:
+    """n c1 requests per client (port, key, model, quickack), taken in turns of TURN back-to-back requests, so that
+    every client meets the upstream as it is at that moment (an upstream that computes, llama-cpp-python, drifts by
+    several ms between phases of seconds on a shared machine). Each turn's first request is not counted: it follows
+    another client's turn, not this client's own last request. Per client: its latencies, each turn's median, and the
+    CPU ms per request of `server_pid`'s tree during its turns."""
+    latencies, medians, cpu = ({name: [] for name in clients} for _ in range(3))
+    for _ in range(-(-n // TURN)):
+        for name, (port, key, model, quickack) in clients.items():
+            turn, before = [], tree_cpu(server_pid)
+            await whole_requests(port, chat_request(key, False, model), TURN + 1, turn, quickack)
+            cpu[name].append((tree_cpu(server_pid) - before) / (TURN + 1))
+            latencies[name] += turn[1:]
+            medians[name].append(statistics.median(turn[1:]))
+    return {name: (latencies[name], medians[name], sum(cpu[name]) / len(cpu[name]) * 1000) for name in clients}
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) of a process and all its descendants: every process of a server."""
     stats = {}
@@ -425,8 +445,9 @@ def tree_cpu(pid: int) -> float:
     return sum(stats[p][1] for p in tree if p in stats)
 
 
-def start_server(args: list[str], port: int, pin: tuple[str, ...] = ()) -> subprocess.Popen:
-    proc = subprocess.Popen([*pin, sys.executable, __file__, *args], cwd=ROOT)
+def start_server(args: list[str], port: int, pin: tuple[str, ...] = (), env: dict | None = None) -> subprocess.Popen:
+    """`env`: environment variables added to this process's (a Ferryman setting: FERRYMAN_...)."""
+    proc = subprocess.Popen([*pin, sys.executable, __file__, *args], cwd=ROOT, env={**os.environ, **(env or {})})
     wait_listening(proc, port)
     return proc
 
@@ -701,27 +722,32 @@ def upstreams(args: argparse.Namespace) -> None:
             for i, (kind, _, _) in enumerate(styles.values())))
         url, port = f"sqlite:///{work / 'ledger.db'}", free_port()
         key = ledger(url)
-        procs.append(start_server(["--serve-ferryman", str(port), url, str(catalog)], port))
+        ferryman, busy_port = start_server(["--serve-ferryman", str(port), url, str(catalog)], port), free_port()
+        procs += [ferryman, start_server(["--serve-ferryman", str(busy_port), url, str(catalog)], busy_port,
+                                         env={"FERRYMAN_BUSY_POLL": "true"})]
         for i in range(len(styles)):  # a fresh process's first requests (imports, caches) are not what c1 p50 means
             asyncio.run(load(port, key, "c1", 50, f"u{i}"))
+            asyncio.run(load(busy_port, key, "c1", 50, f"u{i}"))
         results: dict = {}
         for r in range(args.rounds):
             for i, (style, (kind, copy, plain)) in enumerate(styles.items()):
                 direct_key = LITELLM_KEY if copy == "litellm" else "none"
-                runs = {"direct to the well-behaved copy": (ports[copy], direct_key, "mock"),
-                        "Ferryman": (port, key, f"u{i}")}
+                turns = asyncio.run(in_turns({
+                    "direct to the well-behaved copy": (ports[copy], direct_key, "mock", True),  # immune, as Ferryman's client is
+                    "Ferryman": (port, key, f"u{i}", False),
+                    "Ferryman, busy polling": (busy_port, key, f"u{i}", False)}, n, ferryman.pid))
+                for name, (latencies, _, _) in turns.items():
+                    results[style, name, r] = _pct(latencies, 50)
+                results[style, "cpu", r] = turns["Ferryman"][2]  # its own CPU per request: the p50 on a core of its own
+                results[style, "turns", r] = 1000 * statistics.median(  # Ferryman's turn minus the baseline's turn before it
+                    f - d for f, d in zip(turns["Ferryman"][1], turns["direct to the well-behaved copy"][1]))
                 if plain:
-                    runs["direct to it as is"] = (ports[kind], direct_key, "mock")
-                for name, (to, auth, model) in runs.items():
-                    size = n if name != "direct to it as is" or kind == copy else max(20, n // 8)
-                    cpu = tree_cpu(procs[-1].pid)
-                    quickack = name == "direct to the well-behaved copy"  # immune, as Ferryman's client is
-                    result = asyncio.run(load(to, auth, "c1", size, model, quickack))
-                    results[style, name, r] = _pct(result["latencies"], 50)
-                    if name == "Ferryman":  # its own CPU per request: what the p50 would be with a core to itself
-                        results[style, "cpu", r] = (tree_cpu(procs[-1].pid) - cpu) / result["served"] * 1000
+                    size = n if kind == copy else max(20, n // 8)
+                    results[style, "direct to it as is", r] = _pct(asyncio.run(
+                        load(ports[kind], direct_key, "c1", size))["latencies"], 50)
                 print(f"round {r + 1}: {style}: " + ", ".join(
-                    f"{name} {results[style, name, r]:.2f} ms" for name in runs), flush=True)
+                    f"{name} {results[style, name, r]:.2f} ms" for name in (*turns, "direct to it as is")
+                    if (style, name, r) in results), flush=True)
     finally:
         for proc in procs:
             proc.terminate()
@@ -743,16 +769,18 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
 
     rows = []
     for style, (_, _, plain) in styles.items():
-        ferryman = stat(style, "Ferryman", added)
+        ferryman, busy = stat(style, "Ferryman", added), stat(style, "Ferryman, busy polling", added)
         rows.append([style, _mm(stat(style, "direct to the well-behaved copy")),
                      _mm(stat(style, "direct to it as is")) if plain else "- (cannot keep alive)",
-                     _mm(stat(style, "Ferryman")), _mm(ferryman), _mm(stat(style, "cpu")),
-                     "yes" if ferryman[0] <= 2 else "NO"])
+                     _mm(stat(style, "Ferryman")), _mm(ferryman), _mm(stat(style, "turns")), _mm(stat(style, "cpu")),
+                     _mm(busy), " / ".join("yes" if x[0] <= 2 else "NO" for x in (ferryman, busy))])
     if args.llamacpp is None:
         rows.append(["llama-cpp-python server (uvicorn)", "not measured: no build (`bench/llamacpp_setup.sh DIR`, "
-                     "then `--llamacpp DIR`)", "-", "-", "-", "-", "-"])
+                     "then `--llamacpp DIR`)", "-", "-", "-", "-", "-", "-", "-"])
     result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
-                    "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman CPU ms per request", "within 2 ms"], rows)
+                    "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman added, median of turn pairs ms",
+                    "Ferryman CPU ms per request", "Ferryman, busy polling: added p50 ms",
+                    "within 2 ms (default / busy polling)"], rows)
     print(result)
     if args.no_litellm or args.only_upstreams:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
@@ -773,6 +801,13 @@ idle without saying so; LiteLLM {LITELLM_VERSION}'s proxy (in front of the async
 generating from an f32 GGUF of models/large (llama.cpp's convert_hf_to_gguf.py), one thread, greedy, 16 tokens
 (every request the same work). Non-streaming chat at
 concurrency 1, {args.requests_c1} requests per cell (the plain client to a stalling upstream: {max(20, args.requests_c1 // 8)}).
+The baseline client and Ferryman's clients take turns of {TURN} back-to-back requests (each turn's first request,
+which follows another client's turn, is not counted), so all meet the upstream as it is at that moment: an
+upstream that computes (llama-cpp-python) drifted by several ms between phases of seconds on this shared machine.
+"Median of turn pairs" is the median over turns of Ferryman's turn median minus the baseline's turn before it. A
+second Ferryman, the same but with FERRYMAN_BUSY_POLL=true (gateway/drain.py: while a request is in flight its event
+loop polls instead of sleeping, a core's worth of CPU meanwhile), takes a third turn: its column and the second
+verdict say what keeping the CPU awake through the upstream's wait buys on this machine (bench/idle_penalty.py).
 The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
 client does it) to a well-behaved copy of the same upstream: the same server with TCP_NODELAY, keeping connections
 alive (LiteLLM and llama-cpp-python have no such copy: the baseline is the server itself, read by that

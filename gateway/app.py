@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, billing=None, limiter=None, 
     # /docs serves Swagger UI from the fastapi-offline package's files, so it works offline (no CDN).
     app = FastAPI(title="Ferryman", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.drain = Drain(settings.shutdown_grace_s)
+    app.state.drain = Drain(settings.shutdown_grace_s, settings.busy_poll)
     app.state.tarpit = Tarpit(settings.refusals_per_s, settings.refusal_burst, settings.refusal_delay_s)
     app.state.bodies = Parser(Limits(settings.max_messages, settings.max_content_parts, settings.max_prompt_token_ids))
     errors.install(app)

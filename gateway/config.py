@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     refusals_per_s: float = Field(1.0, gt=0)  # the burst refills at this rate
     refusal_delay_s: float = Field(1.0, ge=0)  # past it, each refusal waits this long before it is sent; 0: never
     shutdown_grace_s: float = Field(30.0, ge=0)  # on SIGTERM, how long requests in flight may take to finish
+    # While requests are in flight, the event loop polls instead of sleeping (gateway/drain.py): less latency after
+    # each upstream wait on hosts that wake an idle CPU slowly, for a core's worth of CPU per process meanwhile. For a
+    # gateway in front of remote upstreams; in-process engines want that core for themselves.
+    busy_poll: bool = False
     admin_key: str | None = None  # the bootstrap admin; unset: `serve` mints one into the ledger once and prints it
     # /metrics answers the admin key, or this key (give the monitoring its own, so it holds no admin rights).
     metrics_key: str | None = None

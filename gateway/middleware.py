@@ -72,7 +72,7 @@ class DrainGate:
         if self.drain.draining:
             refusal = unavailable("The gateway is restarting; retry the request.", "shutting_down")
             return await _refuse(refusal, scope, receive, send)
-        self.drain.in_flight += 1
+        self.drain.enter()
         try:
             await self.app(scope, receive, send)
         finally:
