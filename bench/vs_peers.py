@@ -24,9 +24,11 @@ CTranslate2's own converter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -674,6 +676,38 @@ UPSTREAMS = {
 LLAMACPP_VERSION = "0.3.36"  # what bench/llamacpp_setup.sh builds by default
 
 
+# LiteLLM's proxy keeps working between requests (its background tasks) and, on the one core every upstream shares
+# (--upstream-cpu), slowed llama-cpp-python's row by tens of ms, through Ferryman more than direct (12-06 05:45-06:09).
+HEAVY = ("litellm", "llamacpp")
+PROBE_WAIT_S = 3.0  # Ferryman probes each upstream every 2 s (catalog health_interval_s)
+
+
+def pause_others(heavy: dict, kind: str) -> bool:
+    """SIGSTOP every heavy upstream but `kind`'s, SIGCONT that one; whether it was paused before."""
+    resumed = False
+    for name, proc in heavy.items():
+        if name == kind:
+            resumed = getattr(proc, "paused", False)
+        signal_tree(proc.pid, signal.SIGSTOP if name != kind else signal.SIGCONT)
+        proc.paused = name != kind
+    return resumed
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Signal a process and its descendants (a proxy's workers)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree = {pid}
+    for _ in range(4):
+        tree |= {p for p, parent in parents.items() if parent in tree}
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+
+
 def start_upstream(kind: str, work: Path, mock_port: int, llamacpp_dir: Path | None = None,
                    cpu: int | None = None) -> tuple[subprocess.Popen, int]:
     """`cpu`: the upstream runs on that core alone (taskset), as it would on a machine of its own."""
@@ -697,7 +731,6 @@ def upstreams(args: argparse.Namespace) -> None:
     """Rounds of: per style, a direct keep-alive client to the well-behaved copy, the same client to the style as
     is (where it can keep alive), and Ferryman in front of the style; c1, non-streaming."""
     import asyncio
-    import contextlib
     import tempfile
 
     from bench.gateway_overhead import free_port, ledger
@@ -711,9 +744,12 @@ def upstreams(args: argparse.Namespace) -> None:
         mock = start_upstream("mock", work, 0, cpu=args.upstream_cpu)
         procs.append(mock[0])
         ports["mock"] = mock[1]
+        heavy = {}  # upstreams that work on their own between requests: paused while another row is measured
         for kind in {k for style in styles.values() for k in style[:2]} - {"mock"}:
             proc, ports[kind] = start_upstream(kind, work, ports["mock"], args.llamacpp, args.upstream_cpu)
             procs.append(proc)
+            if kind in HEAVY:
+                heavy[kind] = proc
         os.environ["BENCH_LITELLM_KEY"] = LITELLM_KEY
         catalog = work / "catalog.yaml"
         catalog.write_text("models:\n" + "".join(
@@ -731,6 +767,8 @@ def upstreams(args: argparse.Namespace) -> None:
         results: dict = {}
         for r in range(args.rounds):
             for i, (style, (kind, copy, plain)) in enumerate(styles.items()):
+                if pause_others(heavy, kind):
+                    time.sleep(PROBE_WAIT_S)  # a resumed upstream's next health probe gets through (marked up)
                 direct_key = LITELLM_KEY if copy == "litellm" else "none"
                 turns = asyncio.run(in_turns({
                     "direct to the well-behaved copy": (ports[copy], direct_key, "mock", True),  # immune, as Ferryman's client is
@@ -750,6 +788,7 @@ def upstreams(args: argparse.Namespace) -> None:
                     if (style, name, r) in results), flush=True)
     finally:
         for proc in procs:
+            signal_tree(proc.pid, signal.SIGCONT)
             proc.terminate()
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -808,6 +847,9 @@ upstream that computes (llama-cpp-python) drifted by several ms between phases o
 second Ferryman, the same but with FERRYMAN_BUSY_POLL=true (gateway/drain.py: while a request is in flight its event
 loop polls instead of sleeping, a core's worth of CPU meanwhile), takes a third turn: its column and the second
 verdict say what keeping the CPU awake through the upstream's wait buys on this machine (bench/idle_penalty.py).
+LiteLLM's proxy and llama-cpp-python's server are paused (SIGSTOP) while other rows are measured and resumed
+{PROBE_WAIT_S:.0f} s before their own (Ferryman's next health probe marks them up): on the one core the upstreams
+share, LiteLLM's work between requests had slowed llama-cpp-python's row, through Ferryman more than direct.
 The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
 client does it) to a well-behaved copy of the same upstream: the same server with TCP_NODELAY, keeping connections
 alive (LiteLLM and llama-cpp-python have no such copy: the baseline is the server itself, read by that

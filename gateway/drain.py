@@ -17,6 +17,7 @@ from gateway import http_limits
 from gateway.errors import unavailable
 
 log = logging.getLogger("ferryman")
+POLL_LINGER_S = 0.005  # busy polling goes on this long after the last request in flight ended
 
 
 class Drain:
@@ -28,7 +29,7 @@ class Drain:
         self.in_flight = 0
         self.deadline: float | None = None  # event-loop time at which streams still running are cut
         self.waits: set[asyncio.Timeout] = set()  # streams waiting for their next delta
-        self.busy_poll, self.polling = busy_poll, False
+        self.busy_poll, self.polling, self.busy_until = busy_poll, False, 0.0
 
     def enter(self) -> None:
         """A request came in (the drain gate): counted in flight; with busy polling, the loop polls until none is."""
@@ -41,9 +42,13 @@ class Drain:
         # A callback that schedules itself again keeps the loop's ready queue non-empty, so each turn of the loop
         # polls its sockets without waiting (epoll with a zero timeout) instead of letting the CPU go idle. Some hosts
         # (virtual machines without guest halt-polling) wake an idle CPU slowly and cold: there the work after a
-        # 40 ms upstream ran 2-3x slower (bench/idle_penalty.py). One core's worth of CPU while anything is in flight.
+        # 40 ms upstream ran 2-3x slower (bench/idle_penalty.py). One core's worth of CPU while anything is in flight,
+        # and for POLL_LINGER_S after: a client's next request, a moment after its answer, finds the loop awake.
+        loop = asyncio.get_running_loop()
         if self.in_flight:
-            asyncio.get_running_loop().call_soon(self._poll)
+            self.busy_until = loop.time() + POLL_LINGER_S
+        if loop.time() < self.busy_until:
+            loop.call_soon(self._poll)
         else:
             self.polling = False
 
