@@ -761,6 +761,10 @@ def upstreams(args: argparse.Namespace) -> None:
         ferryman, busy_port = start_server(["--serve-ferryman", str(port), url, str(catalog)], port), free_port()
         procs += [ferryman, start_server(["--serve-ferryman", str(busy_port), url, str(catalog)], busy_port,
                                          env={"FERRYMAN_BUSY_POLL": "true"})]
+        forwarders = {}  # the floor of any proxy: bench's minimal byte relay in front of each well-behaved copy
+        for style, (_, copy, _) in styles.items():
+            forwarders[style] = free_port()
+            procs.append(start_server(["--serve-forwarder", str(forwarders[style]), str(ports[copy])], forwarders[style]))
         for i in range(len(styles)):  # a fresh process's first requests (imports, caches) are not what c1 p50 means
             asyncio.run(load(port, key, "c1", 50, f"u{i}"))
             asyncio.run(load(busy_port, key, "c1", 50, f"u{i}"))
@@ -773,7 +777,8 @@ def upstreams(args: argparse.Namespace) -> None:
                 turns = asyncio.run(in_turns({
                     "direct to the well-behaved copy": (ports[copy], direct_key, "mock", True),  # immune, as Ferryman's client is
                     "Ferryman": (port, key, f"u{i}", False),
-                    "Ferryman, busy polling": (busy_port, key, f"u{i}", False)}, n, ferryman.pid))
+                    "Ferryman, busy polling": (busy_port, key, f"u{i}", False),
+                    "minimal forwarder": (forwarders[style], direct_key, "mock", False)}, n, ferryman.pid))
                 for name, (latencies, _, _) in turns.items():
                     results[style, name, r] = _pct(latencies, 50)
                 results[style, "cpu", r] = turns["Ferryman"][2]  # its own CPU per request: the p50 on a core of its own
@@ -812,14 +817,15 @@ def report_upstreams(args: argparse.Namespace, styles: dict, results: dict) -> N
         rows.append([style, _mm(stat(style, "direct to the well-behaved copy")),
                      _mm(stat(style, "direct to it as is")) if plain else "- (cannot keep alive)",
                      _mm(stat(style, "Ferryman")), _mm(ferryman), _mm(stat(style, "turns")), _mm(stat(style, "cpu")),
-                     _mm(busy), " / ".join("yes" if x[0] <= 2 else "NO" for x in (ferryman, busy))])
+                     _mm(busy), _mm(stat(style, "minimal forwarder", added)),
+                     " / ".join("yes" if x[0] <= 2 else "NO" for x in (ferryman, busy))])
     if args.llamacpp is None:
         rows.append(["llama-cpp-python server (uvicorn)", "not measured: no build (`bench/llamacpp_setup.sh DIR`, "
-                     "then `--llamacpp DIR`)", "-", "-", "-", "-", "-", "-", "-"])
+                     "then `--llamacpp DIR`)", "-", "-", "-", "-", "-", "-", "-", "-"])
     result = table(["upstream", "direct to a well-behaved copy p50 ms", "plain keep-alive client to it p50 ms",
                     "Ferryman p50 ms", "Ferryman added p50 ms", "Ferryman added, median of turn pairs ms",
                     "Ferryman CPU ms per request", "Ferryman, busy polling: added p50 ms",
-                    "within 2 ms (default / busy polling)"], rows)
+                    "minimal forwarder: added p50 ms", "within 2 ms (default / busy polling)"], rows)
     print(result)
     if args.no_litellm or args.only_upstreams:
         print("(a filtered run: docs/BENCHMARKS.md left as it is)")
@@ -847,7 +853,9 @@ upstream that computes (llama-cpp-python) drifted by several ms between phases o
 second Ferryman, the same but with FERRYMAN_BUSY_POLL=true (gateway/drain.py: while a request is in flight its event
 loop polls instead of sleeping, a core's worth of CPU meanwhile), takes a third turn: its column and the second
 verdict say what keeping the CPU awake through the upstream's wait buys on this machine (bench/idle_penalty.py).
-LiteLLM's proxy and llama-cpp-python's server are paused (SIGSTOP) while other rows are measured and resumed
+A fourth client takes turns through bench's minimal forwarder (bytes relayed over one kept-alive upstream
+connection, no parsing, no ledger) in front of the well-behaved copy: the floor any Python proxy pays on this
+machine. LiteLLM's proxy and llama-cpp-python's server are paused (SIGSTOP) while other rows are measured and resumed
 {PROBE_WAIT_S:.0f} s before their own (Ferryman's next health probe marks them up): on the one core the upstreams
 share, LiteLLM's work between requests had slowed llama-cpp-python's row, through Ferryman more than direct.
 The baseline is a direct keep-alive client (raw asyncio, one send per request, TCP_QUICKACK re-armed as Ferryman's
